@@ -1,0 +1,25 @@
+"""jrelu6: ReLU6 and its family for JAX, with a settable derivative at the kinks.
+
+The functions live here; Flax modules wrapping them live in :mod:`jrelu6.linen`
+and :mod:`jrelu6.nnx`.
+"""
+
+from jrelu6._functions import capped_relu as capped_relu
+from jrelu6._functions import hard_sigmoid as hard_sigmoid
+from jrelu6._functions import hard_silu as hard_silu
+from jrelu6._functions import hard_swish as hard_swish
+from jrelu6._functions import relu6 as relu6
+from jrelu6._functions import relu6_derivative as relu6_derivative
+from jrelu6._functions import relu6_inplace as relu6_inplace
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "capped_relu",
+    "hard_sigmoid",
+    "hard_silu",
+    "hard_swish",
+    "relu6",
+    "relu6_derivative",
+    "relu6_inplace",
+)

@@ -1,0 +1,104 @@
+"""The private core: one capped ReLU, one derivative rule, every public function on top.
+
+``min(max(x, 0), cap)`` is piecewise linear with kinks at ``0`` and ``cap``.
+Automatic differentiation of ``jnp.clip`` (or of ``minimum(maximum(...))``)
+splits the slope evenly between the two branches at a kink, so it reports
+``0.5`` there. The conventional value (jax.nn, PyTorch, TensorFlow) is ``0``,
+and in low precision inputs land exactly on a kink often enough for the choice
+to matter, so here the slope at each kink is an argument of the rule.
+
+Everything in this module takes already-validated arguments; validation lives
+in :mod:`jrelu6._functions`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+
+def _forward(x: jax.Array, cap: jax.Array) -> jax.Array:
+    """``min(max(x, 0), cap)`` in ``x.dtype``. NaN in, NaN out."""
+    return lax.min(lax.max(x, jnp.zeros((), x.dtype)), jnp.asarray(cap, x.dtype))
+
+
+def slope(
+        x: jax.Array,
+        cap: jax.Array,
+        grad_at_zero: jax.Array,
+        grad_at_cap: jax.Array,
+) -> jax.Array:
+    r"""d/dx of ``min(max(x, 0), cap)``, with the slope at each kink as given.
+
+    1 on (0, cap), 0 outside [0, cap], ``grad_at_zero`` at x == 0,
+    ``grad_at_cap`` at x == cap, NaN at NaN. Selects on the input ``x`` only.
+    """
+    dtype = x.dtype
+    cap = jnp.asarray(cap, dtype)
+    one = jnp.ones((), dtype)
+    zero = jnp.zeros((), dtype)
+    s = jnp.where((x > zero) & (x < cap), one, zero)
+    s = jnp.where(x == zero, jnp.asarray(grad_at_zero, dtype), s)
+    s = jnp.where(x == cap, jnp.asarray(grad_at_cap, dtype), s)
+    # A NaN input must not turn into a finite (zero) gradient.
+    return jnp.where(jnp.isnan(x), jnp.full((), jnp.nan, dtype), s)
+
+
+def _cap_slope(x: jax.Array, cap: jax.Array, grad_at_cap: jax.Array) -> jax.Array:
+    """d/dcap of ``min(max(x, 0), cap)``: 1 above cap, ``1 - grad_at_cap`` at it.
+
+    At x == cap the two partial derivatives add up to 1, so moving x and cap
+    together moves the output one-for-one, whatever the convention.
+    """
+    dtype = x.dtype
+    cap = jnp.asarray(cap, dtype)
+    g = jnp.asarray(grad_at_cap, dtype)
+    one = jnp.ones((), dtype)
+    s = jnp.where(x > cap, one, jnp.zeros((), dtype))
+    s = jnp.where(x == cap, one - g, s)
+    return jnp.where(jnp.isnan(x), jnp.full((), jnp.nan, dtype), s)
+
+
+# custom_jvp outermost, jit inside, as jax.nn.relu6 does: the rule is applied
+# wherever the function is traced, and the body is compiled once per shape and
+# dtype. The kink slopes and the cap are ordinary (traced) arguments, so new
+# values never retrace.
+@jax.custom_jvp
+@jax.jit
+def capped_relu(
+        x: jax.Array,
+        cap: jax.Array,
+        grad_at_zero: jax.Array,
+        grad_at_cap: jax.Array,
+) -> jax.Array:
+    """``min(max(x, 0), cap)`` for floating ``x``; derivative rule below."""
+    del grad_at_zero, grad_at_cap  # Used by the derivative rule only.
+    return _forward(x, cap)
+
+
+# The rule (cf. relu/relu6 in jax/_src/nn/functions.py): the slope is chosen by
+# comparing the *input* with the kinks, never by comparing the output. Kinks:
+# d/dx = grad_at_zero at x == 0 and grad_at_cap at x == cap (both 0 by default,
+# the jax.nn / PyTorch / TensorFlow convention). The boundary slopes themselves
+# get no tangent: the output does not depend on them.
+@functools.partial(capped_relu.defjvp, symbolic_zeros=True)
+def _capped_relu_jvp(primals, tangents):
+    x, cap, grad_at_zero, grad_at_cap = primals
+    x_dot, cap_dot, _, _ = tangents
+    y = capped_relu(x, cap, grad_at_zero, grad_at_cap)
+    y_dot = jnp.zeros_like(y)
+    if not isinstance(x_dot, SymbolicZero):
+        y_dot = slope(x, cap, grad_at_zero, grad_at_cap) * x_dot
+    if not isinstance(cap_dot, SymbolicZero):
+        y_dot = y_dot + _cap_slope(x, cap, grad_at_cap) * jnp.asarray(cap_dot, y.dtype)
+    return y, y_dot
+
+
+@jax.jit
+def capped_relu_integer(x: jax.Array, cap: jax.Array) -> jax.Array:
+    """The same function on integers: exact, no derivative rule needed."""
+    return _forward(x, cap)

@@ -1,0 +1,8 @@
+"""``flax.nnx`` modules for relu6, the capped ReLU, hard sigmoid and hard swish."""
+
+from jrelu6._nnx import CappedReLU as CappedReLU
+from jrelu6._nnx import HardSigmoid as HardSigmoid
+from jrelu6._nnx import HardSwish as HardSwish
+from jrelu6._nnx import ReLU6 as ReLU6
+
+__all__ = ("CappedReLU", "HardSigmoid", "HardSwish", "ReLU6")

@@ -13,4 +13,4 @@ import jax  # noqa: E402
 # Any implicit promotion in the library is a bug: make it an error.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples"))

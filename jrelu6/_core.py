@@ -92,10 +92,21 @@ def _capped_relu_jvp(primals, tangents):
     y = capped_relu(x, cap, grad_at_zero, grad_at_cap)
     y_dot = jnp.zeros_like(y)
     if not isinstance(x_dot, SymbolicZero):
-        y_dot = slope(x, cap, grad_at_zero, grad_at_cap) * x_dot
+        y_dot = _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot)
     if not isinstance(cap_dot, SymbolicZero):
-        y_dot = y_dot + _cap_slope(x, cap, grad_at_cap) * jnp.asarray(cap_dot, y.dtype)
+        y_dot = y_dot + _cap_tangent(x, cap, grad_at_cap, cap_dot)
     return y, y_dot
+
+
+# Jitted so that eager differentiation dispatches once, not once per operation.
+@jax.jit
+def _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot):
+    return slope(x, cap, grad_at_zero, grad_at_cap) * x_dot
+
+
+@jax.jit
+def _cap_tangent(x, cap, grad_at_cap, cap_dot):
+    return _cap_slope(x, cap, grad_at_cap) * jnp.asarray(cap_dot, x.dtype)
 
 
 @jax.jit

@@ -1,4 +1,4 @@
-"""Test set-up: eight host devices, strict dtype promotion, the examples importable."""
+"""Test set-up: eight host devices, strict dtype promotion, examples and benchmarks importable."""
 
 import os
 import sys
@@ -13,4 +13,6 @@ import jax  # noqa: E402
 # Any implicit promotion in the library is a bug: make it an error.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "examples"))
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+for _folder in ("examples", "benchmarks"):  # Scripts, not packages: import them by name.
+    sys.path.insert(0, os.path.join(_ROOT, _folder))

@@ -214,7 +214,15 @@ def hard_sigmoid(
       :func:`relu6`, :func:`hard_swish`.
     """
     x = _as_float("hard_sigmoid", x)
-    return relu6(x + 3, grad_at_zero=grad_at_zero, grad_at_six=grad_at_six) / 6
+    grad_at_zero = check_scalar("hard_sigmoid", "grad_at_zero", grad_at_zero)
+    grad_at_six = check_scalar("hard_sigmoid", "grad_at_six", grad_at_six)
+    return _hard_sigmoid(x, grad_at_zero, grad_at_six)
+
+
+# Compiled whole (one dispatch, one rounding per fused op, as jax.nn does).
+@jax.jit
+def _hard_sigmoid(x, grad_at_zero, grad_at_six):
+    return _core.capped_relu(x + 3, 6.0, grad_at_zero, grad_at_six) / 6
 
 
 def hard_swish(
@@ -258,7 +266,14 @@ def hard_swish(
       :func:`hard_sigmoid`, :func:`relu6`.
     """
     x = _as_float("hard_swish", x)
-    return x * hard_sigmoid(x, grad_at_zero=grad_at_zero, grad_at_six=grad_at_six)
+    grad_at_zero = check_scalar("hard_swish", "grad_at_zero", grad_at_zero)
+    grad_at_six = check_scalar("hard_swish", "grad_at_six", grad_at_six)
+    return _hard_swish(x, grad_at_zero, grad_at_six)
+
+
+@jax.jit
+def _hard_swish(x, grad_at_zero, grad_at_six):
+    return x * _hard_sigmoid(x, grad_at_zero, grad_at_six)
 
 
 hard_silu = hard_swish

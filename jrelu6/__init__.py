@@ -4,6 +4,11 @@ The functions live here; Flax modules wrapping them live in :mod:`jrelu6.linen`
 and :mod:`jrelu6.nnx`.
 """
 
+from jrelu6._diagnostics import BoundaryHits as BoundaryHits
+from jrelu6._diagnostics import BoundaryRow as BoundaryRow
+from jrelu6._diagnostics import boundary_hits as boundary_hits
+from jrelu6._diagnostics import format_boundary_hits as format_boundary_hits
+from jrelu6._diagnostics import summarize_boundary_hits as summarize_boundary_hits
 from jrelu6._functions import capped_relu as capped_relu
 from jrelu6._functions import hard_sigmoid as hard_sigmoid
 from jrelu6._functions import hard_silu as hard_silu
@@ -15,11 +20,16 @@ from jrelu6._functions import relu6_inplace as relu6_inplace
 __version__ = "0.1.0"
 
 __all__ = (
+    "BoundaryHits",
+    "BoundaryRow",
+    "boundary_hits",
     "capped_relu",
+    "format_boundary_hits",
     "hard_sigmoid",
     "hard_silu",
     "hard_swish",
     "relu6",
     "relu6_derivative",
     "relu6_inplace",
+    "summarize_boundary_hits",
 )

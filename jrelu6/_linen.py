@@ -6,13 +6,28 @@ import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
 
-from jrelu6 import _modules
+from jrelu6 import _diagnostics, _modules
 
 
 class _Activation(nn.Module):
-    """A parameter-free module applying one jrelu6 function with its fields."""
+    """A parameter-free module applying one jrelu6 function with its fields.
+
+    When the ``"boundary_hits"`` collection is mutable (``apply(...,
+    mutable=["boundary_hits"])``), it also records how many of its inputs sit
+    exactly on relu6's kinks (a :class:`jrelu6.BoundaryHits`, summed over
+    calls); otherwise it records nothing and costs nothing more. Nothing is
+    recorded by ``init``.
+    """
 
     def __call__(self, x: ArrayLike) -> jax.Array:
+        if self.is_mutable_collection(_diagnostics.COLLECTION) and not self.is_initializing():
+            self.sow(
+                _diagnostics.COLLECTION,
+                _diagnostics.COLLECTION,
+                _modules.hits(self, x),
+                init_fn=_diagnostics.zero_hits,
+                reduce_fn=_diagnostics.add_hits,
+            )
         return _modules.apply(self, x)
 
 

@@ -4,6 +4,8 @@ A module here carries configuration only (no parameters, no state). Each
 framework's wrapper declares the settings in its own idiom (dataclass fields
 for linen, a keyword-only ``__init__`` for nnx) and forwards them to the
 function through :func:`apply`, so the two can never compute differently.
+Likewise :func:`hits` counts, for both, the inputs on the kinks of the relu6
+each module applies (see :mod:`jrelu6._diagnostics`).
 """
 
 from __future__ import annotations
@@ -13,25 +15,34 @@ from typing import Any, NamedTuple
 
 import jax
 
-from jrelu6 import _functions
+from jrelu6 import _diagnostics, _functions
 
 
 class Spec(NamedTuple):
-    """An activation module: its function and the names of its settings."""
+    """An activation module: its function, the names of its settings, and
+    ``shift``, what the function adds to ``x`` before its relu6."""
 
     function: Callable[..., jax.Array]
     settings: tuple[str, ...]
+    shift: float = 0.0
 
 
 SPECS: Mapping[str, Spec] = {
     "ReLU6": Spec(_functions.relu6, ("grad_at_zero", "grad_at_six")),
     "CappedReLU": Spec(_functions.capped_relu, ("cap", "grad_at_zero", "grad_at_cap")),
-    "HardSigmoid": Spec(_functions.hard_sigmoid, ("grad_at_zero", "grad_at_six")),
-    "HardSwish": Spec(_functions.hard_swish, ("grad_at_zero", "grad_at_six")),
+    "HardSigmoid": Spec(_functions.hard_sigmoid, ("grad_at_zero", "grad_at_six"), shift=3.0),
+    "HardSwish": Spec(_functions.hard_swish, ("grad_at_zero", "grad_at_six"), shift=3.0),
 }
 
 
 def apply(module: Any, x: Any) -> jax.Array:
     """Calls the function of ``module``'s class with ``module``'s settings."""
-    function, settings = SPECS[type(module).__name__]
+    function, settings, _ = SPECS[type(module).__name__]
     return function(x, **{name: getattr(module, name) for name in settings})
+
+
+def hits(module: Any, x: Any) -> _diagnostics.BoundaryHits:
+    """Counts the inputs of ``module``'s relu6 that sit exactly on its kinks."""
+    _, settings, shift = SPECS[type(module).__name__]
+    cap = module.cap if "cap" in settings else 6.0
+    return _diagnostics.boundary_hits(x, cap=cap, shift=shift)

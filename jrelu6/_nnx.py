@@ -6,14 +6,48 @@ import jax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from jrelu6 import _modules
+from jrelu6 import _diagnostics, _modules
 
 
 class _Activation(nnx.Module):
-    """A parameter-free module applying one jrelu6 function with its settings."""
+    """A parameter-free module applying one jrelu6 function with its settings.
+
+    With ``record_boundary_hits`` set (``model.set_attributes(
+    record_boundary_hits=True)``, or ``nnx.view`` on newer flax), each call
+    also adds how many of its inputs sit exactly on relu6's kinks to an
+    ``nnx.Intermediate`` named ``boundary_hits`` (a
+    :class:`jrelu6.BoundaryHits`); take them with ``nnx.pop(model,
+    nnx.Intermediate)``. The flag is static, so ``nnx.jit`` retraces when it
+    changes, and unset (the default) the module costs nothing more.
+    """
+
+    record_boundary_hits: bool = False
 
     def __call__(self, x: ArrayLike) -> jax.Array:
+        if self.record_boundary_hits:
+            _record(self, _modules.hits(self, x))
         return _modules.apply(self, x)
+
+    def set_view(self, record_boundary_hits: bool | None = None):
+        """Used by ``nnx.view``.
+
+        Args:
+          record_boundary_hits: if True, record exact kink hits on each call.
+        """
+        if record_boundary_hits is not None:
+            self.record_boundary_hits = record_boundary_hits
+
+
+def _record(module: nnx.Module, hits: _diagnostics.BoundaryHits) -> None:
+    """Adds ``hits`` to ``module.boundary_hits``, an ``nnx.Intermediate``."""
+    variable = getattr(module, _diagnostics.COLLECTION, None)
+    if not isinstance(variable, nnx.Intermediate):
+        setattr(module, _diagnostics.COLLECTION, nnx.Intermediate(hits))
+        return
+    if hasattr(variable, "get_value"):  # flax >= 0.12: .value is read-only.
+        variable.set_value(_diagnostics.add_hits(variable.get_value(), hits))
+    else:
+        variable.value = _diagnostics.add_hits(variable.value, hits)
 
 
 class ReLU6(_Activation):

@@ -1,0 +1,530 @@
+"""MobileNetV1, V2 and V3 (Small, Large) in flax.linen, with jrelu6 activations.
+
+The architectures follow the papers and the reference definitions exactly:
+at 1000 classes and width 1.0 the trainable parameter counts equal Keras'
+``MobileNet`` (V1: 4,231,976) and torchvision's ``mobilenet_v2`` (3,504,872),
+``mobilenet_v3_small`` (2,542,856) and ``mobilenet_v3_large`` (5,483,032),
+counting BatchNorm's scale and bias as trainable, its running statistics not.
+
+* V1 (Howard et al. 2017; Keras): a 3x3 stem, 13 depthwise-separable blocks,
+  ReLU6, global pooling, dropout 1e-3 and a dense classifier. Channels are
+  ``int(c * width)`` as in Keras.
+* V2 (Sandler et al. 2018; torchvision): inverted residual blocks with linear
+  bottlenecks, ReLU6, a 1x1 head to 1280 channels, dropout 0.2.
+* V3 (Howard et al. 2019; torchvision): inverted residuals with squeeze-and-
+  excite (ReLU, then a hard-sigmoid gate), hard-swish in the later layers, a
+  1x1 head, a hidden dense layer (1024 / 1280) with hard-swish and dropout 0.2.
+
+V2 and V3 round every channel count with :func:`make_divisible` (multiples
+of 8), as torchvision does.
+
+All models share the options of :class:`MobileNet`: width, classes, a
+small-input variant for 32x32 images (downsampling by 8 instead of 32, as
+CIFAR MobileNets do: the stem and the first strided block keep stride 1),
+the relu6 derivative at its kinks, mixed precision (compute ``dtype``,
+float32 parameters, float32 logits), BatchNorm on or off, the depthwise
+convolution's implementation and jrelu6 vs jax.nn activations.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> model = create_model("mobilenet_v2", num_classes=10)
+  >>> init = lambda key, x: model.init(key, x, train=False)
+  >>> shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  >>> count_params(shapes)
+  2236682
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrelu6.linen
+
+from mobilenet.depthwise import IMPLS, DepthwiseConv
+
+ACTIVATIONS = ("jrelu6", "jax.nn")
+
+Dtype = Any
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Rounds a channel count to the nearest multiple of ``divisor`` (torchvision's rule).
+
+    Never rounds down by more than 10%, and never below ``min_value``
+    (default ``divisor``).
+
+    Examples:
+      >>> make_divisible(32 * 0.75), make_divisible(72 * 0.35), make_divisible(10)
+      (24, 24, 16)
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+# --- building blocks ----------------------------------------------------------
+
+
+class _Layers(NamedTuple):
+    """The layer options every block shares (a model's fields, passed down)."""
+
+    dtype: Dtype
+    batch_norm: bool
+    bn_momentum: float
+    bn_epsilon: float
+    depthwise: str
+    activation: str
+    grad_at_zero: Any
+    grad_at_six: Any
+
+    def act(self, kind: str) -> Callable[[jax.Array], jax.Array]:
+        """The activation ``kind`` ("relu6", "hard_swish", "hard_sigmoid", "relu").
+
+        With ``activation="jrelu6"`` the relu6 family are jrelu6.linen modules
+        (named layers, so their boundary hits can be recorded per layer); with
+        ``"jax.nn"`` the jax.nn functions. The squeeze-excite ReLU is plain
+        ``jax.nn.relu`` in both, as in the references.
+        """
+        if kind == "relu":
+            return jax.nn.relu
+        if self.activation == "jax.nn":
+            return {"relu6": jax.nn.relu6, "hard_swish": jax.nn.hard_swish,
+                    "hard_sigmoid": jax.nn.hard_sigmoid}[kind]
+        module = {"relu6": jrelu6.linen.ReLU6, "hard_swish": jrelu6.linen.HardSwish,
+                  "hard_sigmoid": jrelu6.linen.HardSigmoid}[kind]
+        return module(grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
+
+
+class ConvBN(nn.Module):
+    """Convolution, then BatchNorm (or a conv bias without it), then an activation.
+
+    Attributes:
+      features: output channels.
+      kernel_size: the square kernel's side.
+      strides: the stride.
+      layers: the shared layer options.
+      act: the activation kind, or ``None`` for a linear layer.
+      depthwise: a depthwise convolution (``features`` must equal the input's).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int
+    layers: _Layers
+    act: str | None = None
+    depthwise: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        cfg = self.layers
+        k = (self.kernel_size, self.kernel_size)
+        if self.depthwise:
+            conv = DepthwiseConv(self.features, k, strides=self.strides, padding="SAME",
+                                 use_bias=not cfg.batch_norm, impl=cfg.depthwise,
+                                 dtype=cfg.dtype, name="conv")
+        else:
+            conv = nn.Conv(self.features, k, strides=self.strides, padding="SAME",
+                           use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
+        x = conv(x)
+        if cfg.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
+                             epsilon=cfg.bn_epsilon, dtype=cfg.dtype, name="bn")(x)
+        if self.act is not None:
+            x = cfg.act(self.act)(x)
+        return x
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excite: global pool, 1x1 down + ReLU, 1x1 up + hard-sigmoid gate.
+
+    Attributes:
+      squeeze: the hidden channels.
+      layers: the shared layer options.
+    """
+
+    squeeze: int
+    layers: _Layers
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.layers
+        s = _global_pool(x, keepdims=True)
+        s = cfg.act("relu")(nn.Dense(self.squeeze, dtype=cfg.dtype, name="reduce")(s))
+        s = cfg.act("hard_sigmoid")(nn.Dense(x.shape[-1], dtype=cfg.dtype, name="expand")(s))
+        return x * s
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2/V3 block: 1x1 expand, depthwise, [squeeze-excite], 1x1 linear project.
+
+    A residual connection is added when the stride is 1 and the channels are
+    unchanged; the expansion is skipped when it would not change the channels.
+
+    Attributes:
+      expanded: the hidden (expanded) channels.
+      features: the output channels.
+      kernel_size: the depthwise kernel's side.
+      strides: the depthwise stride.
+      act: the activation kind of the expansion and depthwise layers.
+      squeeze: the squeeze-excite hidden channels, or ``None`` for no SE.
+      layers: the shared layer options.
+    """
+
+    expanded: int
+    features: int
+    kernel_size: int
+    strides: int
+    act: str
+    layers: _Layers
+    squeeze: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        cfg, inputs = self.layers, x
+        if self.expanded != x.shape[-1]:
+            x = ConvBN(self.expanded, 1, 1, cfg, self.act, name="expand")(x, train=train)
+        x = ConvBN(self.expanded, self.kernel_size, self.strides, cfg, self.act,
+                   depthwise=True, name="depthwise")(x, train=train)
+        if self.squeeze is not None:
+            x = SqueezeExcite(self.squeeze, cfg, name="se")(x)
+        x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train)
+        if self.strides == 1 and inputs.shape[-1] == self.features:
+            x = x + inputs
+        return x
+
+
+def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
+    """Spatial mean, accumulated in float32, returned in ``x``'s dtype."""
+    mean = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2),
+                    keepdims=keepdims)
+    return mean.astype(x.dtype)
+
+
+# --- the models -------------------------------------------------------------------
+
+
+class MobileNet(nn.Module):
+    """What every MobileNet here shares: its options, and the checks and plumbing.
+
+    Attributes:
+      num_classes: the number of output logits.
+      width_multiplier: scales every layer's channels (the paper's alpha).
+      small_input: for ~32x32 images: the stem and the first strided block
+        keep stride 1, so the network downsamples by 8 instead of 32.
+      dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay in
+        ``param_dtype`` and the logits are returned in float32.
+      param_dtype: the parameters' dtype.
+      grad_at_zero: relu6's derivative at 0, for every relu6-family layer.
+      grad_at_six: relu6's derivative at 6, for every relu6-family layer.
+      batch_norm: BatchNorm after every convolution; ``False``: none, and the
+        convolutions get biases instead.
+      bn_momentum: the running statistics' decay, flax's convention
+        (``new = momentum * old + (1 - momentum) * batch``). 0.9 (PyTorch's
+        0.1) rather than flax's 0.99: the initial statistics (mean 0,
+        variance 1) keep weight ``momentum ** steps``, 0.99 ** 300 = 5% but
+        0.9 ** 300 ~ 0, and they also track a fast-changing network closely,
+        so a model evaluated after a few hundred steps uses sensible
+        statistics.
+      bn_epsilon: BatchNorm's epsilon; ``None``: the reference's (1e-3 for
+        Keras V1 and torchvision V3, 1e-5 for torchvision V2).
+      dropout_rate: the classifier's dropout; ``None``: the reference's (1e-3
+        for V1, 0.2 for V2 and V3). Training with a rate > 0 needs a
+        ``"dropout"`` rng.
+      depthwise: the depthwise convolution's implementation: ``"auto"`` (the
+        fast one for the platform), ``"grouped"`` or ``"shifted"`` (see
+        :func:`mobilenet.depthwise.depthwise_conv`).
+      activation: ``"jrelu6"`` (jrelu6.linen modules with the settable kink
+        derivatives) or ``"jax.nn"`` (jax.nn.relu6 / hard_swish /
+        hard_sigmoid, for comparison; ``grad_at_*`` are then ignored).
+    """
+
+    num_classes: int = 1000
+    width_multiplier: float = 1.0
+    small_input: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    grad_at_zero: Any = 0.0
+    grad_at_six: Any = 0.0
+    batch_norm: bool = True
+    bn_momentum: float = 0.9
+    bn_epsilon: float | None = None
+    dropout_rate: float | None = None
+    depthwise: str = "auto"
+    activation: str = "jrelu6"
+
+    # The reference's defaults, per subclass.
+    default_bn_epsilon: ClassVar[float] = 1e-5
+    default_dropout_rate: ClassVar[float] = 0.2
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        """Logits (float32) of an NHWC batch of images.
+
+        Args:
+          x: images, ``(N, H, W, 3)`` float.
+          train: batch statistics and dropout (``True``; pass ``mutable=
+            ["batch_stats"]`` and a ``"dropout"`` rng to ``apply``) or running
+            statistics and no dropout (``False``).
+
+        Returns:
+          ``(N, num_classes)`` float32 logits.
+        """
+        self._check()
+        cfg = _Layers(self.dtype, self.batch_norm, self.bn_momentum,
+                      self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
+                      self.depthwise, self.activation, self.grad_at_zero, self.grad_at_six)
+        rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
+        return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
+
+    def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        name = type(self).__name__
+        if self.depthwise not in IMPLS:
+            raise ValueError(f"{name}: depthwise must be one of {IMPLS}, got {self.depthwise!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, "
+                             f"got {self.activation!r}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"{name}: width_multiplier must be > 0, "
+                             f"got {self.width_multiplier!r}")
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+            raise ValueError(f"{name}: num_classes must be a positive int, "
+                             f"got {self.num_classes!r}")
+
+    def _stride(self, stride: int, first_strided: list[bool]) -> int:
+        """``stride``, or 1 for the first strided layer after the stem when small_input."""
+        if stride > 1 and self.small_input and first_strided[0]:
+            first_strided[0] = False
+            return 1
+        return stride
+
+    def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
+        """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
+        x = _global_pool(x)
+        if hidden is not None:
+            x = cfg.act("hard_swish")(nn.Dense(hidden, dtype=cfg.dtype, name="pre_logits")(x))
+        x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
+        x = nn.Dense(self.num_classes, dtype=cfg.dtype, name="logits")(x)
+        return x.astype(jnp.float32)
+
+
+class MobileNetV1(MobileNet):
+    """MobileNetV1 (Howard et al. 2017), as Keras' ``MobileNet``.
+
+    A 3x3 stride-2 stem of 32 channels, then 13 depthwise-separable blocks
+    (3x3 depthwise + BN + ReLU6, 1x1 pointwise + BN + ReLU6), global average
+    pooling, dropout 1e-3 and a dense classifier. Channels scale as
+    ``int(c * width_multiplier)`` (Keras' rule). See :class:`MobileNet`
+    for the attributes.
+    """
+
+    default_bn_epsilon = 1e-3
+    default_dropout_rate = 1e-3
+
+    # (pointwise channels, depthwise stride) of the 13 blocks.
+    BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1),
+              (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        width = lambda c: int(c * self.width_multiplier)  # noqa: E731
+        x = ConvBN(width(32), 3, 1 if self.small_input else 2, cfg, "relu6",
+                   name="stem")(x, train=train)
+        first = [True]
+        for i, (features, stride) in enumerate(self.BLOCKS):
+            x = ConvBN(x.shape[-1], 3, self._stride(stride, first), cfg, "relu6",
+                       depthwise=True, name=f"block{i + 1}_depthwise")(x, train=train)
+            x = ConvBN(width(features), 1, 1, cfg, "relu6",
+                       name=f"block{i + 1}_pointwise")(x, train=train)
+        return self._classify(x, cfg, rate, train=train)
+
+
+class MobileNetV2(MobileNet):
+    """MobileNetV2 (Sandler et al. 2018), as torchvision's ``mobilenet_v2``.
+
+    A 3x3 stride-2 stem of 32 channels, 17 inverted residual blocks with linear
+    bottlenecks and ReLU6, a 1x1 head to 1280 channels, global average pooling,
+    dropout 0.2 and a dense classifier. See :class:`MobileNet` for the attributes.
+    """
+
+    # (expansion t, output channels c, repeats n, first stride s), from the paper's Table 2.
+    BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+              (6, 160, 3, 2), (6, 320, 1, 1))
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
+        x = ConvBN(width(32), 3, 1 if self.small_input else 2, cfg, "relu6",
+                   name="stem")(x, train=train)
+        first, index = [True], 0
+        for t, c, n, s in self.BLOCKS:
+            for repeat in range(n):
+                index += 1
+                stride = self._stride(s, first) if repeat == 0 else 1
+                x = InvertedResidual(int(round(x.shape[-1] * t)), width(c), 3, stride,
+                                     "relu6", cfg, name=f"block{index}")(x, train=train)
+        last = make_divisible(1280 * max(1.0, self.width_multiplier))
+        x = ConvBN(last, 1, 1, cfg, "relu6", name="head")(x, train=train)
+        return self._classify(x, cfg, rate, train=train)
+
+
+class _V3Block(NamedTuple):
+    kernel: int
+    expanded: int
+    out: int
+    se: bool
+    act: str
+    stride: int
+
+
+_RE, _HS = "relu6", "hard_swish"
+
+# torchvision's (kernel, expanded, out, SE, activation, stride) rows, from the paper's Tables 1-2.
+_V3_LARGE = tuple(_V3Block(*row) for row in (
+    (3, 16, 16, False, _RE, 1), (3, 64, 24, False, _RE, 2), (3, 72, 24, False, _RE, 1),
+    (5, 72, 40, True, _RE, 2), (5, 120, 40, True, _RE, 1), (5, 120, 40, True, _RE, 1),
+    (3, 240, 80, False, _HS, 2), (3, 200, 80, False, _HS, 1), (3, 184, 80, False, _HS, 1),
+    (3, 184, 80, False, _HS, 1), (3, 480, 112, True, _HS, 1), (3, 672, 112, True, _HS, 1),
+    (5, 672, 160, True, _HS, 2), (5, 960, 160, True, _HS, 1), (5, 960, 160, True, _HS, 1),
+))
+_V3_SMALL = tuple(_V3Block(*row) for row in (
+    (3, 16, 16, True, _RE, 2), (3, 72, 24, False, _RE, 2), (3, 88, 24, False, _RE, 1),
+    (5, 96, 40, True, _HS, 2), (5, 240, 40, True, _HS, 1), (5, 240, 40, True, _HS, 1),
+    (5, 120, 48, True, _HS, 1), (5, 144, 48, True, _HS, 1), (5, 288, 96, True, _HS, 2),
+    (5, 576, 96, True, _HS, 1), (5, 576, 96, True, _HS, 1),
+))
+
+
+class _MobileNetV3(MobileNet):
+    """MobileNetV3 (Howard et al. 2019), as torchvision's ``mobilenet_v3_*``."""
+
+    default_bn_epsilon: ClassVar[float] = 1e-3
+    BLOCKS: ClassVar[Sequence[_V3Block]] = ()
+    LAST_CHANNEL: ClassVar[int] = 1280
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
+        x = ConvBN(width(16), 3, 1 if self.small_input else 2, cfg, "hard_swish",
+                   name="stem")(x, train=train)
+        first = [True]
+        for i, block in enumerate(self.BLOCKS):
+            expanded = width(block.expanded)
+            x = InvertedResidual(
+                expanded, width(block.out), block.kernel, self._stride(block.stride, first),
+                block.act, cfg, squeeze=make_divisible(expanded // 4) if block.se else None,
+                name=f"block{i + 1}")(x, train=train)
+        x = ConvBN(6 * x.shape[-1], 1, 1, cfg, "hard_swish", name="head")(x, train=train)
+        return self._classify(x, cfg, rate, train=train,
+                              hidden=width(self.LAST_CHANNEL))
+
+
+class MobileNetV3Small(_MobileNetV3):
+    """MobileNetV3-Small (Howard et al. 2019), as torchvision's ``mobilenet_v3_small``.
+
+    A 3x3 stride-2 stem of 16 channels with hard-swish, 11 inverted residual
+    blocks (squeeze-excite in 9), a 1x1 head to 576 channels, global pooling,
+    a 1024-unit hard-swish layer, dropout 0.2 and a dense classifier. See
+    :class:`MobileNet` for the attributes.
+    """
+
+    BLOCKS = _V3_SMALL
+    LAST_CHANNEL = 1024
+
+
+class MobileNetV3Large(_MobileNetV3):
+    """MobileNetV3-Large (Howard et al. 2019), as torchvision's ``mobilenet_v3_large``.
+
+    A 3x3 stride-2 stem of 16 channels with hard-swish, 15 inverted residual
+    blocks (squeeze-excite in 8), a 1x1 head to 960 channels, global pooling,
+    a 1280-unit hard-swish layer, dropout 0.2 and a dense classifier. See
+    :class:`MobileNet` for the attributes.
+    """
+
+    BLOCKS = _V3_LARGE
+    LAST_CHANNEL = 1280
+
+
+class TinyMobileNet(MobileNet):
+    """A few-layer MobileNet for tests: every kind of layer, in milliseconds.
+
+    A 3x3 stem (16 channels, ReLU6), one inverted residual block with a
+    strided 3x3 depthwise convolution, squeeze-excite and hard-swish, a
+    residual block, a 1x1 head (64, hard-swish) and a dense classifier. No
+    dropout by default. See :class:`MobileNet` for the attributes.
+    """
+
+    default_dropout_rate = 0.0
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
+        first = [True]
+        x = ConvBN(width(16), 3, 1 if self.small_input else 2, cfg, "relu6",
+                   name="stem")(x, train=train)
+        x = InvertedResidual(width(48), width(24), 3, self._stride(2, first), "hard_swish",
+                             cfg, squeeze=width(16), name="block1")(x, train=train)
+        x = InvertedResidual(width(72), width(24), 3, 1, "relu6", cfg,
+                             name="block2")(x, train=train)
+        x = ConvBN(width(64), 1, 1, cfg, "hard_swish", name="head")(x, train=train)
+        return self._classify(x, cfg, rate, train=train)
+
+
+MODELS: Mapping[str, type[MobileNet]] = {
+    "mobilenet_v1": MobileNetV1,
+    "mobilenet_v2": MobileNetV2,
+    "mobilenet_v3_small": MobileNetV3Small,
+    "mobilenet_v3_large": MobileNetV3Large,
+    "tiny": TinyMobileNet,
+}
+
+
+def create_model(name: str, **kwargs: Any) -> MobileNet:
+    """The model called ``name`` (a key of :data:`MODELS`), with ``kwargs`` as its fields.
+
+    Args:
+      name: ``"mobilenet_v1"``, ``"mobilenet_v2"``, ``"mobilenet_v3_small"``,
+        ``"mobilenet_v3_large"`` or ``"tiny"``.
+      **kwargs: fields of :class:`MobileNet` (``num_classes``, ``width_multiplier``, ...).
+
+    Returns:
+      The (unbound) flax module.
+
+    Raises:
+      ValueError: for an unknown name.
+
+    Example:
+      >>> create_model("tiny", num_classes=10).num_classes
+      10
+    """
+    if name not in MODELS:
+        raise ValueError(f"create_model: unknown model {name!r}; choose one of "
+                         f"{', '.join(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def count_params(variables_or_params: Mapping[str, Any]) -> int:
+    """The number of trainable parameters (the ``"params"`` collection only).
+
+    Args:
+      variables_or_params: ``model.init``'s variables (only their ``"params"``
+        are counted) or the params tree itself; arrays or
+        ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``).
+
+    Returns:
+      The total number of scalars.
+    """
+    tree = variables_or_params
+    if isinstance(tree, Mapping) and "params" in tree:
+        tree = tree["params"]
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))

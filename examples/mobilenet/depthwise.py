@@ -95,6 +95,11 @@ def _taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                                   (1, sh, sw, 1))
 
 
+def _accumulator(dtype: Any) -> Any:
+    """The dtype to accumulate ``dtype`` values in: at least float32."""
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
+
+
 def _out_size(size: int, window: int, stride: int) -> int:
     return (size - window) // stride + 1
 
@@ -106,7 +111,7 @@ def _valid_shifted(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -
     """
     kh, kw = kernel.shape[:2]
     out_hw = (_out_size(xp.shape[1], kh, strides[0]), _out_size(xp.shape[2], kw, strides[1]))
-    acc_dtype = jnp.promote_types(xp.dtype, jnp.float32)
+    acc_dtype = _accumulator(xp.dtype)
     taps = kernel.reshape(kh, kw, -1).astype(acc_dtype)
     out = None
     for i, j, view in _taps(xp, (kh, kw), strides, out_hw):
@@ -148,7 +153,7 @@ def _shifted_bwd(strides, pads, residuals, g):
     dx = _valid_shifted(gp, kernel[::-1, ::-1], (1, 1)).astype(x.dtype)
     # Kernel gradient: dk[i, j] = sum over batch and positions of g * (tap (i, j) view of x).
     xp = _pad_input(x, pads)
-    acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+    acc_dtype = _accumulator(g.dtype)
     g_acc = g.astype(acc_dtype)
     rows = [jnp.sum(view.astype(acc_dtype) * g_acc, axis=(0, 1, 2))
             for _, _, view in _taps(xp, (kh, kw), strides, (ho, wo))]

@@ -136,8 +136,12 @@ class ConvBN(nn.Module):
                            use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
         x = conv(x)
         if cfg.batch_norm:
+            # Normalise in float32, then cast back: half-precision statistics lose too
+            # much, and flax's BatchNorm mixes dtypes then (an error under strict promotion).
+            bn_dtype = _accumulator(x.dtype)
             x = nn.BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
-                             epsilon=cfg.bn_epsilon, dtype=cfg.dtype, name="bn")(x)
+                             epsilon=cfg.bn_epsilon, dtype=bn_dtype,
+                             name="bn")(x.astype(bn_dtype)).astype(x.dtype)
         if self.act is not None:
             x = cfg.act(self.act)(x)
         return x
@@ -202,9 +206,14 @@ class InvertedResidual(nn.Module):
         return x
 
 
+def _accumulator(dtype: Dtype) -> Dtype:
+    """float32 for half-precision ``dtype``, else ``dtype``."""
+    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
+
+
 def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     """Spatial mean, accumulated in float32, returned in ``x``'s dtype."""
-    mean = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2),
+    mean = jnp.mean(x.astype(_accumulator(x.dtype)), axis=(1, 2),
                     keepdims=keepdims)
     return mean.astype(x.dtype)
 

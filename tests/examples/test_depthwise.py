@@ -1,0 +1,133 @@
+"""examples/mobilenet/depthwise.py: every implementation computes the grouped convolution."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet import depthwise
+from mobilenet.depthwise import DepthwiseConv, depthwise_conv
+
+# (input shape NHWC, kernel side, strides, padding): odd and even sizes, both strides.
+CASES = [
+    ((2, 7, 9, 5), 3, 1, "SAME"),
+    ((2, 7, 9, 5), 3, 2, "SAME"),
+    ((1, 8, 6, 3), 3, 2, "SAME"),
+    ((2, 9, 7, 4), 5, 2, "SAME"),
+    ((2, 9, 7, 4), 5, 1, "SAME"),
+    ((2, 7, 9, 5), 3, 2, "VALID"),
+    ((1, 6, 7, 3), 3, (2, 1), ((0, 1), (2, 1))),
+]
+
+
+def _inputs(shape, k, dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), dtype)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, shape[-1])), dtype)
+    return x, kernel
+
+
+def _value_and_grads(impl, x, kernel, strides, padding):
+    def f(x, kernel):
+        return depthwise_conv(x, kernel, strides=strides, padding=padding, impl=impl)
+
+    def loss(x, kernel):  # A non-linear loss, so the output gradient is not uniform.
+        return jnp.sum(jnp.sin(f(x, kernel)))
+
+    return jax.jit(f)(x, kernel), *jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+
+
+@pytest.mark.parametrize("impl", ["shifted", "auto"])
+@pytest.mark.parametrize("shape,k,strides,padding", CASES)
+def test_matches_grouped_forward_and_gradients(impl, shape, k, strides, padding):
+    x, kernel = _inputs(shape, k)
+    want = _value_and_grads("grouped", x, kernel, strides, padding)
+    got = _value_and_grads(impl, x, kernel, strides, padding)
+    for name, a, b in zip(("output", "d/dx", "d/dkernel"), got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_matches_lax_conv_directly():
+    x, kernel = _inputs((2, 5, 5, 3), 3)
+    want = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=3)
+    np.testing.assert_allclose(depthwise_conv(x, kernel, impl="shifted"), want,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", depthwise.IMPLS)
+def test_half_precision_keeps_dtype(impl):
+    x, kernel = _inputs((2, 6, 6, 4), 3, jnp.bfloat16)
+    y = depthwise_conv(x, kernel, strides=2, impl=impl)
+    want = depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), strides=2,
+                          impl="grouped")
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(y.astype(jnp.float32), want, rtol=3e-2, atol=3e-2)
+
+
+def test_auto_compiles_to_no_convolution_on_cpu():
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU choice")
+    x, kernel = _inputs((2, 6, 6, 4), 3)
+    grad = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, impl="auto")), argnums=(0, 1))
+    hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
+    assert "convolution(" not in hlo and "conditional(" not in hlo
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"impl": "fast"}, "impl must be one of"),
+        ({"padding": "FULL"}, "padding must be"),
+        ({"padding": ((1, 1),)}, "padding must be"),
+        ({"strides": 0}, "strides must be"),
+        ({"strides": (1, 2, 3)}, "strides must be"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    x, kernel = _inputs((1, 4, 4, 2), 3)
+    with pytest.raises(ValueError, match=f"depthwise_conv: {match}"):
+        depthwise_conv(x, kernel, **kwargs)
+
+
+def test_bad_kernel_shape_raises():
+    x, _ = _inputs((1, 4, 4, 2), 3)
+    with pytest.raises(ValueError, match=r"depthwise_conv: need x \(N, H, W, C\)"):
+        depthwise_conv(x, jnp.ones((3, 3, 2, 2)))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("impl", depthwise.IMPLS)
+def test_layer_matches_flax_grouped_conv(use_bias, impl):
+    x, _ = _inputs((2, 7, 7, 6), 3)
+    ours = DepthwiseConv(6, (3, 3), strides=2, use_bias=use_bias, impl=impl)
+    theirs = nn.Conv(6, (3, 3), strides=2, use_bias=use_bias, feature_group_count=6)
+    key = jax.random.key(0)
+    variables = ours.init(key, x)
+    reference = theirs.init(key, x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, reference)
+    np.testing.assert_array_equal(variables["params"]["kernel"],
+                                  reference["params"]["kernel"])
+    if use_bias:  # Make the bias count.
+        variables = jax.tree.map(lambda p: p + 0.5, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_layer_computes_in_its_dtype_with_float32_params():
+    x, _ = _inputs((1, 5, 5, 4), 3)
+    layer = DepthwiseConv(4, dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].dtype == jnp.float32
+    assert layer.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_layer_rejects_wrong_channels():
+    x, _ = _inputs((1, 5, 5, 4), 3)
+    with pytest.raises(ValueError, match="DepthwiseConv: expected 3 input channels"):
+        DepthwiseConv(3).init(jax.random.key(0), x)

@@ -1,0 +1,288 @@
+"""examples/mobilenet/models.py: reference parameter counts, modes, dtypes, options."""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrelu6
+from mobilenet import models
+
+# Trainable parameters of the references: Keras MobileNet (V1), torchvision (V2, V3).
+REFERENCE_COUNTS = {
+    ("mobilenet_v1", 1000): 4_231_976,
+    ("mobilenet_v2", 1000): 3_504_872,
+    ("mobilenet_v3_small", 1000): 2_542_856,
+    ("mobilenet_v3_large", 1000): 5_483_032,
+    ("mobilenet_v1", 10): 3_217_226,
+    ("mobilenet_v2", 10): 2_236_682,
+    ("mobilenet_v3_small", 10): 1_528_106,
+    ("mobilenet_v3_large", 10): 4_214_842,
+}
+
+
+def _shapes(model, size=32, batch=1):
+    """The variables' shapes, traced only (no compile, no init cost)."""
+    return jax.eval_shape(lambda key, x: model.init(key, x, train=False),
+                          jax.random.key(0), jnp.zeros((batch, size, size, 3)))
+
+
+def _images(batch=2, size=32, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(batch, size, size, 3)),
+                       jnp.float32)
+
+
+def _variables(model, seed=0):
+    """Random variables of ``model``'s shapes (BN stats at their initial 0 and 1).
+
+    Cheaper than ``model.init``, whose many random initialisers take XLA:CPU
+    seconds to compile.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "batch_stats" in name:
+            return jnp.full(leaf.shape, 1.0 if "var" in name else 0.0, leaf.dtype)
+        fan_in = int(np.prod(leaf.shape[:-1])) or 1
+        return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, _shapes(model))
+
+
+def _eval(model):
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def _train(model):
+    return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model and its variables."""
+    model = models.create_model("tiny", num_classes=10, small_input=True)
+    return model, _variables(model)
+
+
+@pytest.mark.parametrize("name,num_classes", list(REFERENCE_COUNTS))
+def test_parameter_count_matches_reference(name, num_classes):
+    model = models.create_model(name, num_classes=num_classes)
+    assert models.count_params(_shapes(model, 224)) == REFERENCE_COUNTS[name, num_classes]
+
+
+@pytest.mark.parametrize("name", [n for n in models.MODELS if n != "tiny"])
+def test_small_input_keeps_parameter_count(name):
+    big = models.count_params(_shapes(models.create_model(name, num_classes=10)))
+    small = models.count_params(_shapes(models.create_model(name, num_classes=10,
+                                                            small_input=True)))
+    assert small == big
+
+
+@pytest.mark.parametrize("small_input,side", [(False, 1), (True, 4)])
+def test_small_input_downsamples_by_8(small_input, side):
+    model = models.create_model("mobilenet_v2", num_classes=10, small_input=small_input)
+    variables = _shapes(model)
+
+    def head(variables, x):
+        _, state = model.apply(variables, x, train=False,
+                               capture_intermediates=lambda m, _: m.name == "head")
+        return state["intermediates"]["head"]["__call__"][0]
+
+    assert jax.eval_shape(head, variables, jnp.zeros((1, 32, 32, 3))).shape == (1, side, side,
+                                                                               1280)
+
+
+def test_width_multiplier_shrinks_model():
+    full = models.count_params(_shapes(models.create_model("mobilenet_v2")))
+    half = models.count_params(_shapes(models.create_model("mobilenet_v2",
+                                                           width_multiplier=0.5)))
+    assert half < full
+
+
+@pytest.mark.parametrize(
+    "value,want", [(32, 32), (32 * 0.75, 24), (10, 16), (72 * 0.35, 24), (1280 * 1.4, 1792)]
+)
+def test_make_divisible(value, want):
+    assert models.make_divisible(value) == want
+
+
+def test_models_registry_and_create_model():
+    assert set(models.MODELS) == {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small",
+                                  "mobilenet_v3_large", "tiny"}
+    model = models.create_model("mobilenet_v3_small", num_classes=7, width_multiplier=0.5)
+    assert isinstance(model, models.MobileNetV3Small)
+    assert (model.num_classes, model.width_multiplier) == (7, 0.5)
+
+
+def test_create_model_rejects_unknown_name():
+    with pytest.raises(ValueError, match="create_model: unknown model 'resnet'.*mobilenet_v2"):
+        models.create_model("resnet")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"depthwise": "fft"}, "depthwise must be one of"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"width_multiplier": 0.0}, "width_multiplier must be > 0"),
+        ({"num_classes": 0}, "num_classes must be a positive int"),
+    ],
+)
+def test_bad_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=f"TinyMobileNet: {match}"):
+        _shapes(models.create_model("tiny", **kwargs))
+
+
+def test_count_params_takes_variables_or_params(tiny):
+    _, variables = tiny
+    n = sum(p.size for p in jax.tree.leaves(variables["params"]))
+    assert models.count_params(variables) == models.count_params(variables["params"]) == n
+    assert "batch_stats" in variables  # ...which count_params leaves out.
+
+
+def test_tiny_forward(tiny):
+    model, variables = tiny
+    logits = _eval(model)(variables, _images())  # No mutable=: eval must not write stats.
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_real_model_forward_at_32x32():
+    model = models.create_model("mobilenet_v1", num_classes=10, width_multiplier=0.25,
+                                small_input=True)
+    x = _images()
+    variables = _variables(model)
+    logits, state = jax.jit(lambda v, x: model.apply(
+        v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}))(
+        variables, x)
+    assert logits.shape == (2, 10) and logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+    assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(
+        variables["batch_stats"])
+
+
+def test_train_mode_updates_running_stats_with_momentum(tiny):
+    model, variables = tiny
+    x = _images()
+    _, state = _train(model)(variables, x)
+    stem_input = x  # The stem's conv output's batch mean gives the expected update.
+    conv = nn.Conv(16, (3, 3), padding="SAME", use_bias=False)
+    y = conv.apply({"params": variables["params"]["stem"]["conv"]}, stem_input)
+    momentum = model.bn_momentum
+    want = (1 - momentum) * jnp.mean(y, axis=(0, 1, 2))  # The initial mean is 0.
+    np.testing.assert_allclose(state["batch_stats"]["stem"]["bn"]["mean"], want,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_eval_mode_uses_running_stats(tiny):
+    model, variables = tiny
+    x, apply = _images(batch=4), _eval(model)
+    # Eval: each image's logits do not depend on the rest of the batch ...
+    full = apply(variables, x)
+    np.testing.assert_allclose(apply(variables, x[:2]), full[:2], rtol=1e-5, atol=1e-5)
+    # ... and change when (only) the running statistics change.
+    shifted = jax.tree.map(lambda s: s + 0.5, variables["batch_stats"])
+    other = apply({**variables, "batch_stats": shifted}, x)
+    assert not np.allclose(other, full)
+
+
+def test_train_mode_uses_batch_stats(tiny):
+    model, variables = tiny
+    x, apply = _images(batch=4), _train(model)
+    alone, _ = apply(variables, x[:2])
+    together, _ = apply(variables, x)
+    assert not np.allclose(alone, together[:2])
+
+
+def test_without_batch_norm_convs_have_biases():
+    model = models.create_model("tiny", batch_norm=False)
+    variables = _shapes(model)
+    assert set(variables) == {"params"}
+    assert "bias" in variables["params"]["stem"]["conv"]
+    assert "bias" in variables["params"]["block1"]["depthwise"]["conv"]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_jax_nn_activations_equal_jrelu6(tiny, train):
+    model, variables = tiny
+    x = _images()
+    other = models.create_model("tiny", num_classes=10, small_input=True, activation="jax.nn")
+    run = _train if train else _eval
+    for a, b in zip(jax.tree.leaves(run(model)(variables, x)),
+                    jax.tree.leaves(run(other)(variables, x)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["grouped", "shifted"])
+def test_depthwise_implementations_agree_in_model(tiny, impl):
+    model, variables = tiny
+    x = _images()
+    other = models.create_model("tiny", num_classes=10, small_input=True, depthwise=impl)
+    np.testing.assert_allclose(_eval(model)(variables, x), _eval(other)(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_activations_are_named_jrelu6_layers_with_the_settings():
+    model = models.create_model("tiny", grad_at_zero=1.0, grad_at_six=0.5)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (jrelu6.linen.ReLU6, jrelu6.linen.HardSwish,
+                                       jrelu6.linen.HardSigmoid)):
+            m = context.module
+            seen.append((type(m).__name__, m.grad_at_zero, m.grad_at_six))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _shapes(model)
+    kinds = {kind for kind, _, _ in seen}
+    assert kinds == {"ReLU6", "HardSwish", "HardSigmoid"}
+    assert all((g0, g6) == (1.0, 0.5) for _, g0, g6 in seen)
+
+
+def test_boundary_hits_are_recorded_per_layer(tiny):
+    model, variables = tiny
+    _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["boundary_hits"]))(
+        variables, _images())
+    rows = jrelu6.summarize_boundary_hits(state)
+    assert any(row.layer.startswith("stem") for row in rows)
+    assert len(rows) >= 5
+
+
+def test_grad_settings_may_be_traced(tiny):
+    model, variables = tiny
+    x = _images()
+
+    def logits(g0):
+        m = models.create_model("tiny", num_classes=10, small_input=True, grad_at_zero=g0)
+        return m.apply(variables, x, train=False)
+
+    np.testing.assert_allclose(jax.jit(logits)(jnp.float32(1.0)), _eval(model)(variables, x),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_mixed_precision_float32_params_and_logits(dtype):
+    model = models.create_model("tiny", num_classes=10, small_input=True, dtype=dtype)
+    assert {p.dtype for p in jax.tree.leaves(_shapes(model))} == {jnp.dtype(jnp.float32)}
+    logits, state = _train(model)(_variables(model), _images())
+    assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+    assert {s.dtype for s in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+
+
+def test_dropout_needs_rng_and_is_off_in_eval():
+    model = models.create_model("tiny", num_classes=10, small_input=True, dropout_rate=0.5)
+    x, variables = _images(), _variables(model)
+    np.testing.assert_array_equal(_eval(model)(variables, x), _eval(model)(variables, x))
+    train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"],
+                                                  rngs={"dropout": key}))
+    b, _ = train(variables, x, jax.random.key(1))
+    c, _ = train(variables, x, jax.random.key(2))
+    assert not np.allclose(b, c)
+    with pytest.raises(flax.errors.InvalidRngError):
+        model.apply(variables, x, train=True, mutable=["batch_stats"])

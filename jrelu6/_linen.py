@@ -16,7 +16,7 @@ class _Activation(nn.Module):
     mutable=["boundary_hits"])``), it also records how many of its inputs sit
     exactly on relu6's kinks (a :class:`jrelu6.BoundaryHits`, summed over
     calls); otherwise it records nothing and costs nothing more. Nothing is
-    recorded by ``init``.
+    recorded by ``init``; ``mutable=True`` (every collection) does record.
     """
 
     def __call__(self, x: ArrayLike) -> jax.Array:

@@ -1,0 +1,103 @@
+"""A minimal jitted MobileNet training step for the benchmarks.
+
+Forward pass in training mode (batch statistics, dropout), softmax
+cross-entropy, gradients, SGD with momentum, the BatchNorm statistics update;
+the whole state donated, nothing returned to the host but a scalar loss. It is
+deliberately smaller than the example's ``train.py`` (no schedule, weight
+decay, label smoothing, metrics or sharding) so that the comparison with the
+PyTorch step in ``train_step.py`` is like for like: the same model, loss and
+optimizer on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+if _EXAMPLES not in sys.path:  # Run as a script: make the MobileNet example importable.
+    sys.path.insert(0, _EXAMPLES)
+
+from mobilenet import models  # noqa: E402
+
+LEARNING_RATE = 0.05
+MOMENTUM = 0.9
+
+
+class StepState(NamedTuple):
+    """Everything a training step updates."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def optimizer() -> optax.GradientTransformation:
+    """SGD with momentum (PyTorch's ``SGD(lr, momentum)`` has the same update)."""
+    return optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+
+def create_state(model: Any, image_shape: tuple[int, ...], *, seed: int = 0) -> StepState:
+    """Initial parameters, BatchNorm statistics and optimizer state."""
+
+    @jax.jit
+    def init():
+        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        variables = model.init(jax.random.key(seed), dummy, train=False)
+        params = variables["params"]
+        return StepState(params, variables.get("batch_stats", {}),
+                         optimizer().init(params), jnp.zeros((), jnp.int32))
+
+    return init()
+
+
+def step_fn(model: Any):
+    """The un-jitted step ``(state, images, labels) -> (state, loss)``.
+
+    Un-jitted so that :func:`compiled_cost.compiled_stats` can compile it;
+    :func:`jitted_step` is what gets timed.
+    """
+    tx = optimizer()
+
+    def loss_fn(params, batch_stats, images, labels, rng):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, images, train=True,
+            mutable=["batch_stats"], rngs={"dropout": rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates["batch_stats"]
+
+    def step(state: StepState, images: jax.Array, labels: jax.Array):
+        rng = jax.random.fold_in(jax.random.key(1), state.step)
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, images, labels, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return StepState(params, batch_stats, opt_state, state.step + 1), loss
+
+    return step
+
+
+def jitted_step(model: Any):
+    """:func:`step_fn` jitted with the state donated (updated in place)."""
+    return jax.jit(step_fn(model), donate_argnums=0)
+
+
+def synthetic_batch(batch: int, size: int, num_classes: int, *, seed: int = 0
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Random normalised images ``(batch, size, size, 3)`` float32 and int32 labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+    labels = rng.integers(0, num_classes, size=batch).astype(np.int32)
+    return jnp.asarray(images), jnp.asarray(labels)
+
+
+def create_model(**kwargs: Any) -> Any:
+    """``models.create_model("mobilenet_v2", **kwargs)``."""
+    return models.create_model("mobilenet_v2", **kwargs)

@@ -1,0 +1,166 @@
+"""relu6 inside a model: the MobileNetV2 training step with jrelu6 against jax.nn.relu6.
+
+Builds the example's MobileNetV2 twice, identical but for the activation
+(``activation="jrelu6"``: jrelu6.linen.ReLU6 modules; ``"jax.nn"``:
+:func:`jax.nn.relu6`), jits one training step of each (forward in training
+mode, cross-entropy, gradients, SGD with momentum, BatchNorm statistics) and
+reports, side by side:
+
+- the step time of both, interleaved, and their ratio (goal: <= 1.02);
+- the compiled program's temp memory from ``memory_analysis()`` and its ratio
+  (goal: <= 1.00);
+- the number of fusions in the compiled HLO of both.
+
+The executable that is timed is the one analysed (``compiled_cost.compiled_stats``
+compiles the same function with the same arguments, which JAX serves from its
+cache). The step is not donated here, so that this holds; ``train_step.py``
+times the donated step.
+
+Sizes follow the backend: 32x32 (small-input variant), float32, batch 128 and
+10 classes on CPU; 224x224, bfloat16, batch 256 and 1000 classes on GPU/TPU.
+
+    python benchmarks/model_activation.py --quick     # batch 16 on CPU, ~1 min on 2 cores
+    python benchmarks/model_activation.py             # batch 128 on CPU
+    python benchmarks/model_activation.py --grad-at-zero 1 --grad-at-six 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import _harness
+import _mobilenet_step as mstep
+from compiled_cost import compiled_stats
+
+_ACTIVATIONS = ("jax.nn", "jrelu6")
+
+
+def backend_defaults(backend: str, quick: bool) -> dict[str, Any]:
+    """Image size, batch, dtype and classes for ``backend`` (the issue's settings)."""
+    if backend == "cpu":
+        return {"size": 32, "batch": 16 if quick else 128, "dtype": "float32",
+                "num_classes": 10}
+    return {"size": 224, "batch": 64 if quick else 256, "dtype": "bfloat16",
+            "num_classes": 1000}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch options shared with ``train_step.py``."""
+    parser.add_argument("--model", default="mobilenet_v2",
+                        help="a mobilenet.models name (default mobilenet_v2; 'tiny' for tests)")
+    parser.add_argument("--batch", type=int, help="batch size (default: 128 CPU, 256 GPU; "
+                                                  "quick: 16 CPU, 64 GPU)")
+    parser.add_argument("--size", type=int, help="image side (default: 32 CPU, 224 GPU)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype (default: float32 CPU, bfloat16 GPU); "
+                             "parameters stay float32")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1)")
+    parser.add_argument("--num-classes", type=int, help="classes (default: 10 CPU, 1000 GPU)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 7, quick 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+
+
+def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings: explicit options over the backend's defaults."""
+    config = backend_defaults(jax.default_backend(), args.quick)
+    for key in ("batch", "size", "dtype", "num_classes"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    for key in ("batch", "size", "num_classes"):
+        if config[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {config[key]}")
+    config.update(model=args.model, width=args.width,
+                  small_input=config["size"] <= 64,
+                  repeats=args.repeats or (3 if args.quick else 7), warmup=args.warmup)
+    return config
+
+
+def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``create_model`` keywords for ``config``."""
+    return {"num_classes": config["num_classes"], "width_multiplier": config["width"],
+            "small_input": config["small_input"], "dtype": jnp.dtype(config["dtype"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_model_arguments(parser)
+    parser.add_argument("--grad-at-zero", type=float, default=0.0, help="jrelu6's g0 (default 0)")
+    parser.add_argument("--grad-at-six", type=float, default=0.0, help="jrelu6's g6 (default 0)")
+    _harness.add_output_arguments(parser, "model_activation")
+    args = parser.parse_args(argv)
+    config = resolve_config(parser, args)
+    config.update(grad_at_zero=args.grad_at_zero, grad_at_six=args.grad_at_six)
+
+    info = _harness.machine_info()
+    command = _harness.command_line("model_activation.py", argv)
+    print(f"relu6 in the {config['model']} training step on {_harness.describe_machine(info)}")
+    print(f"command: {command}")
+    print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
+          f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
+          f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")
+
+    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
+                                           config["num_classes"])
+    cases, stats = {}, {}
+    for activation in _ACTIVATIONS:
+        extra = ({"grad_at_zero": config["grad_at_zero"], "grad_at_six": config["grad_at_six"]}
+                 if activation == "jrelu6" else {})
+        model = mstep.models.create_model(config["model"], activation=activation,
+                                          **model_kwargs(config), **extra)
+        state = mstep.create_state(model, images.shape[1:])
+        fn = mstep.step_fn(model)
+        step = jax.jit(fn)
+        jax.block_until_ready(step(state, images, labels))  # compile once, here
+        stats[activation] = compiled_stats(fn, state, images, labels)  # cached: same program
+        cases[activation] = _harness.Case(
+            lambda calls: calls,
+            lambda _, step=step, state=state: step(state, images, labels))
+
+    times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"])
+    medians = {name: _harness.median(t) for name, t in times.items()}
+    base, ours = "jax.nn", "jrelu6"
+    ratios = {
+        "step_time": _harness.ratio(medians[ours], medians[base]),
+        "temp_memory": _harness.ratio(stats[ours]["temp_bytes"], stats[base]["temp_bytes"]),
+        "fusions": _harness.ratio(stats[ours]["fusions"], stats[base]["fusions"]),
+    }
+    rows = [{"activation": name, "ms": medians[name] * 1e3, "min_ms": min(times[name]) * 1e3,
+             "img_s": config["batch"] / medians[name],
+             "temp_mib": stats[name]["temp_bytes"] / 2**20, "fusions": stats[name]["fusions"],
+             "entry_ops": stats[name]["entry_ops"]} for name in _ACTIVATIONS]
+    print()
+    print(_harness.format_table(rows, [
+        ("activation", "activation", ""), ("ms", "step ms (median)", ".1f"),
+        ("min_ms", "min ms", ".1f"), ("img_s", "images/s", ".1f"),
+        ("temp_mib", "temp MiB", ".2f"), ("fusions", "fusions", "d"),
+        ("entry_ops", "entry ops", "d")]))
+    goals = {
+        "step_time_ratio": {"value": ratios["step_time"], "target": 1.02,
+                            "met": ratios["step_time"] <= 1.02},
+        "temp_memory_ratio": {"value": ratios["temp_memory"], "target": 1.00,
+                              "met": ratios["temp_memory"] <= 1.00},
+    }
+    print(f"\nratios jrelu6 / jax.nn: step time {ratios['step_time']:.3f} "
+          f"(goal <= 1.02: {'met' if goals['step_time_ratio']['met'] else 'MISSED'}), "
+          f"temp memory {ratios['temp_memory']:.3f} "
+          f"(goal <= 1.00: {'met' if goals['temp_memory_ratio']['met'] else 'MISSED'}), "
+          f"fusions {stats[ours]['fusions']} vs {stats[base]['fusions']}")
+    path = _harness.write_json(args, "model_activation", {
+        "benchmark": "model_activation", "command": command, "machine": info,
+        "config": config, "step_seconds": times, "median_step_seconds": medians,
+        "compiled": stats, "ratios": ratios, "goals": goals,
+    })
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

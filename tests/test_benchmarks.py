@@ -1,0 +1,166 @@
+"""The benchmark scripts keep working: each quick mode runs and writes sensible JSON.
+
+The scripts run as a user runs them (``python benchmarks/<name>.py --quick``),
+in a subprocess, with even smaller sizes and the tiny MobileNet so that the
+file takes well under a minute and a half on 2 cores. XLA's backend
+optimisation is turned down there: these tests check the plumbing, never the
+figures (no timing assertions).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def run_benchmark(tmp_path, script: str, *args: str) -> dict:
+    """Runs ``benchmarks/<script> --quick ARGS --json ...``; returns the JSON it wrote."""
+    path = tmp_path / "out.json"
+    env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
+               JAX_PLATFORMS="cpu")
+    completed = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", script), "--quick", *args,
+         "--json", str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    assert f"wrote {path}" in completed.stdout
+    with open(path) as f:
+        return json.load(f)
+
+
+def assert_positive_finite(value, what: str) -> None:
+    assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (what, value)
+
+
+def assert_machine_named(result: dict) -> None:
+    machine = result["machine"]
+    for key in ("backend", "device", "cpu", "cpu_count", "jax", "jaxlib", "numpy"):
+        assert machine[key], key
+    assert result["command"].startswith("python benchmarks/")
+
+
+@pytest.fixture(scope="module")
+def activation_result(tmp_path_factory):
+    return run_benchmark(tmp_path_factory.mktemp("activation"), "activation.py",
+                         "--sizes", "10", "12", "--repeats", "1")
+
+
+def test_activation_json_names_the_machine(activation_result):
+    assert_machine_named(activation_result)
+    assert activation_result["config"]["sizes"] == [10, 12]
+
+
+def test_activation_covers_every_mode_dtype_and_size(activation_result):
+    points = {(r["mode"], r["dtype"], r["log2_size"]) for r in activation_result["results"]}
+    assert points == {(mode, dtype, size) for mode in ("forward", "forward+backward")
+                      for dtype in ("float32", "bfloat16") for size in (10, 12)}
+
+
+@pytest.mark.parametrize("mode, names", [
+    ("forward", ["scale", "jax.nn", "jrelu6", "scale donated", "jax.nn donated",
+                 "jrelu6 inplace"]),
+    ("forward+backward", ["scale", "jax.nn", "jrelu6"]),
+])
+def test_activation_times_every_jax_candidate(activation_result, mode, names):
+    for record in activation_result["results"]:
+        if record["mode"] == mode:
+            for name in names:
+                assert_positive_finite(record["gb_per_s"][name], (record["dtype"], name))
+
+
+def test_activation_numpy_column_is_float32_only(activation_result):
+    for record in activation_result["results"]:
+        if record["mode"] == "forward":
+            assert ("numpy inplace" in record["gb_per_s"]) == (record["dtype"] == "float32")
+
+
+def test_activation_torch_columns_follow_torch(activation_result):
+    for record in activation_result["results"]:
+        present = "torch" in record["gb_per_s"]
+        assert present == HAS_TORCH
+        if record["mode"] == "forward":
+            assert ("torch inplace" in record["gb_per_s"]) == HAS_TORCH
+
+
+def test_activation_ratios_are_positive_where_measured(activation_result):
+    for record in activation_result["results"]:
+        ratios = record["ratios"]
+        assert_positive_finite(ratios["jrelu6_vs_jax.nn"], "jrelu6_vs_jax.nn")
+        assert_positive_finite(ratios["jrelu6_vs_scale"], "jrelu6_vs_scale")
+        if record["mode"] == "forward" and record["dtype"] == "float32":
+            assert_positive_finite(ratios["inplace_vs_numpy_inplace"], "inplace_vs_numpy")
+        if HAS_TORCH:
+            assert_positive_finite(ratios["jrelu6_vs_torch"], "jrelu6_vs_torch")
+
+
+def test_activation_goals_need_big_arrays(activation_result):
+    # Only 2^10 and 2^12 were run: the goals (stated for >= 2^22) are not judged.
+    for goal in activation_result["goals"].values():
+        assert goal["met"] is None and goal["points"] == 0
+
+
+@pytest.mark.slow
+def test_model_activation_quick(tmp_path):
+    result = run_benchmark(tmp_path, "model_activation.py", "--model", "tiny",
+                           "--batch", "2", "--size", "16", "--repeats", "1")
+    assert_machine_named(result)
+    assert set(result["median_step_seconds"]) == {"jax.nn", "jrelu6"}
+    for key in ("step_time", "temp_memory", "fusions"):
+        assert_positive_finite(result["ratios"][key], key)
+    for stats in result["compiled"].values():
+        assert stats["fusions"] > 0 and stats["temp_bytes"] > 0
+    assert set(result["goals"]) == {"step_time_ratio", "temp_memory_ratio"}
+
+
+@pytest.mark.slow
+def test_train_step_quick(tmp_path):
+    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny",
+                           "--batch", "2", "--size", "16", "--repeats", "1")
+    assert_machine_named(result)
+    assert set(result["images_per_second"]) == {"jax (ours)", "jax grouped"}  # no tiny torch
+    for name, value in result["images_per_second"].items():
+        assert_positive_finite(value, name)
+    assert_positive_finite(result["ratios"]["ours_vs_grouped"], "ours_vs_grouped")
+    assert result["ratios"]["ours_vs_torch"] is None
+    assert result["goals"]["ours_vs_torch"]["met"] is None
+
+
+@pytest.mark.parametrize("num_classes, small_input", [(1000, False), (10, True)])
+def test_torch_mobilenet_v2_has_the_flax_parameter_count(num_classes, small_input):
+    pytest.importorskip("torch")
+    import train_step
+    from mobilenet import models
+
+    flax_model = models.create_model("mobilenet_v2", num_classes=num_classes,
+                                     small_input=small_input)
+    shapes = jax.eval_shape(
+        lambda key: flax_model.init(key, jnp.zeros((1, 32, 32, 3)), train=False),
+        jax.random.key(0))
+    torch_model = train_step.TorchMobileNetV2(num_classes=num_classes, small_input=small_input)
+    assert train_step.count_torch_params(torch_model) == models.count_params(shapes)
+
+
+def test_torch_step_runs_and_returns_a_finite_loss():
+    pytest.importorskip("torch")
+    import numpy as np
+
+    import train_step
+
+    config = {"num_classes": 10, "width": 0.35, "small_input": True, "dtype": "float32"}
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 16, 16, 3), dtype=np.float32)
+    step, notes = train_step.torch_step(config, images, np.array([1, 2]), "cpu")
+    assert math.isfinite(float(step()))
+    assert notes["compiled"] is False and notes["device"] == "cpu"

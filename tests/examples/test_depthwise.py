@@ -1,4 +1,4 @@
-"""examples/mobilenet/depthwise.py: every implementation computes the grouped convolution."""
+"""examples/mobilenet/depthwise.py: the fast forms compute flax's convolutions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mobilenet import depthwise
-from mobilenet.depthwise import DepthwiseConv, depthwise_conv
+from mobilenet.depthwise import DepthwiseConv, PointwiseConv, depthwise_conv
 
 # (input shape NHWC, kernel side, strides, padding): odd and even sizes, both strides.
 CASES = [
@@ -131,3 +131,30 @@ def test_layer_rejects_wrong_channels():
     x, _ = _inputs((1, 5, 5, 4), 3)
     with pytest.raises(ValueError, match="DepthwiseConv: expected 3 input channels"):
         DepthwiseConv(3).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_pointwise_layer_matches_flax_conv(use_bias):
+    x, _ = _inputs((2, 5, 3, 6), 1)
+    ours = PointwiseConv(4, use_bias=use_bias)
+    theirs = nn.Conv(4, (1, 1), use_bias=use_bias)
+    variables = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x))
+    variables = jax.tree.map(lambda p: p + 0.25, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+    def grads(layer):
+        return jax.grad(lambda v: jnp.sum(jnp.sin(layer.apply(v, x))))(variables)
+
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_layer_computes_in_its_dtype_with_float32_params():
+    x, _ = _inputs((1, 3, 3, 4), 1)
+    layer = PointwiseConv(2, dtype=jnp.bfloat16)
+    variables = layer.init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].dtype == jnp.float32
+    assert layer.apply(variables, x).dtype == jnp.bfloat16

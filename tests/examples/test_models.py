@@ -129,6 +129,7 @@ def test_create_model_rejects_unknown_name():
     [
         ({"depthwise": "fft"}, "depthwise must be one of"),
         ({"activation": "gelu"}, "activation must be one of"),
+        ({"pointwise": "fft"}, "pointwise must be one of"),
         ({"width_multiplier": 0.0}, "width_multiplier must be > 0"),
         ({"num_classes": 0}, "num_classes must be a positive int"),
     ],
@@ -218,11 +219,12 @@ def test_jax_nn_activations_equal_jrelu6(tiny, train):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("impl", ["grouped", "shifted"])
-def test_depthwise_implementations_agree_in_model(tiny, impl):
+@pytest.mark.parametrize("options", [{"depthwise": "grouped"}, {"depthwise": "shifted"},
+                                     {"depthwise": "grouped", "pointwise": "conv"}])
+def test_convolution_implementations_agree_in_model(tiny, options):
     model, variables = tiny
     x = _images()
-    other = models.create_model("tiny", num_classes=10, small_input=True, depthwise=impl)
+    other = models.create_model("tiny", num_classes=10, small_input=True, **options)
     np.testing.assert_allclose(_eval(model)(variables, x), _eval(other)(variables, x),
                                rtol=1e-5, atol=1e-5)
 

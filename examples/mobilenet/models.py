@@ -324,12 +324,21 @@ class MobileNet(nn.Module):
             raise ValueError(f"{name}: num_classes must be a positive int, "
                              f"got {self.num_classes!r}")
 
-    def _stride(self, stride: int, first_strided: list[bool]) -> int:
-        """``stride``, or 1 for the first strided layer after the stem when small_input."""
-        if stride > 1 and self.small_input and first_strided[0]:
-            first_strided[0] = False
-            return 1
-        return stride
+    def _channels(self, channels: float) -> int:
+        """``channels`` scaled by the width multiplier, rounded as torchvision does."""
+        return make_divisible(channels * self.width_multiplier)
+
+    def _stem_stride(self) -> int:
+        return 1 if self.small_input else 2
+
+    def _block_strides(self, strides: Sequence[int]) -> list[int]:
+        """The blocks' strides; with ``small_input`` the first strided block's becomes 1."""
+        strides = list(strides)
+        if self.small_input:
+            first = next((i for i, stride in enumerate(strides) if stride > 1), None)
+            if first is not None:
+                strides[first] = 1
+        return strides
 
     def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
         """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
@@ -358,16 +367,18 @@ class MobileNetV1(MobileNet):
     BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1),
               (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 
+    def _channels(self, channels: float) -> int:
+        return int(channels * self.width_multiplier)  # Keras' rule.
+
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        width = lambda c: int(c * self.width_multiplier)  # noqa: E731
-        x = ConvBN(width(32), 3, 1 if self.small_input else 2, cfg, "relu6",
+        x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
                    name="stem")(x, train=train)
-        first = [True]
-        for i, (features, stride) in enumerate(self.BLOCKS):
-            x = ConvBN(x.shape[-1], 3, self._stride(stride, first), cfg, "relu6",
-                       depthwise=True, name=f"block{i + 1}_depthwise")(x, train=train)
-            x = ConvBN(width(features), 1, 1, cfg, "relu6",
+        strides = self._block_strides([stride for _, stride in self.BLOCKS])
+        for i, ((features, _), stride) in enumerate(zip(self.BLOCKS, strides)):
+            x = ConvBN(x.shape[-1], 3, stride, cfg, "relu6", depthwise=True,
+                       name=f"block{i + 1}_depthwise")(x, train=train)
+            x = ConvBN(self._channels(features), 1, 1, cfg, "relu6",
                        name=f"block{i + 1}_pointwise")(x, train=train)
         return self._classify(x, cfg, rate, train=train)
 
@@ -386,16 +397,14 @@ class MobileNetV2(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
-        x = ConvBN(width(32), 3, 1 if self.small_input else 2, cfg, "relu6",
+        x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
                    name="stem")(x, train=train)
-        first, index = [True], 0
-        for t, c, n, s in self.BLOCKS:
-            for repeat in range(n):
-                index += 1
-                stride = self._stride(s, first) if repeat == 0 else 1
-                x = InvertedResidual(int(round(x.shape[-1] * t)), width(c), 3, stride,
-                                     "relu6", cfg, name=f"block{index}")(x, train=train)
+        # One (expansion, channels, stride) per block: a stage's later blocks have stride 1.
+        blocks = [(t, c, s if i == 0 else 1) for t, c, n, s in self.BLOCKS for i in range(n)]
+        strides = self._block_strides([s for _, _, s in blocks])
+        for index, ((t, c, _), stride) in enumerate(zip(blocks, strides)):
+            x = InvertedResidual(int(round(x.shape[-1] * t)), self._channels(c), 3, stride,
+                                 "relu6", cfg, name=f"block{index + 1}")(x, train=train)
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
         x = ConvBN(last, 1, 1, cfg, "relu6", name="head")(x, train=train)
         return self._classify(x, cfg, rate, train=train)
@@ -437,19 +446,18 @@ class _MobileNetV3(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
-        x = ConvBN(width(16), 3, 1 if self.small_input else 2, cfg, "hard_swish",
+        x = ConvBN(self._channels(16), 3, self._stem_stride(), cfg, "hard_swish",
                    name="stem")(x, train=train)
-        first = [True]
-        for i, block in enumerate(self.BLOCKS):
-            expanded = width(block.expanded)
+        strides = self._block_strides([block.stride for block in self.BLOCKS])
+        for i, (block, stride) in enumerate(zip(self.BLOCKS, strides)):
+            expanded = self._channels(block.expanded)
             x = InvertedResidual(
-                expanded, width(block.out), block.kernel, self._stride(block.stride, first),
-                block.act, cfg, squeeze=make_divisible(expanded // 4) if block.se else None,
+                expanded, self._channels(block.out), block.kernel, stride, block.act, cfg,
+                squeeze=make_divisible(expanded // 4) if block.se else None,
                 name=f"block{i + 1}")(x, train=train)
         x = ConvBN(6 * x.shape[-1], 1, 1, cfg, "hard_swish", name="head")(x, train=train)
         return self._classify(x, cfg, rate, train=train,
-                              hidden=width(self.LAST_CHANNEL))
+                              hidden=self._channels(self.LAST_CHANNEL))
 
 
 class MobileNetV3Small(_MobileNetV3):
@@ -491,11 +499,9 @@ class TinyMobileNet(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        width = lambda c: make_divisible(c * self.width_multiplier)  # noqa: E731
-        first = [True]
-        x = ConvBN(width(16), 3, 1 if self.small_input else 2, cfg, "relu6",
-                   name="stem")(x, train=train)
-        x = InvertedResidual(width(48), width(24), 3, self._stride(2, first), "hard_swish",
+        width = self._channels
+        x = ConvBN(width(16), 3, self._stem_stride(), cfg, "relu6", name="stem")(x, train=train)
+        x = InvertedResidual(width(48), width(24), 3, self._block_strides([2])[0], "hard_swish",
                              cfg, squeeze=width(16), name="block1")(x, train=train)
         x = InvertedResidual(width(72), width(24), 3, 1, "relu6", cfg,
                              name="block2")(x, train=train)

@@ -83,18 +83,23 @@ def test_small_input_keeps_parameter_count(name):
     assert small == big
 
 
+LAST_FEATURES = {"mobilenet_v1": "block13_pointwise", "mobilenet_v2": "head",
+                 "mobilenet_v3_small": "head", "mobilenet_v3_large": "head"}
+
+
+@pytest.mark.parametrize("name", list(LAST_FEATURES))
 @pytest.mark.parametrize("small_input,side", [(False, 1), (True, 4)])
-def test_small_input_downsamples_by_8(small_input, side):
-    model = models.create_model("mobilenet_v2", num_classes=10, small_input=small_input)
-    variables = _shapes(model)
+def test_small_input_downsamples_by_8_not_32(name, small_input, side):
+    model = models.create_model(name, num_classes=10, small_input=small_input)
+    layer = LAST_FEATURES[name]
 
-    def head(variables, x):
+    def features(variables, x):
         _, state = model.apply(variables, x, train=False,
-                               capture_intermediates=lambda m, _: m.name == "head")
-        return state["intermediates"]["head"]["__call__"][0]
+                               capture_intermediates=lambda m, _: m.name == layer)
+        return state["intermediates"][layer]["__call__"][0]
 
-    assert jax.eval_shape(head, variables, jnp.zeros((1, 32, 32, 3))).shape == (1, side, side,
-                                                                               1280)
+    shape = jax.eval_shape(features, _shapes(model), jnp.zeros((1, 32, 32, 3))).shape
+    assert shape[1:3] == (side, side)
 
 
 def test_width_multiplier_shrinks_model():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.export
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -77,6 +78,15 @@ def test_auto_compiles_to_no_convolution_on_cpu():
     grad = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, impl="auto")), argnums=(0, 1))
     hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
     assert "convolution(" not in hlo and "conditional(" not in hlo
+
+
+@pytest.mark.parametrize("platform,grouped", [("cpu", False), ("cuda", True), ("tpu", True)])
+def test_auto_picks_per_platform_at_lowering(platform, grouped):
+    # Lowered (not run) for each platform through jax.export: no accelerator needed.
+    x, kernel = _inputs((2, 6, 6, 4), 3)
+    grad = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, impl="auto")), argnums=(0, 1))
+    module = jax.export.export(jax.jit(grad), platforms=[platform])(x, kernel).mlir_module()
+    assert ("feature_group_count = 4" in module) == grouped
 
 
 @pytest.mark.parametrize(

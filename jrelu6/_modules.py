@@ -35,14 +35,22 @@ SPECS: Mapping[str, Spec] = {
 }
 
 
+def _spec(module: Any) -> Spec:
+    """The spec of ``module``'s class, or of the jrelu6 class it subclasses."""
+    for cls in type(module).__mro__:
+        if cls.__module__ in ("jrelu6._linen", "jrelu6._nnx") and cls.__name__ in SPECS:
+            return SPECS[cls.__name__]
+    raise TypeError(f"{type(module).__name__} is not a jrelu6 activation module.")
+
+
 def apply(module: Any, x: Any) -> jax.Array:
     """Calls the function of ``module``'s class with ``module``'s settings."""
-    function, settings, _ = SPECS[type(module).__name__]
+    function, settings, _ = _spec(module)
     return function(x, **{name: getattr(module, name) for name in settings})
 
 
 def hits(module: Any, x: Any) -> _diagnostics.BoundaryHits:
     """Counts the inputs of ``module``'s relu6 that sit exactly on its kinks."""
-    _, settings, shift = SPECS[type(module).__name__]
+    _, settings, shift = _spec(module)
     cap = module.cap if "cap" in settings else 6.0
     return _diagnostics.boundary_hits(x, cap=cap, shift=shift)

@@ -152,3 +152,13 @@ def test_module_passes_bad_settings_to_a_clear_error():
         jrelu6.linen.ReLU6(grad_at_zero=float("nan")).apply({}, X)
     with pytest.raises(ValueError, match="^capped_relu: cap"):
         jrelu6.nnx.CappedReLU(cap=-1.0)(X)
+
+
+@pytest.mark.parametrize("framework", [jrelu6.linen, jrelu6.nnx])
+def test_a_subclass_keeps_its_parents_function(framework):
+    class MyReLU6(framework.ReLU6):
+        pass
+
+    module = MyReLU6(grad_at_zero=1.0)
+    call = (lambda x: module.apply({}, x)) if framework is jrelu6.linen else module
+    np.testing.assert_array_equal(np.asarray(call(X)), np.asarray(jrelu6.relu6(X)))

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="element types (default float32 bfloat16)")
     parser.add_argument("--modes", nargs="+", default=[_FORWARD, _BACKWARD],
                         choices=[_FORWARD, _BACKWARD], help="what to time (default both)")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default 9, quick 5)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 9, quick 7)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     _harness.add_output_arguments(parser, "activation")
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(args.sizes or (_QUICK_SIZES if args.quick else _FULL_SIZES))
     if any(not 0 <= s <= 30 for s in sizes):
         parser.error(f"--sizes must be powers of two between 0 and 30, got {list(sizes)}")
-    repeats = args.repeats or (5 if args.quick else 9)
+    repeats = args.repeats or (7 if args.quick else 9)
     info = _harness.machine_info()
     command = _harness.command_line("activation.py", argv)
     print(f"relu6 standalone on {_harness.describe_machine(info)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax
 import flax.linen as nn
 import jax
@@ -54,10 +56,12 @@ def _variables(model, seed=0):
     return jax.tree_util.tree_map_with_path(fill, _shapes(model))
 
 
+@functools.cache  # One compiled function per model configuration, shared by the tests.
 def _eval(model):
     return jax.jit(lambda v, x: model.apply(v, x, train=False))
 
 
+@functools.cache
 def _train(model):
     return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
 
@@ -197,6 +201,15 @@ def test_eval_mode_uses_running_stats(tiny):
     assert not np.allclose(other, full)
 
 
+def test_eval_mode_leaves_running_stats_alone(tiny):
+    model, variables = tiny
+    _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["batch_stats"]))(
+        variables, _images())
+    for a, b in zip(jax.tree.leaves(state["batch_stats"]),
+                    jax.tree.leaves(variables["batch_stats"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_train_mode_uses_batch_stats(tiny):
     model, variables = tiny
     x, apply = _images(batch=4), _train(model)
@@ -282,14 +295,15 @@ def test_mixed_precision_float32_params_and_logits(dtype):
     assert {s.dtype for s in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
 
 
-def test_dropout_needs_rng_and_is_off_in_eval():
+def test_dropout_needs_rng_and_is_off_in_eval(tiny):
+    plain, variables = tiny
     model = models.create_model("tiny", num_classes=10, small_input=True, dropout_rate=0.5)
-    x, variables = _images(), _variables(model)
-    np.testing.assert_array_equal(_eval(model)(variables, x), _eval(model)(variables, x))
+    x = _images()
+    np.testing.assert_array_equal(_eval(model)(variables, x), _eval(plain)(variables, x))
     train = jax.jit(lambda v, x, key: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                                  rngs={"dropout": key}))
-    b, _ = train(variables, x, jax.random.key(1))
-    c, _ = train(variables, x, jax.random.key(2))
-    assert not np.allclose(b, c)
+                                                  rngs={"dropout": key})[0])
+    assert not np.allclose(train(variables, x, jax.random.key(1)),
+                           train(variables, x, jax.random.key(2)))
     with pytest.raises(flax.errors.InvalidRngError):
-        model.apply(variables, x, train=True, mutable=["batch_stats"])
+        jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]),
+                       variables)

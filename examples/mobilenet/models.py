@@ -16,7 +16,9 @@ counting BatchNorm's scale and bias as trainable, its running statistics not.
   1x1 head, a hidden dense layer (1024 / 1280) with hard-swish and dropout 0.2.
 
 V2 and V3 round every channel count with :func:`make_divisible` (multiples
-of 8), as torchvision does.
+of 8) and pad convolutions symmetrically by ``(k - 1) // 2``, as torchvision
+does; V1 pads like TensorFlow's "SAME" (strided layers pad after only), as
+Keras does.
 
 All models share the options of :class:`MobileNet`: width, classes, a
 small-input variant for 32x32 images (downsampling by 8 instead of 32, as
@@ -87,6 +89,18 @@ class _Layers(NamedTuple):
     activation: str
     grad_at_zero: Any
     grad_at_six: Any
+    symmetric_padding: bool
+
+    def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
+        """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
+
+        The two differ only for strided layers on even sizes, where "SAME" pads
+        only after: the same shapes, but not the same sampled pixels.
+        """
+        if not self.symmetric_padding:
+            return "SAME"
+        pad = (kernel_size - 1) // 2
+        return ((pad, pad), (pad, pad))
 
     def act(self, kind: str) -> Callable[[jax.Array], jax.Array]:
         """The activation ``kind`` ("relu6", "hard_swish", "hard_sigmoid", "relu").
@@ -130,14 +144,16 @@ class ConvBN(nn.Module):
         cfg = self.layers
         k = (self.kernel_size, self.kernel_size)
         if self.depthwise:
-            conv = DepthwiseConv(self.features, k, strides=self.strides, padding="SAME",
+            conv = DepthwiseConv(self.features, k, strides=self.strides,
+                                 padding=cfg.padding(self.kernel_size),
                                  use_bias=not cfg.batch_norm, impl=cfg.depthwise,
                                  dtype=cfg.dtype, name="conv")
         elif self.kernel_size == 1 and self.strides == 1 and cfg.pointwise == "matmul":
             conv = PointwiseConv(self.features, use_bias=not cfg.batch_norm, dtype=cfg.dtype,
                                  name="conv")
         else:
-            conv = nn.Conv(self.features, k, strides=self.strides, padding="SAME",
+            conv = nn.Conv(self.features, k, strides=self.strides,
+                           padding=cfg.padding(self.kernel_size),
                            use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
         x = conv(x)
         if cfg.batch_norm:
@@ -283,6 +299,8 @@ class MobileNet(nn.Module):
     # The reference's defaults, per subclass.
     default_bn_epsilon: ClassVar[float] = 1e-5
     default_dropout_rate: ClassVar[float] = 0.2
+    # PyTorch's symmetric padding (torchvision's models) or TensorFlow's "SAME" (Keras').
+    symmetric_padding: ClassVar[bool] = True
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Logits (float32) of an NHWC batch of images.
@@ -300,7 +318,7 @@ class MobileNet(nn.Module):
         cfg = _Layers(self.dtype, self.batch_norm, self.bn_momentum,
                       self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
                       self.depthwise, self.pointwise, self.activation, self.grad_at_zero,
-                      self.grad_at_six)
+                      self.grad_at_six, self.symmetric_padding)
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
@@ -362,6 +380,7 @@ class MobileNetV1(MobileNet):
 
     default_bn_epsilon = 1e-3
     default_dropout_rate = 1e-3
+    symmetric_padding = False  # Keras pads strided layers after only, like "SAME".
 
     # (pointwise channels, depthwise stride) of the 13 blocks.
     BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1),

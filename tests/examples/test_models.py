@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jrelu6
-from mobilenet import models
+from mobilenet import depthwise, models
 
 # Trainable parameters of the references: Keras MobileNet (V1), torchvision (V2, V3).
 REFERENCE_COUNTS = {
@@ -104,6 +104,24 @@ def test_small_input_downsamples_by_8_not_32(name, small_input, side):
 
     shape = jax.eval_shape(features, _shapes(model), jnp.zeros((1, 32, 32, 3))).shape
     assert shape[1:3] == (side, side)
+
+
+@pytest.mark.parametrize("name,want", [
+    ("mobilenet_v1", {"SAME"}),  # Keras: strided layers pad after only.
+    ("mobilenet_v2", {((1, 1), (1, 1))}),  # torchvision: (k - 1) // 2 (1x1s are matmuls).
+    ("mobilenet_v3_small", {((1, 1), (1, 1)), ((2, 2), (2, 2))}),
+])
+def test_padding_follows_the_reference(name, want):
+    seen = set()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, (nn.Conv, depthwise.DepthwiseConv)):
+            seen.add(context.module.padding)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        _shapes(models.create_model(name, depthwise="grouped"))
+    assert seen == want
 
 
 def test_width_multiplier_shrinks_model():

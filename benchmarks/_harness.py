@@ -151,6 +151,7 @@ def machine_info() -> dict[str, Any]:
         "torch": None if torch is None else torch.__version__,
         "torch_threads": None if torch is None else torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -165,6 +166,24 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         return None
+
+
+def busy_warning(info: dict[str, Any]) -> str | None:
+    """A warning when other jobs load the machine, else None.
+
+    With more runnable threads than cores, PyTorch's OpenMP threads (which
+    spin while they wait for each other by default) lose whole time slices:
+    on a 2-core machine at load 4-6, PyTorch MobileNetV2 steps took from a few
+    to tens of times longer than at load ~3, XLA's about 1.5x. Ratios are then
+    still measured side by side, but say more about the load than the code.
+    """
+    load, cores = info.get("load_average_1min"), info.get("cpu_count")
+    if load is None or not cores or load <= 0.75 * cores:
+        return None
+    hint = "" if info.get("omp_wait_policy") else (
+        "; for steadier PyTorch CPU figures set OMP_WAIT_POLICY=PASSIVE")
+    return (f"warning: the machine is busy (load {load} on {cores} cores): timings are noisy"
+            f"{hint}")
 
 
 def describe_machine(info: dict[str, Any]) -> str:

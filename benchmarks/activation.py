@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _harness.command_line("activation.py", argv)
     print(f"relu6 standalone on {_harness.describe_machine(info)}")
     print(f"command: {command}")
+    if warning := _harness.busy_warning(info):
+        print(warning)
 
     records = measure(sizes=sizes, dtypes=tuple(args.dtypes), modes=tuple(args.modes),
                       repeats=repeats, warmup=args.warmup, quick=args.quick,

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _harness.command_line("model_activation.py", argv)
     print(f"relu6 in the {config['model']} training step on {_harness.describe_machine(info)}")
     print(f"command: {command}")
+    if warning := _harness.busy_warning(info):
+        print(warning)
     print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
           f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
           f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")

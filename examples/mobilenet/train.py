@@ -24,6 +24,7 @@ The recipe, in the order :func:`train_and_evaluate` runs it:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,7 +72,8 @@ class TrainState(struct.PyTreeNode):
       metrics: Sums since the last fetch (``loss_sum``, ``accuracy_sum``,
         ``count``) and ``first_nonfinite``, the first step whose loss or
         gradient was not finite (-1 while none).
-      apply_fn: ``model.apply`` (static).
+      model: The Flax module (static; compared by value, so equal configurations
+        share compiled steps).
       tx: The optax transformation (static).
     """
 
@@ -81,8 +83,13 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     rng: jax.Array
     metrics: dict[str, jax.Array]
-    apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+    model: nn.Module = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @property
+    def apply_fn(self) -> Callable[..., Any]:
+        """``model.apply``."""
+        return self.model.apply
 
 
 # --- building blocks -----------------------------------------------------------------------
@@ -169,19 +176,26 @@ def _decay_mask(params: Any) -> Any:
 
 
 def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum or AdamW; warm-up + cosine decay; masked weight decay."""
+    """SGD with Nesterov momentum or AdamW; warm-up + cosine decay; masked weight decay.
+
+    Equal settings return the same object, so repeated runs reuse compiled steps.
+    """
+    if config.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"create_optimizer: optimizer must be 'sgd' or 'adamw', "
+                         f"got {config.optimizer!r}.")
     warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 10
-    schedule = warmup_cosine_schedule(peak=learning_rate(config), warmup_steps=warmup,
-                                      total_steps=total_steps)
-    if config.optimizer == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay(config), mask=_decay_mask),
-            optax.sgd(schedule, momentum=config.momentum, nesterov=True))
-    if config.optimizer == "adamw":
-        return optax.adamw(schedule, b1=config.momentum, weight_decay=weight_decay(config),
-                           mask=_decay_mask)
-    raise ValueError(f"create_optimizer: optimizer must be 'sgd' or 'adamw', "
-                     f"got {config.optimizer!r}.")
+    return _optimizer(config.optimizer, learning_rate(config), config.momentum,
+                      weight_decay(config), warmup, total_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(name: str, peak: float, momentum: float, decay: float, warmup: int,
+               total_steps: int) -> optax.GradientTransformation:
+    schedule = warmup_cosine_schedule(peak=peak, warmup_steps=warmup, total_steps=total_steps)
+    if name == "sgd":
+        return optax.chain(optax.add_decayed_weights(decay, mask=_decay_mask),
+                           optax.sgd(schedule, momentum=momentum, nesterov=True))
+    return optax.adamw(schedule, b1=momentum, weight_decay=decay, mask=_decay_mask)
 
 
 def _zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -213,8 +227,13 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
     # XLA:CPU takes seconds per hundred threefry draws to compile (MobileNetV2 init: ~15 s);
     # the "rbg" generator compiles about twice as fast. Init runs once, so its key can differ.
     init_key = jax.random.key(config.seed, impl="rbg")
+    return _init_function(model, tx, tuple(image_shape), mesh)(init_key, state_key)
 
-    def init() -> TrainState:
+
+@functools.lru_cache(maxsize=16)
+def _init_function(model: nn.Module, tx: optax.GradientTransformation,
+                   image_shape: tuple[int, ...], mesh: Mesh) -> Callable[..., TrainState]:
+    def init(init_key: jax.Array, state_key: jax.Array) -> TrainState:
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
         params = variables["params"]
@@ -222,9 +241,9 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
             opt_state = tx.init(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
-                          rng=state_key, metrics=_zero_metrics(), apply_fn=model.apply, tx=tx)
+                          rng=state_key, metrics=_zero_metrics(), model=model, tx=tx)
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+    return jax.jit(init, out_shardings=replicated(mesh))
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -262,8 +281,15 @@ def make_train_step(*, mesh: Mesh, num_classes: int, mean: Iterable[float],
       ``metrics`` holds this step's ``loss``, ``accuracy`` and ``grad_norm`` (device
       scalars: fetch them only when needed). ``state.metrics`` accumulates them.
     """
-    mean, std = tuple(mean), tuple(std)
+    return _train_step(mesh, num_classes, tuple(float(m) for m in mean),
+                       tuple(float(s) for s in std), dtype, float(label_smoothing),
+                       int(max_shift), bool(flip), bool(donate))
 
+
+@functools.lru_cache(maxsize=16)
+def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
+                dtype: Any, label_smoothing: float, max_shift: int, flip: bool,
+                donate: bool) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     def train_step(state: TrainState, batch: dict[str, jax.Array]
                    ) -> tuple[TrainState, dict[str, jax.Array]]:
         augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -290,7 +316,8 @@ def make_train_step(*, mesh: Mesh, num_classes: int, mean: Iterable[float],
         params = optax.apply_updates(state.params, updates)
 
         accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
-        grad_norm = optax.global_norm(grads).astype(jnp.float32)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
+                                 for g in jax.tree.leaves(grads)))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         sums = state.metrics
         first = sums["first_nonfinite"]
@@ -326,8 +353,12 @@ def make_eval_step(*, mesh: Mesh, mean: Iterable[float], std: Iterable[float],
       The jitted step. ``batch`` is ``{"image", "label", "mask"}`` (mask 0 marks
       padding); the result holds the batch's ``loss_sum``, ``correct`` and ``count``.
     """
-    mean, std = tuple(mean), tuple(std)
+    return _eval_step(mesh, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
 
+
+@functools.lru_cache(maxsize=16)
+def _eval_step(mesh: Mesh, mean: tuple[float, ...], std: tuple[float, ...],
+               dtype: Any) -> Callable[[TrainState, dict], dict]:
     def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         images = input_pipeline.normalize(batch["image"], mean=mean, std=std, dtype=dtype)
         logits = state.apply_fn(_variables(state, state.params), images, train=False)

@@ -1,0 +1,325 @@
+"""Tests of the MobileNet training example (examples/mobilenet/train.py and examples/train.py).
+
+Tiny configurations: the ``tiny`` model on 16x16 synthetic images, a handful of
+steps. conftest.py gives eight host devices, so every run here is data-parallel.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet import input_pipeline, models, train
+from mobilenet.configs import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLI = os.path.join(ROOT, "examples", "train.py")
+IMAGE = (16, 16, 3)
+# One configuration and one set of step options throughout, so that the compiled
+# init, train and eval steps are shared between tests (they are cached by value).
+STEP_OPTIONS = dict(num_classes=10, mean=(0.5,) * 3, std=(0.25,) * 3, max_shift=2, flip=True,
+                    label_smoothing=0.1)
+
+
+def _config(**overrides):
+    settings = dict(model="tiny", data="synthetic", image_size=IMAGE[0], synthetic_examples=64,
+                    batch_size=16, eval_batch_size=32, steps=12, log_every=3, eval_every=0,
+                    checkpoint_every=4, learning_rate=0.2, warmup_steps=0, progress=False,
+                    plot=False)
+    settings.update(overrides)
+    return get_config(**settings)
+
+
+def _state_and_step(mesh):
+    config = _config()
+    model = train.create_model(config, num_classes=10)
+    state = train.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+                                     total_steps=config.steps)
+    return state, train.make_train_step(mesh=mesh, **STEP_OPTIONS)
+
+
+def _batch(mesh, *, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    host = {"image": rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8),
+            "label": rng.integers(0, 10, size).astype(np.int32)}
+    return input_pipeline.place(host, train.batch_sharding(mesh))
+
+
+def _fetch(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+# --- the steps -----------------------------------------------------------------------------
+
+
+def test_train_steps_lower_the_loss_on_a_fixed_batch():
+    mesh = train.create_mesh()
+    state, step = _state_and_step(mesh)
+    batch = _batch(mesh)
+    losses = []
+    for _ in range(8):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert int(state.step) == 8
+
+
+def test_eight_devices_give_the_loss_and_update_of_one():
+    assert len(jax.devices()) == 8  # conftest.py
+    results = []
+    for devices in (jax.devices(), jax.devices()[:1]):
+        mesh = train.create_mesh(devices)
+        state, step = _state_and_step(mesh)
+        losses = []
+        for seed in range(2):
+            state, metrics = step(state, _batch(mesh, seed=seed))
+            losses.append(float(metrics["loss"]))
+        results.append((losses, _fetch(state.params), _fetch(state.batch_stats)))
+    (losses8, params8, stats8), (losses1, params1, stats1) = results
+    np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 params8, params1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 stats8, stats1)
+
+
+def _trained_state(mesh):
+    state, step = _state_and_step(mesh)
+    for seed in range(3):
+        state, _ = step(state, _batch(mesh, seed=seed))
+    return state
+
+
+@functools.cache
+def _apply(model, train_mode):
+    if train_mode:
+        return jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+    return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+def _logits(state, images, *, train_mode, batch_stats=None):
+    variables = {"params": state.params,
+                 "batch_stats": state.batch_stats if batch_stats is None else batch_stats}
+    return np.asarray(_apply(state.model, train_mode)(variables, images))
+
+
+def test_eval_output_of_an_example_does_not_depend_on_its_batch():
+    mesh = train.create_mesh()
+    state = _trained_state(mesh)
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(8, *IMAGE)).astype(np.float32)
+    b = rng.normal(size=(8, *IMAGE)).astype(np.float32) * 3 + 1
+    b[0] = a[0]
+    np.testing.assert_allclose(_logits(state, a, train_mode=False)[0],
+                               _logits(state, b, train_mode=False)[0], rtol=1e-5, atol=1e-6)
+    # Train mode normalizes with the batch's statistics: there the companions matter.
+    assert not np.allclose(_logits(state, a, train_mode=True)[0],
+                           _logits(state, b, train_mode=True)[0], atol=1e-3)
+
+
+def test_eval_uses_the_running_statistics():
+    mesh = train.create_mesh()
+    state = _trained_state(mesh)
+    stats = _fetch(state.batch_stats)
+    means = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(stats)
+             if "mean" in jax.tree_util.keystr(path)]
+    assert means and any(np.abs(m).max() > 0 for m in means)  # Updated by training.
+    shifted = jax.tree.map(lambda x: x + 1.0, stats)
+    images = np.random.default_rng(2).normal(size=(8, *IMAGE)).astype(np.float32)
+    assert not np.allclose(_logits(state, images, train_mode=False),
+                           _logits(state, images, train_mode=False, batch_stats=shifted))
+    np.testing.assert_allclose(_logits(state, images, train_mode=True),
+                               _logits(state, images, train_mode=True, batch_stats=shifted),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    schedule = train.warmup_cosine_schedule(peak=0.4, warmup_steps=4, total_steps=20)
+    values = [float(schedule(jnp.asarray(s))) for s in range(21)]
+    np.testing.assert_allclose(values[:4], [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
+    assert values[4] == pytest.approx(0.4) and values[20] == pytest.approx(0.0, abs=1e-7)
+    assert all(a >= b for a, b in zip(values[3:], values[4:]))
+    config = _config(steps=20, warmup_steps=4, learning_rate=0.4)
+    np.testing.assert_allclose([train._lr_at(config, 20, s) for s in range(21)], values,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_skips_batch_norm_and_biases():
+    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4),
+                                                                   "bias": jnp.ones(4)}}
+    mask = train._decay_mask(params)
+    assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False}}
+
+
+def test_epochs_set_the_number_of_steps():
+    assert train.total_steps(_config(epochs=2.5), 64) == 10  # 4 steps per epoch.
+    assert train.total_steps(_config(steps=7), 64) == 7
+
+
+# --- whole runs ----------------------------------------------------------------------------
+
+
+def test_quiet_run_without_workdir_returns_the_final_metrics(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = train.train_and_evaluate(_config(), None)
+    assert {"test_accuracy", "test_loss", "train_loss", "steps"} <= set(result)
+    assert result["steps"] == 12 and 0.0 <= result["test_accuracy"] <= 1.0
+    assert np.isfinite([result["test_loss"], result["train_loss"]]).all()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert os.listdir(tmp_path) == []
+
+
+class _Killed(Exception):
+    """Stands for the process dying (SIGKILL) in the middle of training."""
+
+
+def _dies_after(calls, monkeypatch):
+    """Makes train_and_evaluate's train step raise after ``calls`` steps."""
+    make = train.make_train_step
+
+    def make_mortal(**options):
+        step, count = make(**options), [0]
+
+        def mortal(state, batch):
+            count[0] += 1
+            if count[0] > calls:
+                raise _Killed
+            return step(state, batch)
+
+        return mortal
+
+    monkeypatch.setattr(train, "make_train_step", make_mortal)
+
+
+def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    config = _config()  # 12 steps, checkpoints every 4, metrics fetched every 3.
+    straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+    workdir = str(tmp_path / "killed")
+    with monkeypatch.context() as patch:
+        _dies_after(6, patch)  # Dies at step 7; the last checkpoint is step 4.
+        with pytest.raises(_Killed):
+            train.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, train.CHECKPOINT_SUBDIR))) == ["4"]
+    resumed = train.train_and_evaluate(config, workdir)
+    assert resumed["resumed_from"] == 4
+    for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps"):
+        assert resumed[key] == straight[key], key
+    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+        records = [json.loads(line) for line in f]
+    train_steps = [r["step"] for r in records if "train_loss" in r]
+    assert train_steps == [3, 6, 9, 12]  # Step 6's record from the killed run is not doubled.
+    again = train.train_and_evaluate(config, workdir)  # Finished: only re-evaluates.
+    assert again["resumed_from"] == 12 and again["test_loss"] == straight["test_loss"]
+    assert again["train_loss"] == straight["train_loss"]
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = _config(log_every=100)  # Only the checkpoint guard sees the NaN.
+    mesh = train.create_mesh()
+    poison = jax.jit(lambda s: s.replace(params=jax.tree.map(lambda p: p * jnp.nan, s.params)),
+                     out_shardings=train.replicated(mesh))
+    make = train.make_train_step
+
+    def make_poisoned(**options):
+        step, count = make(**options), [0]
+
+        def poisoned(state, batch):
+            count[0] += 1
+            if count[0] == 7:  # Step 7's loss is NaN; checkpoint 8 must not be written.
+                state = poison(state)
+            return step(state, batch)
+
+        return poisoned
+
+    monkeypatch.setattr(train, "make_train_step", make_poisoned)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.TrainingDiverged, match=r"NaN/inf at step 7.*step 4") as info:
+        train.train_and_evaluate(config, workdir)
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(os.path.join(workdir, train.CHECKPOINT_SUBDIR))) == ["4"]
+    monkeypatch.setattr(train, "make_train_step", make)
+    model = train.create_model(config, num_classes=10)
+    fresh = train.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+                                     total_steps=config.steps)
+    checkpoints = train._Checkpoints(os.path.join(workdir, train.CHECKPOINT_SUBDIR), keep=2)
+    try:
+        restored, meta = checkpoints.restore(fresh, step=4)
+    finally:
+        checkpoints.close()
+    assert meta["step"] == 4 and int(restored.step) == 4
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_fetch(restored.params)))
+
+
+def test_a_batch_that_does_not_divide_over_the_devices_is_refused_before_writing(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(train.SetupError, match="batch_size 12 .* 8 devices"):
+        train.train_and_evaluate(_config(batch_size=12), str(workdir))
+    assert not workdir.exists()
+
+
+def test_summary_ends_with_the_trainable_parameter_count():
+    config = _config(num_classes=10)
+    text = train.summarize(config)
+    model = train.create_model(config, num_classes=10)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                                  jnp.zeros((1, 32, 32, 3)), train=False))
+    assert text.splitlines()[-1] == f"trainable parameters: {models.count_params(variables):,}"
+    assert "stem" in text
+
+
+def test_config_rejects_unknown_and_bad_settings():
+    with pytest.raises(TypeError, match="unknown setting"):
+        get_config(learning_rte=0.1)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        get_config(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        get_config(batch_size=0)
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, CLI, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_help_explains_every_flag(tmp_path):
+    result = _cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ("--model", "--num-classes", "--width", "--workdir", "--steps", "--epochs",
+                 "--batch-size", "--lr", "--optimizer", "--dtype", "--grad-at-zero",
+                 "--grad-at-six", "--no-batch-norm", "--data", "--data-dir", "--seed",
+                 "--small-input", "--summary", "--no-progress", "--checkpoint-every"):
+        assert flag in result.stdout, flag
+
+
+def _corrupt_cifar(directory):
+    os.makedirs(directory)
+    with open(os.path.join(directory, "batches.meta"), "wb") as f:
+        f.write(b"\x80\x04garbage")
+    return directory
+
+
+@pytest.mark.parametrize("make_dir", [lambda d: os.path.join(d, "no_such_dir"),
+                                      lambda d: _corrupt_cifar(os.path.join(d, "cifar"))],
+                         ids=["missing", "corrupt"])
+def test_a_bad_data_directory_exits_2_with_one_line_and_writes_nothing(tmp_path, make_dir):
+    data_dir = make_dir(str(tmp_path))
+    workdir = tmp_path / "run"
+    result = _cli("--data", "cifar10", "--data-dir", data_dir, "--workdir", str(workdir),
+                  cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cifar10:"), result.stderr
+    assert result.stdout == ""
+    assert not workdir.exists() and not (tmp_path / "runs").exists()

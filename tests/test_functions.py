@@ -452,3 +452,13 @@ def test_values_and_gradients_match_torch(torch_name, ours):
         np.asarray(jax.vmap(jax.grad(ours))(x)), tx.grad.numpy(), rtol=1e-6, atol=1e-7
     )
 
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_relu6_inplace_16bit_matches_relu6_on_every_value(dtype):
+    bits = jnp.arange(-(2**15), 2**15, dtype=jnp.int32).astype(jnp.int16)
+    x = jax.lax.bitcast_convert_type(bits, dtype)
+    expected = np.asarray(jrelu6.relu6(x), np.float32)
+    out = jrelu6.relu6_inplace(jnp.array(x, copy=True))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(out, np.float32), expected)

@@ -12,8 +12,11 @@ counting BatchNorm's scale and bias as trainable, its running statistics not.
 * V2 (Sandler et al. 2018; torchvision): inverted residual blocks with linear
   bottlenecks, ReLU6, a 1x1 head to 1280 channels, dropout 0.2.
 * V3 (Howard et al. 2019; torchvision): inverted residuals with squeeze-and-
-  excite (ReLU, then a hard-sigmoid gate), hard-swish in the later layers, a
-  1x1 head, a hidden dense layer (1024 / 1280) with hard-swish and dropout 0.2.
+  excite (ReLU, then a hard-sigmoid gate), ReLU in the early layers and
+  hard-swish in the later ones, a 1x1 head, a hidden dense layer (1024 /
+  1280) with hard-swish and dropout 0.2. Its relu6 family is hard-swish and
+  hard-sigmoid, which is where ``grad_at_zero`` / ``grad_at_six`` act (at
+  their kinks, -3 and 3).
 
 V2 and V3 round every channel count with :func:`make_divisible` (multiples
 of 8) and pad convolutions symmetrically by ``(k - 1) // 2``, as torchvision
@@ -107,8 +110,9 @@ class _Layers(NamedTuple):
 
         With ``activation="jrelu6"`` the relu6 family are jrelu6.linen modules
         (named layers, so their boundary hits can be recorded per layer); with
-        ``"jax.nn"`` the jax.nn functions. The squeeze-excite ReLU is plain
-        ``jax.nn.relu`` in both, as in the references.
+        ``"jax.nn"`` the jax.nn functions. ReLU (MobileNetV3's early layers
+        and squeeze-excite) is plain ``jax.nn.relu`` in both, as in the
+        references: it has no cap, so no relu6 to configure.
         """
         if kind == "relu":
             return jax.nn.relu
@@ -438,7 +442,8 @@ class _V3Block(NamedTuple):
     stride: int
 
 
-_RE, _HS = "relu6", "hard_swish"
+# MobileNetV3's "RE" is ReLU, not ReLU6 (paper, torchvision and Keras alike).
+_RE, _HS = "relu", "hard_swish"
 
 # torchvision's (kernel, expanded, out, SE, activation, stride) rows, from the paper's Tables 1-2.
 _V3_LARGE = tuple(_V3Block(*row) for row in (

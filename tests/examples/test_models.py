@@ -325,3 +325,98 @@ def test_dropout_needs_rng_and_is_off_in_eval(tiny):
     with pytest.raises(flax.errors.InvalidRngError):
         jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]),
                        variables)
+
+
+def _torchvision_models():
+    """torchvision.models, or a skip where it is missing or does not load."""
+    try:
+        import torchvision.models as tv_models
+    except Exception as error:  # noqa: BLE001 - a broken install raises RuntimeError too.
+        pytest.skip(f"torchvision unavailable: {error!r}")
+    return tv_models
+
+
+def _torch_layers_in_order(module):
+    import torch
+
+    kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+def _flax_layers_in_call_order(model, variables, x):
+    order = []
+
+    def record(next_fun, args, kwargs, context):
+        kinds = (nn.Conv, nn.Dense, nn.BatchNorm, depthwise.DepthwiseConv,
+                 depthwise.PointwiseConv)
+        if isinstance(context.module, kinds) and context.module.path not in order:
+            order.append(context.module.path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    return order
+
+
+def _copy_torch_weights(torch_model, model, x):
+    """The flax variables holding ``torch_model``'s weights (same layers, same order)."""
+    import torch
+
+    shapes = _shapes(model, x.shape[1])
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    paths = _flax_layers_in_call_order(model, shapes, jnp.asarray(x))
+    layers = _torch_layers_in_order(torch_model)
+    assert len(paths) == len(layers)
+    for path, layer in zip(paths, layers):
+        params, stats = variables["params"], variables["batch_stats"]
+        for key in path:
+            params, stats = params[key], stats.get(key, {})
+        tensors = {k: v.detach().numpy() for k, v in layer.state_dict().items()}
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            params["scale"], params["bias"] = tensors["weight"], tensors["bias"]
+            stats["mean"], stats["var"] = tensors["running_mean"], tensors["running_var"]
+            continue
+        weight = tensors["weight"]
+        if params["kernel"].ndim == 2:  # Dense: a Linear, or a 1x1 Conv2d (squeeze-excite).
+            weight = weight.reshape(weight.shape[:2]).T
+        else:  # (out, in, kh, kw) -> (kh, kw, in, out)
+            weight = weight.transpose(2, 3, 1, 0)
+        assert params["kernel"].shape == weight.shape, path
+        params["kernel"] = weight
+        if "bias" in tensors:
+            params["bias"] = tensors["bias"]
+    return variables
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
+def test_matches_torchvision_numerically(name):
+    import torch
+
+    tv_models = _torchvision_models()
+    torch.manual_seed(0)
+    torch_model = getattr(tv_models, name)(num_classes=10)
+    rng = np.random.default_rng(0)
+
+    def batch(n):  # Images of different contrasts and a gradient, so the logits differ.
+        return (rng.normal(size=(n, 57, 57, 3)) * rng.uniform(0.5, 3.0, size=(n, 1, 1, 1))
+                + np.linspace(-1.0, 2.0, 57).reshape(1, 57, 1, 1)).astype(np.float32)
+
+    with torch.no_grad():  # Running statistics that fit the data: every layer then matters.
+        for layer in torch_model.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.reset_running_stats()
+                layer.momentum = None
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.normal_(0.0, 0.2)
+        torch_model.train()
+        for _ in range(2):
+            torch_model(torch.from_numpy(batch(8).transpose(0, 3, 1, 2)))
+        torch_model.eval()
+        x = batch(2)
+        want = torch_model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    model = models.create_model(name, num_classes=10)
+    variables = _copy_torch_weights(torch_model, model, x)
+    got = _eval(model)(variables, jnp.asarray(x))
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
+    assert np.abs(want[0] - want[1]).max() > 0.1 * scale  # The check has teeth.

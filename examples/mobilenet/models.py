@@ -5,6 +5,8 @@ at 1000 classes and width 1.0 the trainable parameter counts equal Keras'
 ``MobileNet`` (V1: 4,231,976) and torchvision's ``mobilenet_v2`` (3,504,872),
 ``mobilenet_v3_small`` (2,542,856) and ``mobilenet_v3_large`` (5,483,032),
 counting BatchNorm's scale and bias as trainable, its running statistics not.
+With torchvision's weights copied in, V2 and V3 compute torchvision's logits
+(``tests/examples/test_models.py``, where torchvision is installed).
 
 * V1 (Howard et al. 2017; Keras): a 3x3 stem, 13 depthwise-separable blocks,
   ReLU6, global pooling, dropout 1e-3 and a dense classifier. Channels are
@@ -20,15 +22,16 @@ counting BatchNorm's scale and bias as trainable, its running statistics not.
 
 V2 and V3 round every channel count with :func:`make_divisible` (multiples
 of 8) and pad convolutions symmetrically by ``(k - 1) // 2``, as torchvision
-does; V1 pads like TensorFlow's "SAME" (strided layers pad after only), as
-Keras does.
+does; V1 pads like TensorFlow's "SAME", as Keras does (for odd sizes Keras
+pads its strided depthwise layers by (0, 1), "SAME" by (1, 1)).
 
 All models share the options of :class:`MobileNet`: width, classes, a
 small-input variant for 32x32 images (downsampling by 8 instead of 32, as
 CIFAR MobileNets do: the stem and the first strided block keep stride 1),
 the relu6 derivative at its kinks, mixed precision (compute ``dtype``,
-float32 parameters, float32 logits), BatchNorm on or off, the depthwise
-convolution's implementation and jrelu6 vs jax.nn activations.
+float32 parameters, float32 logits), BatchNorm on or off, the depthwise and
+1x1 convolutions' implementations (fast on CPU by default) and jrelu6 vs
+jax.nn activations.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -41,7 +44,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 

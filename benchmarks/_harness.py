@@ -263,6 +263,21 @@ def command_line(script: str, argv: Sequence[str] | None) -> str:
     return " ".join(["python", f"benchmarks/{script}"] + argv)
 
 
+def announce(title: str, script: str, argv: Sequence[str] | None) -> tuple[dict[str, Any], str]:
+    """Prints what is measured, where, by which command (and a busy warning).
+
+    Returns:
+      ``(machine_info(), command_line(script, argv))`` for the JSON record.
+    """
+    info = machine_info()
+    command = command_line(script, argv)
+    print(f"{title} on {describe_machine(info)}")
+    print(f"command: {command}")
+    if warning := busy_warning(info):
+        print(warning)
+    return info, command
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator``, or None when either is missing or zero."""
     if not numerator or not denominator:

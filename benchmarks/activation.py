@@ -324,12 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0 <= s <= 30 for s in sizes):
         parser.error(f"--sizes must be powers of two between 0 and 30, got {list(sizes)}")
     repeats = args.repeats or (7 if args.quick else 9)
-    info = _harness.machine_info()
-    command = _harness.command_line("activation.py", argv)
-    print(f"relu6 standalone on {_harness.describe_machine(info)}")
-    print(f"command: {command}")
-    if warning := _harness.busy_warning(info):
-        print(warning)
+    info, command = _harness.announce("relu6 standalone", "activation.py", argv)
 
     records = measure(sizes=sizes, dtypes=tuple(args.dtypes), modes=tuple(args.modes),
                       repeats=repeats, warmup=args.warmup, quick=args.quick,

@@ -225,12 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(parser, args)
     config["torch_threads"] = args.torch_threads
 
-    info = _harness.machine_info()
-    command = _harness.command_line("train_step.py", argv)
-    print(f"{config['model']} training step on {_harness.describe_machine(info)}")
-    print(f"command: {command}")
-    if warning := _harness.busy_warning(info):
-        print(warning)
+    info, command = _harness.announce(f"{config['model']} training step", "train_step.py", argv)
     print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
           f"width {config['width']}, {config['num_classes']} classes, "
           f"small_input={config['small_input']}, SGD lr {mstep.LEARNING_RATE} "

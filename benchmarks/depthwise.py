@@ -148,9 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch = args.batch or (4 if quick else 128)
     size = args.size or (16 if quick else 32)
     width = args.width or (0.35 if quick else 1.0)
-    info = harness.machine_info()
-    print(harness.describe_machine(info))
-    print("medians of interleaved samples; the machine may be shared, so read the ratios")
+    info, command = harness.announce("depthwise convolution", "depthwise.py", argv)
+    print("medians of interleaved samples; on a shared machine read the ratios")
 
     conv = conv_rows(shape, args.repeats or (2 if quick else 20))
     print(f"\n3x3 depthwise conv, float32 {'x'.join(map(str, shape))}, stride 1, SAME")
@@ -172,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("compile_s", "compile s", ".1f")]))
 
     path = harness.write_json(args, NAME, {
-        "benchmark": NAME, "command": harness.command_line("depthwise.py", argv),
+        "benchmark": NAME, "command": command,
         "machine": info, "conv_shape": list(shape), "conv": conv,
         "step_config": {"model": "mobilenet_v2", "batch": batch, "size": size,
                         "width": width, "small_input": args.small_input,

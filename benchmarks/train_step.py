@@ -7,9 +7,9 @@ statistics) on the same synthetic batch, timed side by side in one run:
 - ``jax (ours)``: the example's model (``mobilenet.models``) with
   ``depthwise="auto"``: shifted multiply-adds on CPU, the grouped convolution
   elsewhere; jitted, state donated.
-- ``jax grouped``: the same Flax model with ``depthwise="grouped"``, i.e. the
-  depthwise layers as a convolution with ``feature_group_count`` (what
-  ``flax.linen.Conv`` does), the naive baseline.
+- ``jax grouped``: the same Flax model as plain flax builds it:
+  ``depthwise="grouped"`` (a convolution with ``feature_group_count``, what
+  ``flax.linen.Conv`` does) and ``pointwise="conv"``; the naive baseline.
 - ``torch``: an equivalent hand-written PyTorch MobileNetV2 (torchvision's
   layer for layer, the same trainable parameter count; torchvision itself is
   not required), ``channels_last``, ``torch.optim.SGD`` with the same
@@ -174,14 +174,17 @@ def jax_case(config: dict[str, Any], depthwise: str, images, labels, state: mste
     Every JAX candidate starts from a copy of the same ``state``: the depthwise
     implementation changes the computation, not the parameters.
     """
-    model = mstep.models.create_model(config["model"], depthwise=depthwise,
+    # The baseline is the model as plain flax builds it: grouped nn.Conv for the
+    # depthwise layers and nn.Conv for the 1x1 ones.
+    pointwise = "conv" if depthwise == "grouped" else "matmul"
+    model = mstep.models.create_model(config["model"], depthwise=depthwise, pointwise=pointwise,
                                       **model_kwargs(config))
     holder = [mstep.copy_state(state)]
     step = mstep.jitted_step(model)
     start = time.perf_counter()
     holder[0], loss = step(holder[0], images, labels)
     jax.block_until_ready((holder[0], loss))
-    notes = {"depthwise": depthwise, "first_call_s": time.perf_counter() - start,
+    notes = {"depthwise": depthwise, "pointwise": pointwise, "first_call_s": time.perf_counter() - start,
              "params": mstep.models.count_params(holder[0].params)}
 
     def run(_):

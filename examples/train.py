@@ -1,7 +1,7 @@
 """Train a MobileNet (V1, V2, V3) built with jrelu6, over every local device.
 
 With no flags this trains MobileNetV2 (width 0.5) on scikit-learn's bundled
-digits for 300 steps (about a minute and a half on a 2-core CPU), writes
+digits for 300 steps (about a minute on a 2-core CPU), writes
 checkpoints, ``metrics.jsonl`` and ``metrics.png`` to ``./runs/mobilenet_v2`` and
 prints the final test accuracy as its last line::
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python examples/train.py",
         description=__doc__.split("\n\n")[0],
-        epilog="Defaults: MobileNetV2 x0.5 on the bundled digits, about 1.5 minutes "
+        epilog="Defaults: MobileNetV2 x0.5 on the bundled digits, about a minute "
                "on a 2-core CPU. Exit codes: 0 done, 1 the loss became NaN/inf, 2 bad "
                "arguments or data.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="SGD with Nesterov momentum, or AdamW")
     training.add_argument("--lr", dest="learning_rate", type=float, default=None,
                           help="peak learning rate after the linear warm-up, then cosine "
-                               "decay (default: 0.05 for sgd, 2e-3 for adamw)")
+                               "decay (default: 0.05 for sgd, 1e-2 for adamw)")
     training.add_argument("--momentum", type=float, default=d.momentum,
                           help="SGD momentum (AdamW's b1)")
     training.add_argument("--weight-decay", type=float, default=None,

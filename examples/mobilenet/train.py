@@ -23,6 +23,7 @@ The recipe, in the order :func:`train_and_evaluate` runs it:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -45,7 +46,7 @@ from mobilenet.configs.default import Config
 
 DATA_AXIS = "data"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 2e-3}
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
 CHECKPOINT_SUBDIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -223,11 +224,29 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
       The :class:`TrainState` at step 0.
     """
     tx = create_optimizer(config, total_steps=total_steps)
-    state_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    return _init_function(model, tx, tuple(image_shape), mesh)(*_init_keys(config.seed))
+
+
+def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
+                         mesh: Mesh, total_steps: int) -> TrainState:
+    """The :class:`TrainState` of :func:`create_train_state` as shapes, dtypes and shardings.
+
+    Nothing is computed; use it to compile the steps ahead of time
+    (``train_step.lower(abstract_state, batch_spec).compile()``).
+    """
+    tx = create_optimizer(config, total_steps=total_steps)
+    shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh),
+                            *_init_keys(config.seed))
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
+
+
+def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The initialization key and the training key data of ``seed``."""
     # XLA:CPU takes seconds per hundred threefry draws to compile (MobileNetV2 init: ~15 s);
     # the "rbg" generator compiles about twice as fast. Init runs once, so its key can differ.
-    init_key = jax.random.key(config.seed, impl="rbg")
-    return _init_function(model, tx, tuple(image_shape), mesh)(init_key, state_key)
+    return (jax.random.key(seed, impl="rbg"),
+            jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
 
 @functools.lru_cache(maxsize=16)
@@ -551,8 +570,6 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
     verbose = config.progress and jax.process_index() == 0
     say = _printer(verbose)
     model = create_model(config, num_classes=num_classes)
-    state = create_train_state(config, model, image_shape=dataset.image_shape, mesh=mesh,
-                               total_steps=steps)
     dtype = DTYPES[config.dtype]
     train_step = make_train_step(
         mesh=mesh, num_classes=num_classes, mean=dataset.mean, std=dataset.std, dtype=dtype,
@@ -563,6 +580,21 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
     test_batches = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels, batch_size=config.eval_batch_size,
         sharding=batch_sharding(mesh))
+    # XLA compiles on one core: compile the two steps in threads while this one
+    # compiles and runs the initialization (and restores a checkpoint).
+    abstract = abstract_train_state(config, model, image_shape=dataset.image_shape, mesh=mesh,
+                                    total_steps=steps)
+    compile_start = time.perf_counter()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    compiling = [
+        pool.submit(_compile, train_step, abstract,
+                    _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
+        pool.submit(_compile, eval_step, abstract, jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            test_batches[0]))]
+    pool.shutdown(wait=False)
+    state = create_train_state(config, model, image_shape=dataset.image_shape, mesh=mesh,
+                               total_steps=steps)
 
     checkpoints, meta = None, {}
     start = 0
@@ -585,6 +617,9 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
         log = _MetricsLog(os.path.join(workdir, METRICS_FILE)
                           if workdir is not None and jax.process_index() == 0 else None,
                           resume_step=start)
+        for future in compiling:
+            future.result()
+        say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s")
         summary = _run(config, mesh, state, train_step, eval_step, test_batches, dataset, log,
                        checkpoints, start=start, steps=steps, meta=meta, verbose=verbose)
     finally:
@@ -595,6 +630,23 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
         say(f"wrote {os.path.join(workdir, PLOT_FILE)} and {os.path.join(workdir, METRICS_FILE)}")
     summary["seconds"] = time.perf_counter() - start_time
     return summary
+
+
+def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,
+                mask: bool) -> dict[str, jax.ShapeDtypeStruct]:
+    sharding = batch_sharding(mesh)
+    spec = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
+                                          sharding=sharding),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
+    if mask:
+        spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=sharding)
+    return spec
+
+
+def _compile(step: Any, *args: Any) -> None:
+    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
+    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
+        step.lower(*args).compile()
 
 
 def _count(params: Any) -> int:

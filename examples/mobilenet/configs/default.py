@@ -53,7 +53,7 @@ class Config:
       epochs: Training length in passes over the training set (overrides ``steps``).
       optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``.
       learning_rate: Peak learning rate, reached at the end of the warm-up;
-        ``None``: 0.05 for SGD, 2e-3 for AdamW.
+        ``None``: 0.05 for SGD, 1e-2 for AdamW (measured best on digits).
       momentum: SGD momentum (``b1`` for AdamW).
       weight_decay: Weight decay of the kernels (never of batch-norm parameters or
         biases); ``None``: 5e-5 for SGD (added to the gradient), 0.05 for AdamW (decoupled).

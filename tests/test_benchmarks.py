@@ -137,9 +137,10 @@ def test_train_step_quick(tmp_path):
     assert result["goals"]["ours_vs_torch"]["met"] is None
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("num_classes, small_input", [(1000, False), (10, True)])
 def test_torch_mobilenet_v2_has_the_flax_parameter_count(num_classes, small_input):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="PyTorch is optional: the benchmarks time it where installed")
     import train_step
     from mobilenet import models
 
@@ -152,8 +153,9 @@ def test_torch_mobilenet_v2_has_the_flax_parameter_count(num_classes, small_inpu
     assert train_step.count_torch_params(torch_model) == models.count_params(shapes)
 
 
+@pytest.mark.parity
 def test_torch_step_runs_and_returns_a_finite_loss():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="PyTorch is optional: the benchmarks time it where installed")
     import numpy as np
 
     import train_step

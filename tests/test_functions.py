@@ -440,9 +440,10 @@ TORCH_PAIRS = [("relu6", jrelu6.relu6), ("hardsigmoid", jrelu6.hard_sigmoid),
                ("hardswish", jrelu6.hard_swish)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("torch_name, ours", TORCH_PAIRS)
 def test_values_and_gradients_match_torch(torch_name, ours):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: parity tests only")
     x = np.concatenate([np.linspace(-8, 8, 161), [-3.0, 0.0, 3.0, 6.0]]).astype(np.float32)
     tx = torch.tensor(x, requires_grad=True)
     ty = getattr(torch.nn.functional, torch_name)(tx)

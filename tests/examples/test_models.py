@@ -388,10 +388,10 @@ def _copy_torch_weights(torch_model, model, x):
     return variables
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
 def test_matches_torchvision_numerically(name):
-    import torch
-
+    torch = pytest.importorskip("torch", reason="PyTorch is optional: parity with torchvision")
     tv_models = _torchvision_models()
     torch.manual_seed(0)
     torch_model = getattr(tv_models, name)(num_classes=10)

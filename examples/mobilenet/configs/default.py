@@ -184,13 +184,14 @@ class Config:
         Numbers must be finite (no NaN or infinity).
 
         Raises:
-          ValueError: naming the bad field and what is allowed.
+          InvalidSetting: (a ``ValueError``) naming the bad field and what is allowed.
 
         Examples:
-          >>> Config(width=float("nan")).validate()
-          Traceback (most recent call last):
-            ...
-          ValueError: Config: width must be a finite number, got nan.
+          >>> try:
+          ...     Config(width=float("nan")).validate()
+          ... except ValueError as error:
+          ...     print(error)
+          Config: width must be a finite number, got nan.
         """
         for field in dataclasses.fields(self):
             _check_field(field, getattr(self, field.name))
@@ -201,19 +202,39 @@ Config.__doc__ = (f"{Config.__doc__}\n\nAttributes:\n" + "\n".join(
     f"  {field.name}: {field.metadata['help']}" for field in dataclasses.fields(Config)))
 
 
-def _kind(field: dataclasses.Field) -> tuple[type, bool]:
-    """The field's base type (bool, int, float or str) and whether ``None`` is allowed."""
+def field_kind(field: dataclasses.Field) -> tuple[type, bool]:
+    """The base type of a :class:`Config` field (bool, int, float or str) and whether it may
+    be ``None``.
+
+    Examples:
+      >>> field_kind(Config.__dataclass_fields__["epochs"])
+      (<class 'float'>, True)
+    """
     names = [name.strip() for name in str(field.type).split("|")]
     base = {"bool": bool, "int": int, "float": float, "str": str}[names[0]]
     return base, "None" in names
 
 
+class InvalidSetting(ValueError):
+    """A :class:`Config` field holds a value it does not allow.
+
+    Attributes:
+      field: The field's name.
+      reason: What is wrong and what is allowed ("must be > 0, got -1").
+    """
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"Config: {field} {reason}.")
+        self.field = field
+        self.reason = reason
+
+
 def _check_field(field: dataclasses.Field, value: Any) -> None:
     name, meta = field.name, field.metadata
-    base, optional = _kind(field)
+    base, optional = field_kind(field)
     if value is None:
         if not optional:
-            raise ValueError(f"Config: {name} must be set, got None.")
+            raise InvalidSetting(name, "must be set, got None")
         return
     if base is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -225,17 +246,17 @@ def _check_field(field: dataclasses.Field, value: Any) -> None:
         ok = isinstance(value, base)
         allowed = {bool: "True or False", str: "a string"}[base]
     if not ok:
-        raise ValueError(f"Config: {name} must be {allowed}, got {value!r}.")
+        raise InvalidSetting(name, f"must be {allowed}, got {value!r}")
     if base is float and not math.isfinite(value):
-        raise ValueError(f"Config: {name} must be a finite number, got {value!r}.")
+        raise InvalidSetting(name, f"must be a finite number, got {value!r}")
     if meta["choices"] and value not in meta["choices"]:
-        raise ValueError(f"Config: {name} must be one of {meta['choices']}, got {value!r}.")
+        raise InvalidSetting(name, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
     if meta["minimum"] is not None and value < meta["minimum"]:
-        raise ValueError(f"Config: {name} must be >= {meta['minimum']}, got {value!r}.")
+        raise InvalidSetting(name, f"must be >= {meta['minimum']}, got {value!r}")
     if meta["above"] is not None and value <= meta["above"]:
-        raise ValueError(f"Config: {name} must be > {meta['above']}, got {value!r}.")
+        raise InvalidSetting(name, f"must be > {meta['above']}, got {value!r}")
     if meta["below"] is not None and value >= meta["below"]:
-        raise ValueError(f"Config: {name} must be < {meta['below']}, got {value!r}.")
+        raise InvalidSetting(name, f"must be < {meta['below']}, got {value!r}")
 
 
 def get_config(**overrides: object) -> Config:
@@ -389,3 +410,10 @@ def resolve(config: Config, *, num_train: int) -> Resolved:
     return Resolved(learning_rate=learning_rate(config), weight_decay=weight_decay(config),
                     total_steps=steps, warmup_steps=warmup_steps(config, total_steps=steps),
                     max_shift=max_shift(config))
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+class ConfigMismatch(ValueError):
+    """A resumed run's settings would change its trajectory (one line per differing setting)."""

@@ -361,3 +361,132 @@ def test_the_copies_of_a_replicated_state_count():
     needed = optim.check_state_fits(params, opt_state, limit_bytes=10**12)
     with pytest.raises(optim.StateTooLarge, match=r"\(8 copies\)"):
         optim.check_state_fits(params, opt_state, limit_bytes=needed * 8 - 1, copies=8)
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+SAVED = dataclasses.asdict(Config())
+NEUTRAL = [f for f in FIELDS if f.metadata["neutral"]]
+TRAJECTORY = [f for f in FIELDS
+              if not f.metadata["neutral"] and f.name not in ("steps", "epochs")]
+
+
+def _changed(field):
+    """A valid config that differs from the default in ``field`` (resolved), and the value."""
+    base, _ = default.field_kind(field)
+    if field.name in ("learning_rate", "weight_decay", "max_shift", "warmup_steps"):
+        value = {"learning_rate": 0.2, "weight_decay": 1e-3, "max_shift": 3,
+                 "warmup_steps": 7}[field.name]
+    else:
+        _, value = _other_value(field)
+    settings = {field.name: value}
+    if field.name in ("image_size", "synthetic_examples"):
+        settings["data"] = "synthetic"
+    return Config(**settings), value
+
+
+@pytest.mark.parametrize("field", TRAJECTORY, ids=[f.name for f in TRAJECTORY])
+def test_resuming_with_a_setting_that_changes_the_trajectory_is_refused(field):
+    config, value = _changed(field)
+    saved = {**SAVED, "data": "synthetic"} if config.data == "synthetic" else SAVED
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(saved, config)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("train: ")
+    assert lines[-1].startswith("Use a new --workdir, or the run's settings")
+    flag = cli.flag(field.name)
+    mine = [line for line in lines if line.strip().startswith(flag + ":")]
+    assert len(mine) == 1, lines
+    shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    assert mine[0].endswith(f", now {shown}"), mine[0]
+
+
+@pytest.mark.parametrize("field", NEUTRAL, ids=[f.name for f in NEUTRAL])
+def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
+    config, _ = _changed(field)
+    assert default.check_resume(SAVED, config) == []
+
+
+@pytest.mark.parametrize("settings", [
+    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 30},
+    {"augment": False, "max_shift": 3}], ids=str)
+def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(settings):
+    saved = {**SAVED, "augment": settings.get("augment", True)}
+    assert default.check_resume(saved, Config(**settings)) == []
+
+
+def test_another_optimizer_differs_with_its_defaults():
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(SAVED, Config(optimizer="adamw"))
+    message = str(info.value)
+    assert "--optimizer: the run used sgd, now adamw" in message
+    assert "--learning-rate: the run used 0.05 (default), now 0.01 (default)" in message
+    assert "--weight-decay: the run used 5e-05 (default), now 0.05 (default)" in message
+
+
+def test_an_old_config_json_compares_missing_fields_as_defaults():
+    old = {k: v for k, v in SAVED.items()
+           if k not in ("synthetic_examples", "keep_checkpoints", "seed")}
+    old["a_removed_setting"] = 1
+    assert default.check_resume(old, Config(keep_checkpoints=5)) == []
+    with pytest.raises(default.ConfigMismatch, match="--seed: the run used 0, now 4"):
+        default.check_resume(old, Config(seed=4))
+
+
+def test_another_length_is_refused_without_the_opt_in():
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(SAVED, Config(steps=600))
+    assert ("--steps: the run used 300 steps, now 600 steps (another learning-rate schedule; "
+            "--allow-schedule-change accepts it)") in str(info.value)
+
+
+@pytest.mark.parametrize("step", [None, 200])
+def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
+    config = Config(steps=600, allow_schedule_change=True)
+    notes = default.check_resume(SAVED, config, step=step)
+    at = 300 if step is None else step
+    was = float(optim.learning_rate_schedule(Config(), total_steps=300)(at))
+    now = float(optim.learning_rate_schedule(config, total_steps=600)(at))
+    assert now > was
+    assert notes == [
+        "the learning-rate schedule is recomputed for 600 steps instead of 300 "
+        "(warm-up 60 steps instead of 30)",
+        f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
+        "decaying to 0 at step 600"]
+
+
+def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
+    notes = default.check_resume(SAVED, Config(steps=100, allow_schedule_change=True), step=300)
+    assert notes[-1] == "the run is at step 300, past the new end: it trains no further"
+
+
+def test_an_explicit_warmup_change_is_refused_even_with_the_opt_in():
+    saved = {**SAVED, "warmup_steps": 30}
+    config = Config(steps=600, warmup_steps=45, allow_schedule_change=True)
+    with pytest.raises(default.ConfigMismatch, match="--warmup-steps: the run used 30, now 45"):
+        default.check_resume(saved, config)
+
+
+def test_epochs_compare_as_steps_when_the_training_set_is_known():
+    # 1437 examples, batch 128: 11 steps per epoch, so 2 epochs are the run's 22 steps.
+    saved = {**SAVED, "steps": 22}
+    assert default.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
+    with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 22 steps, now 33"):
+        default.check_resume(saved, Config(epochs=3.0), num_train=1437)
+
+
+def test_steps_are_ignored_when_epochs_are_set():
+    saved = {**SAVED, "epochs": 2.0, "steps": 300}
+    assert default.check_resume(saved, Config(epochs=2.0, steps=50)) == []
+
+
+def test_epochs_without_the_training_set_are_described_in_epochs():
+    saved = {**SAVED, "epochs": 2.0}
+    notes = default.check_resume(saved, Config(epochs=4.0, allow_schedule_change=True))
+    assert notes == ["the learning-rate schedule is recomputed for 4.0 epochs instead of "
+                     "2.0 epochs"]
+
+
+def test_an_unchanged_run_with_the_opt_in_says_nothing():
+    assert default.check_resume(SAVED, Config(allow_schedule_change=True)) == []

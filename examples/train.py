@@ -51,24 +51,11 @@ EXCLUSIVE = (("steps", "epochs"),)
 GROUPS = ("model", "data", "training", "run")
 
 
-def flag(name: str) -> str:
-    """The command-line flag of the :class:`Config` field ``name`` (``--batch-size``)."""
-    return "--" + name.replace("_", "-")
-
-
 class _Parser(argparse.ArgumentParser):
     """Errors are one line on stderr (exit code 2), without the long usage text."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {message} (see --help)\n")
-
-
-def _default_text(field: dataclasses.Field) -> str:
-    if field.default is None:
-        return field.metadata["derived"] or "none"
-    if isinstance(field.default, bool):
-        return "on" if field.default else "off"
-    return str(field.default)
 
 
 def _converter(base: type) -> Any:
@@ -102,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(default.Config):
         meta = field.metadata
         base, _ = default.field_kind(field)
-        help_text = f"{meta['help']} (default: {_default_text(field)})".replace("%", "%%")
+        help_text = f"{meta['help']} (default: {default.default_text(field)})".replace("%", "%%")
         container = exclusive.get(field.name, groups[meta["group"]])
-        names = (flag(field.name), *ALIASES.get(field.name, ()))
+        names = (default.flag(field.name), *ALIASES.get(field.name, ()))
         if base is bool:
             container.add_argument(*names, dest=field.name,
                                    action=argparse.BooleanOptionalAction, help=help_text)
@@ -137,7 +124,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[default.Config, dict[str, 
     try:
         config = default.get_config(**settings)
     except default.InvalidSetting as error:
-        parser.error(f"argument {flag(error.field)}: {error.reason}")
+        parser.error(f"argument {default.flag(error.field)}: {error.reason}")
     return config, options
 
 

@@ -118,11 +118,10 @@ def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTrans
       repeated runs reuse compiled steps.
 
     Raises:
-      ValueError: for an optimizer other than ``"sgd"`` or ``"adamw"``.
+      mobilenet.configs.default.InvalidSetting: (a ``ValueError``) for a setting that
+        :meth:`~mobilenet.configs.default.Config.validate` refuses.
     """
-    if config.optimizer not in default.OPTIMIZERS:
-        raise ValueError(f"create_optimizer: optimizer must be one of {default.OPTIMIZERS}, "
-                         f"got {config.optimizer!r}.")
+    config.validate()
     return _optimizer(config.optimizer, default.learning_rate(config), config.momentum,
                       default.weight_decay(config),
                       default.warmup_steps(config, total_steps=total_steps), int(total_steps))

@@ -77,7 +77,7 @@ def _field(default: Any, help: str, *, group: str, choices: tuple[str, ...] = ()
 
 @dataclasses.dataclass
 class Config:
-    """Every setting of a training run; each field's help is in its metadata (below)."""
+    """Every setting of a training run (the attributes below come from the fields' metadata)."""
 
     # --- model ---
     model: str = _field("mobilenet_v2", "architecture ('tiny' is a small test network)",
@@ -201,8 +201,36 @@ class Config:
         return self
 
 
+def default_text(field: dataclasses.Field) -> str:
+    """The default of a :class:`Config` field as ``--help`` shows it.
+
+    Examples:
+      >>> fields = Config.__dataclass_fields__
+      >>> default_text(fields["steps"]), default_text(fields["augment"])
+      ('300', 'on')
+      >>> default_text(fields["learning_rate"])
+      '0.05 for sgd, 0.01 for adamw'
+    """
+    if field.default is None:
+        return field.metadata["derived"] or "none"
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return str(field.default)
+
+
 Config.__doc__ = (f"{Config.__doc__}\n\nAttributes:\n" + "\n".join(
-    f"  {field.name}: {field.metadata['help']}" for field in dataclasses.fields(Config)))
+    f"  {field.name}: {field.metadata['help']} (default: {default_text(field)})."
+    for field in dataclasses.fields(Config)))
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the :class:`Config` field ``name``.
+
+    Examples:
+      >>> flag("batch_size")
+      '--batch-size'
+    """
+    return "--" + name.replace("_", "-")
 
 
 def field_kind(field: dataclasses.Field) -> tuple[type, bool]:
@@ -513,7 +541,7 @@ def check_resume(saved: Mapping[str, Any], config: Config, *, num_train: int | N
 
 
 def _differs(name: str, was: str, now: str) -> str:
-    return f"  --{name.replace('_', '-')}: the run used {was}, now {now}"
+    return f"  {flag(name)}: the run used {was}, now {now}"
 
 
 def _show(value: Any, is_default: bool = False) -> str:

@@ -163,7 +163,7 @@ def state_bytes(tree: Any) -> int:
 
 
 def memory_limit() -> tuple[int, int, str]:
-    """``(bytes available, copies of a replicated state, where)`` for this process.
+    """``(bytes, copies, what)``: the memory a replicated state must fit in, for this process.
 
     A device that reports its memory (a GPU, a TPU) holds one copy of the state;
     host devices (CPU) share the host's physical memory, one copy each.
@@ -171,9 +171,9 @@ def memory_limit() -> tuple[int, int, str]:
     devices = jax.local_devices()
     stats = devices[0].memory_stats() or {}
     if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), 1, f"{devices[0].device_kind} device"
+        return int(stats["bytes_limit"]), 1, f"one {devices[0].device_kind}"
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return host, len(devices), f"host ({len(devices)} CPU device(s), one copy each)"
+    return host, len(devices), "this host"
 
 
 def check_state_fits(params: Any, opt_state: Any, *, limit_bytes: int | None = None,
@@ -206,17 +206,18 @@ def check_state_fits(params: Any, opt_state: Any, *, limit_bytes: int | None = N
       mobilenet.optim.StateTooLarge: train: 1,000,000,000,000 parameters ... need 3.6 TiB, ...
     """
     needed = state_bytes(params) + state_bytes(opt_state)
-    where = "memory"
+    where = ""
     if limit_bytes is None:
         limit_bytes, copies, where = memory_limit()
-        where = f"memory of the {where}"
+        where = f" of {where}"
     if needed * copies > limit_bytes:
         count = state_bytes(jax.tree.map(
             lambda p: jax.ShapeDtypeStruct(p.shape, jnp.uint8), params))
-        total = _size(needed * copies) + (f" ({copies} copies)" if copies > 1 else "")
+        total = _size(needed * copies) + (f" ({copies} copies, one per device)"
+                                          if copies > 1 else "")
         raise StateTooLarge(
             f"train: {count:,} parameters and their optimizer state need {total}, more than "
-            f"the {_size(limit_bytes)} of {where}; use a smaller --width.")
+            f"the {_size(limit_bytes)} of memory{where}; use a smaller --width.")
     return needed
 
 

@@ -359,7 +359,7 @@ def test_a_small_model_fits():
 def test_the_copies_of_a_replicated_state_count():
     params, opt_state = _abstract_state(0.5)
     needed = optim.check_state_fits(params, opt_state, limit_bytes=10**12)
-    with pytest.raises(optim.StateTooLarge, match=r"\(8 copies\)"):
+    with pytest.raises(optim.StateTooLarge, match=r"\(8 copies, one per device\)"):
         optim.check_state_fits(params, opt_state, limit_bytes=needed * 8 - 1, copies=8)
 
 

@@ -404,6 +404,7 @@ class Resolved:
       learning_rate: Peak learning rate of the schedule.
       weight_decay: Weight decay of the kernels.
       total_steps: Training steps (the schedule's length).
+      steps_per_epoch: Full batches per pass over the training set.
       warmup_steps: Linear warm-up steps.
       max_shift: Largest random shift of the augmentation in pixels (0 without augment).
     """
@@ -411,6 +412,7 @@ class Resolved:
     learning_rate: float
     weight_decay: float
     total_steps: int
+    steps_per_epoch: int
     warmup_steps: int
     max_shift: int
 
@@ -430,16 +432,17 @@ def resolve(config: Config, *, num_train: int) -> Resolved:
 
     Examples:
       >>> resolve(Config(), num_train=1437)
-      Resolved(learning_rate=0.05, weight_decay=5e-05, total_steps=300, warmup_steps=30,
-               max_shift=2)
+      Resolved(learning_rate=0.05, weight_decay=5e-05, total_steps=300, steps_per_epoch=11,
+               warmup_steps=30, max_shift=2)
       >>> resolve(Config(optimizer="adamw", data="cifar10", epochs=2.0), num_train=50000)
-      Resolved(learning_rate=0.01, weight_decay=0.05, total_steps=780, warmup_steps=78,
-               max_shift=4)
+      Resolved(learning_rate=0.01, weight_decay=0.05, total_steps=780, steps_per_epoch=390,
+               warmup_steps=78, max_shift=4)
     """
-    steps_per_epoch(num_train, config.batch_size)
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
     steps = total_steps(config, num_train=num_train)
     return Resolved(learning_rate=learning_rate(config), weight_decay=weight_decay(config),
-                    total_steps=steps, warmup_steps=warmup_steps(config, total_steps=steps),
+                    total_steps=steps, steps_per_epoch=per_epoch,
+                    warmup_steps=warmup_steps(config, total_steps=steps),
                     max_shift=max_shift(config))
 
 

@@ -1,13 +1,25 @@
 """The default configuration: MobileNetV2 on scikit-learn's digits, tuned for a 2-core CPU.
 
-``python examples/train.py`` with no flags trains exactly this configuration;
-every field has a flag of the same name (``--batch-size`` for ``batch_size``).
+``python examples/train.py`` with no flags trains exactly this configuration.
+Each :class:`Config` field carries its help text, its choices and its bounds in
+its ``dataclasses.field`` metadata; ``examples/train.py`` generates one flag per
+field from them (``--batch-size`` for ``batch_size``), and :meth:`Config.validate`
+checks every field against them. Defaults that depend on other settings (the
+learning rate and weight decay per optimizer, the warm-up, the largest shift, the
+number of steps) are ``None`` in the config and resolved by :func:`resolve`.
+A resumed run is checked against the settings it was started with by
+:func:`check_resume`; the fields that cannot change its result say why in their
+metadata (``neutral``).
+
 The defaults were chosen by measurement on a 2-core CPU: MobileNetV2 at half
 width with the standard strides (32x32 inputs end at 1x1; digits carry 8x8
 pixels of information, so nothing is lost) takes about 0.2 s per step at
 batch 128, while the small-input variant costs about 7x more per step for no
 gain on digits. SGD at 0.05 with shifts of at most 2 pixels reaches about 98%
 test accuracy in 300 steps (see the README for the measured figures).
+
+This module imports no JAX: the command line parses and checks its flags
+without it.
 
 Examples:
   >>> from mobilenet.configs import get_config
@@ -19,133 +31,263 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")
 DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16")
 
+# Derived defaults (see `resolve`). The learning rates were measured best on digits.
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
+WARMUP_DIVISOR = 10  # The default warm-up is total_steps // WARMUP_DIVISOR (10%).
+DEFAULT_MAX_SHIFT = {"digits": 2}  # Half a pixel of the original 8x8 digits.
+FALLBACK_MAX_SHIFT = 4  # CIFAR's usual shift, for every other dataset.
+
+
+def _per_optimizer(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{value:g} for {name}" for name, value in values.items())
+
+
+def _field(default: Any, help: str, *, group: str, choices: tuple[str, ...] = (),
+           minimum: float | None = None, above: float | None = None,
+           below: float | None = None, derived: str | None = None,
+           neutral: str | None = None) -> Any:
+    """A :class:`Config` field with its command-line metadata.
+
+    Args:
+      default: The default value.
+      help: One phrase for ``--help`` (no default: it is appended).
+      group: The section of ``--help``.
+      choices: The allowed values (strings), if any.
+      minimum: Inclusive lower bound of a number.
+      above: Exclusive lower bound of a number.
+      below: Exclusive upper bound of a number.
+      derived: What ``None`` resolves to, for ``--help`` ("0.05 for sgd, ...").
+      neutral: Why the field cannot change the trajectory or the final metrics;
+        :func:`check_resume` then lets a resumed run change it. ``None``: it can.
+    """
+    metadata = {"help": help, "group": group, "choices": choices, "minimum": minimum,
+                "above": above, "below": below, "derived": derived, "neutral": neutral}
+    return dataclasses.field(default=default, metadata=metadata)
+
 
 @dataclasses.dataclass
 class Config:
-    """Every setting of a training run.
+    """Every setting of a training run (the attributes below come from the fields' metadata)."""
 
-    Attributes:
-      model: Architecture, one of :data:`MODELS` (``tiny`` is a small test network).
-      num_classes: Classifier outputs; ``None`` takes the dataset's number of classes.
-      width: Width multiplier of the MobileNet (1.0 = the paper's network).
-      small_input: Fewer early downsamplings, for 32x32 inputs (CIFAR-style MobileNets).
-      batch_norm: Batch normalization after every convolution (else a bias).
-      dtype: Compute dtype, ``"float32"`` or ``"bfloat16"``; parameters stay float32.
-      grad_at_zero: The derivative relu6 uses at exactly 0 (jrelu6's boundary setting).
-      grad_at_six: The derivative relu6 uses at exactly 6.
-      data: ``"digits"`` (bundled with scikit-learn), ``"cifar10"`` (needs ``data_dir``)
-        or ``"synthetic"`` (random images, for benchmarks).
-      data_dir: Directory holding CIFAR-10's python pickles (``data_batch_1`` ... ``test_batch``).
-      image_size: Side of the (square) synthetic images; digits and CIFAR-10 are 32.
-      synthetic_examples: Training examples in the synthetic dataset.
-      augment: Random shifts (and horizontal flips on CIFAR-10) on device, in the jitted step.
-      max_shift: Largest random shift, in pixels, of the augmentation; ``None``: 2 on
-        digits (half a pixel of the original 8x8 image), 4 otherwise (CIFAR's usual).
-      batch_size: Global batch size (all devices together); must divide by the device count.
-      eval_batch_size: Global batch size of evaluation.
-      steps: Training steps; ignored when ``epochs`` is set.
-      epochs: Training length in passes over the training set (overrides ``steps``).
-      optimizer: ``"sgd"`` (Nesterov momentum) or ``"adamw"``.
-      learning_rate: Peak learning rate, reached at the end of the warm-up;
-        ``None``: 0.05 for SGD, 1e-2 for AdamW (measured best on digits).
-      momentum: SGD momentum (``b1`` for AdamW).
-      weight_decay: Weight decay of the kernels (never of batch-norm parameters or
-        biases); ``None``: 5e-5 for SGD (added to the gradient), 0.05 for AdamW (decoupled).
-      warmup_steps: Linear warm-up length; ``None`` takes 10% of the steps.
-      label_smoothing: Label smoothing of the training loss (the test loss is plain).
-      seed: Seeds initialization, data order, augmentation and dropout.
-      log_every: Steps between metric fetches (device to host) and JSON lines.
-      eval_every: Steps between evaluations on the test split (0: only at the end).
-      checkpoint_every: Steps between checkpoints (0: only at the end).
-      keep_checkpoints: Checkpoints kept in the work directory.
-      progress: Show a progress bar and a few status lines; ``False`` is silent.
-      plot: Write ``metrics.png`` (training curves) into the work directory at the end.
-      distributed: Call ``jax.distributed.initialize()`` first (multi-host launches).
-    """
+    # --- model ---
+    model: str = _field("mobilenet_v2", "architecture ('tiny' is a small test network)",
+                        group="model", choices=MODELS)
+    num_classes: int | None = _field(
+        None, "classifier outputs", group="model", minimum=2,
+        derived="the dataset's classes; 10 for --summary")
+    width: float = _field(
+        0.5, "width multiplier of the MobileNet, 1.0 = the paper's network (--summary "
+        "defaults to 1.0, which prints the reference parameter counts)",
+        group="model", above=0)
+    small_input: bool = _field(
+        False, "fewer early downsamplings, for 32x32 inputs as CIFAR MobileNets do (digits "
+        "carry 8x8 pixels of information and the standard strides are ~7x cheaper)",
+        group="model")
+    batch_norm: bool = _field(
+        True, "batch normalization after every convolution (else convolutions get a bias)",
+        group="model")
+    dtype: str = _field("float32", "compute dtype; parameters and the loss stay float32",
+                        group="model", choices=DTYPES)
+    grad_at_zero: float = _field(0.0, "the derivative relu6 uses at exactly 0", group="model")
+    grad_at_six: float = _field(0.0, "the derivative relu6 uses at exactly 6", group="model")
 
-    model: str = "mobilenet_v2"
-    num_classes: int | None = None
-    width: float = 0.5
-    small_input: bool = False
-    batch_norm: bool = True
-    dtype: str = "float32"
-    grad_at_zero: float = 0.0
-    grad_at_six: float = 0.0
+    # --- data ---
+    data: str = _field(
+        "digits", "digits: scikit-learn's bundled 8x8 digits upsampled to 32x32; cifar10: "
+        "the python-pickle files in --data-dir; synthetic: random images, for benchmarks",
+        group="data", choices=DATASETS)
+    data_dir: str | None = _field(
+        None, "CIFAR-10 directory with data_batch_1..5, test_batch, batches.meta",
+        group="data",
+        # The data are named by `data`; this is only where a copy of them lies.
+        neutral="where the data set is read from, not which one")
+    image_size: int = _field(32, "side of the synthetic images (digits and CIFAR-10 are 32)",
+                             group="data", minimum=1)
+    synthetic_examples: int = _field(1024, "training examples of the synthetic data set",
+                                     group="data", minimum=1)
+    augment: bool = _field(True, "random shifts (and horizontal flips on CIFAR-10) on device",
+                           group="data")
+    max_shift: int | None = _field(
+        None, "largest random shift of the augmentation, in pixels", group="data", minimum=0,
+        derived=f"{DEFAULT_MAX_SHIFT['digits']} on digits, {FALLBACK_MAX_SHIFT} otherwise")
 
-    data: str = "digits"
-    data_dir: str | None = None
-    image_size: int = 32
-    synthetic_examples: int = 1024
-    augment: bool = True
-    max_shift: int | None = None
+    # --- training ---
+    steps: int = _field(300, "training steps (or --epochs)", group="training", minimum=1)
+    epochs: float | None = _field(None, "training length in passes over the training set, "
+                                  "instead of --steps", group="training", above=0,
+                                  derived="--steps decides")
+    batch_size: int = _field(128, "global batch size; must divide by the number of devices",
+                             group="training", minimum=1)
+    eval_batch_size: int = _field(
+        512, "global evaluation batch size", group="training", minimum=1,
+        # Evaluation runs in eval mode (running statistics), example by example;
+        # the batch size only changes the padding of the last batch, which is masked.
+        neutral="evaluation is per example; the batch only changes the masked padding")
+    optimizer: str = _field("sgd", "SGD with Nesterov momentum, or AdamW", group="training",
+                            choices=OPTIMIZERS)
+    learning_rate: float | None = _field(
+        None, "peak learning rate after the linear warm-up, then cosine decay to 0",
+        group="training", above=0, derived=_per_optimizer(DEFAULT_LEARNING_RATE))
+    momentum: float = _field(0.9, "SGD momentum, AdamW's b1", group="training",
+                             minimum=0, below=1)
+    weight_decay: float | None = _field(
+        None, "weight decay of the kernels, not of batch-norm parameters or biases (added "
+        "to the gradient for sgd, decoupled for adamw)", group="training", minimum=0,
+        derived=_per_optimizer(DEFAULT_WEIGHT_DECAY))
+    warmup_steps: int | None = _field(None, "linear warm-up steps", group="training",
+                                      minimum=0,
+                                      derived=f"1/{WARMUP_DIVISOR} of the steps, rounded down")
+    label_smoothing: float = _field(0.1, "label smoothing of the training loss (the test "
+                                    "loss is plain)", group="training", minimum=0, below=1)
+    seed: int = _field(0, "seeds initialization, data order, augmentation and dropout",
+                       group="training", minimum=0)
 
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    steps: int = 300
-    epochs: float | None = None
-
-    optimizer: str = "sgd"
-    learning_rate: float | None = None
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    warmup_steps: int | None = None
-    label_smoothing: float = 0.1
-
-    seed: int = 0
-    log_every: int = 25
-    eval_every: int = 50
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    progress: bool = True
-    plot: bool = True
-    distributed: bool = False
+    # --- run ---
+    log_every: int = _field(
+        25, "steps between metric fetches from the devices and metrics.jsonl lines",
+        group="run", minimum=1,
+        # The sums are fetched and reset; the parameters and the data order do not see it.
+        neutral="fetching the metric sums does not touch the parameters")
+    eval_every: int = _field(
+        50, "steps between test evaluations; 0: only at the end", group="run", minimum=0,
+        neutral="evaluation reads the state without changing it")
+    checkpoint_every: int = _field(
+        100, "steps between checkpoints; 0: only at the end", group="run", minimum=0,
+        neutral="saving reads the state without changing it")
+    keep_checkpoints: int = _field(2, "checkpoints kept in the work directory", group="run",
+                                   minimum=1, neutral="only how many checkpoints stay on disk")
+    progress: bool = _field(True, "a progress bar and status lines (the last line is printed "
+                            "either way)", group="run", neutral="output only")
+    plot: bool = _field(True, "write metrics.png (training curves) at the end", group="run",
+                        neutral="output only")
+    distributed: bool = _field(
+        False, "multi-host launch: call jax.distributed.initialize() first (it reads the "
+        "cluster from the environment)", group="run",
+        # Batch norm and the loss are computed over the global batch, so the number of
+        # devices (and of hosts) does not change the result beyond rounding.
+        neutral="the global batch, not the device count, decides the result")
+    allow_schedule_change: bool = _field(
+        False, "on resume, accept another --steps/--epochs: the learning-rate schedule is "
+        "recomputed for the new length from the restored step on", group="run",
+        neutral="it only permits a schedule change, which is checked on its own")
 
     def validate(self) -> Config:
-        """Checks the settings; returns ``self``.
+        """Checks every field against its type, choices and bounds; returns ``self``.
+
+        Numbers must be finite (no NaN or infinity).
 
         Raises:
-          ValueError: naming the bad field and what is allowed.
+          InvalidSetting: (a ``ValueError``) naming the bad field and what is allowed.
+
+        Examples:
+          >>> try:
+          ...     Config(width=float("nan")).validate()
+          ... except ValueError as error:
+          ...     print(error)
+          Config: width must be a finite number, got nan.
         """
-        _choice("model", self.model, MODELS)
-        _choice("data", self.data, DATASETS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("dtype", self.dtype, DTYPES)
-        for name in ("batch_size", "eval_batch_size", "steps", "log_every", "image_size",
-                     "synthetic_examples", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"Config: {name} must be >= 1, got {getattr(self, name)!r}.")
-        for name in ("eval_every", "checkpoint_every", "label_smoothing"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Config: {name} must be >= 0, got {getattr(self, name)!r}.")
-        if self.max_shift is not None and self.max_shift < 0:
-            raise ValueError(f"Config: max_shift must be >= 0, got {self.max_shift!r}.")
-        if self.width <= 0:
-            raise ValueError(f"Config: width must be > 0, got {self.width!r}.")
-        if self.weight_decay is not None and self.weight_decay < 0:
-            raise ValueError(f"Config: weight_decay must be >= 0, got {self.weight_decay!r}.")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"Config: learning_rate must be > 0, got {self.learning_rate!r}.")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ValueError(f"Config: epochs must be > 0, got {self.epochs!r}.")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"Config: num_classes must be >= 2, got {self.num_classes!r}.")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"Config: warmup_steps must be >= 0, got {self.warmup_steps!r}.")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(
-                f"Config: label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
         return self
 
 
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"Config: {name} must be one of {allowed}, got {value!r}.")
+def default_text(field: dataclasses.Field) -> str:
+    """The default of a :class:`Config` field as ``--help`` shows it.
+
+    Examples:
+      >>> fields = Config.__dataclass_fields__
+      >>> default_text(fields["steps"]), default_text(fields["augment"])
+      ('300', 'on')
+      >>> default_text(fields["learning_rate"])
+      '0.05 for sgd, 0.01 for adamw'
+    """
+    if field.default is None:
+        return field.metadata["derived"] or "none"
+    if isinstance(field.default, bool):
+        return "on" if field.default else "off"
+    return str(field.default)
+
+
+Config.__doc__ = (f"{Config.__doc__}\n\nAttributes:\n" + "\n".join(
+    f"  {field.name}: {field.metadata['help']} (default: {default_text(field)})."
+    for field in dataclasses.fields(Config)))
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the :class:`Config` field ``name``.
+
+    Examples:
+      >>> flag("batch_size")
+      '--batch-size'
+    """
+    return "--" + name.replace("_", "-")
+
+
+def field_kind(field: dataclasses.Field) -> tuple[type, bool]:
+    """The base type of a :class:`Config` field (bool, int, float or str) and whether it may
+    be ``None``.
+
+    Examples:
+      >>> field_kind(Config.__dataclass_fields__["epochs"])
+      (<class 'float'>, True)
+    """
+    names = [name.strip() for name in str(field.type).split("|")]
+    base = {"bool": bool, "int": int, "float": float, "str": str}[names[0]]
+    return base, "None" in names
+
+
+class InvalidSetting(ValueError):
+    """A :class:`Config` field holds a value it does not allow.
+
+    Attributes:
+      field: The field's name.
+      reason: What is wrong and what is allowed ("must be > 0, got -1").
+    """
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"Config: {field} {reason}.")
+        self.field = field
+        self.reason = reason
+
+
+def _check_field(field: dataclasses.Field, value: Any) -> None:
+    name, meta = field.name, field.metadata
+    base, optional = field_kind(field)
+    if value is None:
+        if not optional:
+            raise InvalidSetting(name, "must be set, got None")
+        return
+    if base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        allowed = "a number"
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        allowed = "an integer"
+    else:
+        ok = isinstance(value, base)
+        allowed = {bool: "True or False", str: "a string"}[base]
+    if not ok:
+        raise InvalidSetting(name, f"must be {allowed}, got {value!r}")
+    if base is float and not math.isfinite(value):
+        raise InvalidSetting(name, f"must be a finite number, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise InvalidSetting(name, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise InvalidSetting(name, f"must be >= {meta['minimum']}, got {value!r}")
+    if meta["above"] is not None and value <= meta["above"]:
+        raise InvalidSetting(name, f"must be > {meta['above']}, got {value!r}")
+    if meta["below"] is not None and value >= meta["below"]:
+        raise InvalidSetting(name, f"must be < {meta['below']}, got {value!r}")
 
 
 def get_config(**overrides: object) -> Config:
@@ -159,9 +301,309 @@ def get_config(**overrides: object) -> Config:
 
     Raises:
       TypeError: if an override names no field.
+      ValueError: if a value is not allowed (:meth:`Config.validate`).
     """
     fields = {field.name for field in dataclasses.fields(Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"get_config: unknown setting(s) {unknown}; known: {sorted(fields)}.")
     return Config(**overrides).validate()  # type: ignore[arg-type]
+
+
+# --- derived defaults ----------------------------------------------------------------------
+
+
+def learning_rate(config: Config) -> float:
+    """The peak learning rate: ``config.learning_rate``, else the optimizer's default.
+
+    Examples:
+      >>> learning_rate(Config()), learning_rate(Config(optimizer="adamw"))
+      (0.05, 0.01)
+    """
+    if config.learning_rate is not None:
+        return float(config.learning_rate)
+    return DEFAULT_LEARNING_RATE[config.optimizer]
+
+
+def weight_decay(config: Config) -> float:
+    """The weight decay: ``config.weight_decay``, else the optimizer's default.
+
+    Examples:
+      >>> weight_decay(Config()), weight_decay(Config(optimizer="adamw"))
+      (5e-05, 0.05)
+    """
+    if config.weight_decay is not None:
+        return float(config.weight_decay)
+    return DEFAULT_WEIGHT_DECAY[config.optimizer]
+
+
+def warmup_steps(config: Config, *, total_steps: int) -> int:
+    """``config.warmup_steps``, else ``total_steps // 10``.
+
+    Examples:
+      >>> warmup_steps(Config(), total_steps=300), warmup_steps(Config(), total_steps=9)
+      (30, 0)
+    """
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return total_steps // WARMUP_DIVISOR
+
+
+def max_shift(config: Config) -> int:
+    """The augmentation's largest shift in pixels: 0 without ``augment``, else
+    ``config.max_shift``, else 2 on digits and 4 on other data.
+
+    Examples:
+      >>> max_shift(Config()), max_shift(Config(data="cifar10")), max_shift(Config(augment=False))
+      (2, 4, 0)
+    """
+    if not config.augment:
+        return 0
+    if config.max_shift is not None:
+        return config.max_shift
+    return DEFAULT_MAX_SHIFT.get(config.data, FALLBACK_MAX_SHIFT)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full batches per pass over ``num_examples`` (the remainder of each epoch is skipped).
+
+    The same count as :func:`mobilenet.input_pipeline.steps_per_epoch`, without JAX.
+
+    Raises:
+      ValueError: if the batch is larger than the dataset.
+    """
+    if batch_size > num_examples:
+        raise ValueError(f"steps_per_epoch: batch_size {batch_size} is larger than the "
+                         f"{num_examples} training examples.")
+    return num_examples // batch_size
+
+
+def total_steps(config: Config, *, num_train: int) -> int:
+    """``config.steps``, or ``ceil(epochs * steps per epoch)`` (at least 1) with ``epochs``.
+
+    Raises:
+      ValueError: with ``epochs``, if the batch is larger than the ``num_train`` training
+        examples.
+
+    Examples:
+      >>> total_steps(Config(steps=7), num_train=64)
+      7
+      >>> total_steps(Config(epochs=2.5, batch_size=16), num_train=64)  # 4 steps per epoch.
+      10
+    """
+    if config.epochs is None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * steps_per_epoch(num_train, config.batch_size)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """The settings a run uses, with every derived default resolved (:func:`resolve`).
+
+    Attributes:
+      learning_rate: Peak learning rate of the schedule.
+      weight_decay: Weight decay of the kernels.
+      total_steps: Training steps (the schedule's length).
+      steps_per_epoch: Full batches per pass over the training set.
+      warmup_steps: Linear warm-up steps.
+      max_shift: Largest random shift of the augmentation in pixels (0 without augment).
+    """
+
+    learning_rate: float
+    weight_decay: float
+    total_steps: int
+    steps_per_epoch: int
+    warmup_steps: int
+    max_shift: int
+
+
+def resolve(config: Config, *, num_train: int) -> Resolved:
+    """Resolves the derived defaults of ``config`` for a training set of ``num_train`` examples.
+
+    Args:
+      config: The configuration; its ``None`` fields take their derived defaults.
+      num_train: Training examples of the data set (for ``epochs``).
+
+    Returns:
+      The :class:`Resolved` settings.
+
+    Raises:
+      ValueError: if the batch is larger than the training set (a run needs one batch).
+
+    Examples:
+      >>> resolve(Config(), num_train=1437)
+      Resolved(learning_rate=0.05, weight_decay=5e-05, total_steps=300, steps_per_epoch=11,
+               warmup_steps=30, max_shift=2)
+      >>> resolve(Config(optimizer="adamw", data="cifar10", epochs=2.0), num_train=50000)
+      Resolved(learning_rate=0.01, weight_decay=0.05, total_steps=780, steps_per_epoch=390,
+               warmup_steps=78, max_shift=4)
+    """
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    steps = total_steps(config, num_train=num_train)
+    return Resolved(learning_rate=learning_rate(config), weight_decay=weight_decay(config),
+                    total_steps=steps, steps_per_epoch=per_epoch,
+                    warmup_steps=warmup_steps(config, total_steps=steps),
+                    max_shift=max_shift(config))
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+class ConfigMismatch(ValueError):
+    """A resumed run's settings would change its trajectory (one line per differing setting)."""
+
+
+# The run's length: changing it recomputes the learning-rate schedule, which only
+# `allow_schedule_change` accepts.
+_LENGTH_FIELDS = ("steps", "epochs")
+# Fields whose `None` resolves from the config alone: compared as resolved values.
+_RESOLVED = {"learning_rate": learning_rate, "weight_decay": weight_decay,
+             "max_shift": max_shift}
+# Fields that only matter for some data sets.
+_DATA_ONLY = {"image_size": "synthetic", "synthetic_examples": "synthetic"}
+
+
+def check_resume(saved: Mapping[str, Any], config: Config, *, num_train: int | None = None,
+                 step: int | None = None) -> list[str]:
+    """Checks that resuming a run saved with ``saved`` settings under ``config`` is sound.
+
+    A setting that changes the trajectory (the model, the data, the optimizer and
+    its hyperparameters, the batch, the seed, ...) must be the run's own. Fields
+    whose metadata say they are neutral (logging, evaluation and checkpoint
+    frequency, the evaluation batch, progress, plot, the data directory, ...) may
+    change. Derived defaults compare as resolved values (``--lr 0.05`` with SGD is
+    the default), and settings that do not apply are skipped (``image_size``
+    without synthetic data, ``steps`` when ``epochs`` is set, ``max_shift``
+    without augmentation). Another length (``steps``/``epochs``) recomputes the
+    learning-rate schedule: refused unless ``config.allow_schedule_change``.
+
+    Args:
+      saved: The run's settings as written to its ``config.json``
+        (``dataclasses.asdict`` of its :class:`Config`); missing fields take their
+        defaults, unknown ones are ignored.
+      config: The settings of this invocation.
+      num_train: Training examples of the data set; needed to compare lengths in
+        epochs as steps (without it, the epochs are compared and described).
+      step: The step the run resumes from (for the description of a schedule
+        change); ``None``: the end of the run's schedule.
+
+    Returns:
+      Lines that describe an accepted schedule change (empty without one).
+
+    Raises:
+      ConfigMismatch: one line per differing setting, with both values, then what to do.
+
+    Examples:
+      >>> check_resume({"steps": 300, "log_every": 25}, Config(steps=300, log_every=5))
+      []
+      >>> check_resume({"seed": 0, "learning_rate": None}, Config(seed=1, learning_rate=0.1))
+      Traceback (most recent call last):
+        ...
+      mobilenet.configs.default.ConfigMismatch: train: ...
+        --learning-rate: the run used 0.05 (default), now 0.1
+        --seed: the run used 0, now 1
+      Use a new --workdir, or the run's settings (in its config.json).
+    """
+    names = {field.name for field in dataclasses.fields(Config)}
+    old = dataclasses.replace(Config(), **{k: v for k, v in saved.items() if k in names})
+    lines = []
+    for field in dataclasses.fields(Config):
+        name = field.name
+        if field.metadata["neutral"] or name in _LENGTH_FIELDS or name == "warmup_steps":
+            continue
+        if name in _DATA_ONLY and _DATA_ONLY[name] not in (old.data, config.data):
+            continue
+        resolve_field = _RESOLVED.get(name)
+        if resolve_field is not None:
+            was, now = resolve_field(old), resolve_field(config)
+            if was != now:
+                lines.append(_differs(name, _show(was, getattr(old, name) is None),
+                                      _show(now, getattr(config, name) is None)))
+        elif getattr(old, name) != getattr(config, name):
+            lines.append(_differs(name, _show_field(field, getattr(old, name)),
+                                  _show_field(field, getattr(config, name))))
+    old_total, new_total = _length(old, num_train), _length(config, num_train)
+    old_warmup, new_warmup = _warmup(old, old_total), _warmup(config, new_total)
+    if (old_warmup[0] != new_warmup[0]
+            and (old.warmup_steps, config.warmup_steps) != (None, None)):
+        lines.append(_differs("warmup_steps", _show(*old_warmup), _show(*new_warmup)))
+    notes = []
+    if old_total != new_total:
+        if config.allow_schedule_change:
+            notes = _describe_schedule_change(old, config, old_total, new_total, step)
+        else:
+            lines.append(f"  {_length_flag(config)}: the run used {_show_length(old_total)}, "
+                         f"now {_show_length(new_total)} (another learning-rate schedule; "
+                         f"--allow-schedule-change accepts it)")
+    if lines:
+        raise ConfigMismatch(
+            "train: the work directory holds a run with other settings, which change its "
+            "result:\n" + "\n".join(lines) +
+            "\nUse a new --workdir, or the run's settings (in its config.json).")
+    return notes
+
+
+def _differs(name: str, was: str, now: str) -> str:
+    return f"  {flag(name)}: the run used {was}, now {now}"
+
+
+def _show(value: Any, is_default: bool = False) -> str:
+    if value is None:
+        return "the default"
+    if isinstance(value, bool):
+        text = "on" if value else "off"
+    else:
+        text = str(value)
+    return f"{text} (default)" if is_default else text
+
+
+def _show_field(field: dataclasses.Field, value: Any) -> str:
+    if value is None:
+        return f"the default ({field.metadata['derived'] or 'none'})"
+    return _show(value)
+
+
+def _length(config: Config, num_train: int | None) -> tuple[str, float]:
+    """``("steps", n)``, or ``("epochs", e)`` when the steps cannot be counted."""
+    if config.epochs is not None and num_train is None:
+        return "epochs", config.epochs
+    if config.epochs is not None:
+        return "steps", total_steps(config, num_train=num_train)
+    return "steps", config.steps
+
+
+def _length_flag(config: Config) -> str:
+    return "--epochs" if config.epochs is not None else "--steps"
+
+
+def _show_length(length: tuple[str, float]) -> str:
+    return f"{length[1]} {length[0]}"
+
+
+def _warmup(config: Config, length: tuple[str, float]) -> tuple[Any, bool]:
+    """The resolved warm-up (or the raw field when the steps are unknown), and if default."""
+    if length[0] == "steps":
+        return warmup_steps(config, total_steps=int(length[1])), config.warmup_steps is None
+    return config.warmup_steps, False
+
+
+def _describe_schedule_change(old: Config, new: Config, old_length: tuple[str, float],
+                              new_length: tuple[str, float], step: int | None) -> list[str]:
+    if "epochs" in (old_length[0], new_length[0]):
+        return [f"the learning-rate schedule is recomputed for {_show_length(new_length)} "
+                f"instead of {_show_length(old_length)}"]
+    from mobilenet import optim  # JAX, only here: the schedule itself gives the values.
+
+    old_total, new_total = int(old_length[1]), int(new_length[1])
+    at = old_total if step is None else int(step)
+    warmups = (warmup_steps(old, total_steps=old_total),
+               warmup_steps(new, total_steps=new_total))
+    text = (f"the learning-rate schedule is recomputed for {new_total} steps instead of "
+            f"{old_total}" + (f" (warm-up {warmups[1]} steps instead of {warmups[0]})"
+                              if warmups[0] != warmups[1] else ""))
+    if at >= new_total:
+        return [text, f"the run is at step {at}, past the new end: it trains no further"]
+    was = float(optim.learning_rate_schedule(old, total_steps=old_total)(at))
+    now = float(optim.learning_rate_schedule(new, total_steps=new_total)(at))
+    return [text, f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
+                  f"decaying to 0 at step {new_total}"]

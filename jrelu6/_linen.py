@@ -20,6 +20,8 @@ class _Activation(nn.Module):
     """
 
     def __call__(self, x: ArrayLike) -> jax.Array:
+        if self.scope is None:  # Unbound (``ReLU6()(x)``): nothing to record into.
+            return _modules.apply(self, x)
         if self.is_mutable_collection(_diagnostics.COLLECTION) and not self.is_initializing():
             self.sow(
                 _diagnostics.COLLECTION,

@@ -162,3 +162,16 @@ def test_a_subclass_keeps_its_parents_function(framework):
     module = MyReLU6(grad_at_zero=1.0)
     call = (lambda x: module.apply({}, x)) if framework is jrelu6.linen else module
     np.testing.assert_array_equal(np.asarray(call(X)), np.asarray(jrelu6.relu6(X)))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_unbound_linen_module_applies_its_function(name):
+    fn, settings = CASES[name]
+    np.testing.assert_array_equal(
+        np.asarray(_linen(name, **settings)(X)), np.asarray(fn(X, **settings))
+    )
+
+
+def test_unbound_linen_module_under_jit_and_grad():
+    module = jrelu6.linen.ReLU6(grad_at_zero=1.0)
+    assert jax.jit(jax.grad(lambda x: module(x)))(0.0) == 1.0

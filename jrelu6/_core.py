@@ -69,7 +69,7 @@ def _cap_slope(x: jax.Array, cap: jax.Array, grad_at_cap: jax.Array) -> jax.Arra
     return jnp.where(jnp.isnan(x), _like(x, jnp.nan), s)
 
 
-def _scale(s: jax.Array, t: jax.Array) -> jax.Array:
+def scale(s: jax.Array, t: jax.Array) -> jax.Array:
     """The tangent ``s * t``, but exactly 0 where the slope ``s`` is 0.
 
     ``0 * inf`` is NaN, so a plain product would turn an infinite tangent (or,
@@ -118,12 +118,12 @@ def _capped_relu_jvp(primals, tangents):
 # Jitted so that eager differentiation dispatches once, not once per operation.
 @jax.jit
 def _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot):
-    return _scale(slope(x, cap, grad_at_zero, grad_at_cap), x_dot)
+    return scale(slope(x, cap, grad_at_zero, grad_at_cap), x_dot)
 
 
 @jax.jit
 def _cap_tangent(x, cap, grad_at_cap, cap_dot):
-    return _scale(_cap_slope(x, cap, grad_at_cap), jnp.asarray(cap_dot, x.dtype))
+    return scale(_cap_slope(x, cap, grad_at_cap), jnp.asarray(cap_dot, x.dtype))
 
 
 @jax.jit

@@ -11,6 +11,18 @@ max]``, after the range is *nudged* so that 0 is exactly one of the levels
 (zero padding must quantize to zero). Values are rounded half up, and
 computed in float32 for 16-bit inputs.
 
+To the bit: for a known range the nudged grid is computed on the host in IEEE
+float32, as TensorFlow computes it (XLA compiles a division as a
+multiplication by the reciprocal, which can move the grid by an ulp); for a
+traced (learnable) range it is computed in the graph, with the divisions
+shielded from that rewrite, and agrees too except under ``vmap`` over the range
+(vectorised division may round the last bit differently). The level of an
+input is ``floor((x - m) * (1/s) + 1/2)``, TensorFlow's
+``fake_quant_with_min_max_args`` expression; its ``_vars`` form divides by
+``s``, which can pick the other level only within an ulp of a half-way point.
+The level is dequantized as ``(q - z) * s`` (one rounding, as an integer
+runtime computes it), within an ulp of TensorFlow's ``level * s + m``.
+
 How PyTorch's ``torch.fake_quantize_per_tensor_affine`` differs: it takes a
 scale and an integer zero point rather than a range, rounds half to *even*
 (``nearbyint``: 2.5 steps goes to 2, not 3) and computes ``x / scale`` as
@@ -140,10 +152,10 @@ def fake_quant_core(x: jax.Array, lo: ArrayLike, hi: ArrayLike, grid: Grid) -> j
 # d/dx is 1 on the closed nudged range and 0 outside; d/dmin is 1 where x is
 # below it, d/dmax 1 where x is above it (the nudging itself is not
 # differentiated, and neither is the grid). Written as selects, linear in the
-# tangents (the slope is applied by _core.scale_tangent, which gives 0 where the slope
-# is 0 even for an infinite (co)tangent), so the transpose sums the cotangent
-# over the elements below (above) the range for min (max). A NaN input gets a
-# NaN derivative, as everywhere in jrelu6.
+# tangents (_core.scale_tangent applies the slope, giving 0 where it is 0 even
+# for an infinite (co)tangent), so the transpose sums the cotangent over the
+# elements below (above) the range for min (max). A NaN input gets a NaN
+# derivative, as everywhere in jrelu6 (TensorFlow's mask would give 0).
 @functools.partial(fake_quant_core.defjvp, symbolic_zeros=True)
 def _fake_quant_jvp(primals, tangents):
     x, lo, hi, grid = primals
@@ -218,8 +230,10 @@ def fake_quant(
         \mathrm{fake\_quant}(x) = \left\lfloor \frac{\mathrm{clip}(x, m, M) - m}{s}
         + \frac{1}{2} \right\rfloor s + m
 
-    computed in float32 for 16-bit inputs and returned in ``x``'s dtype. The
-    gradient is the straight-through estimator: the cotangent passes
+    computed in float32 for 16-bit inputs and returned in ``x``'s dtype
+    (dequantized as :math:`(q - z) s`, within an ulp of TensorFlow's
+    :math:`\lfloor\cdot\rfloor s + m`; see :mod:`jrelu6._quant` for the last
+    bit). The gradient is the straight-through estimator: the cotangent passes
     unchanged where :math:`m \le x \le M` and is 0 outside (NaN at NaN).
     ``min`` and ``max`` may be traced and differentiated, as TensorFlow's
     variables: :math:`\partial/\partial\min` collects the cotangent where

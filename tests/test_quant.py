@@ -405,6 +405,7 @@ def _away_from_ties(x, nudged_min, scale):
     return np.abs(frac - 0.5) > 1e-3
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("lo, hi, num_bits", [(-1.0, 1.0, 8), (0.0, 6.0, 8), (-0.3, 2.7, 4),
                                               (-2.0, 5.0, 3)])
 def test_agrees_with_torch_away_from_ties_and_end_half_steps(lo, hi, num_bits):
@@ -425,6 +426,7 @@ def test_agrees_with_torch_away_from_ties_and_end_half_steps(lo, hi, num_bits):
     np.testing.assert_array_equal(np.asarray(dx), tx.grad.numpy())
 
 
+@pytest.mark.parity
 def test_torch_differs_at_ties_as_documented():
     torch = pytest.importorskip("torch", reason="PyTorch parity runs where torch is installed")
     # Scale 1, zero point 0: 0.5 and 2.5 are ties. Half up: 1 and 3; half to even: 0 and 2.

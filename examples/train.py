@@ -1,168 +1,152 @@
 """Train a MobileNet (V1, V2, V3) built with jrelu6, over every local device.
 
 With no flags this trains MobileNetV2 (width 0.5) on scikit-learn's bundled
-digits for 300 steps (about a minute on a 2-core CPU), writes
-checkpoints, ``metrics.jsonl`` and ``metrics.png`` to ``./runs/mobilenet_v2`` and
-prints the final test accuracy as its last line::
+digits for 300 steps (about a minute on a 2-core CPU), writes checkpoints,
+config.json, metrics.jsonl and metrics.png to ./runs/mobilenet_v2 and prints
+the final test accuracy as its last line:
 
     python examples/train.py
     python examples/train.py --model mobilenet_v3_small --optimizer adamw --steps 600
-    python examples/train.py --data cifar10 --data-dir ~/data/cifar-10-batches-py \
+    python examples/train.py --data cifar10 --data-dir ~/data/cifar-10-batches-py \\
         --small-input --width 1.0 --epochs 30
     python examples/train.py --summary --num-classes 1000 --model mobilenet_v3_large
 
-Running again with the same ``--workdir`` resumes from its latest checkpoint
-(a finished run just re-evaluates). Exit codes: 0 done, 1 the loss became
-NaN/inf (the last good checkpoint is kept), 2 bad arguments or data directory,
-130 interrupted (Ctrl-C).
+Running again with the same --workdir resumes from its latest checkpoint (a
+finished run just re-evaluates). The settings must be those of the run, except
+the ones that cannot change its result (logging, evaluation and checkpoint
+frequency, progress, plot); a new --steps/--epochs needs --allow-schedule-change.
 
-Multi-host: start the same command on every host with ``--distributed``; it calls
-``jax.distributed.initialize()``, which reads the coordinator, process count and
-process id from the environment (SLURM, TPU pods, or ``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). The batch is then split over the
-devices of all hosts; use a shared ``--workdir``.
+Multi-host: start the same command on every host with --distributed; it calls
+jax.distributed.initialize(), which reads the coordinator, process count and
+process id from the environment (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID). The batch is then split over the devices of
+all hosts; use a shared --workdir.
 
-This file only parses flags: the recipe is in ``examples/mobilenet/``.
+Exit codes: 0 done, 1 the loss became NaN/inf (the last good checkpoint is
+kept), 2 bad arguments, data or work directory, 130 interrupted (Ctrl-C).
 """
+
+# The flags are generated from the fields of `mobilenet.configs.default.Config`
+# (their metadata hold the help, choices and bounds); the recipe is in
+# examples/mobilenet/. Parsing imports no JAX, so --help and bad flags answer at once.
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `import mobilenet`.
 
 from mobilenet.configs import default  # noqa: E402  (light: no JAX import)
 
+# Extra spellings of a field's flag (the first is shown first in --help).
+ALIASES = {"learning_rate": ("--lr",)}
+# Mutually exclusive fields: one of them sets the run's length.
+EXCLUSIVE = (("steps", "epochs"),)
+# The sections of --help, in order.
+GROUPS = ("model", "data", "training", "run")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors are one line on stderr (exit code 2), without the long usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _converter(base: type) -> Any:
+    if base is float:
+        return float
+    if base is int:
+        return int
+    return str
+
+
+_METAVARS = {int: "N", float: "X", str: "PATH"}
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one flag per :class:`mobilenet.configs.default.Config` field."""
-    d = default.Config()
-    parser = argparse.ArgumentParser(
-        prog="python examples/train.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="The defaults train MobileNetV2 x0.5 on the bundled digits in about a minute on "
-               "a 2-core CPU.\nRerunning with the same --workdir resumes from its latest "
-               "checkpoint. Multi-host: run the same\ncommand on every host with --distributed "
-               "(jax.distributed.initialize() reads the cluster from the\nenvironment).\n"
-               "Exit codes: 0 done, 1 the loss became NaN/inf (the last good checkpoint is "
-               "kept), 2 bad\narguments or data, 130 interrupted.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line: one flag per :class:`mobilenet.configs.default.Config` field.
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", choices=default.MODELS, default=d.model,
-                       help="architecture ('tiny' is a small test network; default: %(default)s)")
-    model.add_argument("--num-classes", type=int, default=None,
-                       help="classifier outputs (default: the dataset's classes; for "
-                            "--summary: 10)")
-    model.add_argument("--width", type=float, default=None,
-                       help=f"width multiplier, 1.0 = the paper's network (default: {d.width} "
-                            "for training, the quick digits recipe; 1.0 for --summary, which "
-                            "then prints the reference parameter counts)")
-    model.add_argument("--small-input", action=argparse.BooleanOptionalAction,
-                       default=d.small_input,
-                       help="fewer early downsamplings, for 32x32 inputs as CIFAR MobileNets "
-                            "do; off by default: digits carry 8x8 pixels of information and "
-                            "the standard strides are ~7x cheaper")
-    model.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
-                       help="no batch normalization (convolutions get a bias instead)")
-    model.add_argument("--dtype", choices=default.DTYPES, default=d.dtype,
-                       help="compute dtype; parameters and the loss stay float32 (default: %(default)s)")
-    model.add_argument("--grad-at-zero", type=float, default=d.grad_at_zero,
-                       help="the derivative relu6 uses at exactly 0 (default: %(default)s)")
-    model.add_argument("--grad-at-six", type=float, default=d.grad_at_six,
-                       help="the derivative relu6 uses at exactly 6 (default: %(default)s)")
-    model.add_argument("--summary", action="store_true",
-                       help="print the layer table and the trainable parameter count, then "
-                            "exit (no training, nothing written)")
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", choices=default.DATASETS, default=d.data,
-                      help="digits: scikit-learn's bundled 8x8 digits upsampled to 32x32; "
-                           "cifar10: the python-pickle files in --data-dir; synthetic: "
-                           "random images, for benchmarks (default: %(default)s)")
-    data.add_argument("--data-dir", default=None,
-                      help="CIFAR-10 directory with data_batch_1..5, test_batch, batches.meta")
-    data.add_argument("--image-size", type=int, default=d.image_size,
-                      help="side of the synthetic images (default: %(default)s)")
-    data.add_argument("--no-augment", dest="augment", action="store_false",
-                      help="no random shifts/flips")
-    data.add_argument("--max-shift", type=int, default=None,
-                      help="largest random shift of the augmentation, in pixels (default: 2 "
-                           "on digits, 4 otherwise)")
-
-    training = parser.add_argument_group("training")
-    length = training.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
-    length.add_argument("--epochs", type=float, default=None,
-                        help="training length in epochs (instead of --steps)")
-    training.add_argument("--batch-size", type=int, default=d.batch_size,
-                          help="global batch size; must divide by the number of devices (default: %(default)s)")
-    training.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
-                          help="global evaluation batch size (default: %(default)s)")
-    training.add_argument("--optimizer", choices=default.OPTIMIZERS, default=d.optimizer,
-                          help="SGD with Nesterov momentum, or AdamW (default: %(default)s)")
-    training.add_argument("--lr", dest="learning_rate", type=float, default=None,
-                          help="peak learning rate after the linear warm-up, then cosine "
-                               "decay (default: 0.05 for sgd, 1e-2 for adamw)")
-    training.add_argument("--momentum", type=float, default=d.momentum,
-                          help="SGD momentum, AdamW's b1 (default: %(default)s)")
-    training.add_argument("--weight-decay", type=float, default=None,
-                          help="weight decay of the kernels, not of batch-norm parameters or "
-                               "biases (default: 5e-5 for sgd, 0.05 for adamw)")
-    training.add_argument("--warmup-steps", type=int, default=None,
-                          help="linear warm-up steps (default: 10%% of the steps)")
-    training.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
-                          help="label smoothing of the training loss (default: %(default)s)")
-    training.add_argument("--seed", type=int, default=d.seed,
-                          help="seeds initialization, data order, augmentation and dropout (default: %(default)s)")
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--workdir", default=None,
-                     help="checkpoints, metrics.jsonl and metrics.png; rerunning with the same "
-                          "directory resumes (default: ./runs/<model>)")
-    run.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                     help="steps between checkpoints; 0: only at the end (default: %(default)s)")
-    run.add_argument("--eval-every", type=int, default=d.eval_every,
-                     help="steps between test evaluations; 0: only at the end (default: %(default)s)")
-    run.add_argument("--log-every", type=int, default=d.log_every,
-                     help="steps between metric fetches from the devices (default: %(default)s)")
-    run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar or status lines (the last line is still printed)")
-    run.add_argument("--no-plot", dest="plot", action="store_false",
-                     help="do not write metrics.png")
-    run.add_argument("--distributed", action="store_true",
-                     help="multi-host launch: call jax.distributed.initialize() first")
+    Flags that are not given are absent from the parsed namespace (their default
+    is ``argparse.SUPPRESS``), so the :class:`Config` defaults apply; ``--help``
+    shows them. Two options are not settings of the run: ``--summary`` (an action)
+    and ``--workdir`` (where the run lives; its ``config.json`` records the settings).
+    """
+    parser = _Parser(prog="python examples/train.py", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     argument_default=argparse.SUPPRESS)
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    exclusive = {}
+    for names in EXCLUSIVE:
+        group = groups[default.Config.__dataclass_fields__[names[0]].metadata["group"]]
+        shared = group.add_mutually_exclusive_group()
+        exclusive.update(dict.fromkeys(names, shared))
+    for field in dataclasses.fields(default.Config):
+        meta = field.metadata
+        base, _ = default.field_kind(field)
+        help_text = f"{meta['help']} (default: {default.default_text(field)})".replace("%", "%%")
+        container = exclusive.get(field.name, groups[meta["group"]])
+        names = (default.flag(field.name), *ALIASES.get(field.name, ()))
+        if base is bool:
+            container.add_argument(*names, dest=field.name,
+                                   action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            container.add_argument(*names, dest=field.name, type=_converter(base),
+                                   choices=meta["choices"] or None, help=help_text,
+                                   metavar=None if meta["choices"] else _METAVARS[base])
+    groups["model"].add_argument(
+        "--summary", action="store_true", default=False,
+        help="print the layer table and the trainable parameter count, then exit (no "
+             "training, nothing written)")
+    groups["run"].add_argument(
+        "--workdir", default=None,
+        help="checkpoints, config.json, metrics.jsonl and metrics.png; rerunning with the "
+             "same directory resumes (default: ./runs/<model>)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: Sequence[str] | None = None) -> tuple[default.Config, dict[str, Any]]:
+    """Parses and validates ``argv``; exits with code 2 and one line on a bad flag or value.
+
+    Returns:
+      The validated :class:`Config` and the other options, ``{"summary", "workdir"}``.
+    """
+    parser = build_parser()
+    settings = vars(parser.parse_args(argv))
+    options = {"summary": settings.pop("summary"), "workdir": settings.pop("workdir")}
+    if options["summary"]:
+        settings.setdefault("width", 1.0)  # The paper's network: the reference counts.
+    try:
+        config = default.get_config(**settings)
+    except default.InvalidSetting as error:
+        parser.error(f"argument {default.flag(error.field)}: {error.reason}")
+    return config, options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv``, trains (or summarizes), prints the final test accuracy last.
 
     Returns:
-      The exit code: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments or data.
+      The exit code: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments, data or
+      work directory, 130 interrupted.
     """
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    summary, workdir = args.pop("summary"), args.pop("workdir")
-    if args["width"] is None:
-        args["width"] = 1.0 if summary else default.Config.width
-    try:
-        config = default.get_config(**args)
-    except ValueError as error:
-        parser.error(str(error))  # Exit code 2.
+    config, options = parse(argv)
 
-    from mobilenet import input_pipeline
-    from mobilenet import train
+    from mobilenet import input_pipeline, optim, train
 
-    if summary:
+    if options["summary"]:
         print(train.summarize(config))
         return 0
-    workdir = workdir or os.path.join("runs", config.model)
+    workdir = options["workdir"] or os.path.join("runs", config.model)
     try:
         metrics = train.train_and_evaluate(config, workdir)
-    except (input_pipeline.DataError, train.SetupError) as error:
+    except (input_pipeline.DataError, train.SetupError, default.ConfigMismatch,
+            optim.StateTooLarge) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except train.TrainingDiverged as error:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -157,5 +159,334 @@ def test_weight_decay_skips_batch_norm_and_biases():
 
 
 def test_an_unknown_optimizer_is_refused():
-    with pytest.raises(ValueError, match="create_optimizer: optimizer must be one of"):
+    with pytest.raises(default.InvalidSetting, match="optimizer must be one of sgd, adamw"):
         optim.create_optimizer(Config(optimizer="rmsprop"), total_steps=10)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def test_an_unknown_setting_is_refused():
+    with pytest.raises(TypeError, match="get_config: unknown setting"):
+        default.get_config(learning_rte=0.1)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("optimizer", "rmsprop", "must be one of sgd, adamw"),
+    ("model", "resnet", "must be one of"),
+    ("batch_size", 0, "must be >= 1"),
+    ("steps", 0, "must be >= 1"),
+    ("eval_every", -1, "must be >= 0"),
+    ("seed", -1, "must be >= 0"),
+    ("num_classes", 1, "must be >= 2"),
+    ("width", 0.0, "must be > 0"),
+    ("learning_rate", 0.0, "must be > 0"),
+    ("epochs", -1.0, "must be > 0"),
+    ("weight_decay", -1e-4, "must be >= 0"),
+    ("label_smoothing", 1.0, "must be < 1"),
+    ("momentum", 1.0, "must be < 1"),
+    ("batch_size", 1.5, "must be an integer"),
+    ("batch_norm", 1, "must be True or False"),
+    ("width", "wide", "must be a number"),
+    ("steps", None, "must be set"),
+])
+def test_a_bad_value_is_refused_naming_the_field(name, value, message):
+    with pytest.raises(default.InvalidSetting, match=f"^Config: {name} {message}") as info:
+        default.get_config(**{name: value})
+    assert info.value.field == name
+
+
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(Config)
+                if default.field_kind(f)[0] is float]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_every_non_finite_number_is_refused(name, value):
+    with pytest.raises(default.InvalidSetting, match=f"{name} must be a finite number"):
+        default.get_config(**{name: value})
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("train_cli", os.path.join(EXAMPLES,
+                                                                            "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli = _load_cli()
+FIELDS = dataclasses.fields(Config)
+
+
+def _other_value(field):
+    """A valid value of ``field`` other than its default, as (flag arguments, value)."""
+    base, _ = default.field_kind(field)
+    flag = default.flag(field.name)
+    if base is bool:
+        return [flag if not field.default else "--no-" + flag[2:]], not field.default
+    if field.metadata["choices"]:
+        value = next(c for c in field.metadata["choices"] if c != field.default)
+    elif base is str:
+        value = "/some/dir"
+    elif base is int:
+        value = 3 if field.default is None else field.default + 1
+    else:
+        value = 0.25 if field.default != 0.25 else 0.5
+    return [flag, str(value)], value
+
+
+@pytest.fixture(scope="module")
+def help_text():
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train.py"), "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
+def test_help_has_a_flag_for_every_field(help_text, field):
+    assert default.flag(field.name) in help_text
+
+
+@pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
+def test_the_flag_of_every_field_sets_it(field):
+    args, value = _other_value(field)
+    config, _ = cli.parse(args)
+    assert getattr(config, field.name) == value
+    unchanged = {f.name: getattr(config, f.name) for f in FIELDS if f.name != field.name}
+    assert unchanged == {f.name: getattr(Config(), f.name) for f in FIELDS if f is not field}
+
+
+def test_no_flags_give_the_default_config():
+    config, options = cli.parse([])
+    assert config == Config()
+    assert options == {"summary": False, "workdir": None}
+
+
+def test_help_shows_the_resolved_defaults(help_text):
+    text = " ".join(help_text.split())
+    assert "default: 0.05 for sgd, 0.01 for adamw" in text
+    assert "default: 5e-05 for sgd, 0.05 for adamw" in text
+    assert "(default: 300)" in text and "(default: on)" in text
+
+
+@pytest.mark.parametrize("args, name, value", [
+    (["--lr", "0.2"], "learning_rate", 0.2),
+    (["--no-batch-norm"], "batch_norm", False),
+    (["--no-augment"], "augment", False),
+    (["--no-progress"], "progress", False),
+    (["--no-plot"], "plot", False),
+    (["--small-input"], "small_input", True),
+    (["--distributed"], "distributed", True),
+    (["--epochs", "2"], "epochs", 2.0),
+])
+def test_the_readme_spellings_still_work(args, name, value):
+    config, _ = cli.parse(args)
+    assert getattr(config, name) == value
+
+
+def test_summary_defaults_to_the_papers_width():
+    assert cli.parse(["--summary"])[0].width == 1.0
+    assert cli.parse(["--summary", "--width", "0.75"])[0].width == 0.75
+    assert cli.parse(["--workdir", "w"]) == (Config(), {"summary": False, "workdir": "w"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "nan"], "error: argument --width: must be a finite number, got nan"),
+    (["--epochs", "inf"], "error: argument --epochs: must be a finite number, got inf"),
+    (["--grad-at-zero", "nan"], "error: argument --grad-at-zero: must be a finite number"),
+    (["--momentum", "nan"], "error: argument --momentum: must be a finite number"),
+    (["--lr=-inf"], "error: argument --learning-rate: must be a finite number"),
+    (["--batch-size", "0"], "error: argument --batch-size: must be >= 1, got 0"),
+    (["--steps", "3", "--epochs", "2"], "error: argument --epochs: not allowed with"),
+    (["--optimizer", "rmsprop"], "error: argument --optimizer: invalid choice"),
+])
+def test_a_bad_flag_exits_2_with_one_line(capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        cli.parse(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_command_line_refuses_nan_without_jax_or_a_traceback():
+    code = ("import runpy, sys; sys.argv = ['train.py', '--width', 'nan']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    assert 'jax' not in sys.modules, 'jax imported'\n"
+            "    raise\n") % os.path.join(EXAMPLES, "train.py")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: argument --width: must be a finite number, got nan (see --help)"]
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def _abstract_state(width):
+    from mobilenet import models
+
+    model = models.create_model("tiny", num_classes=10, width_multiplier=width)
+    variables = jax.eval_shape(
+        lambda key: model.init({"params": key, "dropout": key},
+                               jnp.zeros((1, 16, 16, 3), jnp.float32), train=False),
+        jax.ShapeDtypeStruct((2,), jnp.uint32))
+    tx = optim.create_optimizer(Config(), total_steps=10)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = jax.eval_shape(tx.init, variables["params"])
+    return variables["params"], opt_state
+
+
+def test_a_model_too_wide_for_memory_is_refused_before_allocation():
+    params, opt_state = _abstract_state(1e6)
+    with pytest.raises(optim.StateTooLarge, match=r"^train: [\d,]+ parameters .* use a smaller"):
+        optim.check_state_fits(params, opt_state)
+
+
+def test_a_small_model_fits():
+    params, opt_state = _abstract_state(0.5)
+    needed = optim.check_state_fits(params, opt_state)
+    # SGD with momentum: one float32 trace per parameter, plus the schedule's step count.
+    assert 0 < 2 * optim.state_bytes(params) < needed <= 2 * optim.state_bytes(params) + 16
+
+
+def test_the_copies_of_a_replicated_state_count():
+    params, opt_state = _abstract_state(0.5)
+    needed = optim.check_state_fits(params, opt_state, limit_bytes=10**12)
+    with pytest.raises(optim.StateTooLarge, match=r"\(8 copies, one per device\)"):
+        optim.check_state_fits(params, opt_state, limit_bytes=needed * 8 - 1, copies=8)
+
+
+# --- resuming ------------------------------------------------------------------------------
+
+
+SAVED = dataclasses.asdict(Config())
+NEUTRAL = [f for f in FIELDS if f.metadata["neutral"]]
+TRAJECTORY = [f for f in FIELDS
+              if not f.metadata["neutral"] and f.name not in ("steps", "epochs")]
+
+
+def _changed(field):
+    """A valid config that differs from the default in ``field`` (resolved), and the value."""
+    base, _ = default.field_kind(field)
+    if field.name in ("learning_rate", "weight_decay", "max_shift", "warmup_steps"):
+        value = {"learning_rate": 0.2, "weight_decay": 1e-3, "max_shift": 3,
+                 "warmup_steps": 7}[field.name]
+    else:
+        _, value = _other_value(field)
+    settings = {field.name: value}
+    if field.name in ("image_size", "synthetic_examples"):
+        settings["data"] = "synthetic"
+    return Config(**settings), value
+
+
+@pytest.mark.parametrize("field", TRAJECTORY, ids=[f.name for f in TRAJECTORY])
+def test_resuming_with_a_setting_that_changes_the_trajectory_is_refused(field):
+    config, value = _changed(field)
+    saved = {**SAVED, "data": "synthetic"} if config.data == "synthetic" else SAVED
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(saved, config)
+    lines = str(info.value).splitlines()
+    assert lines[0].startswith("train: ")
+    assert lines[-1].startswith("Use a new --workdir, or the run's settings")
+    flag = default.flag(field.name)
+    mine = [line for line in lines if line.strip().startswith(flag + ":")]
+    assert len(mine) == 1, lines
+    shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
+    assert mine[0].endswith(f", now {shown}"), mine[0]
+
+
+@pytest.mark.parametrize("field", NEUTRAL, ids=[f.name for f in NEUTRAL])
+def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
+    config, _ = _changed(field)
+    assert default.check_resume(SAVED, config) == []
+
+
+@pytest.mark.parametrize("settings", [
+    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 30},
+    {"augment": False, "max_shift": 3}], ids=str)
+def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(settings):
+    saved = {**SAVED, "augment": settings.get("augment", True)}
+    assert default.check_resume(saved, Config(**settings)) == []
+
+
+def test_another_optimizer_differs_with_its_defaults():
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(SAVED, Config(optimizer="adamw"))
+    message = str(info.value)
+    assert "--optimizer: the run used sgd, now adamw" in message
+    assert "--learning-rate: the run used 0.05 (default), now 0.01 (default)" in message
+    assert "--weight-decay: the run used 5e-05 (default), now 0.05 (default)" in message
+
+
+def test_an_old_config_json_compares_missing_fields_as_defaults():
+    old = {k: v for k, v in SAVED.items()
+           if k not in ("synthetic_examples", "keep_checkpoints", "seed")}
+    old["a_removed_setting"] = 1
+    assert default.check_resume(old, Config(keep_checkpoints=5)) == []
+    with pytest.raises(default.ConfigMismatch, match="--seed: the run used 0, now 4"):
+        default.check_resume(old, Config(seed=4))
+
+
+def test_another_length_is_refused_without_the_opt_in():
+    with pytest.raises(default.ConfigMismatch) as info:
+        default.check_resume(SAVED, Config(steps=600))
+    assert ("--steps: the run used 300 steps, now 600 steps (another learning-rate schedule; "
+            "--allow-schedule-change accepts it)") in str(info.value)
+
+
+@pytest.mark.parametrize("step", [None, 200])
+def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
+    config = Config(steps=600, allow_schedule_change=True)
+    notes = default.check_resume(SAVED, config, step=step)
+    at = 300 if step is None else step
+    was = float(optim.learning_rate_schedule(Config(), total_steps=300)(at))
+    now = float(optim.learning_rate_schedule(config, total_steps=600)(at))
+    assert now > was
+    assert notes == [
+        "the learning-rate schedule is recomputed for 600 steps instead of 300 "
+        "(warm-up 60 steps instead of 30)",
+        f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
+        "decaying to 0 at step 600"]
+
+
+def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
+    notes = default.check_resume(SAVED, Config(steps=100, allow_schedule_change=True), step=300)
+    assert notes[-1] == "the run is at step 300, past the new end: it trains no further"
+
+
+def test_an_explicit_warmup_change_is_refused_even_with_the_opt_in():
+    saved = {**SAVED, "warmup_steps": 30}
+    config = Config(steps=600, warmup_steps=45, allow_schedule_change=True)
+    with pytest.raises(default.ConfigMismatch, match="--warmup-steps: the run used 30, now 45"):
+        default.check_resume(saved, config)
+
+
+def test_epochs_compare_as_steps_when_the_training_set_is_known():
+    # 1437 examples, batch 128: 11 steps per epoch, so 2 epochs are the run's 22 steps.
+    saved = {**SAVED, "steps": 22}
+    assert default.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
+    with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 22 steps, now 33"):
+        default.check_resume(saved, Config(epochs=3.0), num_train=1437)
+
+
+def test_steps_are_ignored_when_epochs_are_set():
+    saved = {**SAVED, "epochs": 2.0, "steps": 300}
+    assert default.check_resume(saved, Config(epochs=2.0, steps=50)) == []
+
+
+def test_epochs_without_the_training_set_are_described_in_epochs():
+    saved = {**SAVED, "epochs": 2.0}
+    notes = default.check_resume(saved, Config(epochs=4.0, allow_schedule_change=True))
+    assert notes == ["the learning-rate schedule is recomputed for 4.0 epochs instead of "
+                     "2.0 epochs"]
+
+
+def test_an_unchanged_run_with_the_opt_in_says_nothing():
+    assert default.check_resume(SAVED, Config(allow_schedule_change=True)) == []

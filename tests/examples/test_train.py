@@ -262,31 +262,12 @@ def test_summary_ends_with_the_trainable_parameter_count():
     assert "stem" in text
 
 
-def test_config_rejects_unknown_and_bad_settings():
-    with pytest.raises(TypeError, match="unknown setting"):
-        get_config(learning_rte=0.1)
-    with pytest.raises(ValueError, match="optimizer must be one of"):
-        get_config(optimizer="rmsprop")
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        get_config(batch_size=0)
-
-
 # --- the command line ----------------------------------------------------------------------
 
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, CLI, *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
-
-
-def test_help_explains_every_flag(tmp_path):
-    result = _cli("--help", cwd=tmp_path)
-    assert result.returncode == 0
-    for flag in ("--model", "--num-classes", "--width", "--workdir", "--steps", "--epochs",
-                 "--batch-size", "--lr", "--optimizer", "--dtype", "--grad-at-zero",
-                 "--grad-at-six", "--no-batch-norm", "--data", "--data-dir", "--seed",
-                 "--small-input", "--summary", "--no-progress", "--checkpoint-every"):
-        assert flag in result.stdout, flag
 
 
 def _corrupt_cifar(directory):

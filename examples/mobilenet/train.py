@@ -123,7 +123,9 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       input_pipeline.DataError: the data directory is missing or corrupt
         (raised before anything is written).
       SetupError: the batch does not divide over the devices; the work directory
-        cannot be written, is inconsistent, or holds a run with other settings.
+        cannot be written, is inconsistent, or holds a run with other settings
+        (:func:`mobilenet.configs.default.check_resume`) or another model.
+      optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
       Interrupted: Ctrl-C; its message says what a rerun resumes from.
     """
@@ -139,7 +141,7 @@ def fit(config: Config, workdir: str | None, *,
         _initialize_distributed()
     work = Workdir(workdir) if workdir is not None else None
     if work is not None:
-        _check_workdir(work, config)
+        _check_workdir(work)
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
@@ -174,12 +176,15 @@ def fit(config: Config, workdir: str | None, *,
         sharding=batch_sharding(mesh))
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
                                                 mesh=mesh, total_steps=steps)
+    optim.check_state_fits(abstract.params, abstract.opt_state)
 
     checkpoints, restored = None, None
     if work is not None:
         checkpoints = Checkpoints(work.checkpoints, keep=config.keep_checkpoints,
                                   aside=work.damaged)
     try:
+        if checkpoints is not None and checkpoints.all_steps():
+            _check_resume(work, config, num_train=num_train, step=checkpoints.all_steps()[-1])
         if checkpoints is not None:
             restored, damaged = checkpoints.restore_latest(_saved_tree(abstract))
             for step in damaged:
@@ -234,6 +239,8 @@ def fit(config: Config, workdir: str | None, *,
         where = (f"a rerun resumes from step {restored.step}" if restored is not None
                  else "no checkpoint was saved yet" if work is not None else "nothing saved")
         raise Interrupted(f"interrupted before training started; {where}") from None
+    except default.ConfigMismatch as error:  # Its message starts with "train:".
+        raise SetupError(str(error)) from None
     except (CheckpointError, MetricsLogError, WorkdirError) as error:
         raise SetupError(f"train: {error}") from None
     finally:
@@ -246,16 +253,26 @@ def fit(config: Config, workdir: str | None, *,
     return state, summary
 
 
-def _check_workdir(work: Workdir, config: Config) -> None:
+def _check_workdir(work: Workdir) -> None:
     """The work directory's checks, before the data is loaded (:class:`SetupError`)."""
     try:
         work.check()
-        saved = work.saved_config()
-        if saved is not None and os.path.isdir(work.checkpoints) and os.listdir(
-                work.checkpoints):
-            pass  # The resume check of the saved settings goes here.
     except WorkdirError as error:
         raise SetupError(f"train: {error}") from None
+
+
+def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -> None:
+    """Refuses to resume a run saved with other settings; prints the notes of an allowed change.
+
+    Raises:
+      default.ConfigMismatch: the settings that differ, one line each
+        (:func:`mobilenet.configs.default.check_resume`).
+      WorkdirError: ``config.json`` cannot be read.
+    """
+    saved = work.saved_config()
+    if saved is not None:
+        for line in default.check_resume(saved, config, num_train=num_train, step=step):
+            _notice(line)
 
 
 def _saved_tree(state: TrainState) -> dict[str, Any]:

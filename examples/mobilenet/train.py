@@ -24,6 +24,7 @@ The recipe, in the order :func:`fit` runs it:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -178,7 +179,7 @@ def fit(config: Config, workdir: str | None, *,
                                                 mesh=mesh, total_steps=steps)
     optim.check_state_fits(abstract.params, abstract.opt_state)
 
-    checkpoints, restored = None, None
+    checkpoints, restored, background = None, None, []
     if work is not None:
         checkpoints = Checkpoints(work.checkpoints, keep=config.keep_checkpoints,
                                   aside=work.damaged)
@@ -202,26 +203,30 @@ def fit(config: Config, workdir: str | None, *,
             work.write_config(dataclasses.asdict(config))
 
         compile_start = time.perf_counter()
-        # XLA compiles on one core: compile the two steps in threads while this one
-        # initializes the state (daemon threads: Ctrl-C need not wait for them).
+        # XLA compiles on one core: compile the two steps in threads while a third
+        # initializes the state. They are daemon threads and the main thread only
+        # waits for them, so Ctrl-C stops the run at once, even during compilation.
         compiling = [
-            _start(_compile, train_step, abstract,
-                   _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
-            _start(_compile, eval_step, abstract, jax.tree.map(
+            _Background(_compile, train_step, abstract,
+                        _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
+            _Background(_compile, eval_step, abstract, jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                 test_batches[0]))]
+        background += compiling
         if restored is not None:
             state = abstract.replace(**restored.tree)
         else:
-            state = train_state.create_train_state(
-                config, model, image_shape=dataset.image_shape, mesh=mesh, total_steps=steps)
+            background.append(_Background(
+                train_state.create_train_state, config, model, image_shape=dataset.image_shape,
+                mesh=mesh, total_steps=steps))
+            state = background[-1].result()
         say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
             f"parameters) on {dataset.name} ({num_train} train / "
             f"{dataset.test_images.shape[0]} test), {mesh.size} "
             f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, {steps} steps"
             + (f"; resuming from step {start}" if start else ""))
-        for thread in compiling:
-            thread.join()
+        for task in compiling:
+            task.result()
         say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s")
         loop = Loop(config=config, mesh=mesh, dataset=dataset, steps=steps,
                     train_step=train_step, eval_step=eval_step, test_batches=test_batches,
@@ -246,6 +251,8 @@ def fit(config: Config, workdir: str | None, *,
     finally:
         if checkpoints is not None:
             checkpoints.close()
+        _Background.settle(background, interrupted=isinstance(sys.exc_info()[1],
+                                                                KeyboardInterrupt))
     if work is not None and config.plot and jax.process_index() == 0 and log.records:
         plot_metrics(log.records, work.plot)
         say(f"wrote {work.plot} and {work.metrics}")
@@ -296,22 +303,62 @@ def _initialize_distributed() -> None:
             raise
 
 
-def _start(function: Callable[..., Any], *args: Any) -> threading.Thread:
-    thread = threading.Thread(target=function, args=args, daemon=True)
-    thread.start()
-    return thread
+class _Background:
+    """``function(*args, **kwargs)`` in a daemon thread; :meth:`result` waits for it.
+
+    The wait can be interrupted (Ctrl-C), unlike a long call in the main thread,
+    and a daemon thread does not hold up the exit.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any):
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = function(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 - raised again in result().
+                self._error = error
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        """The function's result (or its exception, raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    @staticmethod
+    def settle(tasks: list[_Background], *, interrupted: bool) -> None:
+        """Lets ``tasks`` end as the run does: waited for, or abandoned after Ctrl-C.
+
+        A thread still in XLA's compiler when the interpreter shuts down would
+        abort the process when it returns; after Ctrl-C the process instead ends
+        at once (``os._exit(130)``) at shutdown if such a thread is still running.
+        """
+        running = [task._thread for task in tasks if task._thread.is_alive()]
+        if not running:
+            return
+        if not interrupted:
+            for thread in running:
+                thread.join()
+            return
+
+        def exit_now() -> None:
+            if any(thread.is_alive() for thread in running):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
+
+        atexit.register(exit_now)
 
 
 def _compile(step: Any, *args: Any) -> None:
-    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it).
-
-    A failure is left to the step's first call, which raises it in the main thread.
-    """
+    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
     if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
-        try:
-            step.lower(*args).compile()
-        except Exception:  # noqa: BLE001, S110 - raised again by the first call.
-            pass
+        step.lower(*args).compile()
 
 
 def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,

@@ -70,7 +70,6 @@ OPTIMIZERS = default.OPTIMIZERS
 EXAMPLE_MODELS = default.MODELS
 
 
-
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """Everything that defines a study run (written into results.md)."""
@@ -92,7 +91,6 @@ class StudyConfig:
 
 
 QUICK = dict(model="convnet", steps=300, seeds=2, batch_size=64)
-
 
 
 # --- models -----------------------------------------------------------------

@@ -65,8 +65,8 @@ def test_quick_defaults_yield_to_explicit_flags():
 @pytest.fixture(scope="module")
 def micro_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("boundary")
-    argv = ["--quick", "--steps", "3", "--seeds", "2", "--probe-batch", "16", "--optimizers", "sgd", "--dtypes", "bfloat16",
-            "--out", str(out)]
+    argv = ["--quick", "--steps", "3", "--seeds", "2", "--probe-batch", "16",
+            "--optimizers", "sgd", "--dtypes", "bfloat16", "--out", str(out)]
     assert boundary_study.main(argv) == 0
     return out
 

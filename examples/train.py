@@ -39,9 +39,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `import mobilenet`.
-
-from mobilenet.configs import default  # noqa: E402  (light: no JAX import)
+# Python puts this script's folder on sys.path, so `mobilenet` imports as a package.
+from mobilenet.configs import default  # (light: no JAX import)
 
 # Extra spellings of a field's flag (the first is shown first in --help).
 ALIASES = {"learning_rate": ("--lr",)}
@@ -152,9 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except train.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to resume from the last checkpoint in "
-              f"{workdir}", file=sys.stderr)
+    except train.Interrupted as error:  # It says what a rerun starts from.
+        print(f"interrupted: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Before the loop took over: nothing was saved.
+        print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.progress:
         print(f"test loss {metrics['test_loss']:.4f}, train loss {metrics['train_loss']:.4f}, "

@@ -16,11 +16,12 @@ Running again with the same ``--workdir`` resumes from its latest checkpoint
 NaN/inf (the last good checkpoint is kept), 2 bad arguments or data directory,
 130 interrupted (Ctrl-C).
 
-Multi-host: start the same command on every host with ``--distributed``; it calls
-``jax.distributed.initialize()``, which reads the coordinator, process count and
-process id from the environment (SLURM, TPU pods, or ``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). The batch is then split over the
-devices of all hosts; use a shared ``--workdir``.
+Multi-host: start the same command in every process with ``--distributed``; it
+calls ``jax.distributed.initialize()``, which finds the cluster itself under SLURM,
+Open MPI and on Cloud TPU. Elsewhere set ``JAX_COORDINATOR_ADDRESS`` (process 0's
+host:port, read by JAX), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (read by this
+example) in each process. The batch is then split over the devices of all
+processes; use a shared ``--workdir`` (see "Scaling out" in the README).
 
 This file only parses flags: the recipe is in ``examples/mobilenet/``.
 """
@@ -133,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plot", dest="plot", action="store_false",
                      help="do not write metrics.png")
     run.add_argument("--distributed", action="store_true",
-                     help="multi-host launch: call jax.distributed.initialize() first")
+                     help="multi-process launch: call jax.distributed.initialize() first "
+                          "(cluster found under SLURM, Open MPI, Cloud TPU; else from "
+                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
     return parser
 
 

@@ -16,11 +16,12 @@ finished run just re-evaluates). The settings must be those of the run, except
 the ones that cannot change its result (logging, evaluation and checkpoint
 frequency, progress, plot); a new --steps/--epochs needs --allow-schedule-change.
 
-Multi-host: start the same command on every host with --distributed; it calls
-jax.distributed.initialize(), which reads the coordinator, process count and
-process id from the environment (SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID). The batch is then split over the devices of
-all hosts; use a shared --workdir.
+Multi-host: start the same command in every process with --distributed; it
+calls jax.distributed.initialize(), which finds the cluster itself under SLURM,
+Open MPI and on Cloud TPU. Elsewhere set JAX_COORDINATOR_ADDRESS (process 0's
+host:port, read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by this
+example) in each process. The batch is then split over the devices of all
+processes; use a shared --workdir (see "Scaling out" in the README).
 
 Exit codes: 0 done, 1 the loss became NaN/inf (the last good checkpoint is
 kept), 2 bad arguments, data or work directory, 130 interrupted (Ctrl-C).
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     Flags that are not given are absent from the parsed namespace (their default
     is ``argparse.SUPPRESS``), so the :class:`Config` defaults apply; ``--help``
     shows them. Two options are not settings of the run: ``--summary`` (an action)
-    and ``--workdir`` (where the run lives; its ``config.json`` records the settings).
+    and --workdir (where the run lives; its ``config.json`` records the settings).
     """
     parser = _Parser(prog="python examples/train.py", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter,

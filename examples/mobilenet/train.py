@@ -125,7 +125,8 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
         (raised before anything is written).
       SetupError: the batch does not divide over the devices; the work directory
         cannot be written, is inconsistent, or holds a run with other settings
-        (:func:`mobilenet.configs.default.check_resume`) or another model.
+        (:func:`mobilenet.configs.default.check_resume`) or another model; or
+        ``config.distributed`` finds no cluster (:func:`_initialize_distributed`).
       optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
       Interrupted: Ctrl-C; its message says what a rerun resumes from.
@@ -294,13 +295,38 @@ def _notice(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+DISTRIBUTED_ENV = {"JAX_NUM_PROCESSES": "num_processes", "JAX_PROCESS_ID": "process_id"}
+
+
 def _initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` once (it reads the cluster from the environment)."""
+    """``jax.distributed.initialize()`` once, with the cluster read from the environment.
+
+    On SLURM, Open MPI, Kubernetes and Cloud TPU, JAX finds the coordinator, the
+    process count and this process's id by itself. Elsewhere it reads only
+    ``JAX_COORDINATOR_ADDRESS``; the count and the id are then taken from
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (:data:`DISTRIBUTED_ENV`).
+
+    Raises:
+      SetupError: a variable is not an integer, or the cluster is not fully described.
+    """
+    arguments = {}
+    for variable, argument in DISTRIBUTED_ENV.items():
+        value = os.environ.get(variable)
+        if value is not None:
+            try:
+                arguments[argument] = int(value)
+            except ValueError:
+                raise SetupError(f"train: {variable} must be an integer, got {value!r}.") from None
     try:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**arguments)
     except RuntimeError as error:  # Already initialized by the caller: fine.
         if "already" not in str(error).lower():
             raise
+    except ValueError as error:  # Nothing detected and not enough variables set.
+        raise SetupError(
+            f"train: --distributed: {error} Set JAX_COORDINATOR_ADDRESS (host:port of "
+            "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under SLURM, "
+            "Open MPI or on a Cloud TPU.") from None
 
 
 class _Background:

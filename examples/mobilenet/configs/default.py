@@ -171,8 +171,9 @@ class Config:
     plot: bool = _field(True, "write metrics.png (training curves) at the end", group="run",
                         neutral="output only")
     distributed: bool = _field(
-        False, "multi-host launch: call jax.distributed.initialize() first (it reads the "
-        "cluster from the environment)", group="run",
+        False, "multi-process launch: call jax.distributed.initialize() first (cluster "
+        "found under SLURM, Open MPI, Cloud TPU; else from JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID)", group="run",
         # Batch norm and the loss are computed over the global batch, so the number of
         # devices (and of hosts) does not change the result beyond rounding.
         neutral="the global batch, not the device count, decides the result")

@@ -314,11 +314,13 @@ def test_a_bad_flag_exits_2_with_one_line(capsys, args, message):
 
 
 def test_the_command_line_refuses_nan_without_jax_or_a_traceback():
+    # As `python examples/train.py --width nan`, whose folder Python puts on sys.path.
     code = ("import runpy, sys; sys.argv = ['train.py', '--width', 'nan']\n"
+            "sys.path.insert(0, %r)\n"
             "try:\n    runpy.run_path(%r, run_name='__main__')\n"
             "except SystemExit as exit:\n"
             "    assert 'jax' not in sys.modules, 'jax imported'\n"
-            "    raise\n") % os.path.join(EXAMPLES, "train.py")
+            "    raise\n") % (EXAMPLES, os.path.join(EXAMPLES, "train.py"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr

@@ -1,10 +1,15 @@
-"""Test set-up: eight host devices and strict dtype promotion.
+"""Test set-up: eight host devices, strict dtype promotion, this checkout for subprocesses.
 
 ``examples/`` and ``benchmarks/`` are importable through pytest's ``pythonpath``
 (pyproject.toml), as they are for the scripts that live in them.
 """
 
 import os
+
+# Scripts the tests run in subprocesses (the CLI, the benchmarks) import this
+# checkout's jrelu6, whether or not it is pip-installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [os.path.dirname(os.path.abspath(__file__)), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 # Before JAX initialises its backends: eight CPU devices for the sharding tests.
 os.environ["XLA_FLAGS"] = (

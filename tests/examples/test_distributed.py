@@ -51,7 +51,7 @@ def _free_port() -> int:
 def _environment(devices: int, **variables: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(FOREIGN) and "proxy" not in k.lower()}
-    env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+    env.update(JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **variables)
     return env
 

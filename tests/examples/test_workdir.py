@@ -294,11 +294,8 @@ def test_ctrl_c_says_what_a_rerun_starts_from(tmp_path, monkeypatch, calls, says
 
 
 def _cli(*args, cwd):
-    # This checkout's jrelu6, installed or not.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, CLI, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env=env)
+                          text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

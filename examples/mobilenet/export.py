@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -131,12 +132,13 @@ def restore_variables(directory: str) -> tuple[int, dict[str, Any]]:
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise ExportError(f"restore_variables: no checkpoint directory {directory!r}")
-    with ocp.CheckpointManager(directory) as manager:
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
         step = manager.latest_step()
         if step is None:
             raise ExportError(f"restore_variables: no checkpoint in {directory!r}")
         metadata = manager.item_metadata(step)["state"]
-        target = jax.tree.map(lambda _: np.zeros(()), dict(metadata))
+        target = jax.tree.map(lambda _: 0, dict(getattr(metadata, "tree", metadata)))
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         state = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args)))["state"]
@@ -246,12 +248,16 @@ def inference_function(model: models.MobileNet, variables: Mapping[str, Any], *,
 
 
 def to_stablehlo(predict: Callable, image_shape: Sequence[int], *,
-                 platforms: Sequence[str] = ("cpu", "cuda", "tpu")) -> bytes:
-    """Serialized :func:`jax.export` of ``predict`` with a symbolic batch size ``b``."""
+                 platforms: Sequence[str] = ("cpu", "cuda", "tpu"), vjp_order: int = 1) -> bytes:
+    """Serialized :func:`jax.export` of ``predict`` with a symbolic batch size ``b``.
+
+    With ``vjp_order=1`` the file also holds the backward pass, so the loaded
+    model can be differentiated (fine-tuned) with the trained derivative rules.
+    """
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
     exported = jax.export.export(jax.jit(predict), platforms=tuple(platforms))(spec)
-    return bytes(exported.serialize())
+    return bytes(exported.serialize(vjp_order=vjp_order))
 
 
 def run_stablehlo(data: bytes) -> Predict:
@@ -295,7 +301,10 @@ def to_tflite(predict: Callable, image_shape: Sequence[int], *,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return bytes(converter.convert())
+    with warnings.catch_warnings():
+        # Input statistics matter for integer inputs only; this model's input stays float32.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs", UserWarning)
+        return bytes(converter.convert())
 
 
 def run_tflite(data: bytes) -> Predict:
@@ -437,7 +446,7 @@ def default_path(workdir: str, fmt: str, *, int8: bool = False) -> str:
 
 
 def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
-           workdir: str = ".") -> Report:
+           workdir: str = ".", calibration_images: int = 256) -> Report:
     """Writes ``run``'s model in ``fmt``, runs the file in its runtime, compares with JAX.
 
     Args:
@@ -446,13 +455,14 @@ def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
       int8: int8 post-training quantization (tflite only).
       path: the file to write; ``None``: :func:`default_path` under ``workdir``.
       workdir: the run's directory, for the default path.
+      calibration_images: training images that calibrate ``int8``.
 
     Returns:
       The :class:`Report` (the file's test accuracy and largest logit difference
       against the JAX model on the run's test split).
     """
     start = time.perf_counter()
-    data = export_bytes(run, fmt, int8=int8)
+    data = export_bytes(run, fmt, int8=int8, calibration_images=calibration_images)
     path = path or default_path(workdir, fmt, int8=int8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:

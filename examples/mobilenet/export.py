@@ -41,6 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import time
@@ -104,7 +107,13 @@ def load_run(workdir: str) -> Run:
         raise ExportError(f"load_run: no config.json in {workdir!r}; is it the --workdir of a "
                           f"run of examples/train.py?")
     with open(path) as f:
-        config = default.Config(**json.load(f))
+        saved = json.load(f)
+    # A setting this module does not know might change the model: refuse rather than guess.
+    unknown = sorted(set(saved) - {field.name for field in dataclasses.fields(default.Config)})
+    if unknown:
+        raise ExportError(f"load_run: {path} has settings this version does not know: "
+                          f"{', '.join(unknown)}")
+    config = default.Config(**saved)
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
@@ -334,8 +343,10 @@ def to_onnx(predict: Callable, image_shape: Sequence[int], *, opset: int = 21) -
     """An ONNX model of ``predict`` (jax2onnx), with a symbolic batch size ``B``."""
     import jax2onnx
 
-    proto = jax2onnx.to_onnx(predict, [("B", *image_shape)], model_name="mobilenet",
-                             opset=opset, input_names=["images"], output_names=["logits"])
+    # Some jax2onnx releases print their tracing steps: keep them out of the caller's output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto = jax2onnx.to_onnx(predict, [("B", *image_shape)], model_name="mobilenet",
+                                 opset=opset, input_names=["images"], output_names=["logits"])
     return proto.SerializeToString()
 
 

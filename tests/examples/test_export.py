@@ -24,6 +24,7 @@ from mobilenet import export, input_pipeline, models
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = (16, 16, 3)
 # A small V3 (squeeze-excite, hard-swish, hard-sigmoid) next to the tiny test network.
+# Grouped depthwise convolutions compile fastest; the trained-run tests export "auto".
 MODELS = {"tiny": dict(), "mobilenet_v3_small": dict(width_multiplier=0.25)}
 RUNTIMES = {"stablehlo": (), "tflite": ("tensorflow",), "onnx": ("jax2onnx", "onnxruntime")}
 # float32 files compute the same function in another order: logits agree to ~1e-6.
@@ -43,7 +44,7 @@ def _require(fmt: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _run(name: str) -> export.Run:
     """A randomly initialised ``name`` with non-trivial batch statistics, on synthetic data."""
-    model = models.create_model(name, num_classes=10, **MODELS[name])
+    model = models.create_model(name, num_classes=10, depthwise="grouped", **MODELS[name])
     variables = model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)), train=False)
     # Running statistics away from (0, 1), so that folding them changes the kernels.
     keys = iter(jax.random.split(jax.random.key(1), 1000))
@@ -53,6 +54,11 @@ def _run(name: str) -> export.Run:
     variables = {"params": jax.tree.map(np.asarray, variables["params"]), "batch_stats": stats}
     dataset = input_pipeline.make_synthetic(num_train=32, num_test=24, image_size=IMAGE[0])
     return export.Run(None, model, variables, 0, dataset)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str) -> export.Predict:
+    return export.reference_function(_run(name))
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,7 +106,7 @@ def test_fold_batch_norm_folds_scale_and_shift():
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_exported_file_matches_jax(fmt, name):
     _require(fmt)
-    predict, reference = _exported(name, fmt), export.reference_function(_run(name))
+    predict, reference = _exported(name, fmt), _reference(name)
     images = _images(3)
     np.testing.assert_allclose(predict(images), reference(images), atol=ATOL, rtol=0)
 
@@ -109,7 +115,7 @@ def test_exported_file_matches_jax(fmt, name):
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_exported_file_takes_any_batch_size(fmt):
     _require(fmt)
-    predict, reference = _exported("tiny", fmt), export.reference_function(_run("tiny"))
+    predict, reference = _exported("tiny", fmt), _reference("tiny")
     for n in (1, 5, 2):
         images = _images(n, seed=n)
         got = predict(images)
@@ -133,8 +139,7 @@ def test_stablehlo_export_is_differentiable_with_the_trained_kinks():
 @pytest.mark.slow
 def test_int8_tflite_stays_close_to_float():
     _require("tflite")
-    predict, reference = _exported("tiny", "tflite", int8=True), export.reference_function(
-        _run("tiny"))
+    predict, reference = _exported("tiny", "tflite", int8=True), _reference("tiny")
     images = _images(8)
     got, want = predict(images), reference(images)
     assert got.dtype == np.float32 and got.shape == want.shape

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true",
                         help="tflite only: int8 weights and activations, ranges calibrated on "
                              "training images (float32 input and output)")
+    parser.add_argument("--int8-ranges", choices=("calibrated", "relu6"), default="calibrated",
+                        help="--int8's activation ranges: calibrated on training images, or "
+                             "ReLU6 outputs on [0, 6] (for a model trained with 8-bit "
+                             "fake-quantized ReLU6; default: %(default)s)")
     parser.add_argument("--calibration-images", type=int, default=256,
                         help="training images that calibrate --int8 (default: %(default)s)")
     parser.add_argument("--out", default=None,
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8 and args.formats != ["tflite"]:
         parser.error("--int8 applies to --format tflite only")
+    if args.int8_ranges != "calibrated" and not args.int8:
+        parser.error("--int8-ranges needs --int8")
     if args.out is not None and len(args.formats) != 1:
         parser.error("--out needs exactly one --format")
     if args.calibration_images < 1:
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = export.export(run, fmt, int8=args.int8, path=args.out,
                                    workdir=args.workdir,
-                                   calibration_images=args.calibration_images)
+                                   calibration_images=args.calibration_images,
+                                   int8_ranges=args.int8_ranges)
         except ImportError as error:
             print(f"{name}: needs the export extra (pip install -e \".[export]\"): {error}",
                   file=sys.stderr)

@@ -11,8 +11,9 @@ run's normalization inside, and writes it in three formats:
   trained ``grad_at_zero`` / ``grad_at_six``.
 * ``"tflite"``: ``jax2tf.convert`` for CPU, then TensorFlow's TFLite converter,
   float32 or int8 (post-training quantization with a representative dataset
-  drawn from the run's training split); run with ``ai_edge_litert`` (or
-  TensorFlow's interpreter where it is absent).
+  drawn from the run's training split), batch size 1 (a symbolic one costs
+  the converter's fusions); run with ``ai_edge_litert`` (or TensorFlow's
+  interpreter where it is absent).
 * ``"onnx"``: ``jax2onnx``, with a symbolic batch size; run with onnxruntime.
 
 Before export the model is put in its export form (:func:`export_model`): the
@@ -25,9 +26,9 @@ hard-swish, which compute the same forward pass as jrelu6's (the same
 ops, while jrelu6's custom derivative rules do not concern inference.
 
 Int8 TFLite takes its activation ranges from a representative dataset (a few
-hundred training images). A model trained with fake quantization would carry
-its own ranges ([0, 6] for a quantized ReLU6); using them instead of calibration
-is the next step once the training example trains such models.
+hundred training images) or, with ``int8_ranges="relu6"``, puts every ReLU6
+output on [0, 6] (:func:`pin_relu6_ranges`): the grid of a model trained with
+8-bit fake-quantized ReLU6, which calibration on a few images would narrow.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -276,16 +277,19 @@ def run_stablehlo(data: bytes) -> Predict:
     return lambda images: np.asarray(call(jnp.asarray(images, jnp.float32)))
 
 
-def to_tflite(predict: Callable, image_shape: Sequence[int], *,
+def to_tflite(predict: Callable, image_shape: Sequence[int], *, batch_size: int = 1,
               representative: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer of ``predict`` (float32; int8 with ``representative`` images).
 
     Converted through ``jax2tf`` (StableHLO for CPU) and TensorFlow's TFLite
-    converter, with a dynamic batch size (the interpreter resizes its input).
+    converter, for a fixed batch size: with a symbolic one, every bias and
+    broadcast becomes a run-time BROADCAST_TO and the converter no longer fuses
+    ReLU6 into the convolutions nor finds HARD_SWISH.
 
     Args:
       predict: the inference function (:func:`inference_function`).
       image_shape: ``(H, W, C)``.
+      batch_size: the file's batch size (1: one image per call, as on a phone).
       representative: ``(N, H, W, C)`` images for post-training int8
         quantization: weights and activations int8, ranges calibrated on these
         images; float32 input and output. ``None``: a float32 model.
@@ -294,18 +298,17 @@ def to_tflite(predict: Callable, image_shape: Sequence[int], *,
     from jax.experimental import jax2tf
 
     tf_predict = tf.function(
-        jax2tf.convert(predict, polymorphic_shapes=["(b, ...)"], with_gradient=False,
-                       native_serialization_platforms=("cpu",)),
+        jax2tf.convert(predict, with_gradient=False, native_serialization_platforms=("cpu",)),
         autograph=False,
-        input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, name="images")])
+        input_signature=[tf.TensorSpec((batch_size, *image_shape), tf.float32, name="images")])
     concrete = tf_predict.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf_predict)
     if representative is not None:
         images = np.asarray(representative, np.float32)
 
         def calibration() -> Iterator[list[np.ndarray]]:
-            for image in images:
-                yield [image[None]]
+            for start in range(0, images.shape[0] - batch_size + 1, batch_size):
+                yield [images[start:start + batch_size]]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = calibration
@@ -316,25 +319,81 @@ def to_tflite(predict: Callable, image_shape: Sequence[int], *,
         return bytes(converter.convert())
 
 
+# TFLite ops whose int8 kernels need their output quantized exactly like their input.
+_SAME_SCALE_OPS = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+
+
+def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> bytes:
+    """An int8 TFLite model with every ReLU6 output quantized on ``[low, high]``.
+
+    A model trained with fake-quantized ReLU6 (8 bits on [0, 6]) learned to work
+    on that grid; calibration on a few images would instead give each layer the
+    range it happened to see. This sets scale ``(high - low) / 255`` and zero
+    point ``-128 - low / scale`` on the output of every op with a fused ReLU6
+    (and of RELU6 ops), and carries it through ops that need equal input and
+    output quantization (PAD, RESHAPE, ...). The kernels read these parameters
+    when the interpreter prepares them, so nothing else changes.
+
+    Args:
+      data: an int8 TFLite flatbuffer (:func:`to_tflite` with ``representative``).
+      low: the lower end of the range.
+      high: the upper end.
+
+    Returns:
+      The modified flatbuffer.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items()
+             if not name.startswith("_")}
+    scale = (high - low) / 255.0
+    zero_point = int(round(-128 - low / scale))
+
+    def opname(op) -> str:
+        code = model.operatorCodes[op.opcodeIndex]
+        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+    for graph in model.subgraphs:
+        pinned = set()
+        for op in graph.operators:  # Topological order: producers come first.
+            fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
+            same_scale = opname(op) in _SAME_SCALE_OPS and op.inputs[0] in pinned
+            if fused == schema.ActivationFunctionType.RELU6 or opname(op) == "RELU6" or same_scale:
+                tensor = graph.tensors[op.outputs[0]]
+                if tensor.type == schema.TensorType.INT8 and tensor.quantization is not None:
+                    tensor.quantization.scale = [scale]
+                    tensor.quantization.zeroPoint = [zero_point]
+                    pinned.add(op.outputs[0])
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def run_tflite(data: bytes) -> Predict:
-    """A TFLite interpreter (``ai_edge_litert``, else TensorFlow's) as a batch function."""
+    """A TFLite interpreter (``ai_edge_litert``, else TensorFlow's) as a batch function.
+
+    The file has a fixed batch size: a batch of another size runs in chunks of
+    it (the last one padded).
+    """
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = _import_tensorflow().lite.Interpreter  # noqa: N806
     interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    shape: list[tuple[int, ...]] = [()]
+    size = int(inp["shape"][0])
 
     def call(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.float32)
-        if shape[0] != images.shape:
-            interpreter.resize_tensor_input(inp["index"], images.shape)
-            interpreter.allocate_tensors()
-            shape[0] = images.shape
-        interpreter.set_tensor(inp["index"], images)
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(out["index"]))
+        n = images.shape[0]
+        padded = np.concatenate([images, np.zeros((-n % size, *images.shape[1:]), np.float32)])
+        outputs = []
+        for start in range(0, padded.shape[0], size):
+            interpreter.set_tensor(inp["index"], padded[start:start + size])
+            interpreter.invoke()
+            outputs.append(np.array(interpreter.get_tensor(out["index"])))
+        return np.concatenate(outputs)[:n]
 
     return call
 
@@ -397,25 +456,42 @@ class Report(NamedTuple):
     seconds: float
 
 
-def export_bytes(run: Run, fmt: str, *, int8: bool = False,
-                 calibration_images: int = 256) -> bytes:
+INT8_RANGES = ("calibrated", "relu6")
+
+
+def export_bytes(run: Run, fmt: str, *, int8: bool = False, calibration_images: int = 256,
+                 int8_ranges: str = "calibrated") -> bytes:
     """The file's contents: ``run``'s model in ``fmt`` (a name in :data:`FORMATS`).
 
+    Args:
+      run: the trained run.
+      fmt: ``"stablehlo"``, ``"tflite"`` or ``"onnx"``.
+      int8: int8 post-training quantization (tflite only).
+      calibration_images: training images that calibrate the int8 ranges.
+      int8_ranges: ``"calibrated"`` (every activation's range from the
+        calibration images) or ``"relu6"`` (ReLU6 outputs on [0, 6], the grid of
+        a model trained with 8-bit fake-quantized ReLU6; :func:`pin_relu6_ranges`).
+
     Raises:
-      ValueError: an unknown format, or ``int8`` with a format other than tflite.
+      ValueError: an unknown format or ``int8_ranges``, or ``int8`` with a
+        format other than tflite.
     """
     if fmt not in FORMATS:
         raise ValueError(f"export_bytes: format must be one of {FORMATS}, got {fmt!r}")
     if int8 and fmt != "tflite":
         raise ValueError(f"export_bytes: int8 is available for tflite only, got {fmt!r}")
+    if int8_ranges not in INT8_RANGES:
+        raise ValueError(f"export_bytes: int8_ranges must be one of {INT8_RANGES}, "
+                         f"got {int8_ranges!r}")
     model, params = export_model(run.model, run.variables,
                                  native_activations=fmt != "stablehlo")
     predict = inference_function(model, {"params": params}, mean=run.dataset.mean,
                                  std=run.dataset.std)
     image_shape = run.dataset.test_images.shape[1:]
     if int8:
-        return to_tflite(predict, image_shape,
+        data = to_tflite(predict, image_shape,
                          representative=representative_images(run, calibration_images))
+        return pin_relu6_ranges(data) if int8_ranges == "relu6" else data
     return EXPORTERS[fmt](predict, image_shape)
 
 
@@ -457,7 +533,8 @@ def default_path(workdir: str, fmt: str, *, int8: bool = False) -> str:
 
 
 def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
-           workdir: str = ".", calibration_images: int = 256) -> Report:
+           workdir: str = ".", calibration_images: int = 256,
+           int8_ranges: str = "calibrated") -> Report:
     """Writes ``run``'s model in ``fmt``, runs the file in its runtime, compares with JAX.
 
     Args:
@@ -467,13 +544,15 @@ def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
       path: the file to write; ``None``: :func:`default_path` under ``workdir``.
       workdir: the run's directory, for the default path.
       calibration_images: training images that calibrate ``int8``.
+      int8_ranges: where int8 activation ranges come from (:func:`export_bytes`).
 
     Returns:
       The :class:`Report` (the file's test accuracy and largest logit difference
       against the JAX model on the run's test split).
     """
     start = time.perf_counter()
-    data = export_bytes(run, fmt, int8=int8, calibration_images=calibration_images)
+    data = export_bytes(run, fmt, int8=int8, calibration_images=calibration_images,
+                        int8_ranges=int8_ranges)
     path = path or default_path(workdir, fmt, int8=int8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:

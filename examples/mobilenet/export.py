@@ -6,7 +6,8 @@ work directory. This module turns them into one inference function,
 run's normalization inside, and writes it in three formats:
 
 * ``"stablehlo"``: :func:`jax.export` for CPU, CUDA and TPU together, with a
-  symbolic batch size; loaded back with :func:`jax.export.deserialize`. It keeps
+  symbolic batch size; loaded back with :func:`jax.export.deserialize` (both
+  need the ``flatbuffers`` package). It keeps
   the model's own activations, so gradients through the loaded model use the
   trained ``grad_at_zero`` / ``grad_at_six``.
 * ``"tflite"``: ``jax2tf.convert`` for CPU, then TensorFlow's TFLite converter,

@@ -1,8 +1,8 @@
 """Tests of the export example (examples/mobilenet/export.py and examples/export.py).
 
 Each exported file is run in its own runtime and compared with the JAX model.
-StableHLO needs only JAX; TFLite needs TensorFlow (and ai_edge_litert where
-installed), ONNX needs jax2onnx and onnxruntime: those tests skip where the
+StableHLO needs flatbuffers, TFLite TensorFlow (and ai_edge_litert where
+installed), ONNX jax2onnx and onnxruntime: those tests skip where the
 export extra (``pip install -e ".[export]"``) is absent, unless
 ``JRELU6_REQUIRE_EXPORT=1`` (CI's export stage), which makes a missing runtime a failure.
 """
@@ -26,7 +26,9 @@ IMAGE = (16, 16, 3)
 # A small V3 (squeeze-excite, hard-swish, hard-sigmoid) next to the tiny test network.
 # Grouped depthwise convolutions compile fastest; the trained-run tests export "auto".
 MODELS = {"tiny": dict(), "mobilenet_v3_small": dict(width_multiplier=0.25)}
-RUNTIMES = {"stablehlo": (), "tflite": ("tensorflow",), "onnx": ("jax2onnx", "onnxruntime")}
+# jax.export (de)serializes with flatbuffers, which jax does not install.
+RUNTIMES = {"stablehlo": ("flatbuffers",), "tflite": ("tensorflow",),
+            "onnx": ("jax2onnx", "onnxruntime")}
 # float32 files compute the same function in another order: logits agree to ~1e-6.
 ATOL = 1e-4
 
@@ -126,6 +128,7 @@ def test_exported_file_takes_any_batch_size(fmt):
 
 @pytest.mark.slow
 def test_stablehlo_export_is_differentiable_with_the_trained_kinks():
+    _require("stablehlo")
     run = _run("tiny")
     model, params = export.export_model(run.model, run.variables)
     predict = export.inference_function(model, {"params": params}, mean=(0.5,) * 3,
@@ -198,7 +201,9 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_trained_checkpoint_exports_to_stablehlo(trained_run):
+def test_a_trained_checkpoint_exports_to_stablehlo(request):
+    _require("stablehlo")
+    trained_run = request.getfixturevalue("trained_run")  # Trained only where it is needed.
     run = export.load_run(trained_run)
     assert run.step == 5 and run.config.model == "tiny"
     report = export.export(run, "stablehlo", workdir=trained_run)
@@ -208,8 +213,9 @@ def test_a_trained_checkpoint_exports_to_stablehlo(trained_run):
 
 
 @pytest.mark.slow
-def test_cli_exports_a_trained_checkpoint(trained_run, capsys):
+def test_cli_exports_a_trained_checkpoint(request, capsys):
     _require("onnx")
+    trained_run = request.getfixturevalue("trained_run")
     sys.path.insert(0, os.path.join(ROOT, "examples"))
     import export as cli  # examples/export.py
 

@@ -188,24 +188,24 @@ def fold_batch_norm(params: Mapping[str, Any], batch_stats: Mapping[str, Any], *
     """
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if name == "bn" or not isinstance(value, Mapping):
-            if name != "bn":
-                out[name] = np.asarray(value, np.float32)
-            continue
-        stats = batch_stats.get(name, {})
-        if "conv" in value and "bn" in value:
-            bn, mean, var = value["bn"], stats["bn"]["mean"], stats["bn"]["var"]
-            s = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(var, np.float64)
-                                                              + epsilon)
-            kernel = np.asarray(value["conv"]["kernel"], np.float64) * s
-            bias = np.asarray(bn["bias"], np.float64) - np.asarray(mean, np.float64) * s
-            out[name] = fold_batch_norm({k: v for k, v in value.items() if k != "bn"},
-                                        stats, epsilon=epsilon)
-            out[name]["conv"] = {"kernel": kernel.astype(np.float32),
-                                 "bias": bias.astype(np.float32)}
+        if not isinstance(value, Mapping):
+            out[name] = np.asarray(value, np.float32)
+        elif "conv" in value and "bn" in value:
+            out[name] = {"conv": _fold(value["conv"], value["bn"], batch_stats[name]["bn"],
+                                       epsilon)}
         else:
-            out[name] = fold_batch_norm(value, stats, epsilon=epsilon)
+            out[name] = fold_batch_norm(value, batch_stats.get(name, {}), epsilon=epsilon)
     return out
+
+
+def _fold(conv: Mapping[str, Any], bn: Mapping[str, Any], stats: Mapping[str, Any],
+          epsilon: float) -> dict[str, np.ndarray]:
+    """One convolution's folded kernel and bias, computed in float64."""
+    s = np.asarray(bn["scale"], np.float64) / np.sqrt(np.asarray(stats["var"], np.float64)
+                                                      + epsilon)
+    kernel = np.asarray(conv["kernel"], np.float64) * s
+    bias = np.asarray(bn["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * s
+    return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
 
 
 def export_model(model: models.MobileNet, variables: Mapping[str, Any], *,

@@ -188,10 +188,12 @@ class SqueezeExcite(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.layers
-        s = _global_pool(x, keepdims=True)
+        # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
+        # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
+        s = _global_pool(x)
         s = cfg.act("relu")(nn.Dense(self.squeeze, dtype=cfg.dtype, name="reduce")(s))
         s = cfg.act("hard_sigmoid")(nn.Dense(x.shape[-1], dtype=cfg.dtype, name="expand")(s))
-        return x * s
+        return x * s[:, None, None, :]
 
 
 class InvertedResidual(nn.Module):

@@ -1,0 +1,105 @@
+"""Export a MobileNet trained by examples/train.py to StableHLO, TFLite or ONNX, and check it.
+
+Loads the newest checkpoint of a run, writes the inference function
+``logits = f(images)`` (float32 NHWC pixels 0-255, the run's normalization inside)
+in each requested format, runs the file in its own runtime (jax.export,
+ai_edge_litert, onnxruntime) on the run's test split and prints, per file, its
+size, the largest logit difference against the JAX model and both test accuracies::
+
+    python examples/train.py --workdir runs/v2
+    python examples/export.py --workdir runs/v2 --format stablehlo tflite onnx
+    python examples/export.py --workdir runs/v2 --format tflite --int8
+
+Needs the export extra: ``pip install -e ".[export]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `import mobilenet`.
+
+FORMATS = ("stablehlo", "tflite", "onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python examples/export.py", description=__doc__.split("\n\n")[0],
+        epilog="Files go to <workdir>/export/model[_int8].{jaxexport,tflite,onnx} unless --out "
+               "is given.\nExit codes: 0 done, 1 a converter or runtime failed, 2 bad arguments "
+               "or no trained run.")
+    parser.add_argument("--workdir", required=True,
+                        help="the --workdir of a run of examples/train.py (config.json and "
+                             "checkpoints/)")
+    parser.add_argument("--format", nargs="+", choices=FORMATS, required=True, dest="formats",
+                        help="one or more of: stablehlo (jax.export, CPU/CUDA/TPU), tflite, onnx")
+    parser.add_argument("--int8", action="store_true",
+                        help="tflite only: int8 weights and activations, ranges calibrated on "
+                             "training images (float32 input and output)")
+    parser.add_argument("--int8-ranges", choices=("calibrated", "relu6"), default="calibrated",
+                        help="--int8's activation ranges: calibrated on training images, or "
+                             "ReLU6 outputs on [0, 6] (for a model trained with 8-bit "
+                             "fake-quantized ReLU6; default: %(default)s)")
+    parser.add_argument("--calibration-images", type=int, default=256,
+                        help="training images that calibrate --int8 (default: %(default)s)")
+    parser.add_argument("--out", default=None,
+                        help="the file to write (one --format only; default: "
+                             "<workdir>/export/model[_int8].<suffix>)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses ``argv``, exports, runs and compares; prints one line per file.
+
+    Returns:
+      The exit code: 0 done, 1 an export failed, 2 bad arguments or no run.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.int8 and args.formats != ["tflite"]:
+        parser.error("--int8 applies to --format tflite only")
+    if args.int8_ranges != "calibrated" and not args.int8:
+        parser.error("--int8-ranges needs --int8")
+    if args.out is not None and len(args.formats) != 1:
+        parser.error("--out needs exactly one --format")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images must be >= 1, got {args.calibration_images}")
+
+    from mobilenet import export
+
+    try:
+        run = export.load_run(args.workdir)
+    except export.ExportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{run.config.model} x{run.config.width} from {args.workdir}, step {run.step}; "
+          f"{run.dataset.name} test split: {run.dataset.test_images.shape[0]} images")
+    status = 0
+    for fmt in args.formats:
+        name = fmt + (" int8" if args.int8 else "")
+        try:
+            report = export.export(run, fmt, int8=args.int8, path=args.out,
+                                   workdir=args.workdir,
+                                   calibration_images=args.calibration_images,
+                                   int8_ranges=args.int8_ranges)
+        except ImportError as error:
+            print(f"{name}: needs the export extra (pip install -e \".[export]\"): {error}",
+                  file=sys.stderr)
+            status = 1
+            continue
+        except Exception as error:  # A converter's or runtime's own error: report, go on.
+            print(f"{name}: failed: {type(error).__name__}: {str(error)[:500]}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{name}: wrote {report.path} ({report.size / 1024:.0f} KiB) in "
+              f"{report.seconds:.1f} s; largest |logit - JAX logit| {report.max_logit_diff:.2g}; "
+              f"test accuracy {report.accuracy:.4f} (JAX {report.jax_accuracy:.4f}), same "
+              f"class as JAX on {report.agreement:.2%}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Tests of the export example (examples/mobilenet/export.py and examples/export.py).
+
+Each exported file is run in its own runtime and compared with the JAX model.
+StableHLO needs flatbuffers, TFLite TensorFlow (and ai_edge_litert where
+installed), ONNX jax2onnx and onnxruntime: those tests skip where the
+export extra (``pip install -e ".[export]"``) is absent, unless
+``JRELU6_REQUIRE_EXPORT=1`` (CI's export stage), which makes a missing runtime a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mobilenet import export, input_pipeline, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IMAGE = (16, 16, 3)
+# A small V3 (squeeze-excite, hard-swish, hard-sigmoid) next to the tiny test network.
+# Grouped depthwise convolutions compile fastest; the trained-run tests export "auto".
+MODELS = {"tiny": dict(), "mobilenet_v3_small": dict(width_multiplier=0.25)}
+# jax.export (de)serializes with flatbuffers, which jax does not install.
+RUNTIMES = {"stablehlo": ("flatbuffers",), "tflite": ("tensorflow",),
+            "onnx": ("jax2onnx", "onnxruntime")}
+# float32 files compute the same function in another order: logits agree to ~1e-6.
+ATOL = 1e-4
+
+
+def _require(fmt: str) -> None:
+    """Skips (or, with JRELU6_REQUIRE_EXPORT=1, fails) where ``fmt``'s runtime is missing."""
+    for module in RUNTIMES[fmt]:
+        if os.environ.get("JRELU6_REQUIRE_EXPORT") == "1":
+            __import__(module)
+        else:
+            pytest.importorskip(module, reason=f"{fmt} export needs {module}: pip install -e "
+                                               f"'.[export]'")
+
+
+@functools.lru_cache(maxsize=None)
+def _run(name: str) -> export.Run:
+    """A randomly initialised ``name`` with non-trivial batch statistics, on synthetic data."""
+    model = models.create_model(name, num_classes=10, depthwise="grouped", **MODELS[name])
+    init = jax.jit(functools.partial(model.init, train=False))  # One compile, not op by op.
+    variables = init(jax.random.key(0), jnp.zeros((1, *IMAGE)))
+    # Running statistics away from (0, 1), so that folding them changes the kernels.
+    rng = np.random.default_rng(1)
+    stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+                         variables["batch_stats"])
+    variables = {"params": jax.tree.map(np.asarray, variables["params"]), "batch_stats": stats}
+    dataset = input_pipeline.make_synthetic(num_train=32, num_test=24, image_size=IMAGE[0])
+    return export.Run(None, model, variables, 0, dataset)
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(name: str) -> export.Predict:
+    return export.reference_function(_run(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _exported(name: str, fmt: str, int8: bool = False) -> export.Predict:
+    data = export.export_bytes(_run(name), fmt, int8=int8, calibration_images=16)
+    return export.RUNNERS[fmt](data)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, *IMAGE)).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+def test_export_model_computes_the_trained_model(name):
+    run = _run(name)
+    model, params = export.export_model(run.model, run.variables, native_activations=True)
+    x = jnp.asarray(input_pipeline.normalize(_images(4), mean=(0.5,) * 3, std=(0.25,) * 3))
+    want = jax.jit(functools.partial(run.model.apply, train=False))(run.variables, x)
+    got = jax.jit(functools.partial(model.apply, train=False))({"params": params}, x)
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_model_parameters_fit_the_export_form(name):
+    run = _run(name)
+    model, params = export.export_model(run.model, run.variables)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *IMAGE)),
+                                               train=False))
+    assert "batch_stats" not in shapes
+    assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, shapes["params"])
+
+
+def test_fold_batch_norm_folds_scale_and_shift():
+    params = {"c": {"conv": {"kernel": np.ones((1, 1, 1, 2))},
+                    "bn": {"scale": np.array([2.0, 3.0]), "bias": np.array([1.0, -1.0])}}}
+    stats = {"c": {"bn": {"mean": np.array([0.5, 2.0]), "var": np.array([3.0, 8.0])}}}
+    folded = export.fold_batch_norm(params, stats, epsilon=1.0)
+    np.testing.assert_allclose(folded["c"]["conv"]["kernel"].ravel(), [1.0, 1.0])
+    np.testing.assert_allclose(folded["c"]["conv"]["bias"], [0.5, -3.0])
+    assert "bn" not in folded["c"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_exported_file_matches_jax(fmt, name):
+    _require(fmt)
+    predict, reference = _exported(name, fmt), _reference(name)
+    images = _images(3)
+    np.testing.assert_allclose(predict(images), reference(images), atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_exported_file_takes_any_batch_size(fmt):
+    # StableHLO and ONNX have a symbolic batch size; TFLite's runner runs chunks of its 1.
+    _require(fmt)
+    predict, reference = _exported("tiny", fmt), _reference("tiny")
+    for n in (1, 5, 2):
+        images = _images(n, seed=n)
+        got = predict(images)
+        assert got.shape == (n, 10)
+        np.testing.assert_allclose(got, reference(images), atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow
+def test_stablehlo_export_is_differentiable_with_the_trained_kinks():
+    _require("stablehlo")
+    run = _run("tiny")
+    model, params = export.export_model(run.model, run.variables)
+    predict = export.inference_function(model, {"params": params}, mean=(0.5,) * 3,
+                                        std=(0.25,) * 3)
+    loaded = jax.export.deserialize(bytearray(export.to_stablehlo(predict, IMAGE)))
+    images = jnp.asarray(_images(2))
+    grad = jax.grad(lambda x: loaded.call(x).sum())(images)
+    want = jax.grad(lambda x: predict(x).sum())(images)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_int8_tflite_stays_close_to_float():
+    _require("tflite")
+    predict, reference = _exported("tiny", "tflite", int8=True), _reference("tiny")
+    images = _images(8)
+    got, want = predict(images), reference(images)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    # int8 activations: the error is a few quantization steps of the logits' range.
+    assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
+
+
+@pytest.mark.slow
+def test_pinned_relu6_ranges_are_zero_to_six():
+    _require("tflite")
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    data = export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
+                               int8_ranges="relu6")
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    graph = model.subgraphs[0]
+    outputs = [graph.tensors[op.outputs[0]] for op in graph.operators
+               if getattr(op.builtinOptions, "fusedActivationFunction", None)
+               == schema.ActivationFunctionType.RELU6]
+    assert len(outputs) >= 2  # The tiny model's stem and block2's relu6 layers.
+    for tensor in outputs:
+        np.testing.assert_allclose(tensor.quantization.scale, [6 / 255])
+        assert list(tensor.quantization.zeroPoint) == [-128]
+    # The file still runs (an untrained model's activations are far below 6 / 255, so
+    # its logits are not compared: the pinned grid is for models trained on it).
+    got = export.run_tflite(data)(_images(4))
+    assert got.shape == (4, 10) and np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize("fmt,options", [("onnx", dict(int8=True)), ("nope", {}),
+                                         ("tflite", dict(int8=True, int8_ranges="max"))])
+def test_export_bytes_rejects_bad_settings(fmt, options):
+    with pytest.raises(ValueError, match="^export_bytes: "):
+        export.export_bytes(_run("tiny"), fmt, **options)
+
+
+def test_load_run_rejects_a_directory_without_a_run(tmp_path):
+    with pytest.raises(export.ExportError, match="^load_run: no config.json"):
+        export.load_run(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A real (short) run of examples/train.py: 5 steps of the tiny model on synthetic data."""
+    workdir = tmp_path_factory.mktemp("run")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "train.py"), "--model", "tiny",
+         "--data", "synthetic", "--image-size", str(IMAGE[0]), "--steps", "5",
+         "--batch-size", "16", "--eval-batch-size", "16", "--no-progress", "--no-plot",
+         "--workdir", str(workdir)],
+        check=True, env=env, capture_output=True, timeout=600)
+    return str(workdir)
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_exports_to_stablehlo(request):
+    _require("stablehlo")
+    trained_run = request.getfixturevalue("trained_run")  # Trained only where it is needed.
+    run = export.load_run(trained_run)
+    assert run.step == 5 and run.config.model == "tiny"
+    report = export.export(run, "stablehlo", workdir=trained_run)
+    assert os.path.getsize(report.path) == report.size > 0
+    assert report.max_logit_diff < ATOL
+    assert report.accuracy == report.jax_accuracy and report.agreement == 1.0
+
+
+@pytest.mark.slow
+def test_cli_exports_a_trained_checkpoint(request, capsys):
+    _require("onnx")
+    trained_run = request.getfixturevalue("trained_run")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import export as cli  # examples/export.py
+
+    out = os.path.join(trained_run, "model.onnx")
+    assert cli.main(["--workdir", trained_run, "--format", "onnx", "--out", out]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"onnx: wrote {out}") and "test accuracy" in line
+    assert os.path.exists(out)

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(parser, args)
     config.update(grad_at_zero=args.grad_at_zero, grad_at_six=args.grad_at_six)
 
-    info, command = _harness.announce(f"relu6 in the {config['model']} training step", "model_activation.py", argv)
+    info, command = _harness.announce(f"relu6 in the {config['model']} training step",
+                                      "model_activation.py", argv)
     print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
           f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
           f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")

@@ -194,7 +194,8 @@ def jax_case(config: dict[str, Any], depthwise: str, images, labels, state: mste
     start = time.perf_counter()
     holder[0], loss = step(holder[0], images, labels)
     jax.block_until_ready((holder[0], loss))
-    notes = {"depthwise": depthwise, "pointwise": pointwise, "first_call_s": time.perf_counter() - start,
+    notes = {"depthwise": depthwise, "pointwise": pointwise,
+             "first_call_s": time.perf_counter() - start,
              "params": mstep.models.count_params(holder[0].params)}
 
     def run(_):

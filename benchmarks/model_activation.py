@@ -39,6 +39,7 @@ import _mobilenet_step as mstep
 from compiled_cost import compiled_stats
 
 _ACTIVATIONS = ("jax.nn", "jrelu6")
+VARIANTS = ("small-input", "standard")
 
 
 def backend_defaults(backend: str, quick: bool) -> dict[str, Any]:
@@ -57,6 +58,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="batch size (default: 128 CPU, 256 GPU; "
                                                   "quick: 16 CPU, 64 GPU)")
     parser.add_argument("--size", type=int, help="image side (default: 32 CPU, 224 GPU)")
+    parser.add_argument("--variant", choices=VARIANTS,
+                        help="small-input: the stem and the first strided block keep stride 1 "
+                             "(the CIFAR variant, 8x downsampling); standard: the reference "
+                             "strides (32x). Default: small-input for images <= 64 pixels")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="compute dtype (default: float32 CPU, bfloat16 GPU); "
                              "parameters stay float32")
@@ -75,8 +80,9 @@ def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     for key in ("batch", "size", "num_classes"):
         if config[key] < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1, got {config[key]}")
-    config.update(model=args.model, width=args.width,
-                  small_input=config["size"] <= 64,
+    variant = args.variant or ("small-input" if config["size"] <= 64 else "standard")
+    config.update(model=args.model, width=args.width, variant=variant,
+                  small_input=variant == "small-input",
                   repeats=args.repeats or (3 if args.quick else 7), warmup=args.warmup)
     return config
 
@@ -111,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config(parser, args)
     config.update(grad_at_zero=args.grad_at_zero, grad_at_six=args.grad_at_six)
 
-    info, command = _harness.announce(f"relu6 in the {config['model']} training step", "model_activation.py", argv)
+    info, command = _harness.announce(f"relu6 in the {config['model']} training step",
+                                      "model_activation.py", argv)
     print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
           f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
           f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")

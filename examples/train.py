@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     Flags that are not given are absent from the parsed namespace (their default
     is ``argparse.SUPPRESS``), so the :class:`Config` defaults apply; ``--help``
-    shows them. Two options are not settings of the run: ``--summary`` (an action)
-    and --workdir (where the run lives; its ``config.json`` records the settings).
+    shows them. Four options are not settings of the run: ``--summary`` (an action),
+    --workdir (where the run lives; its ``config.json`` records the settings) and the
+    persistent compilation cache's two (a property of this process, not of the run).
     """
     parser = _Parser(prog="python examples/train.py", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -107,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir", default=None,
         help="checkpoints, config.json, metrics.jsonl and metrics.png; rerunning with the "
              "same directory resumes (default: ./runs/<model>)")
+    groups["run"].add_argument(
+        "--compilation-cache", action=argparse.BooleanOptionalAction, default=True,
+        help="keep compiled programs in JAX's persistent compilation cache, so that a "
+             "rerun of the same configuration skips compiling (default: on)")
+    groups["run"].add_argument(
+        "--compilation-cache-dir", default=None, metavar="DIR",
+        help="the cache's folder (default: $XDG_CACHE_HOME/jrelu6/jax-compilation-cache, "
+             "~/.cache when XDG_CACHE_HOME is unset)")
     return parser
 
 
@@ -114,11 +123,13 @@ def parse(argv: Sequence[str] | None = None) -> tuple[default.Config, dict[str, 
     """Parses and validates ``argv``; exits with code 2 and one line on a bad flag or value.
 
     Returns:
-      The validated :class:`Config` and the other options, ``{"summary", "workdir"}``.
+      The validated :class:`Config` and the other options, ``{"summary", "workdir",
+      "compilation_cache", "compilation_cache_dir"}``.
     """
     parser = build_parser()
     settings = vars(parser.parse_args(argv))
-    options = {"summary": settings.pop("summary"), "workdir": settings.pop("workdir")}
+    options = {name: settings.pop(name) for name in (
+        "summary", "workdir", "compilation_cache", "compilation_cache_dir")}
     if options["summary"]:
         settings.setdefault("width", 1.0)  # The paper's network: the reference counts.
     try:
@@ -137,8 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     config, options = parse(argv)
 
-    from mobilenet import input_pipeline, optim, train
+    from mobilenet import compile_cache, input_pipeline, optim, train
 
+    if options["compilation_cache"]:
+        compile_cache.enable(options["compilation_cache_dir"])
     if options["summary"]:
         print(train.summarize(config))
         return 0

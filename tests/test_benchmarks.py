@@ -126,7 +126,7 @@ def test_model_activation_quick(tmp_path):
 
 @pytest.mark.slow
 def test_train_step_quick(tmp_path):
-    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny",
+    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny", "--grouped",
                            "--batch", "2", "--size", "16", "--repeats", "1")
     assert_machine_named(result)
     assert set(result["images_per_second"]) == {"jax (ours)", "jax grouped"}  # no tiny torch
@@ -134,7 +134,70 @@ def test_train_step_quick(tmp_path):
         assert_positive_finite(value, name)
     assert_positive_finite(result["ratios"]["ours_vs_grouped"], "ours_vs_grouped")
     assert result["ratios"]["ours_vs_torch"] is None
+    assert result["ratios"]["ours_vs_torch_compile"] is None
     assert result["goals"]["ours_vs_torch"]["met"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["small-input", "standard"])
+def test_train_step_takes_the_variant(tmp_path, variant):
+    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny", "--variant", variant,
+                           "--batch", "2", "--size", "16", "--repeats", "1")
+    assert result["config"]["variant"] == variant
+    assert result["config"]["small_input"] == (variant == "small-input")
+    assert set(result["images_per_second"]) == {"jax (ours)"}
+
+
+@pytest.mark.slow
+@pytest.mark.parity
+def test_train_step_against_torch_eager(tmp_path):
+    pytest.importorskip("torch", reason="the PyTorch columns need torch")
+    result = run_benchmark(tmp_path, "train_step.py", "--width", "0.35", "--batch", "2",
+                           "--variant", "standard", "--repeats", "1", "--no-torch-compile")
+    assert set(result["images_per_second"]) == {"jax (ours)", "torch"}
+    assert_positive_finite(result["ratios"]["ours_vs_torch"], "ours_vs_torch")
+    assert result["goals"]["ours_vs_torch"]["target"] == 1.25
+
+
+@pytest.fixture(scope="module")
+def breakdown_result(tmp_path_factory):
+    args = ["--width", "0.35", "--batch", "2", "--variant", "standard", "--repeats", "2"]
+    if not HAS_TORCH:
+        args.append("--no-torch")
+    return run_benchmark(tmp_path_factory.mktemp("breakdown"), "step_breakdown.py", *args)
+
+
+def test_breakdown_names_the_machine(breakdown_result):
+    assert_machine_named(breakdown_result)
+
+
+def test_breakdown_counts_flops_and_bytes(breakdown_result):
+    ours = breakdown_result["ours"]
+    assert_positive_finite(ours["flops"], "flops")
+    assert_positive_finite(ours["bytes_accessed"], "bytes_accessed")
+    assert_positive_finite(breakdown_result["achieved"]["ours"]["gflop_s"], "gflop_s")
+    assert_positive_finite(breakdown_result["machine_peaks"]["matmul_gflop_s"], "peak")
+
+
+@pytest.mark.parametrize("kind", ["depthwise conv", "1x1 conv / matmul", "stem conv",
+                                  "batch norm", "elementwise"])
+def test_breakdown_finds_the_kinds_in_our_step(breakdown_result, kind):
+    table = breakdown_result["ours"]["table"]
+    assert set(table) == set(breakdown_result["kinds"])
+    assert sum(table[kind].values()) > 0, kind
+
+
+def test_breakdown_puts_the_optimizer_in_the_update_phase(breakdown_result):
+    phases = {k["phase"] for k in breakdown_result["ours"]["kernels"]}
+    assert phases == {"forward", "backward", "update"}
+
+
+@pytest.mark.parametrize("kind", ["depthwise conv", "1x1 conv / matmul", "batch norm"])
+def test_breakdown_of_torch_finds_the_kinds(breakdown_result, kind):
+    if not HAS_TORCH:
+        pytest.skip("torch is not installed: no PyTorch breakdown")
+    table = breakdown_result["torch"]["table"]
+    assert sum(table[kind].values()) > 0, kind
 
 
 @pytest.mark.parity

@@ -101,9 +101,14 @@ def _taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
                                   (1, sh, sw, 1))
 
 
-def _accumulator(dtype: Any) -> Any:
-    """The dtype to accumulate ``dtype`` values in: at least float32."""
-    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
+def accumulator_dtype(dtype: Any) -> Any:
+    """The dtype to accumulate ``dtype`` values in: float32 for half precision, else ``dtype``.
+
+    Examples:
+      >>> accumulator_dtype(jnp.bfloat16), accumulator_dtype(jnp.float32)
+      (dtype('float32'), dtype('float32'))
+    """
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
 def _out_size(size: int, window: int, stride: int) -> int:
@@ -117,7 +122,7 @@ def _valid_shifted(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -
     """
     kh, kw = kernel.shape[:2]
     out_hw = (_out_size(xp.shape[1], kh, strides[0]), _out_size(xp.shape[2], kw, strides[1]))
-    acc_dtype = _accumulator(xp.dtype)
+    acc_dtype = accumulator_dtype(xp.dtype)
     taps = kernel.reshape(kh, kw, -1).astype(acc_dtype)
     out = None
     for i, j, view in _taps(xp, (kh, kw), strides, out_hw):
@@ -162,7 +167,7 @@ def _shifted_bwd(strides, pads, residuals, g):
     # jnp.sums would each materialise their shifted view of x first: ~10x slower on CPU);
     # it sums over the positions, then a small reduction sums over the batch.
     xp = _pad_input(x, pads)
-    acc_dtype = _accumulator(g.dtype)
+    acc_dtype = accumulator_dtype(g.dtype)
     g_acc = g.astype(acc_dtype)
     products = tuple(view.astype(acc_dtype) * g_acc
                      for _, _, view in _taps(xp, (kh, kw), strides, (ho, wo)))

@@ -54,7 +54,7 @@ import numpy as np
 
 import jrelu6.linen
 
-from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv
+from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
 POINTWISE = ("matmul", "conv")
@@ -165,7 +165,7 @@ class ConvBN(nn.Module):
         if cfg.batch_norm:
             # Normalise in float32, then cast back: half-precision statistics lose too
             # much, and flax's BatchNorm mixes dtypes then (an error under strict promotion).
-            bn_dtype = _accumulator(x.dtype)
+            bn_dtype = accumulator_dtype(x.dtype)
             x = nn.BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
                              epsilon=cfg.bn_epsilon, dtype=bn_dtype,
                              name="bn")(x.astype(bn_dtype)).astype(x.dtype)
@@ -235,14 +235,9 @@ class InvertedResidual(nn.Module):
         return x
 
 
-def _accumulator(dtype: Dtype) -> Dtype:
-    """float32 for half-precision ``dtype``, else ``dtype``."""
-    return jnp.float32 if jnp.dtype(dtype).itemsize < 4 else dtype
-
-
 def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     """Spatial mean, accumulated in float32, returned in ``x``'s dtype."""
-    mean = jnp.mean(x.astype(_accumulator(x.dtype)), axis=(1, 2),
+    mean = jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2),
                     keepdims=keepdims)
     return mean.astype(x.dtype)
 
@@ -325,8 +320,8 @@ class MobileNet(nn.Module):
         self._check()
         cfg = _Layers(self.dtype, self.batch_norm, self.bn_momentum,
                       self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
-                      self.depthwise, self.pointwise, self.activation, self.grad_at_zero,
-                      self.grad_at_six, self.symmetric_padding)
+                      self.depthwise, self.pointwise, self.activation,
+                      self.grad_at_zero, self.grad_at_six, self.symmetric_padding)
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 

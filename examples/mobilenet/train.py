@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mobilenet import input_pipeline, models, optim, train_state
+from mobilenet import compile_cache, input_pipeline, models, optim, train_state
 from mobilenet.checkpoints import CheckpointError, Checkpoints
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
@@ -203,7 +203,7 @@ def fit(config: Config, workdir: str | None, *,
         if work is not None and jax.process_index() == 0:
             work.write_config(dataclasses.asdict(config))
 
-        compile_start = time.perf_counter()
+        compile_start, compiled_before = time.perf_counter(), compile_cache.compile_stats()
         # XLA compiles on one core: compile the two steps in threads while a third
         # initializes the state. They are daemon threads and the main thread only
         # waits for them, so Ctrl-C stops the run at once, even during compilation.
@@ -228,7 +228,11 @@ def fit(config: Config, workdir: str | None, *,
             + (f"; resuming from step {start}" if start else ""))
         for task in compiling:
             task.result()
-        say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s")
+        compiled = compile_cache.compile_stats()
+        say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s "
+            f"({compiled['compile_seconds'] - compiled_before['compile_seconds']:.1f} s in "
+            f"the compiler, {compiled['cache_hits'] - compiled_before['cache_hits']} "
+            "programs from the persistent cache)")
         loop = Loop(config=config, mesh=mesh, dataset=dataset, steps=steps,
                     train_step=train_step, eval_step=eval_step, test_batches=test_batches,
                     log=log, checkpoints=checkpoints, verbose=verbose,

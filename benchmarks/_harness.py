@@ -16,6 +16,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -283,3 +284,18 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if not numerator or not denominator:
         return None
     return numerator / denominator
+
+
+def compiled_stats(fn: Callable, *args) -> dict[str, int]:
+    """Fusion count, kernel count and memory of ``jax.jit(fn)`` compiled for ``args``."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    hlo = compiled.as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    mem = compiled.memory_analysis()
+    return {
+        "fusions": len(re.findall(r"^\s*\S+ = \S+ fusion\(", entry, re.MULTILINE)),
+        "entry_ops": len(re.findall(r"^\s*\S+ = ", entry, re.MULTILINE)),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "argument_bytes": int(mem.argument_size_in_bytes),
+        "output_bytes": int(mem.output_size_in_bytes),
+    }

@@ -11,6 +11,7 @@ optimizer on both sides.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ _EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 if _EXAMPLES not in sys.path:  # Run as a script: make the MobileNet example importable.
     sys.path.insert(0, _EXAMPLES)
 
-from mobilenet import models  # noqa: E402
+from mobilenet import depthwise, models  # noqa: E402, F401  (depthwise: for depthwise.py)
 
 LEARNING_RATE = 0.05
 MOMENTUM = 0.9
@@ -75,7 +76,7 @@ def copy_state(state: StepState) -> StepState:
 def step_fn(model: Any):
     """The un-jitted step ``(state, images, labels) -> (state, loss)``.
 
-    Un-jitted so that :func:`compiled_cost.compiled_stats` can compile it;
+    Un-jitted so that :func:`_harness.compiled_stats` can compile it;
     :func:`jitted_step` is what gets timed.
     """
     tx = optimizer()
@@ -115,3 +116,59 @@ def synthetic_batch(batch: int, size: int, num_classes: int, *, seed: int = 0
 def create_model(**kwargs: Any) -> Any:
     """``models.create_model("mobilenet_v2", **kwargs)``."""
     return models.create_model("mobilenet_v2", **kwargs)
+
+
+# --- the model and batch options of the step benchmarks ---------------------------------
+
+VARIANTS = ("small-input", "standard")
+
+
+def backend_defaults(backend: str, quick: bool) -> dict[str, Any]:
+    """Image size, batch, dtype and classes for ``backend`` (the issue's settings)."""
+    if backend == "cpu":
+        return {"size": 32, "batch": 16 if quick else 128, "dtype": "float32",
+                "num_classes": 10}
+    return {"size": 224, "batch": 64 if quick else 256, "dtype": "bfloat16",
+            "num_classes": 1000}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch options shared with ``train_step.py``."""
+    parser.add_argument("--model", default="mobilenet_v2",
+                        help="a mobilenet.models name (default mobilenet_v2; 'tiny' for tests)")
+    parser.add_argument("--batch", type=int, help="batch size (default: 128 CPU, 256 GPU; "
+                                                  "quick: 16 CPU, 64 GPU)")
+    parser.add_argument("--size", type=int, help="image side (default: 32 CPU, 224 GPU)")
+    parser.add_argument("--variant", choices=VARIANTS,
+                        help="small-input: the stem and the first strided block keep stride 1 "
+                             "(the CIFAR variant, 8x downsampling); standard: the reference "
+                             "strides (32x). Default: small-input for images <= 64 pixels")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="compute dtype (default: float32 CPU, bfloat16 GPU); "
+                             "parameters stay float32")
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1)")
+    parser.add_argument("--num-classes", type=int, help="classes (default: 10 CPU, 1000 GPU)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 7, quick 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+
+
+def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The run's settings: explicit options over the backend's defaults."""
+    config = backend_defaults(jax.default_backend(), args.quick)
+    for key in ("batch", "size", "dtype", "num_classes"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    for key in ("batch", "size", "num_classes"):
+        if config[key] < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {config[key]}")
+    variant = args.variant or ("small-input" if config["size"] <= 64 else "standard")
+    config.update(model=args.model, width=args.width, variant=variant,
+                  small_input=variant == "small-input",
+                  repeats=args.repeats or (3 if args.quick else 7), warmup=args.warmup)
+    return config
+
+
+def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``create_model`` keywords for ``config``."""
+    return {"num_classes": config["num_classes"], "width_multiplier": config["width"],
+            "small_input": config["small_input"], "dtype": jnp.dtype(config["dtype"])}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 
@@ -22,21 +21,7 @@ import jax
 import jax.numpy as jnp
 
 import jrelu6
-
-
-def compiled_stats(fn: Callable, *args) -> dict[str, int]:
-    """Fusion count, kernel count and memory of ``jax.jit(fn)`` compiled for ``args``."""
-    compiled = jax.jit(fn).lower(*args).compile()
-    hlo = compiled.as_text()
-    entry = hlo[hlo.index("ENTRY"):]
-    mem = compiled.memory_analysis()
-    return {
-        "fusions": len(re.findall(r"^\s*\S+ = \S+ fusion\(", entry, re.MULTILINE)),
-        "entry_ops": len(re.findall(r"^\s*\S+ = ", entry, re.MULTILINE)),
-        "temp_bytes": int(mem.temp_size_in_bytes),
-        "argument_bytes": int(mem.argument_size_in_bytes),
-        "output_bytes": int(mem.output_size_in_bytes),
-    }
+from _harness import compiled_stats
 
 
 def conv_net_loss(activation: Callable) -> Callable:

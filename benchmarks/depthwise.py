@@ -35,7 +35,6 @@ import numpy as np
 
 import _harness as harness
 import _mobilenet_step as mstep
-from mobilenet import depthwise  # On sys.path through _mobilenet_step.
 
 NAME = "depthwise"
 
@@ -49,12 +48,12 @@ STEP_VARIANTS = {
 
 def _shifted_autodiff(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The shifted multiply-adds (3x3, stride 1, SAME) without the custom backward pass."""
-    return depthwise._valid_shifted(depthwise._pad_input(x, ((1, 1), (1, 1))), kernel, (1, 1))
+    return mstep.depthwise._valid_shifted(mstep.depthwise._pad_input(x, ((1, 1), (1, 1))), kernel, (1, 1))
 
 
 CONV_FORMS = {
-    "grouped": functools.partial(depthwise.depthwise_conv, impl="grouped"),
-    "shifted": functools.partial(depthwise.depthwise_conv, impl="shifted"),
+    "grouped": functools.partial(mstep.depthwise.depthwise_conv, impl="grouped"),
+    "shifted": functools.partial(mstep.depthwise.depthwise_conv, impl="shifted"),
     "shifted, autodiff": _shifted_autodiff,
 }
 

@@ -29,8 +29,7 @@ import numpy as np
 
 import _harness
 import jrelu6
-from _harness import Case
-from compiled_cost import compiled_stats
+from _harness import Case, compiled_stats
 
 _LO, _HI, _BITS = -1.0, 1.0, 8
 

@@ -11,7 +11,7 @@ reports, side by side:
   (goal: <= 1.00);
 - the number of fusions in the compiled HLO of both.
 
-The executable that is timed is the one analysed (``compiled_cost.compiled_stats``
+The executable that is timed is the one analysed (``_harness.compiled_stats``
 compiles the same function with the same arguments, which JAX serves from its
 cache). The step is not donated here, so that this holds; ``train_step.py``
 times the donated step.
@@ -29,64 +29,14 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 import _harness
 import _mobilenet_step as mstep
-from compiled_cost import compiled_stats
+from _harness import compiled_stats
 
 _ACTIVATIONS = ("jax.nn", "jrelu6")
-VARIANTS = ("small-input", "standard")
-
-
-def backend_defaults(backend: str, quick: bool) -> dict[str, Any]:
-    """Image size, batch, dtype and classes for ``backend`` (the issue's settings)."""
-    if backend == "cpu":
-        return {"size": 32, "batch": 16 if quick else 128, "dtype": "float32",
-                "num_classes": 10}
-    return {"size": 224, "batch": 64 if quick else 256, "dtype": "bfloat16",
-            "num_classes": 1000}
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and batch options shared with ``train_step.py``."""
-    parser.add_argument("--model", default="mobilenet_v2",
-                        help="a mobilenet.models name (default mobilenet_v2; 'tiny' for tests)")
-    parser.add_argument("--batch", type=int, help="batch size (default: 128 CPU, 256 GPU; "
-                                                  "quick: 16 CPU, 64 GPU)")
-    parser.add_argument("--size", type=int, help="image side (default: 32 CPU, 224 GPU)")
-    parser.add_argument("--variant", choices=VARIANTS,
-                        help="small-input: the stem and the first strided block keep stride 1 "
-                             "(the CIFAR variant, 8x downsampling); standard: the reference "
-                             "strides (32x). Default: small-input for images <= 64 pixels")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="compute dtype (default: float32 CPU, bfloat16 GPU); "
-                             "parameters stay float32")
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier (default 1)")
-    parser.add_argument("--num-classes", type=int, help="classes (default: 10 CPU, 1000 GPU)")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default 7, quick 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-
-
-def resolve_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings: explicit options over the backend's defaults."""
-    config = backend_defaults(jax.default_backend(), args.quick)
-    for key in ("batch", "size", "dtype", "num_classes"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    for key in ("batch", "size", "num_classes"):
-        if config[key] < 1:
-            parser.error(f"--{key.replace('_', '-')} must be >= 1, got {config[key]}")
-    variant = args.variant or ("small-input" if config["size"] <= 64 else "standard")
-    config.update(model=args.model, width=args.width, variant=variant,
-                  small_input=variant == "small-input",
-                  repeats=args.repeats or (3 if args.quick else 7), warmup=args.warmup)
-    return config
-
-
 def op_counts(fn, *args) -> dict[str, int]:
     """Element-wise ``select`` and ``compare`` ops in the whole compiled module.
 
@@ -98,23 +48,17 @@ def op_counts(fn, *args) -> dict[str, int]:
     return {op: len(re.findall(rf"= \S+ {op}\(", hlo)) for op in ("select", "compare")}
 
 
-def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """``create_model`` keywords for ``config``."""
-    return {"num_classes": config["num_classes"], "width_multiplier": config["width"],
-            "small_input": config["small_input"], "dtype": jnp.dtype(config["dtype"])}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    add_model_arguments(parser)
+    mstep.add_model_arguments(parser)
     parser.add_argument("--grad-at-zero", type=float, default=0.0, help="jrelu6's g0 (default 0)")
     parser.add_argument("--grad-at-six", type=float, default=0.0, help="jrelu6's g6 (default 0)")
     _harness.add_output_arguments(parser, "model_activation")
     args = parser.parse_args(argv)
-    config = resolve_config(parser, args)
+    config = mstep.resolve_config(parser, args)
     config.update(grad_at_zero=args.grad_at_zero, grad_at_six=args.grad_at_six)
 
     info, command = _harness.announce(f"relu6 in the {config['model']} training step",
@@ -129,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     # One initial state for both: the activation has no parameters, so the two
     # models have the same variables (and the step is not donated: shareable).
     state = mstep.create_state(
-        mstep.models.create_model(config["model"], **model_kwargs(config)), images.shape[1:])
+        mstep.models.create_model(config["model"], **mstep.model_kwargs(config)), images.shape[1:])
     for activation in _ACTIVATIONS:
         extra = ({"grad_at_zero": config["grad_at_zero"], "grad_at_six": config["grad_at_six"]}
                  if activation == "jrelu6" else {})
         model = mstep.models.create_model(config["model"], activation=activation,
-                                          **model_kwargs(config), **extra)
+                                          **mstep.model_kwargs(config), **extra)
         fn = mstep.step_fn(model)
         step = jax.jit(fn)
         jax.block_until_ready(step(state, images, labels))  # compile once, here

@@ -56,8 +56,6 @@ import numpy as np
 
 import _harness
 import _mobilenet_step as mstep
-from _harness import torch
-from model_activation import add_model_arguments, model_kwargs, resolve_config
 
 KINDS = (
     "depthwise conv",
@@ -194,7 +192,7 @@ def xla_kernel_times(trace_dir: str, entry_names: Iterable[str]) -> dict[str, li
 
 def jax_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict[str, Any]:
     """Ours: step time, cost analysis and the time per kind, phase and kernel."""
-    model = mstep.models.create_model(config["model"], **model_kwargs(config))
+    model = mstep.models.create_model(config["model"], **mstep.model_kwargs(config))
     state = mstep.create_state(model, images.shape[1:])
     step = mstep.jitted_step(model)
     start = time.perf_counter()
@@ -389,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    add_model_arguments(parser)
+    mstep.add_model_arguments(parser)
     parser.add_argument("--no-torch", action="store_true", help="leave out PyTorch")
     parser.add_argument("--torch-threads", type=int,
                         help="PyTorch CPU threads (default: every core)")
@@ -399,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.batch is None:
         args.batch = 8
-    config = resolve_config(parser, args)
+    config = mstep.resolve_config(parser, args)
     config["torch_threads"] = args.torch_threads
     if config["model"] != "mobilenet_v2":
         args.no_torch = True

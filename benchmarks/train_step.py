@@ -47,7 +47,6 @@ import numpy as np
 import _harness
 import _mobilenet_step as mstep
 from _harness import torch
-from model_activation import add_model_arguments, model_kwargs, resolve_config
 
 OURS, GROUPED, TORCH, TORCH_COMPILE = "jax (ours)", "jax grouped", "torch", "torch.compile"
 
@@ -122,7 +121,7 @@ def torch_step(config: dict[str, Any], images: np.ndarray, labels: np.ndarray,
     """A PyTorch training step equivalent to ``_mobilenet_step``'s; returns it and notes.
 
     Args:
-      config: the run's settings (``resolve_config``).
+      config: the run's settings (``_mobilenet_step.resolve_config``).
       images: NHWC float32 images.
       labels: int labels.
       device: ``"cpu"`` or ``"cuda"``.
@@ -188,7 +187,7 @@ def jax_case(config: dict[str, Any], depthwise: str, images, labels, state: mste
     # depthwise layers and nn.Conv for the 1x1 ones.
     pointwise = "conv" if depthwise == "grouped" else "matmul"
     model = mstep.models.create_model(config["model"], depthwise=depthwise, pointwise=pointwise,
-                                      **model_kwargs(config))
+                                      **mstep.model_kwargs(config))
     holder = [mstep.copy_state(state)]
     step = mstep.jitted_step(model)
     start = time.perf_counter()
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    add_model_arguments(parser)
+    mstep.add_model_arguments(parser)
     parser.add_argument("--grouped", action="store_true",
                         help="also time the grouped-convolution baseline (plain flax; ~8x "
                              "slower than ours on CPU, so off by default)")
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                              "XLA's; compare the min times too")
     _harness.add_output_arguments(parser, "train_step")
     args = parser.parse_args(argv)
-    config = resolve_config(parser, args)
+    config = mstep.resolve_config(parser, args)
     config["torch_threads"] = args.torch_threads
 
     info, command = _harness.announce(f"{config['model']} training step", "train_step.py", argv)
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: dict[str, Any] = {}
     start = time.perf_counter()
     state = mstep.create_state(
-        mstep.models.create_model(config["model"], **model_kwargs(config)), images.shape[1:])
+        mstep.models.create_model(config["model"], **mstep.model_kwargs(config)), images.shape[1:])
     print(f"initialised in {time.perf_counter() - start:.1f} s; compiling the steps")
     cases[OURS], notes[OURS] = jax_case(config, "auto", images, labels, state)
     if args.grouped:

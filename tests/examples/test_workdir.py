@@ -152,7 +152,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     _assert_finishes_like(result, straight, run)
     err = capsys.readouterr().err
     aside = os.path.join(run, workdir.DAMAGED_SUBDIR, "8")
-    assert f"the checkpoint of step 8 is damaged" in err and f"moved it to {aside}" in err
+    assert "the checkpoint of step 8 is damaged" in err and f"moved it to {aside}" in err
     assert "resuming from step 4" in err and "Traceback" not in err
     assert os.listdir(aside)  # Kept, not deleted.
 

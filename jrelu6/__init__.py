@@ -16,6 +16,10 @@ from jrelu6._functions import hard_swish as hard_swish
 from jrelu6._functions import relu6 as relu6
 from jrelu6._functions import relu6_derivative as relu6_derivative
 from jrelu6._functions import relu6_inplace as relu6_inplace
+from jrelu6._quant import fake_quant as fake_quant
+from jrelu6._quant import quantized_hard_sigmoid as quantized_hard_sigmoid
+from jrelu6._quant import quantized_hard_swish as quantized_hard_swish
+from jrelu6._quant import quantized_relu6 as quantized_relu6
 
 __version__ = "0.1.0"
 
@@ -24,10 +28,14 @@ __all__ = (
     "BoundaryRow",
     "boundary_hits",
     "capped_relu",
+    "fake_quant",
     "format_boundary_hits",
     "hard_sigmoid",
     "hard_silu",
     "hard_swish",
+    "quantized_hard_sigmoid",
+    "quantized_hard_swish",
+    "quantized_relu6",
     "relu6",
     "relu6_derivative",
     "relu6_inplace",

@@ -128,8 +128,8 @@ def boundary_hits(
     x = check_array("boundary_hits", x)
     if jnp.issubdtype(x.dtype, jnp.integer):
         x = x.astype(jnp.result_type(float))
-    cap = check_scalar("boundary_hits", "cap", cap, positive=True)
-    shift = check_scalar("boundary_hits", "shift", shift)
+    cap = check_scalar("boundary_hits", "cap", cap, positive=True, dtype=x.dtype)
+    shift = check_scalar("boundary_hits", "shift", shift, dtype=x.dtype)
     return _count(x, cap, shift)
 
 

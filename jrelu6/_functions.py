@@ -7,17 +7,24 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jrelu6 import _core
-from jrelu6._validation import check_array, check_scalar
+from jrelu6._validation import check_array, check_integral_cap, check_scalar
 
 
-def _capped(fn_name, x, cap, grad_at_zero, grad_at_cap, cap_name, grad_at_cap_name):
+def _kinks(fn_name, x, grad_at_zero, grad_at_cap, grad_at_cap_name="grad_at_six"):
+    """The two kink slopes, checked to be finite scalars in ``x``'s dtype."""
+    return (
+        check_scalar(fn_name, "grad_at_zero", grad_at_zero, dtype=x.dtype),
+        check_scalar(fn_name, grad_at_cap_name, grad_at_cap, dtype=x.dtype),
+    )
+
+
+def _capped(fn_name, x, cap, grad_at_zero, grad_at_cap, grad_at_cap_name):
     """Validates, then dispatches on dtype: floats get the derivative rule."""
     x = check_array(fn_name, x)
-    cap = check_scalar(fn_name, cap_name, cap, positive=True)
-    grad_at_zero = check_scalar(fn_name, "grad_at_zero", grad_at_zero)
-    grad_at_cap = check_scalar(fn_name, grad_at_cap_name, grad_at_cap)
+    cap = check_scalar(fn_name, "cap", cap, positive=True, dtype=x.dtype)
+    grad_at_zero, grad_at_cap = _kinks(fn_name, x, grad_at_zero, grad_at_cap, grad_at_cap_name)
     if jnp.issubdtype(x.dtype, jnp.integer):
-        return _core.capped_relu_integer(x, cap)
+        return _core.capped_relu_integer(x, check_integral_cap(fn_name, cap, x.dtype))
     return _core.capped_relu(x, cap, grad_at_zero, grad_at_cap)
 
 
@@ -57,7 +64,8 @@ def capped_relu(
 
     Args:
       x: a real floating or integer array. Integer inputs give integer outputs.
-      cap: the upper bound :math:`c > 0`, a real scalar.
+      cap: the upper bound :math:`c > 0`, a real scalar, finite in ``x``'s
+        dtype; a whole number when ``x`` is an integer array.
       grad_at_zero: :math:`g_0`, the derivative at ``x == 0``; a real scalar.
       grad_at_cap: :math:`g_c`, the derivative at ``x == cap``; a real scalar.
 
@@ -74,7 +82,7 @@ def capped_relu(
     See also:
       :func:`relu6`, the special case ``cap=6``.
     """
-    return _capped("capped_relu", x, cap, grad_at_zero, grad_at_cap, "cap", "grad_at_cap")
+    return _capped("capped_relu", x, cap, grad_at_zero, grad_at_cap, "grad_at_cap")
 
 
 def relu6(
@@ -100,7 +108,9 @@ def relu6(
     :func:`jax.nn.relu6`, ``torch.nn.ReLU6`` and ``tf.nn.relu6``
     (differentiating ``jnp.clip`` instead gives 0.5 at both). Forward mode,
     reverse mode and higher derivatives agree (second derivatives are 0); at a
-    NaN input the derivative is NaN.
+    NaN input the derivative is NaN, and where the slope is 0 even an infinite
+    (co)tangent gives 0, as in jax.nn. A Python scalar input stays weakly
+    typed, so ``relu6(3.0) * bfloat16_array`` is bfloat16.
 
     Inside a jitted model XLA fuses this into its neighbours, so it costs what
     :func:`jax.nn.relu6` costs. For a standalone call on a large array that
@@ -110,7 +120,8 @@ def relu6(
       x: a real floating or integer array (or anything ``jnp.asarray``
         takes). Integer inputs give integer outputs, as in PyTorch and
         TensorFlow.
-      grad_at_zero: :math:`g_0`, the derivative at ``x == 0``; a real scalar.
+      grad_at_zero: :math:`g_0`, the derivative at ``x == 0``; a real scalar,
+        finite in ``x``'s dtype (as is ``grad_at_six``).
       grad_at_six: :math:`g_6`, the derivative at ``x == 6``; a real scalar.
 
     Returns:
@@ -131,7 +142,7 @@ def relu6(
       :func:`capped_relu`, :func:`relu6_derivative`, :func:`hard_sigmoid`,
       :func:`jax.nn.relu6`.
     """
-    return _capped("relu6", x, 6.0, grad_at_zero, grad_at_six, "cap", "grad_at_six")
+    return _capped("relu6", x, 6.0, grad_at_zero, grad_at_six, "grad_at_six")
 
 
 def relu6_derivative(
@@ -168,8 +179,7 @@ def relu6_derivative(
       :func:`relu6`.
     """
     x = _as_float("relu6_derivative", x)
-    grad_at_zero = check_scalar("relu6_derivative", "grad_at_zero", grad_at_zero)
-    grad_at_six = check_scalar("relu6_derivative", "grad_at_six", grad_at_six)
+    grad_at_zero, grad_at_six = _kinks("relu6_derivative", x, grad_at_zero, grad_at_six)
     return _slope(x, 6.0, grad_at_zero, grad_at_six)
 
 
@@ -214,8 +224,7 @@ def hard_sigmoid(
       :func:`relu6`, :func:`hard_swish`.
     """
     x = _as_float("hard_sigmoid", x)
-    grad_at_zero = check_scalar("hard_sigmoid", "grad_at_zero", grad_at_zero)
-    grad_at_six = check_scalar("hard_sigmoid", "grad_at_six", grad_at_six)
+    grad_at_zero, grad_at_six = _kinks("hard_sigmoid", x, grad_at_zero, grad_at_six)
     return _hard_sigmoid(x, grad_at_zero, grad_at_six)
 
 
@@ -266,8 +275,7 @@ def hard_swish(
       :func:`hard_sigmoid`, :func:`relu6`.
     """
     x = _as_float("hard_swish", x)
-    grad_at_zero = check_scalar("hard_swish", "grad_at_zero", grad_at_zero)
-    grad_at_six = check_scalar("hard_swish", "grad_at_six", grad_at_six)
+    grad_at_zero, grad_at_six = _kinks("hard_swish", x, grad_at_zero, grad_at_six)
     return _hard_swish(x, grad_at_zero, grad_at_six)
 
 
@@ -310,8 +318,8 @@ def relu6_inplace(
 
     The JAX form of ``torch.nn.ReLU6(inplace=True)``: ``x`` is *donated*, so
     XLA may reuse its memory for the output and skip allocating a fresh
-    buffer (and page-faulting it in). ``x`` must not be used afterwards; JAX
-    raises if it is. Use it on large standalone arrays. Inside a jitted model
+    buffer (and page-faulting it in). ``x`` must not be used afterwards: the
+    jrelu6 functions raise a ValueError naming themselves if it is. Use it on large standalone arrays. Inside a jitted model
     there is nothing to gain: XLA fuses relu6 into its producer and never
     materialises a separate input, so call :func:`relu6` there.
 
@@ -335,8 +343,7 @@ def relu6_inplace(
       :func:`relu6`.
     """
     x = check_array("relu6_inplace", x)
-    grad_at_zero = check_scalar("relu6_inplace", "grad_at_zero", grad_at_zero)
-    grad_at_six = check_scalar("relu6_inplace", "grad_at_six", grad_at_six)
+    grad_at_zero, grad_at_six = _kinks("relu6_inplace", x, grad_at_zero, grad_at_six)
     if jnp.issubdtype(x.dtype, jnp.integer):
         return _relu6_integer_donating(x, 6.0)
     return _relu6_donating(x, 6.0, grad_at_zero, grad_at_six)

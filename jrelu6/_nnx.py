@@ -1,6 +1,22 @@
-"""``flax.nnx`` modules for the relu6 family."""
+"""``flax.nnx`` modules for the relu6 family, built from :data:`jrelu6._modules.TABLE`.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from jrelu6.nnx import FakeQuant, ReLU6
+  >>> ReLU6(grad_at_zero=1.0)(jnp.array([-1.0, 7.0]))
+  Array([0., 6.], dtype=float32)
+  >>> quant = FakeQuant(init_min=0.0, init_max=1.5, num_bits=2)
+  >>> quant(jnp.array([0.3, 2.0]))
+  Array([0.5, 1.5], dtype=float32)
+  >>> float(quant.max[...])
+  1.5
+"""
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import jax
 from flax import nnx
@@ -10,7 +26,7 @@ from jrelu6 import _diagnostics, _modules
 
 
 class _Activation(nnx.Module):
-    """A parameter-free module applying one jrelu6 function with its settings.
+    """A module applying one jrelu6 function with its settings (and parameters).
 
     With ``record_boundary_hits`` set (``model.set_attributes(
     record_boundary_hits=True)``, or ``nnx.view`` on newer flax), each call
@@ -21,12 +37,30 @@ class _Activation(nnx.Module):
     changes, and unset (the default) the module costs nothing more.
     """
 
+    activation = None  # A class's declaration, set by _build.
     record_boundary_hits: bool = False
 
+    def __init__(self, **settings: Any):
+        activation = _modules.activation_of(self)
+        names = [s.name for s in activation.settings]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unexpected setting(s) {unknown}; allowed: {names}."
+            )
+        for s in activation.settings:
+            setattr(self, s.name, settings.get(s.name, s.default))
+        for name, setting in activation.parameters.items():
+            setattr(self, name, nnx.Param(_modules.initial_value(getattr(self, setting))))
+
     def __call__(self, x: ArrayLike) -> jax.Array:
+        activation = _modules.activation_of(self)
         if self.record_boundary_hits:
-            _record(self, _modules.hits(self, x))
-        return _modules.apply(self, x)
+            hits = _modules.hits(self, x)
+            if hits is not None:
+                _record(self, hits)
+        parameters = {name: getattr(self, name)[...] for name in activation.parameters}
+        return _modules.apply(self, x, parameters)
 
     def set_view(self, record_boundary_hits: bool | None = None):
         """Used by ``nnx.view``.
@@ -50,63 +84,32 @@ def _record(module: nnx.Module, hits: _diagnostics.BoundaryHits) -> None:
         variable.value = _diagnostics.add_hits(variable.value, hits)
 
 
-class ReLU6(_Activation):
-    """:func:`jrelu6.relu6` as a module: ``min(max(x, 0), 6)``.
-
-    Args:
-      grad_at_zero: the derivative at ``x == 0`` (default 0, as jax.nn).
-      grad_at_six: the derivative at ``x == 6`` (default 0, as jax.nn).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jrelu6.nnx import ReLU6
-      >>> ReLU6(grad_at_zero=1.0)(jnp.array([-1.0, 7.0]))
-      Array([0., 6.], dtype=float32)
-    """
-
-    def __init__(self, *, grad_at_zero: float = 0.0, grad_at_six: float = 0.0):
-        self.grad_at_zero = grad_at_zero
-        self.grad_at_six = grad_at_six
-
-
-class CappedReLU(_Activation):
-    """:func:`jrelu6.capped_relu` as a module: ``min(max(x, 0), cap)``.
-
-    Args:
-      cap: the upper bound, > 0 (default 6: ReLU6).
-      grad_at_zero: the derivative at ``x == 0`` (default 0).
-      grad_at_cap: the derivative at ``x == cap`` (default 0).
-    """
-
-    def __init__(
-        self, *, cap: float = 6.0, grad_at_zero: float = 0.0, grad_at_cap: float = 0.0
-    ):
-        self.cap = cap
-        self.grad_at_zero = grad_at_zero
-        self.grad_at_cap = grad_at_cap
+def _build(name: str) -> type[_Activation]:
+    """The nnx class of ``TABLE[name]``, with a keyword-only signature of its settings."""
+    activation = _modules.TABLE[name]
+    cls = type(
+        name,
+        (_Activation,),
+        {
+            "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": _modules.docstring(name, activation, "Args"),
+            "activation": activation,
+        },
+    )
+    kw = inspect.Parameter.KEYWORD_ONLY
+    cls.__signature__ = inspect.Signature(
+        [inspect.Parameter(s.name, kw, default=s.default, annotation=s.type)
+         for s in activation.settings]
+    )
+    return cls
 
 
-class HardSigmoid(_Activation):
-    """:func:`jrelu6.hard_sigmoid` as a module: ``relu6(x + 3) / 6``.
-
-    Args:
-      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
-      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
-    """
-
-    def __init__(self, *, grad_at_zero: float = 0.0, grad_at_six: float = 0.0):
-        self.grad_at_zero = grad_at_zero
-        self.grad_at_six = grad_at_six
-
-
-class HardSwish(_Activation):
-    """:func:`jrelu6.hard_swish` as a module: ``x * relu6(x + 3) / 6``.
-
-    Args:
-      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
-      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
-    """
-
-    def __init__(self, *, grad_at_zero: float = 0.0, grad_at_six: float = 0.0):
-        self.grad_at_zero = grad_at_zero
-        self.grad_at_six = grad_at_six
+CappedReLU = _build("CappedReLU")
+FakeQuant = _build("FakeQuant")
+HardSigmoid = _build("HardSigmoid")
+HardSwish = _build("HardSwish")
+QuantizedHardSigmoid = _build("QuantizedHardSigmoid")
+QuantizedHardSwish = _build("QuantizedHardSwish")
+QuantizedReLU6 = _build("QuantizedReLU6")
+ReLU6 = _build("ReLU6")

@@ -463,3 +463,139 @@ def test_relu6_inplace_16bit_matches_relu6_on_every_value(dtype):
     out = jrelu6.relu6_inplace(jnp.array(x, copy=True))
     assert out.dtype == dtype
     np.testing.assert_array_equal(np.asarray(out, np.float32), expected)
+
+
+# ------------------------------------------------------------ edge cases
+
+WEAK_CASES = [
+    (jrelu6.relu6, {}),
+    (jrelu6.hard_sigmoid, {}),
+    (jrelu6.hard_swish, {}),
+    (jrelu6.capped_relu, {"cap": 2.0}),
+    (jrelu6.relu6_derivative, {}),
+]
+
+
+@pytest.mark.parametrize("fn, kwargs", WEAK_CASES)
+def test_python_scalar_input_stays_weakly_typed(fn, kwargs):
+    out = fn(3.0, **kwargs)
+    assert (out * jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+    assert (jax.nn.relu6(3.0) * jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("fn", [jrelu6.relu6, jrelu6.hard_sigmoid, jrelu6.hard_swish])
+def test_gradient_of_a_python_scalar_is_weakly_typed_like_jax_nn(fn):
+    assert (jax.grad(fn)(3.0) * jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("mode", ["grad", "jit_grad", "vjp", "jvp"])
+@pytest.mark.parametrize("g0, g6", SETTINGS)
+def test_infinite_cotangent_in_a_flat_region_gives_zero(mode, g0, g6):
+    x = jnp.array([-1.0, 7.0, jnp.inf, -jnp.inf])
+    fn = lambda v: jrelu6.relu6(v, grad_at_zero=g0, grad_at_six=g6)  # noqa: E731
+    inf = jnp.full_like(x, jnp.inf)
+    got = {
+        "grad": lambda: jax.grad(lambda v: (fn(v) * jnp.inf).sum())(x),
+        "jit_grad": lambda: jax.jit(jax.grad(lambda v: (fn(v) * jnp.inf).sum()))(x),
+        "vjp": lambda: jax.vjp(fn, x)[1](inf)[0],
+        "jvp": lambda: jax.jvp(fn, (x,), (inf,))[1],
+    }[mode]()
+    np.testing.assert_array_equal(np.asarray(got), np.zeros(4))
+
+
+def test_infinite_cotangent_matches_jax_nn_everywhere_at_defaults():
+    x = jnp.array([-1.0, 0.0, 3.0, 6.0, 7.0])
+    for cot in (jnp.inf, -jnp.inf):
+        ours = jax.vjp(jrelu6.relu6, x)[1](jnp.full_like(x, cot))[0]
+        theirs = jax.vjp(jax.nn.relu6, x)[1](jnp.full_like(x, cot))[0]
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_infinite_cotangent_on_a_nonzero_kink_slope_is_infinite():
+    fn = lambda v: jrelu6.relu6(v, grad_at_zero=0.5)  # noqa: E731
+    assert jax.vjp(fn, 0.0)[1](jnp.inf)[0] == jnp.inf
+
+
+def test_infinite_cotangent_under_vmap_and_for_the_cap():
+    x = jnp.array([-1.0, 7.0])
+    got = jax.vmap(jax.grad(lambda v: jrelu6.relu6(v) * jnp.inf))(x)
+    np.testing.assert_array_equal(np.asarray(got), [0.0, 0.0])
+    dcap = jax.grad(lambda c: (jrelu6.capped_relu(x, cap=c) * jnp.inf).sum())(8.0)
+    assert dcap == 0.0
+
+
+def test_hard_swish_gradient_at_infinities_is_zero_and_one():
+    got = jax.vmap(jax.grad(jrelu6.hard_swish))(jnp.array([-jnp.inf, jnp.inf]))
+    np.testing.assert_array_equal(np.asarray(got), [0.0, 1.0])
+
+
+@pytest.mark.parametrize("mode", ["grad", "jit_grad", "jvp", "vmap"])
+def test_nan_input_still_gives_nan_gradient_with_an_infinite_cotangent(mode):
+    fn = jrelu6.relu6
+    got = {
+        "grad": lambda: jax.grad(lambda v: fn(v) * jnp.inf)(jnp.nan),
+        "jit_grad": lambda: jax.jit(jax.grad(fn))(jnp.nan),
+        "jvp": lambda: jax.jvp(fn, (jnp.nan,), (jnp.inf,))[1],
+        "vmap": lambda: jax.vmap(jax.grad(fn))(jnp.array([jnp.nan]))[0],
+    }[mode]()
+    assert np.isnan(got)
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs",
+    [
+        (jrelu6.relu6, {"grad_at_zero": 1e39}),
+        (jrelu6.relu6, {"grad_at_six": -1e39}),
+        (jrelu6.hard_sigmoid, {"grad_at_zero": 1e39}),
+        (jrelu6.hard_swish, {"grad_at_six": 1e39}),
+        (jrelu6.relu6_derivative, {"grad_at_zero": 1e39}),
+        (jrelu6.capped_relu, {"cap": 1e39}),
+        (jrelu6.capped_relu, {"cap": 1.0, "grad_at_cap": 1e39}),
+        (jrelu6.boundary_hits, {"cap": 1e39}),
+        (jrelu6.boundary_hits, {"shift": 1e39}),
+    ],
+)
+def test_setting_not_finite_in_float32_is_refused(fn, kwargs):
+    name = next(iter(kwargs)) if len(kwargs) == 1 else "grad_at_cap"
+    with pytest.raises(ValueError, match=rf"^{fn.__name__}: {name}=.*float32"):
+        fn(jnp.ones(2), **kwargs)
+
+
+@pytest.mark.parametrize("dtype, value", [(jnp.float16, 7e4), (jnp.bfloat16, 1e39)])
+def test_setting_not_finite_in_16_bits_is_refused(dtype, value):
+    with pytest.raises(ValueError, match=rf"^relu6: grad_at_zero=.*{jnp.dtype(dtype).name}"):
+        jrelu6.relu6(jnp.ones(2, dtype), grad_at_zero=value)
+    with pytest.raises(ValueError, match="^relu6_inplace: grad_at_zero"):
+        jrelu6.relu6_inplace(jnp.ones(2, dtype), grad_at_zero=value)
+
+
+def test_setting_finite_in_float16_is_accepted():
+    g = jax.grad(lambda v: jrelu6.relu6(v, grad_at_zero=6e4).astype(jnp.float32))
+    assert g(jnp.float16(0)) == jnp.float16(6e4)
+
+
+@pytest.mark.parametrize("cap", [2.5, 0.5])
+def test_fractional_cap_for_integer_input_is_refused(cap):
+    with pytest.raises(ValueError, match="^capped_relu: cap must be a whole number.*int32"):
+        jrelu6.capped_relu(jnp.array([3, 100]), cap=cap)
+
+
+def test_whole_float_cap_for_integer_input_is_accepted():
+    out = jrelu6.capped_relu(jnp.array([3, 100]), cap=2.0)
+    assert out.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(out), [2, 2])
+
+
+def test_cap_above_the_integer_range_caps_nothing():
+    x = jnp.array([-3, 3, 100, 127], jnp.int8)
+    np.testing.assert_array_equal(
+        np.asarray(jrelu6.capped_relu(x, cap=300.0)), [0, 3, 100, 127]
+    )
+
+
+@pytest.mark.parametrize("fn", [jrelu6.relu6_inplace, jrelu6.relu6, jrelu6.hard_swish])
+def test_donated_input_raises_an_error_naming_the_function(fn):
+    x = jnp.array([-1.0, 7.0])
+    jrelu6.relu6_inplace(x)
+    with pytest.raises(ValueError, match=rf"^{fn.__name__}: the input array has been deleted"):
+        fn(x)

@@ -12,6 +12,16 @@ from flax import nnx
 import jrelu6
 import jrelu6.linen
 import jrelu6.nnx
+from jrelu6 import _modules
+
+
+
+def _fake_quant(x, init_min=-6.0, init_max=6.0, **settings):
+    """fake_quant with a FakeQuant module's settings (its range at the initial values)."""
+    return jrelu6.fake_quant(x, min=init_min, max=init_max, **settings)
+
+
+_QUANT = dict(num_bits=4, scheme="fixed_point", grad_at_zero=1.0, grad_at_six=0.5)
 
 # name -> (function, settings that differ from the defaults)
 CASES = {
@@ -19,7 +29,14 @@ CASES = {
     "CappedReLU": (jrelu6.capped_relu, dict(cap=3.0, grad_at_zero=1.0, grad_at_cap=0.5)),
     "HardSigmoid": (jrelu6.hard_sigmoid, dict(grad_at_zero=1.0, grad_at_six=0.5)),
     "HardSwish": (jrelu6.hard_swish, dict(grad_at_zero=1.0, grad_at_six=0.5)),
+    "QuantizedReLU6": (jrelu6.quantized_relu6, _QUANT),
+    "QuantizedHardSigmoid": (jrelu6.quantized_hard_sigmoid, _QUANT),
+    "QuantizedHardSwish": (
+        jrelu6.quantized_hard_swish, dict(num_bits=3, narrow_range=True, grad_at_six=1.0)
+    ),
+    "FakeQuant": (_fake_quant, dict(init_min=-2.0, init_max=5.0, num_bits=3, narrow_range=True)),
 }
+PARAMETER_FREE = [name for name in CASES if name != "FakeQuant"]
 X = jnp.array([-4.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0, 7.0])
 
 
@@ -40,17 +57,26 @@ def test_linen_and_nnx_export_the_same_names():
     assert set(jrelu6.linen.__all__) == set(CASES)
 
 
+@pytest.mark.parametrize("framework", [jrelu6.linen, jrelu6.nnx])
+def test_every_table_entry_is_a_module_that_carries_it(framework):
+    assert set(framework.__all__) == set(_modules.TABLE)
+    for name, activation in _modules.TABLE.items():
+        assert getattr(framework, name).activation is activation
+        assert getattr(framework, name).__name__ == name
+
+
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("configured", [False, True])
 def test_linen_module_equals_function(name, configured):
     fn, settings = CASES[name]
     settings = settings if configured else ({"cap": 6.0} if name == "CappedReLU" else {})
     module = _linen(name, **settings)
+    variables = module.init(jax.random.key(0), X)
     np.testing.assert_array_equal(
-        np.asarray(module.apply({}, X)), np.asarray(fn(X, **settings))
+        np.asarray(module.apply(variables, X)), np.asarray(fn(X, **settings))
     )
     np.testing.assert_array_equal(
-        np.asarray(_derivative(lambda x: module.apply({}, x))),
+        np.asarray(_derivative(lambda x: module.apply(variables, x))),
         np.asarray(_derivative(lambda x: fn(x, **settings))),
     )
 
@@ -59,16 +85,17 @@ def test_linen_module_equals_function(name, configured):
 def test_linen_and_nnx_give_identical_values_and_derivatives(name):
     _, settings = CASES[name]
     linen_module, nnx_module = _linen(name, **settings), _nnx(name, **settings)
+    variables = linen_module.init(jax.random.key(0), X)
     np.testing.assert_array_equal(
-        np.asarray(linen_module.apply({}, X)), np.asarray(nnx_module(X))
+        np.asarray(linen_module.apply(variables, X)), np.asarray(nnx_module(X))
     )
     np.testing.assert_array_equal(
-        np.asarray(_derivative(lambda x: linen_module.apply({}, x))),
+        np.asarray(_derivative(lambda x: linen_module.apply(variables, x))),
         np.asarray(_derivative(nnx_module)),
     )
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", PARAMETER_FREE)
 def test_modules_have_no_parameters(name):
     assert _linen(name).init(jax.random.key(0), X) == {}
     assert nnx.state(_nnx(name), nnx.Param) == nnx.State({})
@@ -162,3 +189,94 @@ def test_a_subclass_keeps_its_parents_function(framework):
     module = MyReLU6(grad_at_zero=1.0)
     call = (lambda x: module.apply({}, x)) if framework is jrelu6.linen else module
     np.testing.assert_array_equal(np.asarray(call(X)), np.asarray(jrelu6.relu6(X)))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_unbound_linen_module_applies_its_function(name):  # FakeQuant: at its initial range
+    fn, settings = CASES[name]
+    np.testing.assert_array_equal(
+        np.asarray(_linen(name, **settings)(X)), np.asarray(fn(X, **settings))
+    )
+
+
+def test_unbound_linen_module_under_jit_and_grad():
+    module = jrelu6.linen.ReLU6(grad_at_zero=1.0)
+    assert jax.jit(jax.grad(lambda x: module(x)))(0.0) == 1.0
+
+
+@pytest.mark.parametrize("framework", ["linen", "nnx"])
+def test_nnx_and_linen_refuse_unknown_settings(framework):
+    make = _linen if framework == "linen" else _nnx
+    with pytest.raises(TypeError, match="unexpected"):
+        make("ReLU6", grad_at_seven=1.0)
+
+
+def test_nnx_signature_is_keyword_only_with_defaults():
+    import inspect
+
+    params = inspect.signature(jrelu6.nnx.QuantizedReLU6).parameters
+    assert list(params) == ["num_bits", "narrow_range", "scheme", "grad_at_zero", "grad_at_six"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    assert params["num_bits"].default == 8
+
+
+def test_fake_quant_module_parameters_start_at_the_given_range():
+    linen_module = jrelu6.linen.FakeQuant(init_min=-1.0, init_max=3.0)
+    params = linen_module.init(jax.random.key(0), X)["params"]
+    assert set(params) == {"min", "max"}
+    assert params["min"] == -1.0 and params["max"] == 3.0
+    assert params["max"].dtype == jnp.float32
+    nnx_module = jrelu6.nnx.FakeQuant(init_min=-1.0, init_max=3.0)
+    state = nnx.state(nnx_module, nnx.Param)
+    assert float(state["min"][...]) == -1.0 and float(state["max"][...]) == 3.0
+
+
+def _range_grads(lo, hi, x):
+    return jax.grad(lambda r: jrelu6.fake_quant(x, min=r[0], max=r[1]).sum())(jnp.array([lo, hi]))
+
+
+def test_fake_quant_module_range_gradients_equal_the_functions():
+    x = jnp.array([-3.0, -2.5, 0.3, 1.0, 4.0, 9.0])
+    expected = _range_grads(-2.0, 3.0, x)
+    module = jrelu6.linen.FakeQuant(init_min=-2.0, init_max=3.0)
+    params = module.init(jax.random.key(0), x)
+    grads = jax.grad(lambda p: module.apply(p, x).sum())(params)["params"]
+    np.testing.assert_array_equal([grads["min"], grads["max"]], np.asarray(expected))
+    model = jrelu6.nnx.FakeQuant(init_min=-2.0, init_max=3.0)
+    grads = nnx.grad(lambda m: m(x).sum())(model)
+    np.testing.assert_array_equal(
+        [grads["min"][...], grads["max"][...]], np.asarray(expected)
+    )
+    np.testing.assert_array_equal(np.asarray(expected), [2.0, 2.0])  # two below, two above
+
+
+def test_fake_quant_module_range_learns_to_cover_the_data():
+    # Data in [0, 4]; the range starts at [0, 1]: a squared error pulls max up.
+    x = jnp.linspace(0.0, 4.0, 64)
+    model = jrelu6.nnx.FakeQuant(init_min=0.0, init_max=1.0, num_bits=8)
+
+    @nnx.jit
+    def step(model):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - x) ** 2))(model)
+        nnx.update(model, jax.tree.map(lambda p, g: p - 0.5 * g, nnx.state(model, nnx.Param), grads))
+        return loss
+
+    first = step(model)
+    for _ in range(50):
+        last = step(model)
+    assert float(last) < 0.01 * float(first)
+    assert 3.5 < float(model.max[...]) < 4.1
+
+
+def test_quantized_and_fake_quant_modules_record_only_relu6_kinks():
+    x = jnp.array([[0.0, 6.0, 3.0]])
+    model = nn.Sequential([jrelu6.linen.QuantizedReLU6(), jrelu6.linen.FakeQuant()])
+    variables = model.init(jax.random.key(0), x)
+    _, hits = model.apply(variables, x, mutable=["boundary_hits"])
+    rows = jrelu6.summarize_boundary_hits(hits)
+    assert [(r.layer, r.at_zero, r.at_cap) for r in rows] == [("layers_0", 1, 1)]
+    net = nnx.Sequential(jrelu6.nnx.QuantizedHardSwish(), jrelu6.nnx.FakeQuant())
+    net.set_attributes(record_boundary_hits=True)
+    net(x - 3.0)
+    rows = jrelu6.summarize_boundary_hits(nnx.pop(net, nnx.Intermediate))
+    assert [(r.layer, r.at_zero, r.at_cap) for r in rows] == [("layers/0", 1, 1)]

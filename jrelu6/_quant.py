@@ -1,0 +1,406 @@
+"""Fake quantization (quantize, then dequantize) for quantization-aware training.
+
+A fake-quantized tensor keeps its floating dtype but takes only the values of a
+uniform grid, so a model trained with it sees the rounding an integer model
+will apply, while gradients flow through the *straight-through estimator*: the
+rounding is treated as the identity on the grid's range.
+
+The grid is TensorFlow's (``tf.quantization.fake_quant_with_min_max_vars``):
+``2**num_bits`` levels (one fewer with ``narrow_range``) spanning ``[min,
+max]``, after the range is *nudged* so that 0 is exactly one of the levels
+(zero padding must quantize to zero). Values are rounded half up, and
+computed in float32 for 16-bit inputs.
+
+How PyTorch's ``torch.fake_quantize_per_tensor_affine`` differs: it takes a
+scale and an integer zero point rather than a range, rounds half to *even*
+(``nearbyint``: 2.5 steps goes to 2, not 3) and computes ``x / scale`` as
+``x * (1 / scale)``; its straight-through mask keeps the cotangent where the
+*rounded* value lies in ``[quant_min, quant_max]``, so an input up to half a
+step outside the range still gets a gradient. Away from exact ties and from
+those half steps at the ends, the two agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.typing import ArrayLike
+
+from jrelu6 import _core, _functions
+from jrelu6._validation import check_array, check_scalar
+
+#: The quantization schemes of :func:`quantized_relu6`.
+SCHEMES = ("affine", "fixed_point")
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    """float32 for 16-bit floats (as TensorFlow computes them), else ``dtype``."""
+    return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
+
+
+def _nudge(lo: jax.Array, hi: jax.Array, qmin: int, qmax: int):
+    """TensorFlow's nudged range: ``(nudged_min, nudged_max, scale)``.
+
+    The real zero is moved onto the grid: the zero point ``qmin - lo / scale``
+    is clamped to ``[qmin, qmax]`` and rounded (half away from zero, as
+    ``std::round``), and the range is rebuilt around it.
+    """
+    qmin_f = lax.full_like(lo, qmin, shape=())
+    qmax_f = lax.full_like(lo, qmax, shape=())
+    scale = (hi - lo) / (qmax_f - qmin_f)
+    zero_point = lax.round(
+        jnp.clip(qmin_f - lo / scale, qmin_f, qmax_f), lax.RoundingMethod.AWAY_FROM_ZERO
+    )
+    return (qmin_f - zero_point) * scale, (qmax_f - zero_point) * scale, scale
+
+
+def _bounds(x, lo, hi, qmin, qmax):
+    """``x`` and the nudged range, all in the compute dtype."""
+    dtype = _compute_dtype(x.dtype)
+    nudged_min, nudged_max, scale = _nudge(_cast(lo, dtype), _cast(hi, dtype), qmin, qmax)
+    return _cast(x, dtype), nudged_min, nudged_max, scale
+
+
+def _cast(x, dtype):
+    """``x`` in ``dtype``, unchanged (weak type kept) when already in it."""
+    x = jnp.asarray(x)
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+# custom_jvp outermost, jit inside (as in _core). The grid's level counts are
+# static: a handful of values, each its own compiled function.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def fake_quant_core(x: jax.Array, lo: ArrayLike, hi: ArrayLike, qmin: int, qmax: int):
+    """Fake-quantizes floating ``x`` onto levels ``qmin..qmax`` over ``[lo, hi]``."""
+    wide, nudged_min, nudged_max, scale = _bounds(x, lo, hi, qmin, qmax)
+    clamped = jnp.clip(wide, nudged_min, nudged_max)
+    levels = jnp.floor((clamped - nudged_min) / scale + lax.full_like(wide, 0.5, shape=()))
+    return _cast(levels * scale + nudged_min, x.dtype)
+
+
+# The straight-through rule of TensorFlow's FakeQuantWithMinMaxVarsGradient:
+# d/dx is 1 on the closed nudged range and 0 outside; d/dmin is 1 where x is
+# below it, d/dmax 1 where x is above it (the nudging itself is not
+# differentiated). Written as selects, linear in the tangents (the slope is
+# applied by _core.scale, which gives 0 where the slope is 0 even for an
+# infinite (co)tangent), so the transpose sums the cotangent over the elements
+# below (above) the range for min (max). A NaN input gets a NaN derivative, as
+# everywhere in jrelu6.
+@functools.partial(fake_quant_core.defjvp, symbolic_zeros=True)
+def _fake_quant_jvp(qmin, qmax, primals, tangents):
+    x, lo, hi = primals
+    x_dot, lo_dot, hi_dot = tangents
+    y = fake_quant_core(x, lo, hi, qmin, qmax)
+    wide, nudged_min, nudged_max, _ = _bounds(x, lo, hi, qmin, qmax)
+    below, above = wide < nudged_min, wide > nudged_max
+    zeros = jnp.zeros_like(y)
+    y_dot = zeros
+    if not isinstance(x_dot, SymbolicZero):
+        one = jnp.ones_like(y)
+        slope = jnp.where(below | above, zeros, one)
+        slope = jnp.where(jnp.isnan(wide), jnp.full_like(y, jnp.nan), slope)
+        y_dot = _core.scale(slope, x_dot)
+    if not isinstance(lo_dot, SymbolicZero):
+        y_dot = y_dot + jnp.where(below, jnp.asarray(lo_dot).astype(x.dtype), zeros)
+    if not isinstance(hi_dot, SymbolicZero):
+        y_dot = y_dot + jnp.where(above, jnp.asarray(hi_dot).astype(x.dtype), zeros)
+    return y, y_dot
+
+
+def _check_num_bits(fn_name: str, num_bits) -> int:
+    if isinstance(num_bits, bool) or not isinstance(num_bits, int):
+        raise TypeError(f"{fn_name}: num_bits must be an int, got {num_bits!r}.")
+    if not 2 <= num_bits <= 16:
+        raise ValueError(f"{fn_name}: num_bits must be in [2, 16], got {num_bits}.")
+    return num_bits
+
+
+def _check_bool(fn_name: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn_name}: {name} must be a bool, got {value!r}.")
+    return value
+
+
+def _check_floating(fn_name: str, x) -> jax.Array:
+    x = check_array(fn_name, x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn_name}: expected a floating array, got dtype {x.dtype}; cast it "
+            "(for example x.astype(jnp.float32)) first."
+        )
+    return x
+
+
+def _levels(num_bits: int, narrow_range: bool) -> tuple[int, int]:
+    """``(qmin, qmax)``: 0 (1 with ``narrow_range``) and ``2**num_bits - 1``."""
+    return int(narrow_range), 2**num_bits - 1
+
+
+def fake_quant(
+    x: ArrayLike,
+    *,
+    min: ArrayLike,  # noqa: A002  (TensorFlow's name)
+    max: ArrayLike,  # noqa: A002
+    num_bits: int = 8,
+    narrow_range: bool = False,
+) -> jax.Array:
+    r"""Quantize-dequantize ``x`` onto a uniform grid over ``[min, max]``.
+
+    The function of TensorFlow's ``fake_quant_with_min_max_vars``. With
+    :math:`q_{\min} = 1` if ``narrow_range`` else 0, :math:`q_{\max} =
+    2^b - 1` and :math:`s = (\max - \min) / (q_{\max} - q_{\min})`, the range
+    is nudged so that 0 is a level:
+
+    .. math::
+        z = \mathrm{round}(\mathrm{clip}(q_{\min} - \min / s, q_{\min},
+        q_{\max})), \quad m = (q_{\min} - z) s, \quad M = (q_{\max} - z) s
+
+    and then
+
+    .. math::
+        \mathrm{fake\_quant}(x) = \left\lfloor \frac{\mathrm{clip}(x, m, M) - m}{s}
+        + \frac{1}{2} \right\rfloor s + m
+
+    computed in float32 for 16-bit inputs and returned in ``x``'s dtype. The
+    gradient is the straight-through estimator: the cotangent passes
+    unchanged where :math:`m \le x \le M` and is 0 outside (NaN at NaN).
+    ``min`` and ``max`` may be traced and differentiated, as TensorFlow's
+    variables: :math:`\partial/\partial\min` collects the cotangent where
+    :math:`x < m`, :math:`\partial/\partial\max` where :math:`x > M`, so a
+    learnable range trains.
+
+    PyTorch's ``torch.fake_quantize_per_tensor_affine`` rounds ties to even
+    and masks its gradient on the rounded value; see :mod:`jrelu6._quant`.
+
+    Args:
+      x: a real floating array.
+      min: the lower end of the range, a finite real scalar (may be traced).
+      max: the upper end, a finite real scalar greater than ``min``.
+      num_bits: the bit width :math:`b`, an int in [2, 16].
+      narrow_range: if True, use levels 1 to :math:`2^b - 1` (a grid
+        symmetric about 0 for a symmetric range), as TensorFlow.
+
+    Returns:
+      An array of the shape and dtype of ``x``, whose values are levels.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jrelu6
+      >>> x = jnp.array([-1.0, 0.2, 0.3, 1.0, 5.0])
+      >>> jrelu6.fake_quant(x, min=0.0, max=1.5, num_bits=2)
+      Array([0. , 0. , 0.5, 1. , 1.5], dtype=float32)
+      >>> jax.grad(lambda lo: jrelu6.fake_quant(x, min=lo, max=1.5).sum())(0.0)
+      Array(1., dtype=float32, weak_type=True)
+
+    See also:
+      :func:`quantized_relu6`.
+    """
+    x = _check_floating("fake_quant", x)
+    return _fake_quant("fake_quant", x, min, max, num_bits, narrow_range)
+
+
+def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
+    """Validates the range and the grid, then applies the core."""
+    num_bits = _check_num_bits(fn_name, num_bits)
+    narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
+    dtype = _compute_dtype(x.dtype)
+    lo = check_scalar(fn_name, "min", lo, dtype=dtype)
+    hi = check_scalar(fn_name, "max", hi, dtype=dtype)
+    if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
+        if not float(lo) < float(hi):
+            raise ValueError(
+                f"{fn_name}: min must be less than max, got min={float(lo)}, max={float(hi)}."
+            )
+    return fake_quant_core(x, lo, hi, *_levels(num_bits, narrow_range))
+
+
+def _relu6_levels(fn_name: str, num_bits, narrow_range, scheme) -> tuple[int, int]:
+    r"""The levels of a quantized relu6's output grid on [0, 6].
+
+    ``"affine"``: TensorFlow's grid on [0, 6] (which nudging leaves as is: 0 is
+    already a level). ``"fixed_point"``: 3 integer bits and ``num_bits - 3``
+    fractional ones, steps of :math:`2^{-(b-3)}` from 0 to 6, i.e. the levels
+    0 to :math:`6 \cdot 2^{b-3}` over [0, 6] (so 6 and every step are exact).
+    """
+    num_bits = _check_num_bits(fn_name, num_bits)
+    narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
+    if scheme not in SCHEMES:
+        raise ValueError(f"{fn_name}: scheme must be one of {SCHEMES}, got {scheme!r}.")
+    if scheme == "affine":
+        return _levels(num_bits, narrow_range)
+    if narrow_range:
+        raise ValueError(
+            f"{fn_name}: narrow_range applies to the affine scheme only, not to "
+            "scheme='fixed_point'."
+        )
+    return 0, 6 * 2**num_bits // 8
+
+
+def quantized_relu6(
+    x: ArrayLike,
+    *,
+    num_bits: int = 8,
+    narrow_range: bool = False,
+    scheme: str = "affine",
+    grad_at_zero: ArrayLike = 0.0,
+    grad_at_six: ArrayLike = 0.0,
+) -> jax.Array:
+    r""":func:`relu6`, then fake-quantized on [0, 6]: the activation of an int8 MobileNet.
+
+    .. math::
+        \mathrm{quantized\_relu6}(x) = \mathrm{fake\_quant}(\mathrm{relu6}(x),
+        \min = 0, \max = 6)
+
+    ``scheme="affine"`` (default) is the grid of :func:`fake_quant`:
+    :math:`2^b` levels from 0 to 6 in steps of :math:`6 / (2^b - 1)` (0 and 6
+    are levels; nudging changes nothing). ``scheme="fixed_point"`` is the
+    argument "relu6's range needs only 3 integer bits": :math:`b - 3`
+    fractional bits, steps of :math:`2^{-(b-3)}` from 0 to 6 (for 8 bits,
+    steps of 1/32 and 193 of the 256 codes used).
+
+    The derivative is relu6's, kink settings included (:math:`g_0` at 0,
+    :math:`g_6` at 6): the straight-through estimator passes it unchanged
+    on [0, 6], which holds all of relu6's outputs.
+
+    Args:
+      x: a real floating array (integers are promoted to the default float).
+      num_bits: the bit width :math:`b`, an int in [2, 16].
+      narrow_range: affine scheme only: levels 1 to :math:`2^b - 1`.
+      scheme: ``"affine"`` or ``"fixed_point"``.
+      grad_at_zero: :math:`g_0`, the derivative at ``x == 0``.
+      grad_at_six: :math:`g_6`, the derivative at ``x == 6``.
+
+    Returns:
+      A floating array of the shape of ``x`` (its dtype, if floating).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jrelu6
+      >>> x = jnp.array([-1.0, 0.1, 1.3, 6.0, 7.0])
+      >>> jrelu6.quantized_relu6(x, num_bits=4)
+      Array([0. , 0. , 1.2, 6. , 6. ], dtype=float32)
+      >>> jrelu6.quantized_relu6(x, num_bits=4, scheme="fixed_point")
+      Array([0. , 0. , 1.5, 6. , 6. ], dtype=float32)
+      >>> jax.grad(lambda x: jrelu6.quantized_relu6(x, grad_at_six=1.0))(6.0)
+      Array(1., dtype=float32, weak_type=True)
+
+    See also:
+      :func:`fake_quant`, :func:`relu6`, :func:`quantized_hard_swish`.
+    """
+    x = _functions._as_float("quantized_relu6", x)
+    return _quantized_relu6(
+        "quantized_relu6", x, num_bits, narrow_range, scheme, grad_at_zero, grad_at_six
+    )
+
+
+def _quantized_relu6(fn_name, x, num_bits, narrow_range, scheme, grad_at_zero, grad_at_six):
+    qmin, qmax = _relu6_levels(fn_name, num_bits, narrow_range, scheme)
+    grad_at_zero, grad_at_six = _functions._kinks(fn_name, x, grad_at_zero, grad_at_six)
+    return _quantized_relu6_jit(x, grad_at_zero, grad_at_six, qmin, qmax)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _quantized_relu6_jit(x, grad_at_zero, grad_at_six, qmin, qmax):
+    y = _core.capped_relu(x, 6.0, grad_at_zero, grad_at_six)
+    return fake_quant_core(y, 0.0, 6.0, qmin, qmax)
+
+
+def _quantized_hard(fn_name, x, num_bits, narrow_range, scheme, grad_at_zero, grad_at_six, op):
+    x = _functions._as_float(fn_name, x)
+    qmin, qmax = _relu6_levels(fn_name, num_bits, narrow_range, scheme)
+    grad_at_zero, grad_at_six = _functions._kinks(fn_name, x, grad_at_zero, grad_at_six)
+    return _quantized_hard_jit(x, grad_at_zero, grad_at_six, qmin, qmax, op)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _quantized_hard_jit(x, grad_at_zero, grad_at_six, qmin, qmax, op):
+    gate = _quantized_relu6_jit(x + 3, grad_at_zero, grad_at_six, qmin, qmax) / 6
+    return gate if op is None else op(x, gate)
+
+
+def quantized_hard_sigmoid(
+    x: ArrayLike,
+    *,
+    num_bits: int = 8,
+    narrow_range: bool = False,
+    scheme: str = "affine",
+    grad_at_zero: ArrayLike = 0.0,
+    grad_at_six: ArrayLike = 0.0,
+) -> jax.Array:
+    r""":func:`hard_sigmoid` whose inner relu6 is :func:`quantized_relu6`.
+
+    .. math::
+        \mathrm{quantized\_hard\_sigmoid}(x) = \mathrm{quantized\_relu6}(x + 3) / 6
+
+    Args:
+      x: a real floating array (integers are promoted to the default float).
+      num_bits: as in :func:`quantized_relu6`.
+      narrow_range: as in :func:`quantized_relu6`.
+      scheme: as in :func:`quantized_relu6`.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+
+    Returns:
+      A floating array of the shape of ``x``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> x = jnp.array([-4.0, 0.0, 0.1, 3.0])
+      >>> jrelu6.quantized_hard_sigmoid(x, num_bits=4, scheme="fixed_point")
+      Array([0. , 0.5, 0.5, 1. ], dtype=float32)
+
+    See also:
+      :func:`quantized_hard_swish`, :func:`hard_sigmoid`.
+    """
+    return _quantized_hard(
+        "quantized_hard_sigmoid", x, num_bits, narrow_range, scheme, grad_at_zero,
+        grad_at_six, None,
+    )
+
+
+def quantized_hard_swish(
+    x: ArrayLike,
+    *,
+    num_bits: int = 8,
+    narrow_range: bool = False,
+    scheme: str = "affine",
+    grad_at_zero: ArrayLike = 0.0,
+    grad_at_six: ArrayLike = 0.0,
+) -> jax.Array:
+    r""":func:`hard_swish` whose inner relu6 is :func:`quantized_relu6` (MobileNetV3 QAT).
+
+    .. math::
+        \mathrm{quantized\_hard\_swish}(x) = x \cdot \mathrm{quantized\_relu6}(x + 3) / 6
+
+    Only the gate is quantized (the product is not); its derivative is the
+    product rule with the gate's straight-through derivative, so it equals
+    :func:`hard_swish`'s derivative wherever the gate is not rounded.
+
+    Args:
+      x: a real floating array (integers are promoted to the default float).
+      num_bits: as in :func:`quantized_relu6`.
+      narrow_range: as in :func:`quantized_relu6`.
+      scheme: as in :func:`quantized_relu6`.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+
+    Returns:
+      A floating array of the shape of ``x``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> x = jnp.array([-4.0, -1.5, 1.6, 3.0, 5.0])
+      >>> jrelu6.quantized_hard_swish(x, num_bits=4, scheme="fixed_point")
+      Array([-0.   , -0.375,  1.2  ,  3.   ,  5.   ], dtype=float32)
+
+    See also:
+      :func:`quantized_hard_sigmoid`, :func:`hard_swish`.
+    """
+    return _quantized_hard(
+        "quantized_hard_swish", x, num_bits, narrow_range, scheme, grad_at_zero,
+        grad_at_six, operator.mul,
+    )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import pickle
 from collections.abc import Iterator, Sequence
@@ -257,8 +258,18 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The order of the training examples in ``epoch``: a pure function of ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+    """The order of the training examples in ``epoch``: a pure function of ``(seed, epoch)``.
+
+    The latest orders are cached (read-only), so consecutive steps share one.
+    """
+    return _permutation(num_examples, seed, epoch)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order.setflags(write=False)
+    return order
 
 
 def batch_indices(num_examples: int, *, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -315,15 +326,10 @@ def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: i
       ``{"image": uint8 [B, H, W, C], "label": int32 [B]}`` global arrays.
     """
     num_examples = dataset.train_images.shape[0]
-    per_epoch = steps_per_epoch(num_examples, batch_size)
-    order_epoch, order = -1, np.empty(0, np.int64)
 
     def host_batch(step: int) -> dict[str, np.ndarray]:
-        nonlocal order_epoch, order
-        epoch, position = divmod(step, per_epoch)
-        if epoch != order_epoch:  # One permutation per epoch (batch_indices, cached).
-            order_epoch, order = epoch, epoch_permutation(num_examples, seed=seed, epoch=epoch)
-        indices = _process_slice(order[position * batch_size:(position + 1) * batch_size])
+        indices = _process_slice(batch_indices(num_examples, batch_size=batch_size, seed=seed,
+                                               step=step))
         return {"image": dataset.train_images[indices], "label": dataset.train_labels[indices]}
 
     ahead: collections.deque[dict[str, jax.Array]] = collections.deque()

@@ -1,18 +1,19 @@
-"""Training and evaluation of the MobileNet example: optax, jax.sharding, orbax.
+"""The training loop of the MobileNet example: :func:`train_and_evaluate`.
 
-The recipe, in the order :func:`train_and_evaluate` runs it:
+The recipe, in the order :func:`fit` runs it:
 
-1. Load the data (a bad data directory fails here, before anything is written).
-2. Build a :class:`jax.sharding.Mesh` over every device with one axis, ``"data"``:
-   batches are split on it, the train state is replicated. The same code runs on
-   one CPU, on 8 forced host devices, on a GPU/TPU host, and on several hosts
-   after ``jax.distributed.initialize()`` (``Config.distributed``).
-3. Create the replicated :class:`TrainState` (:func:`create_train_state`) and the
-   jitted steps (:func:`make_train_step`, :func:`make_eval_step`); the train step
-   donates the state, so parameters are updated in place.
-4. Restore the latest orbax checkpoint of the work directory, if any. The data
-   order is a pure function of ``(seed, step)`` and the per-step PRNG key is
-   ``fold_in(rng, step)``, so a resumed run repeats an uninterrupted one exactly.
+1. Check the work directory (writable, consistent, the same settings as the run
+   it holds), then load the data: a bad directory fails here, before anything
+   is written or compiled.
+2. Build the one-axis device mesh (:mod:`mobilenet.sharding`): batches are
+   split on it, the train state is replicated (``Config.distributed`` first
+   calls ``jax.distributed.initialize()``).
+3. Restore the newest intact checkpoint (:mod:`mobilenet.checkpoints`; damaged
+   steps are moved aside and said so). The data order is a pure function of
+   ``(seed, step)`` and the per-step PRNG key is ``fold_in(rng, step)``, so a
+   resumed run repeats an uninterrupted one exactly.
+4. Compile the train and eval steps (:mod:`mobilenet.train_state`) in threads
+   while the main thread initializes the state.
 5. Train. The host only dispatches: metrics are summed on the devices and fetched
    every ``log_every`` steps, when they go to the progress bar and ``metrics.jsonl``.
    A non-finite loss or gradient stops the run (:class:`TrainingDiverged`); no
@@ -23,513 +24,94 @@ The recipe, in the order :func:`train_and_evaluate` runs it:
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import json
-import math
 import os
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from mobilenet import input_pipeline
+from mobilenet import input_pipeline, models, optim, train_state
+from mobilenet.checkpoints import CheckpointError, Checkpoints
+from mobilenet.configs import default
 from mobilenet.configs.default import Config
+from mobilenet.metrics_log import MetricsLog, MetricsLogError, plot_metrics
+from mobilenet.sharding import batch_sharding, create_mesh
+from mobilenet.train_state import TrainState
+from mobilenet.workdir import Workdir, WorkdirError
 
-DATA_AXIS = "data"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
-CHECKPOINT_SUBDIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
+ModelFn = Callable[..., nn.Module]
+"""``model_fn(config, *, num_classes) -> flax module``, as :func:`train_state.create_model`."""
 
 
 class SetupError(ValueError):
-    """A configuration that cannot run on this data or these devices (one-line message)."""
+    """A run that cannot start: settings, data, devices or work directory (one-line message)."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite; the message says where and what was kept."""
 
 
-class TrainState(struct.PyTreeNode):
-    """Everything a training step reads and writes.
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C; the message says what a rerun resumes from."""
+
+
+@dataclasses.dataclass
+class Loop:
+    """What the training loop reads, and the last step it saved.
 
     Attributes:
-      step: Completed training steps (int32 scalar); also the data position.
-      params: The model's parameters (float32).
-      batch_stats: Batch-norm running statistics (``{}`` without batch norm).
-      opt_state: The optax state.
-      rng: PRNG key data (uint32); step ``s`` uses ``fold_in(rng, s)``.
-      metrics: Sums since the last fetch (``loss_sum``, ``accuracy_sum``,
-        ``count``) and ``first_nonfinite``, the first step whose loss or
-        gradient was not finite (-1 while none).
-      model: The Flax module (static; compared by value, so equal configurations
-        share compiled steps).
-      tx: The optax transformation (static).
-    """
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    rng: jax.Array
-    metrics: dict[str, jax.Array]
-    model: nn.Module = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-
-    @property
-    def apply_fn(self) -> Callable[..., Any]:
-        """``model.apply``."""
-        return self.model.apply
-
-
-# --- building blocks -----------------------------------------------------------------------
-
-
-def create_mesh(devices: Iterable[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh (``"data"``) over ``devices`` (default: every device of every host)."""
-    devices = list(jax.devices() if devices is None else devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """The sharding of the train state: a full copy on every device."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """The sharding of a batch: split along its first axis over the ``"data"`` axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def create_model(config: Config, *, num_classes: int) -> nn.Module:
-    """The configured model from :mod:`mobilenet.models`."""
-    from mobilenet import models
-
-    return models.create_model(
-        config.model, num_classes=num_classes, width_multiplier=config.width,
-        small_input=config.small_input, dtype=DTYPES[config.dtype],
-        grad_at_zero=config.grad_at_zero, grad_at_six=config.grad_at_six,
-        batch_norm=config.batch_norm)
-
-
-def learning_rate(config: Config) -> float:
-    """The peak learning rate: ``config.learning_rate``, else the optimizer's default."""
-    if config.learning_rate is not None:
-        return float(config.learning_rate)
-    return DEFAULT_LEARNING_RATE[config.optimizer]
-
-
-def weight_decay(config: Config) -> float:
-    """The weight decay: ``config.weight_decay``, else the optimizer's default."""
-    if config.weight_decay is not None:
-        return float(config.weight_decay)
-    return DEFAULT_WEIGHT_DECAY[config.optimizer]
-
-
-def max_shift(config: Config, dataset: input_pipeline.Dataset) -> int:
-    """``config.max_shift``, else 2 pixels on digits and 4 on other data."""
-    if config.max_shift is not None:
-        return config.max_shift
-    return 2 if dataset.name == "digits" else 4
-
-
-def total_steps(config: Config, num_train: int) -> int:
-    """``config.steps``, or ``ceil(epochs * steps per epoch)`` when ``config.epochs`` is set."""
-    if config.epochs is None:
-        return config.steps
-    per_epoch = input_pipeline.steps_per_epoch(num_train, config.batch_size)
-    return max(1, math.ceil(config.epochs * per_epoch))
-
-
-def warmup_cosine_schedule(*, peak: float, warmup_steps: int, total_steps: int
-                           ) -> optax.Schedule:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``.
-
-    The first step already uses ``peak / warmup_steps`` (not 0). Written out
-    rather than taken from optax so it stays float32 under strict dtype promotion.
-    """
-    warmup = max(int(warmup_steps), 1)
-    decay = max(int(total_steps) - int(warmup_steps), 1)
-
-    def schedule(count: jax.Array) -> jax.Array:
-        t = jnp.asarray(count).astype(jnp.float32)
-        ramp = jnp.minimum((t + 1.0) / warmup, 1.0)
-        progress = jnp.clip((t - warmup_steps) / decay, 0.0, 1.0)
-        return peak * ramp * (0.5 + 0.5 * jnp.cos(jnp.pi * progress))
-
-    return schedule
-
-
-def _decay_mask(params: Any) -> Any:
-    """Weight decay on kernels only: no decay for batch-norm scales/offsets or biases."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
-
-
-def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum or AdamW; warm-up + cosine decay; masked weight decay.
-
-    Equal settings return the same object, so repeated runs reuse compiled steps.
-    """
-    if config.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"create_optimizer: optimizer must be 'sgd' or 'adamw', "
-                         f"got {config.optimizer!r}.")
-    warmup = config.warmup_steps if config.warmup_steps is not None else total_steps // 10
-    return _optimizer(config.optimizer, learning_rate(config), config.momentum,
-                      weight_decay(config), warmup, total_steps)
-
-
-@functools.lru_cache(maxsize=64)
-def _optimizer(name: str, peak: float, momentum: float, decay: float, warmup: int,
-               total_steps: int) -> optax.GradientTransformation:
-    schedule = warmup_cosine_schedule(peak=peak, warmup_steps=warmup, total_steps=total_steps)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(decay, mask=_decay_mask),
-                           optax.sgd(schedule, momentum=momentum, nesterov=True))
-    return optax.adamw(schedule, b1=momentum, weight_decay=decay, mask=_decay_mask)
-
-
-def _zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Array]:
-    return {
-        "loss_sum": jnp.zeros((), jnp.float32),
-        "accuracy_sum": jnp.zeros((), jnp.float32),
-        "count": jnp.zeros((), jnp.int32),
-        "first_nonfinite": (jnp.full((), -1, jnp.int32) if first_nonfinite is None
-                            else first_nonfinite),
-    }
-
-
-def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
-                       mesh: Mesh, total_steps: int) -> TrainState:
-    """Initializes the model and the optimizer, replicated over ``mesh``.
-
-    Args:
-      config: The run's configuration (seed, optimizer, schedule).
-      model: The Flax module (``model.apply(variables, x, train=...)``).
-      image_shape: ``(H, W, C)`` of one input image.
-      mesh: The device mesh; the state is replicated on it.
-      total_steps: Length of the learning-rate schedule.
-
-    Returns:
-      The :class:`TrainState` at step 0.
-    """
-    tx = create_optimizer(config, total_steps=total_steps)
-    return _init_function(model, tx, tuple(image_shape), mesh)(*_init_keys(config.seed))
-
-
-def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
-                         mesh: Mesh, total_steps: int) -> TrainState:
-    """The :class:`TrainState` of :func:`create_train_state` as shapes, dtypes and shardings.
-
-    Nothing is computed; use it to compile the steps ahead of time
-    (``train_step.lower(abstract_state, batch_spec).compile()``).
-    """
-    tx = create_optimizer(config, total_steps=total_steps)
-    shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh),
-                            *_init_keys(config.seed))
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
-
-
-def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """The initialization key and the training key data of ``seed``."""
-    # XLA:CPU takes seconds per hundred threefry draws to compile (MobileNetV2 init: ~15 s);
-    # the "rbg" generator compiles about twice as fast. Init runs once, so its key can differ.
-    return (jax.random.key(seed, impl="rbg"),
-            jax.random.fold_in(jax.random.PRNGKey(seed), 1))
-
-
-@functools.lru_cache(maxsize=16)
-def _init_function(model: nn.Module, tx: optax.GradientTransformation,
-                   image_shape: tuple[int, ...], mesh: Mesh) -> Callable[..., TrainState]:
-    def init(init_key: jax.Array, state_key: jax.Array) -> TrainState:
-        dummy = jnp.zeros((1, *image_shape), jnp.float32)
-        variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
-        params = variables["params"]
-        with jax.numpy_dtype_promotion("standard"):  # optax's state init is not strict-clean.
-            opt_state = tx.init(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
-                          rng=state_key, metrics=_zero_metrics(), model=model, tx=tx)
-
-    return jax.jit(init, out_shardings=replicated(mesh))
-
-
-def _variables(state: TrainState, params: Any) -> dict[str, Any]:
-    variables = {"params": params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
-
-
-def make_train_step(*, mesh: Mesh, num_classes: int, mean: Iterable[float],
-                    std: Iterable[float], dtype: Any = jnp.float32,
-                    label_smoothing: float = 0.0, max_shift: int = 0, flip: bool = False,
-                    donate: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The jitted training step ``(state, batch) -> (state, metrics)``.
-
-    One SGD/AdamW step on a global batch split over ``mesh``: on-device
-    augmentation and normalization, forward in train mode (batch statistics,
-    dropout), label-smoothed cross-entropy in float32, the optax update.
-    Batch-norm statistics are computed over the global batch, so the result
-    does not depend on the number of devices.
-
-    Args:
-      mesh: The device mesh (state replicated, batch split on ``"data"``).
-      num_classes: Classifier outputs.
-      mean: Per-channel mean of the images in ``[0, 1]`` units.
-      std: Per-channel standard deviation.
-      dtype: Compute dtype of the input (the model casts its own).
-      label_smoothing: Label smoothing of the loss.
-      max_shift: Largest random translation in pixels (0: none).
-      flip: Random horizontal flips.
-      donate: Donate the input state (its buffers are reused for the output).
-
-    Returns:
-      The jitted step. ``batch`` is ``{"image": uint8 [B, H, W, C], "label": int32 [B]}``;
-      ``metrics`` holds this step's ``loss``, ``accuracy`` and ``grad_norm`` (device
-      scalars: fetch them only when needed). ``state.metrics`` accumulates them.
-    """
-    return _train_step(mesh, num_classes, tuple(float(m) for m in mean),
-                       tuple(float(s) for s in std), dtype, float(label_smoothing),
-                       int(max_shift), bool(flip), bool(donate))
-
-
-@functools.lru_cache(maxsize=16)
-def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
-                dtype: Any, label_smoothing: float, max_shift: int, flip: bool,
-                donate: bool) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    def train_step(state: TrainState, batch: dict[str, jax.Array]
-                   ) -> tuple[TrainState, dict[str, jax.Array]]:
-        augment_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        images = batch["image"]
-        if max_shift or flip:
-            images = input_pipeline.augment(images, augment_key, max_shift=max_shift, flip=flip)
-        images = input_pipeline.normalize(images, mean=mean, std=std, dtype=dtype)
-        labels = batch["label"]
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32),
-                                      label_smoothing)
-
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-            logits, updates = state.apply_fn(_variables(state, params), images, train=True,
-                                             mutable=["batch_stats"],
-                                             rngs={"dropout": dropout_key})
-            logits = logits.astype(jnp.float32)
-            loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-            return loss, (logits, updates.get("batch_stats", state.batch_stats))
-
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params)
-        with jax.numpy_dtype_promotion("standard"):  # optax's update is not strict-clean.
-            updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-
-        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
-        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
-                                 for g in jax.tree.leaves(grads)))
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        sums = state.metrics
-        first = sums["first_nonfinite"]
-        metrics = {
-            "loss_sum": sums["loss_sum"] + loss,
-            "accuracy_sum": sums["accuracy_sum"] + accuracy,
-            "count": sums["count"] + 1,
-            "first_nonfinite": jnp.where((first < 0) & ~finite, state.step, first),
-        }
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                  opt_state=opt_state, metrics=metrics)
-        return new_state, {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm}
-
-    return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=(replicated(mesh), replicated(mesh)),
-                   donate_argnums=(0,) if donate else ())
-
-
-def make_eval_step(*, mesh: Mesh, mean: Iterable[float], std: Iterable[float],
-                   dtype: Any = jnp.float32) -> Callable[[TrainState, dict], dict]:
-    """The jitted evaluation step ``(state, batch) -> sums``.
-
-    The model runs in eval mode: batch norm uses the running statistics, so an
-    example's prediction does not depend on the rest of its batch.
-
-    Args:
+      config: The run's settings.
       mesh: The device mesh.
-      mean: Per-channel mean of the images in ``[0, 1]`` units.
-      std: Per-channel standard deviation.
-      dtype: Compute dtype of the input.
-
-    Returns:
-      The jitted step. ``batch`` is ``{"image", "label", "mask"}`` (mask 0 marks
-      padding); the result holds the batch's ``loss_sum``, ``correct`` and ``count``.
+      dataset: The data in host memory.
+      steps: The run's length.
+      train_step: ``(state, batch) -> (state, metrics)``, jitted.
+      eval_step: ``(state, batch) -> sums``, jitted.
+      test_batches: The test split, sharded.
+      log: The metrics log.
+      checkpoints: The work directory's checkpoints (``None``: nothing is saved).
+      verbose: Show the progress bar.
+      saved: The last step in ``checkpoints`` (``None`` while there is none).
     """
-    return _eval_step(mesh, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
+
+    config: Config
+    mesh: Mesh
+    dataset: input_pipeline.Dataset
+    steps: int
+    train_step: Callable[..., Any]
+    eval_step: Callable[..., Any]
+    test_batches: list[dict[str, jax.Array]]
+    log: MetricsLog
+    checkpoints: Checkpoints | None
+    verbose: bool
+    saved: int | None = None
+
+    def kept(self) -> str:
+        """Where a rerun would start, in words."""
+        if self.checkpoints is None:
+            return "no work directory, nothing saved"
+        if self.saved is None:
+            return f"no checkpoint was saved yet in {self.checkpoints.directory}"
+        return f"the last checkpoint (step {self.saved}) is kept in {self.checkpoints.directory}"
 
 
-@functools.lru_cache(maxsize=16)
-def _eval_step(mesh: Mesh, mean: tuple[float, ...], std: tuple[float, ...],
-               dtype: Any) -> Callable[[TrainState, dict], dict]:
-    def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        images = input_pipeline.normalize(batch["image"], mean=mean, std=std, dtype=dtype)
-        logits = state.apply_fn(_variables(state, state.params), images, train=False)
-        logits = logits.astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
-        mask = batch["mask"]
-        return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
-                "count": jnp.sum(mask)}
-
-    return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                   out_shardings=replicated(mesh))
-
-
-def evaluate(eval_step: Callable[[TrainState, dict], dict], state: TrainState,
-             batches: Iterable[dict[str, jax.Array]]) -> dict[str, float]:
-    """Test loss and accuracy over ``batches`` (one device-to-host transfer at the end)."""
-    sums = jax.device_get([eval_step(state, batch) for batch in batches])
-    count = sum(float(s["count"]) for s in sums)
-    return {"test_loss": sum(float(s["loss_sum"]) for s in sums) / count,
-            "test_accuracy": sum(float(s["correct"]) for s in sums) / count}
-
-
-# --- checkpoints, metrics and plots --------------------------------------------------------
-
-
-class _Checkpoints:
-    """Orbax CheckpointManager for the train state plus a JSON record of the data position."""
-
-    def __init__(self, directory: str, *, keep: int):
-        import orbax.checkpoint as ocp
-
-        self._ocp = ocp
-        self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    @staticmethod
-    def _tree(state: TrainState) -> dict[str, Any]:
-        return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-                "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
-
-    def save(self, state: TrainState, *, step: int, meta: dict[str, Any]) -> None:
-        ocp = self._ocp
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(self._tree(state)), meta=ocp.args.JsonSave(meta)))
-
-    def restore(self, state: TrainState, *, step: int) -> tuple[TrainState, dict[str, Any]]:
-        """Restores ``step`` into the structure, dtypes and shardings of ``state``."""
-        ocp = self._ocp
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._tree(state))
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, TypeError) as error:
-            raise SetupError(
-                f"train: the checkpoint at step {step} in {self.directory} does not match this "
-                f"configuration (another model or optimizer?); use a new --workdir "
-                f"({' '.join(str(error).split())[:200]})") from None
-        tree = restored["state"]
-        return state.replace(**tree), dict(restored["meta"])
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-class _MetricsLog:
-    """JSON lines in ``metrics.jsonl``; on resume, records past the restored step are dropped."""
-
-    def __init__(self, path: str | None, *, resume_step: int):
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-        if path and os.path.exists(path):
-            with open(path) as f:
-                old = [json.loads(line) for line in f if line.strip()]
-            self.records = [r for r in old if r.get("step", 0) <= resume_step]
-            with open(path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def plot_metrics(records: list[dict[str, Any]], path: str) -> None:
-    """Training and test loss and accuracy against the step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def series(key: str) -> tuple[list[int], list[float]]:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        return [p[0] for p in points], [p[1] for p in points]
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train (smoothed labels)"), ("test_loss", "test")):
-        ax_loss.plot(*series(key), marker="." if key.startswith("test") else None, label=label)
-    for key, label in (("train_accuracy", "train (augmented)"), ("test_accuracy", "test")):
-        ax_acc.plot(*series(key), marker="." if key.startswith("test") else None, label=label)
-    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss", yscale="log")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# --- the loop ------------------------------------------------------------------------------
-
-
-def _initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` once (it reads the cluster from the environment)."""
-    try:
-        jax.distributed.initialize()
-    except RuntimeError as error:  # Already initialized by the caller: fine.
-        if "already" not in str(error).lower():
-            raise
-
-
-@jax.jit
-def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return _zero_metrics(metrics["first_nonfinite"])
-
-
-def _diverged(step: int, checkpoints: _Checkpoints | None, saved: int | None) -> TrainingDiverged:
-    if checkpoints is None:
-        kept = "no work directory, nothing saved"
-    elif saved is None:
-        kept = f"no checkpoint was saved yet in {checkpoints.directory}"
-    else:
-        kept = f"the last good checkpoint (step {saved}) is kept in {checkpoints.directory}"
-    return TrainingDiverged(
-        f"train: the loss or gradient became NaN/inf at step {step}; stopped ({kept}). "
-        "Try a lower --lr or --dtype float32.")
-
-
-def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
-    """Trains and evaluates a model; resumes from ``workdir``'s latest checkpoint.
+def train_and_evaluate(config: Config, workdir: str | None, *,
+                       model_fn: ModelFn | None = None) -> dict[str, Any]:
+    """Trains and evaluates a model; resumes from ``workdir``'s newest intact checkpoint.
 
     Args:
       config: The configuration (:func:`mobilenet.configs.get_config`).
-      workdir: Directory for checkpoints, ``metrics.jsonl`` and ``metrics.png``;
-        ``None`` writes nothing (quiet runs for studies, with ``config.progress=False``).
+      workdir: Directory for ``config.json``, checkpoints, ``metrics.jsonl`` and
+        ``metrics.png``; ``None`` writes nothing (quiet runs for studies, with
+        ``config.progress=False``).
+      model_fn: Builds the model instead of :func:`train_state.create_model`
+        (``model_fn(config, *, num_classes)``), for studies with their own networks.
 
     Returns:
       ``{"test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps",
@@ -540,14 +122,24 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
     Raises:
       input_pipeline.DataError: the data directory is missing or corrupt
         (raised before anything is written).
-      SetupError: the batch does not divide over the devices, or the work
-        directory holds another configuration's checkpoint.
+      SetupError: the batch does not divide over the devices; the work directory
+        cannot be written, is inconsistent, or holds a run with other settings.
       TrainingDiverged: the loss became NaN or infinite.
+      Interrupted: Ctrl-C; its message says what a rerun resumes from.
     """
+    return fit(config, workdir, model_fn=model_fn)[1]
+
+
+def fit(config: Config, workdir: str | None, *,
+        model_fn: ModelFn | None = None) -> tuple[TrainState, dict[str, Any]]:
+    """:func:`train_and_evaluate`, also returning the final :class:`TrainState`."""
     config.validate()
     start_time = time.perf_counter()
     if config.distributed:
         _initialize_distributed()
+    work = Workdir(workdir) if workdir is not None else None
+    if work is not None:
+        _check_workdir(work, config)
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
@@ -562,74 +154,147 @@ def train_and_evaluate(config: Config, workdir: str | None) -> dict[str, Any]:
             f"{config.eval_batch_size} must be multiples of the {mesh.size} devices.")
     num_train = dataset.train_images.shape[0]
     try:
-        steps = total_steps(config, num_train)
-        input_pipeline.steps_per_epoch(num_train, config.batch_size)
+        resolved = default.resolve(config, num_train=num_train)
     except ValueError as error:
         raise SetupError(f"train: {error}") from None
+    steps = resolved.total_steps
 
     verbose = config.progress and jax.process_index() == 0
     say = _printer(verbose)
-    model = create_model(config, num_classes=num_classes)
-    dtype = DTYPES[config.dtype]
-    train_step = make_train_step(
+    model = (model_fn or train_state.create_model)(config, num_classes=num_classes)
+    dtype = train_state.DTYPES[config.dtype]
+    train_step = train_state.make_train_step(
         mesh=mesh, num_classes=num_classes, mean=dataset.mean, std=dataset.std, dtype=dtype,
-        label_smoothing=config.label_smoothing,
-        max_shift=max_shift(config, dataset) if config.augment else 0,
+        label_smoothing=config.label_smoothing, max_shift=resolved.max_shift,
         flip=config.augment and dataset.flip)
-    eval_step = make_eval_step(mesh=mesh, mean=dataset.mean, std=dataset.std, dtype=dtype)
+    eval_step = train_state.make_eval_step(mesh=mesh, mean=dataset.mean, std=dataset.std,
+                                           dtype=dtype)
     test_batches = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels, batch_size=config.eval_batch_size,
         sharding=batch_sharding(mesh))
-    # XLA compiles on one core: compile the two steps in threads while this one
-    # compiles and runs the initialization (and restores a checkpoint).
-    abstract = abstract_train_state(config, model, image_shape=dataset.image_shape, mesh=mesh,
-                                    total_steps=steps)
-    compile_start = time.perf_counter()
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    compiling = [
-        pool.submit(_compile, train_step, abstract,
-                    _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
-        pool.submit(_compile, eval_step, abstract, jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            test_batches[0]))]
-    pool.shutdown(wait=False)
-    state = create_train_state(config, model, image_shape=dataset.image_shape, mesh=mesh,
-                               total_steps=steps)
+    abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
+                                                mesh=mesh, total_steps=steps)
 
-    checkpoints, meta = None, {}
-    start = 0
-    if workdir is not None:
-        os.makedirs(workdir, exist_ok=True)
-        checkpoints = _Checkpoints(os.path.join(workdir, CHECKPOINT_SUBDIR),
-                                   keep=config.keep_checkpoints)
+    checkpoints, restored = None, None
+    if work is not None:
+        checkpoints = Checkpoints(work.checkpoints, keep=config.keep_checkpoints,
+                                  aside=work.damaged)
     try:
-        latest = checkpoints.latest_step() if checkpoints else None
-        if latest is not None:
-            state, meta = checkpoints.restore(state, step=latest)
-            start = int(meta["step"])
-        say(f"{config.model} x{config.width} ({_count(state.params):,} parameters) on "
-            f"{dataset.name} ({num_train} train / {dataset.test_images.shape[0]} test), "
-            f"{mesh.size} {jax.devices()[0].platform} device(s), batch {config.batch_size}, "
-            f"{steps} steps" + (f"; resuming from step {start}" if start else ""))
-        if workdir is not None and jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(config), f, indent=2)
-        log = _MetricsLog(os.path.join(workdir, METRICS_FILE)
-                          if workdir is not None and jax.process_index() == 0 else None,
-                          resume_step=start)
-        for future in compiling:
-            future.result()
+        if checkpoints is not None:
+            restored, damaged = checkpoints.restore_latest(_saved_tree(abstract))
+            for step in damaged:
+                _notice(f"warning: {step.describe()}; " + (
+                    f"resuming from step {restored.step}" if restored else
+                    "no intact checkpoint is left: starting from step 0"))
+        start = restored.step if restored else 0
+        meta = restored.meta if restored else {}
+        log = MetricsLog(work.metrics if work is not None and jax.process_index() == 0
+                         else None, resume_step=start)
+        if log.dropped_partial_line:
+            _notice(f"warning: dropped the last line of {work.metrics}, cut short by an "
+                    "interrupted write")
+        if work is not None and jax.process_index() == 0:
+            work.write_config(dataclasses.asdict(config))
+
+        compile_start = time.perf_counter()
+        # XLA compiles on one core: compile the two steps in threads while this one
+        # initializes the state (daemon threads: Ctrl-C need not wait for them).
+        compiling = [
+            _start(_compile, train_step, abstract,
+                   _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
+            _start(_compile, eval_step, abstract, jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                test_batches[0]))]
+        if restored is not None:
+            state = abstract.replace(**restored.tree)
+        else:
+            state = train_state.create_train_state(
+                config, model, image_shape=dataset.image_shape, mesh=mesh, total_steps=steps)
+        say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
+            f"parameters) on {dataset.name} ({num_train} train / "
+            f"{dataset.test_images.shape[0]} test), {mesh.size} "
+            f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, {steps} steps"
+            + (f"; resuming from step {start}" if start else ""))
+        for thread in compiling:
+            thread.join()
         say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s")
-        summary = _run(config, mesh, state, train_step, eval_step, test_batches, dataset, log,
-                       checkpoints, start=start, steps=steps, meta=meta, verbose=verbose)
+        loop = Loop(config=config, mesh=mesh, dataset=dataset, steps=steps,
+                    train_step=train_step, eval_step=eval_step, test_batches=test_batches,
+                    log=log, checkpoints=checkpoints, verbose=verbose,
+                    saved=start if restored else None)
+        try:
+            state, summary = _train(loop, state, start=start, meta=meta)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{loop.kept()}; run the same command again to "
+                              + ("resume from it" if loop.saved is not None
+                                 else "start again")) from None
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, Interrupted):
+            raise
+        where = (f"a rerun resumes from step {restored.step}" if restored is not None
+                 else "no checkpoint was saved yet" if work is not None else "nothing saved")
+        raise Interrupted(f"interrupted before training started; {where}") from None
+    except (CheckpointError, MetricsLogError, WorkdirError) as error:
+        raise SetupError(f"train: {error}") from None
     finally:
         if checkpoints is not None:
             checkpoints.close()
-    if workdir is not None and config.plot and jax.process_index() == 0 and log.records:
-        plot_metrics(log.records, os.path.join(workdir, PLOT_FILE))
-        say(f"wrote {os.path.join(workdir, PLOT_FILE)} and {os.path.join(workdir, METRICS_FILE)}")
+    if work is not None and config.plot and jax.process_index() == 0 and log.records:
+        plot_metrics(log.records, work.plot)
+        say(f"wrote {work.plot} and {work.metrics}")
     summary["seconds"] = time.perf_counter() - start_time
-    return summary
+    return state, summary
+
+
+def _check_workdir(work: Workdir, config: Config) -> None:
+    """The work directory's checks, before the data is loaded (:class:`SetupError`)."""
+    try:
+        work.check()
+        saved = work.saved_config()
+        if saved is not None and os.path.isdir(work.checkpoints) and os.listdir(
+                work.checkpoints):
+            pass  # The resume check of the saved settings goes here.
+    except WorkdirError as error:
+        raise SetupError(f"train: {error}") from None
+
+
+def _saved_tree(state: TrainState) -> dict[str, Any]:
+    """The part of the state a checkpoint holds (the model and optimizer are static)."""
+    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
+
+
+def _notice(message: str) -> None:
+    """A line on stderr (process 0), shown even without progress output."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` once (it reads the cluster from the environment)."""
+    try:
+        jax.distributed.initialize()
+    except RuntimeError as error:  # Already initialized by the caller: fine.
+        if "already" not in str(error).lower():
+            raise
+
+
+def _start(function: Callable[..., Any], *args: Any) -> threading.Thread:
+    thread = threading.Thread(target=function, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def _compile(step: Any, *args: Any) -> None:
+    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it).
+
+    A failure is left to the step's first call, which raises it in the main thread.
+    """
+    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
+        try:
+            step.lower(*args).compile()
+        except Exception:  # noqa: BLE001, S110 - raised again by the first call.
+            pass
 
 
 def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,
@@ -643,16 +308,6 @@ def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,
     return spec
 
 
-def _compile(step: Any, *args: Any) -> None:
-    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
-    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
-        step.lower(*args).compile()
-
-
-def _count(params: Any) -> int:
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-
-
 def _printer(verbose: bool) -> Callable[[str], None]:
     def say(message: str) -> None:
         if verbose:
@@ -663,26 +318,37 @@ def _printer(verbose: bool) -> Callable[[str], None]:
     return say
 
 
-def _run(config: Config, mesh: Mesh, state: TrainState, train_step: Callable,
-         eval_step: Callable, test_batches: list, dataset: input_pipeline.Dataset,
-         log: _MetricsLog,
-         checkpoints: _Checkpoints | None, *, start: int, steps: int, meta: dict[str, Any],
-         verbose: bool) -> dict[str, Any]:
-    """The training loop proper, from step ``start`` to ``steps``."""
+@jax.jit
+def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return train_state.zero_metrics(metrics["first_nonfinite"])
+
+
+def _diverged(loop: Loop, step: int) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"train: the loss or gradient became NaN/inf at step {step}; stopped ({loop.kept()}). "
+        "Try a lower --lr or --dtype float32.")
+
+
+def _train(loop: Loop, state: TrainState, *, start: int, meta: dict[str, Any]
+           ) -> tuple[TrainState, dict[str, Any]]:
+    """The training loop proper, from step ``start`` to ``loop.steps``; then the evaluation."""
     from tqdm import tqdm
 
+    config, steps = loop.config, loop.steps
+    schedule = optim.learning_rate_schedule(config, total_steps=steps)
     last_train = dict(meta.get("last_train", {}))
-    saved = start if start else None
     images_per_second = float("nan")
-    bar = tqdm(total=steps, initial=start, disable=not verbose, unit="step", dynamic_ncols=True,
-               desc="train")
+    bar = tqdm(total=steps, initial=start, disable=not loop.verbose, unit="step",
+               dynamic_ncols=True, desc="train")
     batches = input_pipeline.train_batches(
-        dataset, batch_size=config.batch_size, seed=config.seed, start_step=start,
-        sharding=batch_sharding(mesh))
+        loop.dataset, batch_size=config.batch_size, seed=config.seed, start_step=start,
+        sharding=batch_sharding(loop.mesh))
+    per_epoch = input_pipeline.steps_per_epoch(loop.dataset.train_images.shape[0],
+                                               config.batch_size)
     window_start, window_step = time.perf_counter(), start
     try:
         for step in range(start, steps):
-            state, _ = train_step(state, next(batches))
+            state, _ = loop.train_step(state, next(batches))
             done = step + 1
             bar.update(1)
             if done == start + 1:  # The first call compiles: time the steps after it.
@@ -692,7 +358,7 @@ def _run(config: Config, mesh: Mesh, state: TrainState, train_step: Callable,
                 sums = jax.device_get(state.metrics)
                 state = state.replace(metrics=_reset_sums(state.metrics))
                 if sums["first_nonfinite"] >= 0:
-                    raise _diverged(int(sums["first_nonfinite"]) + 1, checkpoints, saved)
+                    raise _diverged(loop, int(sums["first_nonfinite"]) + 1)
                 now = time.perf_counter()
                 if done > window_step:
                     images_per_second = ((done - window_step) * config.batch_size
@@ -701,46 +367,40 @@ def _run(config: Config, mesh: Mesh, state: TrainState, train_step: Callable,
                 count = max(int(sums["count"]), 1)
                 last_train = {"train_loss": float(sums["loss_sum"]) / count,
                               "train_accuracy": float(sums["accuracy_sum"]) / count}
-                log.write({"step": done, **last_train, "learning_rate": _lr_at(config, steps, done - 1),
-                           "images_per_second": images_per_second})
+                loop.log.write({"step": done, **last_train,
+                                "learning_rate": float(schedule(done - 1)),
+                                "images_per_second": images_per_second})
                 bar.set_postfix(loss=f"{last_train['train_loss']:.4f}",
                                 acc=f"{last_train['train_accuracy']:.3f}",
                                 img_s=f"{images_per_second:.0f}")
             if config.eval_every and done % config.eval_every == 0 and done != steps:
-                log.write({"step": done, **evaluate(eval_step, state, test_batches)})
-            if checkpoints is not None and (done == steps or (
+                loop.log.write({"step": done, **evaluate(loop, state)})
+            if loop.checkpoints is not None and (done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0)):
                 first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
                 if first_bad >= 0:  # Never save a state that has seen a NaN.
-                    raise _diverged(first_bad + 1, checkpoints, saved)
-                checkpoints.save(state, step=done, meta={
+                    raise _diverged(loop, first_bad + 1)
+                loop.checkpoints.save(done, _saved_tree(state), meta={
                     "step": done, "seed": config.seed, "data_position": done,
-                    "epoch": done // input_pipeline.steps_per_epoch(
-                        dataset.train_images.shape[0], config.batch_size),
-                    "last_train": last_train})
-                saved = done
+                    "epoch": done // per_epoch, "last_train": last_train})
+                loop.saved = done
     finally:
         bar.close()
     first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
     if first_bad >= 0:
-        raise _diverged(first_bad + 1, checkpoints, saved)
-    results = evaluate(eval_step, state, test_batches)
+        raise _diverged(loop, first_bad + 1)
+    results = evaluate(loop, state)
     if start < steps:
-        log.write({"step": steps, **results})
-    return {**results, "train_loss": last_train.get("train_loss", float("nan")),
-            "train_accuracy": last_train.get("train_accuracy", float("nan")), "steps": steps,
-            "resumed_from": start, "images_per_second": images_per_second}
+        loop.log.write({"step": steps, **results})
+    return state, {
+        **results, "train_loss": last_train.get("train_loss", float("nan")),
+        "train_accuracy": last_train.get("train_accuracy", float("nan")), "steps": steps,
+        "resumed_from": start, "images_per_second": images_per_second}
 
 
-def _lr_at(config: Config, steps: int, step: int) -> float:
-    """The learning rate of step ``step`` (host-side copy of the schedule, for the log)."""
-    warmup = config.warmup_steps if config.warmup_steps is not None else steps // 10
-    ramp = min((step + 1.0) / max(warmup, 1), 1.0)
-    progress = min(max((step - warmup) / max(steps - warmup, 1), 0.0), 1.0)
-    return learning_rate(config) * ramp * (0.5 + 0.5 * math.cos(math.pi * progress))
-
-
-# --- summary -------------------------------------------------------------------------------
+def evaluate(loop: Loop, state: TrainState) -> dict[str, float]:
+    """Test loss and accuracy of ``state`` (:func:`train_state.evaluate` on the test split)."""
+    return train_state.evaluate(loop.eval_step, state, loop.test_batches)
 
 
 def summarize(config: Config) -> str:
@@ -753,12 +413,10 @@ def summarize(config: Config) -> str:
       The table, then a last line ``trainable parameters: N``.
     """
     num_classes = config.num_classes or 10
-    model = create_model(config, num_classes=num_classes)
+    model = train_state.create_model(config, num_classes=num_classes)
     size = 32 if config.small_input else 224
     dummy = jnp.zeros((1, size, size, 3), jnp.float32)
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     table = model.tabulate(rngs, dummy, train=False, console_kwargs={"width": 160})
     variables = jax.eval_shape(lambda: model.init(rngs, dummy, train=False))
-    from mobilenet import models
-
     return f"{table}\ntrainable parameters: {models.count_params(variables):,}"

@@ -1,4 +1,4 @@
-"""Tests of the MobileNet training example (examples/mobilenet/train.py and examples/train.py).
+"""Tests of the MobileNet training example: its steps, its loop and its command line.
 
 Tiny configurations: the ``tiny`` model on 16x16 synthetic images, a handful of
 steps. conftest.py gives eight host devices, so every run here is data-parallel.
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import input_pipeline, models, train
+from mobilenet import checkpoints, input_pipeline, models, sharding, train, train_state, workdir
 from mobilenet.configs import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,17 +40,17 @@ def _config(**overrides):
 
 def _state_and_step(mesh):
     config = _config()
-    model = train.create_model(config, num_classes=10)
-    state = train.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+    model = train_state.create_model(config, num_classes=10)
+    state = train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
                                      total_steps=config.steps)
-    return state, train.make_train_step(mesh=mesh, **STEP_OPTIONS)
+    return state, train_state.make_train_step(mesh=mesh, **STEP_OPTIONS)
 
 
 def _batch(mesh, *, size=16, seed=0):
     rng = np.random.default_rng(seed)
     host = {"image": rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8),
             "label": rng.integers(0, 10, size).astype(np.int32)}
-    return input_pipeline.place(host, train.batch_sharding(mesh))
+    return input_pipeline.place(host, sharding.batch_sharding(mesh))
 
 
 def _fetch(tree):
@@ -61,7 +61,7 @@ def _fetch(tree):
 
 
 def test_train_steps_lower_the_loss_on_a_fixed_batch():
-    mesh = train.create_mesh()
+    mesh = sharding.create_mesh()
     state, step = _state_and_step(mesh)
     batch = _batch(mesh)
     losses = []
@@ -76,7 +76,7 @@ def test_eight_devices_give_the_loss_and_update_of_one():
     assert len(jax.devices()) == 8  # conftest.py
     results = []
     for devices in (jax.devices(), jax.devices()[:1]):
-        mesh = train.create_mesh(devices)
+        mesh = sharding.create_mesh(devices)
         state, step = _state_and_step(mesh)
         losses = []
         for seed in range(2):
@@ -112,7 +112,7 @@ def _logits(state, images, *, train_mode, batch_stats=None):
 
 
 def test_eval_output_of_an_example_does_not_depend_on_its_batch():
-    mesh = train.create_mesh()
+    mesh = sharding.create_mesh()
     state = _trained_state(mesh)
     rng = np.random.default_rng(1)
     a = rng.normal(size=(8, *IMAGE)).astype(np.float32)
@@ -126,7 +126,7 @@ def test_eval_output_of_an_example_does_not_depend_on_its_batch():
 
 
 def test_eval_uses_the_running_statistics():
-    mesh = train.create_mesh()
+    mesh = sharding.create_mesh()
     state = _trained_state(mesh)
     stats = _fetch(state.batch_stats)
     means = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(stats)
@@ -139,29 +139,6 @@ def test_eval_uses_the_running_statistics():
     np.testing.assert_allclose(_logits(state, images, train_mode=True),
                                _logits(state, images, train_mode=True, batch_stats=shifted),
                                rtol=1e-5, atol=1e-6)
-
-
-def test_schedule_warms_up_then_decays_to_zero():
-    schedule = train.warmup_cosine_schedule(peak=0.4, warmup_steps=4, total_steps=20)
-    values = [float(schedule(jnp.asarray(s))) for s in range(21)]
-    np.testing.assert_allclose(values[:4], [0.1, 0.2, 0.3, 0.4], rtol=1e-6)
-    assert values[4] == pytest.approx(0.4) and values[20] == pytest.approx(0.0, abs=1e-7)
-    assert all(a >= b for a, b in zip(values[3:], values[4:]))
-    config = _config(steps=20, warmup_steps=4, learning_rate=0.4)
-    np.testing.assert_allclose([train._lr_at(config, 20, s) for s in range(21)], values,
-                               rtol=1e-5, atol=1e-7)
-
-
-def test_weight_decay_skips_batch_norm_and_biases():
-    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones(4),
-                                                                   "bias": jnp.ones(4)}}
-    mask = train._decay_mask(params)
-    assert mask == {"conv": {"kernel": True}, "bn": {"scale": False, "bias": False}}
-
-
-def test_epochs_set_the_number_of_steps():
-    assert train.total_steps(_config(epochs=2.5), 64) == 10  # 4 steps per epoch.
-    assert train.total_steps(_config(steps=7), 64) == 7
 
 
 # --- whole runs ----------------------------------------------------------------------------
@@ -184,7 +161,7 @@ class _Killed(Exception):
 
 def _dies_after(calls, monkeypatch):
     """Makes train_and_evaluate's train step raise after ``calls`` steps."""
-    make = train.make_train_step
+    make = train_state.make_train_step
 
     def make_mortal(**options):
         step, count = make(**options), [0]
@@ -197,37 +174,52 @@ def _dies_after(calls, monkeypatch):
 
         return mortal
 
-    monkeypatch.setattr(train, "make_train_step", make_mortal)
+    monkeypatch.setattr(train_state, "make_train_step", make_mortal)
 
 
 def test_a_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
     config = _config()  # 12 steps, checkpoints every 4, metrics fetched every 3.
     straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-    workdir = str(tmp_path / "killed")
+    run = str(tmp_path / "killed")
     with monkeypatch.context() as patch:
         _dies_after(6, patch)  # Dies at step 7; the last checkpoint is step 4.
         with pytest.raises(_Killed):
-            train.train_and_evaluate(config, workdir)
-    assert sorted(os.listdir(os.path.join(workdir, train.CHECKPOINT_SUBDIR))) == ["4"]
-    resumed = train.train_and_evaluate(config, workdir)
+            train.train_and_evaluate(config, run)
+    assert sorted(os.listdir(os.path.join(run, workdir.CHECKPOINT_SUBDIR))) == ["4"]
+    resumed = train.train_and_evaluate(config, run)
     assert resumed["resumed_from"] == 4
     for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps"):
         assert resumed[key] == straight[key], key
-    with open(os.path.join(workdir, train.METRICS_FILE)) as f:
+    with open(os.path.join(run, workdir.METRICS_FILE)) as f:
         records = [json.loads(line) for line in f]
     train_steps = [r["step"] for r in records if "train_loss" in r]
     assert train_steps == [3, 6, 9, 12]  # Step 6's record from the killed run is not doubled.
-    again = train.train_and_evaluate(config, workdir)  # Finished: only re-evaluates.
+    again = train.train_and_evaluate(config, run)  # Finished: only re-evaluates.
     assert again["resumed_from"] == 12 and again["test_loss"] == straight["test_loss"]
     assert again["train_loss"] == straight["train_loss"]
 
 
+def _restore_latest(config, run):
+    """The newest intact checkpoint of the work directory ``run``."""
+    mesh = sharding.create_mesh()
+    model = train_state.create_model(config, num_classes=10)
+    abstract = train_state.abstract_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+                                                total_steps=config.steps)
+    saved = checkpoints.Checkpoints(os.path.join(run, workdir.CHECKPOINT_SUBDIR), keep=2)
+    try:
+        restored, damaged = saved.restore_latest(train._saved_tree(abstract))
+    finally:
+        saved.close()
+    assert damaged == []
+    return restored
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = _config(log_every=100)  # Only the checkpoint guard sees the NaN.
-    mesh = train.create_mesh()
+    mesh = sharding.create_mesh()
     poison = jax.jit(lambda s: s.replace(params=jax.tree.map(lambda p: p * jnp.nan, s.params)),
-                     out_shardings=train.replicated(mesh))
-    make = train.make_train_step
+                     out_shardings=sharding.replicated(mesh))
+    make = train_state.make_train_step
 
     def make_poisoned(**options):
         step, count = make(**options), [0]
@@ -240,36 +232,30 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
         return poisoned
 
-    monkeypatch.setattr(train, "make_train_step", make_poisoned)
-    workdir = str(tmp_path / "run")
+    monkeypatch.setattr(train_state, "make_train_step", make_poisoned)
+    run = str(tmp_path / "run")
     with pytest.raises(train.TrainingDiverged, match=r"NaN/inf at step 7.*step 4") as info:
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(config, run)
     assert "\n" not in str(info.value)
-    assert sorted(os.listdir(os.path.join(workdir, train.CHECKPOINT_SUBDIR))) == ["4"]
-    monkeypatch.setattr(train, "make_train_step", make)
-    model = train.create_model(config, num_classes=10)
-    fresh = train.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
-                                     total_steps=config.steps)
-    checkpoints = train._Checkpoints(os.path.join(workdir, train.CHECKPOINT_SUBDIR), keep=2)
-    try:
-        restored, meta = checkpoints.restore(fresh, step=4)
-    finally:
-        checkpoints.close()
-    assert meta["step"] == 4 and int(restored.step) == 4
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_fetch(restored.params)))
+    assert sorted(os.listdir(os.path.join(run, workdir.CHECKPOINT_SUBDIR))) == ["4"]
+    monkeypatch.setattr(train_state, "make_train_step", make)
+    restored = _restore_latest(config, run)
+    assert restored.step == 4 and restored.meta["step"] == 4
+    assert int(restored.tree["step"]) == 4
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(_fetch(restored.tree)))
 
 
 def test_a_batch_that_does_not_divide_over_the_devices_is_refused_before_writing(tmp_path):
-    workdir = tmp_path / "run"
+    run_dir = tmp_path / "run"
     with pytest.raises(train.SetupError, match="batch_size 12 .* 8 devices"):
-        train.train_and_evaluate(_config(batch_size=12), str(workdir))
-    assert not workdir.exists()
+        train.train_and_evaluate(_config(batch_size=12), str(run_dir))
+    assert not run_dir.exists()
 
 
 def test_summary_ends_with_the_trainable_parameter_count():
     config = _config(num_classes=10)
     text = train.summarize(config)
-    model = train.create_model(config, num_classes=10)
+    model = train_state.create_model(config, num_classes=10)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                   jnp.zeros((1, 32, 32, 3)), train=False))
     assert text.splitlines()[-1] == f"trainable parameters: {models.count_params(variables):,}"
@@ -296,11 +282,11 @@ def _corrupt_cifar(directory):
                          ids=["missing", "corrupt"])
 def test_a_bad_data_directory_exits_2_with_one_line_and_writes_nothing(tmp_path, make_dir):
     data_dir = make_dir(str(tmp_path))
-    workdir = tmp_path / "run"
-    result = _cli("--data", "cifar10", "--data-dir", data_dir, "--workdir", str(workdir),
+    run_dir = tmp_path / "run"
+    result = _cli("--data", "cifar10", "--data-dir", data_dir, "--workdir", str(run_dir),
                   cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cifar10:"), result.stderr
     assert result.stdout == ""
-    assert not workdir.exists() and not (tmp_path / "runs").exists()
+    assert not run_dir.exists() and not (tmp_path / "runs").exists()

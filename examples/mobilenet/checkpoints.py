@@ -1,0 +1,266 @@
+"""Orbax checkpoints of a pytree of arrays plus a JSON record, with damaged steps detected.
+
+Each step holds two orbax items: ``state`` (the arrays) and ``meta`` (a JSON
+dict, to which :meth:`Checkpoints.save` adds a CRC-32 per array). Restoring
+goes from the newest step down: a step that orbax cannot read, or whose arrays
+do not match their saved CRCs, is damaged; it is moved aside (never deleted)
+and the next newest is tried. A step whose saved shapes differ from the ones
+asked for is not damage but another configuration: :class:`CheckpointError`.
+
+Nothing here knows about training: the caller passes plain pytrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import os
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+CRC_KEY = "array_crc32"  # The key of the per-array checksums in a step's JSON record.
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be used for this run (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """The newest intact step.
+
+    Attributes:
+      step: Its number.
+      tree: The arrays, in the structure, dtypes and shardings asked for.
+      meta: Its JSON record (without the checksums).
+    """
+
+    step: int
+    tree: Any
+    meta: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+    """A step that could not be restored, and where it went.
+
+    Attributes:
+      step: Its number.
+      reason: One line: what orbax raised, or which array failed its checksum.
+      moved_to: The directory it was moved to (``None`` on processes other than 0,
+        which leave the move to process 0).
+    """
+
+    step: int
+    reason: str
+    moved_to: str | None
+
+    def describe(self) -> str:
+        """One line for the user."""
+        where = f"moved it to {self.moved_to}" if self.moved_to else "left it for process 0"
+        return f"the checkpoint of step {self.step} is damaged ({self.reason}); {where}"
+
+
+class Checkpoints:
+    """An orbax ``CheckpointManager`` over ``{"state": arrays, "meta": JSON}`` per step.
+
+    Args:
+      directory: Where the steps live (created on the first save).
+      keep: Steps kept (older ones are deleted by orbax after a save).
+      aside: Where damaged steps are moved (default: ``directory + "-damaged"``).
+    """
+
+    def __init__(self, directory: str, *, keep: int, aside: str | None = None):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.directory = os.path.abspath(directory)
+        self.aside = os.path.abspath(aside or self.directory + "-damaged")
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def all_steps(self) -> list[int]:
+        """The saved steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        """Saves ``tree`` (arrays) and ``meta`` (JSON) as ``step`` (asynchronously).
+
+        The write finishes in the background; :meth:`close` waits for it. A
+        step whose write was cut short is found damaged by the next restore.
+        """
+        ocp = self._ocp
+        os.makedirs(self.directory, exist_ok=True)
+        record = {**meta, CRC_KEY: _checksums(tree)}
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(record)))
+
+    def restore_latest(self, abstract: Any) -> tuple[Restored | None, list[Damaged]]:
+        """The newest intact step, and the damaged steps moved aside on the way.
+
+        Args:
+          abstract: The tree to restore into: ``jax.ShapeDtypeStruct`` leaves
+            with shardings.
+
+        Returns:
+          ``(restored, damaged)``; ``restored`` is ``None`` when no intact step is left.
+
+        Raises:
+          CheckpointError: a readable step holds other shapes (another model,
+            optimizer or number of classes).
+        """
+        damaged: list[Damaged] = []
+        for step in reversed(self.all_steps()):
+            try:
+                self._check_shapes(step, abstract)
+                restored = self._restore(step, abstract)
+            except _Damage as error:
+                damaged.append(self._set_aside(step, str(error)))
+                continue
+            return restored, damaged
+        return None, damaged
+
+    def _check_shapes(self, step: int, abstract: Any) -> None:
+        with _quiet_orbax():
+            try:
+                saved = self.manager.item_metadata(step)["state"]
+            except Exception as error:  # noqa: BLE001 - any unreadable metadata is damage.
+                raise _Damage(f"unreadable metadata: {_one_line(error)}") from None
+        if saved is None:
+            raise _Damage("no state item")
+        saved_tree = getattr(saved, "tree", saved)
+        want = _shapes(abstract)
+        try:
+            have = _shapes(saved_tree)
+        except Exception as error:  # noqa: BLE001
+            raise _Damage(f"unreadable metadata: {_one_line(error)}") from None
+        if have != want:
+            raise CheckpointError(
+                f"the checkpoint of step {step} in {self.directory} holds other arrays than "
+                f"this configuration ({_first_difference(have, want)}); resume with the "
+                "settings it was saved with, or use a new --workdir")
+
+    def _restore(self, step: int, abstract: Any) -> Restored:
+        ocp = self._ocp
+        with _quiet_orbax():
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as error:  # noqa: BLE001 - orbax raises Exception, ValueError, ...
+                raise _Damage(_one_line(error)) from None
+        meta = dict(restored["meta"] or {})
+        saved = meta.pop(CRC_KEY, None)
+        if saved is None:
+            raise _Damage("its record has no checksums")
+        actual = _checksums(restored["state"])
+        bad = [name for name, crc in actual.items() if saved.get(name) != crc]
+        if bad or set(saved) != set(actual):
+            raise _Damage(f"checksum mismatch in {(bad or sorted(set(saved) ^ set(actual)))[0]}")
+        return Restored(step=step, tree=restored["state"], meta=meta)
+
+    def _set_aside(self, step: int, reason: str) -> Damaged:
+        moved_to = None
+        if jax.process_index() == 0:
+            os.makedirs(self.aside, exist_ok=True)
+            moved_to = os.path.join(self.aside, str(step))
+            suffix = 1
+            while os.path.exists(moved_to):
+                moved_to = os.path.join(self.aside, f"{step}.{suffix}")
+                suffix += 1
+            os.replace(os.path.join(self.directory, str(step)), moved_to)
+        self.manager.reload()
+        return Damaged(step=step, reason=reason, moved_to=moved_to)
+
+    def close(self) -> None:
+        """Waits for a pending save to be written, then releases the manager."""
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
+
+
+class _Damage(Exception):
+    """A step that cannot be restored (internal: turned into :class:`Damaged`)."""
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _name(path: tuple[Any, ...]) -> str:
+    """``a/0/b`` for a path of dict keys, indices or attributes (orbax's metadata
+    turns named tuples into dicts, so the kind of key is left out)."""
+    parts = []
+    for key in path:
+        for attribute in ("key", "idx", "name"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {_name(path): (tuple(leaf.shape), str(np.dtype(leaf.dtype))) for path, leaf in leaves}
+
+
+def _first_difference(have: dict, want: dict) -> str:
+    for name in sorted(set(have) | set(want)):
+        if have.get(name) != want.get(name):
+            saved = have.get(name, ("absent",))[0]
+            asked = want.get(name, ("absent",))[0]
+            return f"{name}: saved {saved}, this run {asked}"
+    return "same arrays"
+
+
+def _host_copy(leaf: Any) -> np.ndarray:
+    if isinstance(leaf, jax.Array):  # One replica: identical on every device and process.
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return np.asarray(leaf.addressable_shards[0].data)
+    return np.asarray(leaf)
+
+
+def _checksums(tree: Any) -> dict[str, int]:
+    """CRC-32 of every array's bytes, by its path in ``tree``."""
+    return {_name(path): zlib.crc32(np.ascontiguousarray(_host_copy(leaf)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Keeps orbax's and tensorstore's background noise about a failed read off stderr.
+
+    A failed read leaves coroutines and callbacks that report their own
+    exceptions ("Exception ignored in ...", "Event loop is closed") through
+    Python's hooks, hundreds of lines for a large model; the caller reports the
+    failure in one line instead.
+    """
+    hooks = sys.unraisablehook, sys.excepthook, threading.excepthook
+    failed = False
+    sys.unraisablehook = sys.excepthook = threading.excepthook = lambda *args: None
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed:  # Let the failed read's stragglers finish while the hooks are quiet.
+            gc.collect()
+            time.sleep(0.2)
+            gc.collect()
+        sys.unraisablehook, sys.excepthook, threading.excepthook = hooks

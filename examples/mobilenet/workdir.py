@@ -1,0 +1,120 @@
+"""The work directory: its layout and the checks made before a run reads or writes anything.
+
+Layout: ``config.json`` (the settings of the last run), ``checkpoints/``
+(orbax steps), ``checkpoints-damaged/`` (damaged steps moved aside),
+``metrics.jsonl`` and ``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_SUBDIR = "checkpoints"
+DAMAGED_SUBDIR = "checkpoints-damaged"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+
+
+class WorkdirError(ValueError):
+    """A work directory that cannot be used (one-line message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """The paths of a work directory.
+
+    Attributes:
+      path: The directory (absolute).
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.path.abspath(self.path))
+
+    @property
+    def checkpoints(self) -> str:
+        return os.path.join(self.path, CHECKPOINT_SUBDIR)
+
+    @property
+    def damaged(self) -> str:
+        return os.path.join(self.path, DAMAGED_SUBDIR)
+
+    @property
+    def metrics(self) -> str:
+        return os.path.join(self.path, METRICS_FILE)
+
+    @property
+    def plot(self) -> str:
+        return os.path.join(self.path, PLOT_FILE)
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.path, CONFIG_FILE)
+
+    def check(self) -> None:
+        """Checks that the run can write here and that what is here is consistent.
+
+        Creates nothing: a missing directory is checked through its nearest
+        existing parent.
+
+        Raises:
+          WorkdirError: the path or a parent is a file; it cannot be written;
+            or ``metrics.jsonl`` exists without ``checkpoints/`` (a run that
+            restarted from step 0 would overwrite its metrics).
+        """
+        existing = self.path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise WorkdirError(f"work directory {self.path}: {existing} is a file, not a "
+                               "directory")
+        try:  # Writes and removes a temporary file: catches read-only mounts too.
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as error:
+            raise WorkdirError(f"work directory {self.path}: cannot write in {existing} "
+                               f"({error.strerror or error})") from None
+        if existing != self.path:
+            return
+        for name in (CHECKPOINT_SUBDIR, DAMAGED_SUBDIR):
+            if os.path.exists(os.path.join(self.path, name)) and not os.path.isdir(
+                    os.path.join(self.path, name)):
+                raise WorkdirError(f"work directory {self.path}: {name} is a file, not a "
+                                   "directory")
+        if os.path.exists(self.metrics) and not os.path.isdir(self.checkpoints):
+            raise WorkdirError(
+                f"work directory {self.path} has {METRICS_FILE} but no {CHECKPOINT_SUBDIR}/ "
+                "(deleted?): a run would start again from step 0 and overwrite the metrics; "
+                f"move {METRICS_FILE} away to start again, or use a new --workdir")
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The settings of the run that wrote this directory (``None`` when there are none).
+
+        Raises:
+          WorkdirError: ``config.json`` is not a JSON object.
+        """
+        if not os.path.exists(self.config):
+            return None
+        try:
+            with open(self.config) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as error:
+            raise WorkdirError(f"{self.config} cannot be read ({error}); repair it, or use a "
+                               "new --workdir") from None
+        return saved
+
+    def write_config(self, settings: dict[str, Any]) -> None:
+        """Writes ``config.json`` atomically (write, then rename)."""
+        os.makedirs(self.path, exist_ok=True)
+        temporary = self.config + ".tmp"
+        with open(temporary, "w") as f:
+            json.dump(settings, f, indent=2)
+        os.replace(temporary, self.config)

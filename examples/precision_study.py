@@ -79,6 +79,11 @@ class Row:
     nonlinearity: str
     scheme: str
 
+    @property
+    def key(self) -> str:
+        """``"nonlinearity:scheme"``, as ``--rows`` and ``--qat-rows`` name it."""
+        return f"{self.nonlinearity}:{self.scheme}"
+
     def settings(self) -> dict[str, str]:
         """The example's config fields of this row."""
         if self.nonlinearity == "relu":
@@ -109,12 +114,18 @@ class StudyConfig:
     cap: float = 3.0
     bits: tuple[int, ...] = ALL_BITS
     qat_bits: tuple[int, ...] = ALL_BITS
-    qat_rows: tuple[str, ...] = tuple(f"{r.nonlinearity}:{r.scheme}" for r in ROWS)
+    rows: tuple[str, ...] = tuple(r.key for r in ROWS)
+    qat_rows: tuple[str, ...] = tuple(r.key for r in ROWS)
     calibration_batches: int = 4
     quick: bool = False
 
+    def ptq(self) -> list[Row]:
+        """The rows evaluated after float training."""
+        return [r for r in ROWS if r.key in self.rows]
+
     def qat(self) -> list[Row]:
-        return [r for r in ROWS if f"{r.nonlinearity}:{r.scheme}" in self.qat_rows]
+        """The rows trained quantized."""
+        return [r for r in ROWS if r.key in self.qat_rows]
 
 
 QUICK = {"width": 0.25, "steps": 150, "batch_size": 64, "qat_bits": (4, 2),
@@ -182,7 +193,7 @@ def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[s
         log(f"[{time.perf_counter() - start:5.0f}s] seed {seed} {what}"
             f"{f' {bits} bits' if bits else ''}: test accuracy {accuracy:.4f}")
 
-    nonlinearities = list(dict.fromkeys(r.nonlinearity for r in ROWS))
+    nonlinearities = list(dict.fromkeys(r.nonlinearity for r in cfg.ptq() + cfg.qat()))
     for seed in range(cfg.seeds):
         evaluator = Evaluator(cfg, seed)
         for nonlinearity in nonlinearities:
@@ -190,7 +201,7 @@ def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[s
             state, summary = train.fit(config, None)
             record(None, "float", None, seed, summary["test_accuracy"], nonlinearity)
             ranges = None
-            for row in (r for r in ROWS if r.nonlinearity == nonlinearity):
+            for row in (r for r in cfg.ptq() if r.nonlinearity == nonlinearity):
                 for bits in cfg.bits:
                     qconfig = base_config(cfg, seed, activation_bits=bits, **row.settings())
                     model = train_state.create_model(qconfig,
@@ -228,7 +239,7 @@ def table_rows(results: dict[str, Any], cfg: StudyConfig
     """
     runs = results["runs"]
     out = []
-    for mode, rows, bit_list in (("PTQ", ROWS, cfg.bits), ("QAT", cfg.qat(), cfg.qat_bits)):
+    for mode, rows, bit_list in (("PTQ", cfg.ptq(), cfg.bits), ("QAT", cfg.qat(), cfg.qat_bits)):
         for row in rows:
             cells: dict[Any, list[float]] = {
                 "float": _cells(runs, row.nonlinearity, None, "float", None)}
@@ -247,11 +258,12 @@ def _mean_std(values: list[float]) -> str:
 
 def format_table(results: dict[str, Any], cfg: StudyConfig) -> str:
     """The markdown table: test accuracy (%) mean ± std over seeds; columns float, then bits."""
-    header = ["activation, scheme", "mode", "float"] + [f"{b} bits" for b in cfg.bits]
+    columns = sorted(set(cfg.bits) | set(cfg.qat_bits), reverse=True)
+    header = ["activation, scheme", "mode", "float"] + [f"{b} bits" for b in columns]
     lines = ["| " + " | ".join(header) + " |",
              "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for row, mode, cells in table_rows(results, cfg):
-        values = [_mean_std(cells["float"])] + [_mean_std(cells.get(b, [])) for b in cfg.bits]
+        values = [_mean_std(cells["float"])] + [_mean_std(cells.get(b, [])) for b in columns]
         lines.append(f"| {row.label(cfg.cap)} | {mode} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
@@ -357,8 +369,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"PTQ bit widths (default {_bits(d.bits)})")
     parser.add_argument("--qat-bits", type=_bit_list, default=None,
                         help=f"QAT bit widths (default {_bits(d.qat_bits)})")
-    parser.add_argument("--qat-rows", nargs="+", default=None,
-                        choices=[f"{r.nonlinearity}:{r.scheme}" for r in ROWS],
+    parser.add_argument("--rows", nargs="+", default=None, choices=[r.key for r in ROWS],
+                        help="the rows evaluated with PTQ (default all)")
+    parser.add_argument("--qat-rows", nargs="+", default=None, choices=[r.key for r in ROWS],
                         help="the rows trained with QAT (default all)")
     parser.add_argument("--calibration-batches", type=int, default=None,
                         help=f"training batches ReLU's PTQ ranges are measured on "

@@ -23,6 +23,7 @@ bits (:func:`jrelu6.fake_quant`, straight-through gradient):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,7 +53,8 @@ def range_statistics(y: jax.Array) -> dict[str, jax.Array]:
     (``lax.top_k``: no full sort).
     """
     flat = y.reshape(-1).astype(jnp.float32)
-    k = max(1, int(-(-flat.size * (100.0 - PERCENTILE) // 100.0)))
+    # 1e-6 absorbs the rounding of 100 - 99.99, so that 0.01% of 100,000 is 10, not 11.
+    k = max(1, math.ceil(flat.size * (100.0 - PERCENTILE) / 100.0 - 1e-6))
     top = jax.lax.top_k(flat, k)[0]
     return {"max": top[0], "percentile": top[-1]}
 

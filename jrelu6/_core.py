@@ -21,7 +21,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 
-def _like(x: jax.Array, value) -> jax.Array:
+def like(x: jax.Array, value) -> jax.Array:
     """``value`` as a scalar of ``x``'s dtype, weakly typed where ``x`` is.
 
     A Python scalar input is weakly typed (``relu6(3.0) * bfloat16`` must stay
@@ -32,7 +32,7 @@ def _like(x: jax.Array, value) -> jax.Array:
 
 def _forward(x: jax.Array, cap: jax.Array) -> jax.Array:
     """``min(max(x, 0), cap)`` in ``x.dtype``. NaN in, NaN out."""
-    return lax.min(lax.max(x, _like(x, 0)), _like(x, cap))
+    return lax.min(lax.max(x, like(x, 0)), like(x, cap))
 
 
 def slope(
@@ -46,14 +46,14 @@ def slope(
     1 on (0, cap), 0 outside [0, cap], ``grad_at_zero`` at x == 0,
     ``grad_at_cap`` at x == cap, NaN at NaN. Selects on the input ``x`` only.
     """
-    cap = _like(x, cap)
-    one = _like(x, 1)
-    zero = _like(x, 0)
+    cap = like(x, cap)
+    one = like(x, 1)
+    zero = like(x, 0)
     s = jnp.where((x > zero) & (x < cap), one, zero)
-    s = jnp.where(x == zero, _like(x, grad_at_zero), s)
-    s = jnp.where(x == cap, _like(x, grad_at_cap), s)
+    s = jnp.where(x == zero, like(x, grad_at_zero), s)
+    s = jnp.where(x == cap, like(x, grad_at_cap), s)
     # A NaN input must not turn into a finite (zero) gradient.
-    return jnp.where(jnp.isnan(x), _like(x, jnp.nan), s)
+    return jnp.where(jnp.isnan(x), like(x, jnp.nan), s)
 
 
 def _cap_slope(x: jax.Array, cap: jax.Array, grad_at_cap: jax.Array) -> jax.Array:
@@ -62,14 +62,14 @@ def _cap_slope(x: jax.Array, cap: jax.Array, grad_at_cap: jax.Array) -> jax.Arra
     At x == cap the two partial derivatives add up to 1, so moving x and cap
     together moves the output one-for-one, whatever the convention.
     """
-    cap = _like(x, cap)
-    one = _like(x, 1)
-    s = jnp.where(x > cap, one, _like(x, 0))
-    s = jnp.where(x == cap, one - _like(x, grad_at_cap), s)
-    return jnp.where(jnp.isnan(x), _like(x, jnp.nan), s)
+    cap = like(x, cap)
+    one = like(x, 1)
+    s = jnp.where(x > cap, one, like(x, 0))
+    s = jnp.where(x == cap, one - like(x, grad_at_cap), s)
+    return jnp.where(jnp.isnan(x), like(x, jnp.nan), s)
 
 
-def scale(s: jax.Array, t: jax.Array) -> jax.Array:
+def scale_tangent(s: jax.Array, t: jax.Array) -> jax.Array:
     """The tangent ``s * t``, but exactly 0 where the slope ``s`` is 0.
 
     ``0 * inf`` is NaN, so a plain product would turn an infinite tangent (or,
@@ -77,7 +77,7 @@ def scale(s: jax.Array, t: jax.Array) -> jax.Array:
     and PyTorch give 0. The select is linear in ``t``, so it transposes to the
     same rule for cotangents; a NaN slope (NaN input) still gives NaN.
     """
-    return jnp.where(s == _like(s, 0), jnp.zeros_like(t), s * t)
+    return jnp.where(s == like(s, 0), jnp.zeros_like(t), s * t)
 
 
 # custom_jvp outermost, jit inside, as jax.nn.relu6 does: the rule is applied
@@ -118,12 +118,12 @@ def _capped_relu_jvp(primals, tangents):
 # Jitted so that eager differentiation dispatches once, not once per operation.
 @jax.jit
 def _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot):
-    return scale(slope(x, cap, grad_at_zero, grad_at_cap), x_dot)
+    return scale_tangent(slope(x, cap, grad_at_zero, grad_at_cap), x_dot)
 
 
 @jax.jit
 def _cap_tangent(x, cap, grad_at_cap, cap_dot):
-    return scale(_cap_slope(x, cap, grad_at_cap), jnp.asarray(cap_dot, x.dtype))
+    return scale_tangent(_cap_slope(x, cap, grad_at_cap), jnp.asarray(cap_dot, x.dtype))
 
 
 @jax.jit

@@ -59,7 +59,7 @@ class _Activation(nnx.Module):
             hits = _modules.hits(self, x)
             if hits is not None:
                 _record(self, hits)
-        parameters = {name: getattr(self, name)[...] for name in activation.parameters}
+        parameters = {name: _value(getattr(self, name)) for name in activation.parameters}
         return _modules.apply(self, x, parameters)
 
     def set_view(self, record_boundary_hits: bool | None = None):
@@ -70,6 +70,11 @@ class _Activation(nnx.Module):
         """
         if record_boundary_hits is not None:
             self.record_boundary_hits = record_boundary_hits
+
+
+def _value(variable: nnx.Variable):
+    """A variable's value, across flax versions."""
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
 
 def _record(module: nnx.Module, hits: _diagnostics.BoundaryHits) -> None:

@@ -11,6 +11,18 @@ max]``, after the range is *nudged* so that 0 is exactly one of the levels
 (zero padding must quantize to zero). Values are rounded half up, and
 computed in float32 for 16-bit inputs.
 
+To the bit: for a known range the nudged grid is computed on the host in IEEE
+float32, as TensorFlow computes it (XLA compiles a division as a
+multiplication by the reciprocal, which can move the grid by an ulp); for a
+traced (learnable) range it is computed in the graph, with the divisions
+shielded from that rewrite, and agrees too except under ``vmap`` over the range
+(vectorised division may round the last bit differently). The level of an
+input is ``floor((x - m) * (1/s) + 1/2)``, TensorFlow's
+``fake_quant_with_min_max_args`` expression; its ``_vars`` form divides by
+``s``, which can pick the other level only within an ulp of a half-way point.
+The level is dequantized as ``(q - z) * s`` (one rounding, as an integer
+runtime computes it), within an ulp of TensorFlow's ``level * s + m``.
+
 How PyTorch's ``torch.fake_quantize_per_tensor_affine`` differs: it takes a
 scale and an integer zero point rather than a range, rounds half to *even*
 (``nearbyint``: 2.5 steps goes to 2, not 3) and computes ``x / scale`` as
@@ -24,9 +36,11 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
@@ -43,27 +57,69 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
-def _nudge(lo: jax.Array, hi: jax.Array, qmin: int, qmax: int):
-    """TensorFlow's nudged range: ``(nudged_min, nudged_max, scale)``.
+class Grid(NamedTuple):
+    """A nudged range: its ends, its step and the step's reciprocal, and the
+    signed level of its lower end, ``qmin - zero_point``."""
+
+    nudged_min: jax.Array
+    nudged_max: jax.Array
+    scale: jax.Array
+    inv_scale: jax.Array
+    offset: jax.Array
+
+
+def _nudge_host(lo: float, hi: float, qmin: int, qmax: int, dtype) -> Grid:
+    """TensorFlow's Nudge for a known range, in IEEE arithmetic of ``dtype``.
 
     The real zero is moved onto the grid: the zero point ``qmin - lo / scale``
-    is clamped to ``[qmin, qmax]`` and rounded (half away from zero, as
-    ``std::round``), and the range is rebuilt around it.
+    is clamped to ``[qmin, qmax]`` and rounded half away from zero (C's
+    ``round``), and the range is rebuilt around it. Computed here, on the
+    host, because XLA compiles a division as a multiplication by the
+    reciprocal, which is not always the correctly rounded quotient
+    (``6 * fl(1/7) != fl(6/7)`` in float32) and would move the grid by an ulp.
     """
-    qmin_f = lax.full_like(lo, qmin, shape=())
-    qmax_f = lax.full_like(lo, qmax, shape=())
-    scale = (hi - lo) / (qmax_f - qmin_f)
+    f = np.dtype(dtype).type
+    qmin_f, qmax_f = f(qmin), f(qmax)
+    scale = (f(hi) - f(lo)) / (qmax_f - qmin_f)
+    z = np.clip(qmin_f - f(lo) / scale, qmin_f, qmax_f)
+    zero_point = np.floor(z) + f(z - np.floor(z) >= f(0.5))
+    return Grid(
+        (qmin_f - zero_point) * scale,
+        (qmax_f - zero_point) * scale,
+        scale,
+        f(1) / scale,
+        qmin_f - zero_point,
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _nudge_traced(lo: jax.Array, hi: jax.Array, qmin: int, qmax: int, dtype) -> Grid:
+    """:func:`_nudge_host` for a traced range (its divisions are XLA's)."""
+    lo, hi = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+    qmin_f, qmax_f = jnp.asarray(qmin, dtype), jnp.asarray(qmax, dtype)
+    # Barriers keep XLA from rewriting the divisions (a division by a constant
+    # into a product by its reciprocal, a / (b / c) into a * c / b), which
+    # would change the last bit of the grid.
+    steps = lax.optimization_barrier(qmax_f - qmin_f)
+    scale = lax.optimization_barrier((hi - lo) / steps)
     zero_point = lax.round(
         jnp.clip(qmin_f - lo / scale, qmin_f, qmax_f), lax.RoundingMethod.AWAY_FROM_ZERO
     )
-    return (qmin_f - zero_point) * scale, (qmax_f - zero_point) * scale, scale
+    return Grid(
+        (qmin_f - zero_point) * scale,
+        (qmax_f - zero_point) * scale,
+        scale,
+        1 / scale,
+        qmin_f - zero_point,
+    )
 
 
-def _bounds(x, lo, hi, qmin, qmax):
-    """``x`` and the nudged range, all in the compute dtype."""
-    dtype = _compute_dtype(x.dtype)
-    nudged_min, nudged_max, scale = _nudge(_cast(lo, dtype), _cast(hi, dtype), qmin, qmax)
-    return _cast(x, dtype), nudged_min, nudged_max, scale
+def nudge(lo, hi, qmin: int, qmax: int, dtype) -> Grid:
+    """The grid of ``[lo, hi]`` with levels ``qmin..qmax``, in the compute dtype."""
+    dtype = _compute_dtype(dtype)
+    if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+        return _nudge_traced(lo, hi, qmin, qmax, dtype)
+    return _nudge_host(float(lo), float(hi), qmin, qmax, dtype)
 
 
 def _cast(x, dtype):
@@ -72,40 +128,47 @@ def _cast(x, dtype):
     return x if x.dtype == dtype else x.astype(dtype)
 
 
-# custom_jvp outermost, jit inside (as in _core). The grid's level counts are
-# static: a handful of values, each its own compiled function.
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def fake_quant_core(x: jax.Array, lo: ArrayLike, hi: ArrayLike, qmin: int, qmax: int):
-    """Fake-quantizes floating ``x`` onto levels ``qmin..qmax`` over ``[lo, hi]``."""
-    wide, nudged_min, nudged_max, scale = _bounds(x, lo, hi, qmin, qmax)
-    clamped = jnp.clip(wide, nudged_min, nudged_max)
-    levels = jnp.floor((clamped - nudged_min) / scale + lax.full_like(wide, 0.5, shape=()))
-    return _cast(levels * scale + nudged_min, x.dtype)
+# custom_jvp outermost, jit inside (as in _core). ``lo`` and ``hi`` are there
+# for their tangents only: the values come from their ``grid``.
+@jax.custom_jvp
+@jax.jit
+def fake_quant_core(x: jax.Array, lo: ArrayLike, hi: ArrayLike, grid: Grid) -> jax.Array:
+    """Fake-quantizes floating ``x`` onto ``grid``, the nudged ``[lo, hi]``."""
+    del lo, hi  # Used by the derivative rule only.
+    wide = _cast(x, _compute_dtype(x.dtype))
+    grid = Grid(*(_core.like(wide, v) for v in grid))  # Weakly typed where x is.
+    clamped = jnp.clip(wide, grid.nudged_min, grid.nudged_max)
+    # (x - m) * (1/s), as TensorFlow's fake_quant_with_min_max_args computes
+    # it; its _vars form divides by s, which XLA compiles as this product.
+    shifted = (clamped - grid.nudged_min) * grid.inv_scale
+    level = jnp.floor(shifted + lax.full_like(wide, 0.5, shape=()))
+    # Dequantized as (q - z) * s, the integer model's formula: one rounding, so
+    # 0 is exactly 0 and the result does not depend on whether XLA fuses a
+    # multiply-add (TensorFlow's level * s + nudged_min may differ by an ulp).
+    return _cast((level + grid.offset) * grid.scale, x.dtype)
 
 
 # The straight-through rule of TensorFlow's FakeQuantWithMinMaxVarsGradient:
 # d/dx is 1 on the closed nudged range and 0 outside; d/dmin is 1 where x is
 # below it, d/dmax 1 where x is above it (the nudging itself is not
-# differentiated). Written as selects, linear in the tangents (the slope is
-# applied by _core.scale, which gives 0 where the slope is 0 even for an
-# infinite (co)tangent), so the transpose sums the cotangent over the elements
-# below (above) the range for min (max). A NaN input gets a NaN derivative, as
-# everywhere in jrelu6.
+# differentiated, and neither is the grid). Written as selects, linear in the
+# tangents (_core.scale_tangent applies the slope, giving 0 where it is 0 even
+# for an infinite (co)tangent), so the transpose sums the cotangent over the
+# elements below (above) the range for min (max). A NaN input gets a NaN
+# derivative, as everywhere in jrelu6 (TensorFlow's mask would give 0).
 @functools.partial(fake_quant_core.defjvp, symbolic_zeros=True)
-def _fake_quant_jvp(qmin, qmax, primals, tangents):
-    x, lo, hi = primals
-    x_dot, lo_dot, hi_dot = tangents
-    y = fake_quant_core(x, lo, hi, qmin, qmax)
-    wide, nudged_min, nudged_max, _ = _bounds(x, lo, hi, qmin, qmax)
-    below, above = wide < nudged_min, wide > nudged_max
+def _fake_quant_jvp(primals, tangents):
+    x, lo, hi, grid = primals
+    x_dot, lo_dot, hi_dot, _ = tangents
+    y = fake_quant_core(x, lo, hi, grid)
+    wide = _cast(x, _compute_dtype(x.dtype))
+    below, above = wide < grid.nudged_min, wide > grid.nudged_max
     zeros = jnp.zeros_like(y)
     y_dot = zeros
     if not isinstance(x_dot, SymbolicZero):
-        one = jnp.ones_like(y)
-        slope = jnp.where(below | above, zeros, one)
+        slope = jnp.where(below | above, zeros, jnp.ones_like(y))
         slope = jnp.where(jnp.isnan(wide), jnp.full_like(y, jnp.nan), slope)
-        y_dot = _core.scale(slope, x_dot)
+        y_dot = _core.scale_tangent(slope, x_dot)
     if not isinstance(lo_dot, SymbolicZero):
         y_dot = y_dot + jnp.where(below, jnp.asarray(lo_dot).astype(x.dtype), zeros)
     if not isinstance(hi_dot, SymbolicZero):
@@ -167,8 +230,10 @@ def fake_quant(
         \mathrm{fake\_quant}(x) = \left\lfloor \frac{\mathrm{clip}(x, m, M) - m}{s}
         + \frac{1}{2} \right\rfloor s + m
 
-    computed in float32 for 16-bit inputs and returned in ``x``'s dtype. The
-    gradient is the straight-through estimator: the cotangent passes
+    computed in float32 for 16-bit inputs and returned in ``x``'s dtype
+    (dequantized as :math:`(q - z) s`, within an ulp of TensorFlow's
+    :math:`\lfloor\cdot\rfloor s + m`; see :mod:`jrelu6._quant` for the last
+    bit). The gradient is the straight-through estimator: the cotangent passes
     unchanged where :math:`m \le x \le M` and is 0 outside (NaN at NaN).
     ``min`` and ``max`` may be traced and differentiated, as TensorFlow's
     variables: :math:`\partial/\partial\min` collects the cotangent where
@@ -216,7 +281,7 @@ def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
             raise ValueError(
                 f"{fn_name}: min must be less than max, got min={float(lo)}, max={float(hi)}."
             )
-    return fake_quant_core(x, lo, hi, *_levels(num_bits, narrow_range))
+    return fake_quant_core(x, lo, hi, nudge(lo, hi, *_levels(num_bits, narrow_range), x.dtype))
 
 
 def _relu6_levels(fn_name: str, num_bits, narrow_range, scheme) -> tuple[int, int]:
@@ -306,7 +371,7 @@ def _quantized_relu6(fn_name, x, num_bits, narrow_range, scheme, grad_at_zero, g
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _quantized_relu6_jit(x, grad_at_zero, grad_at_six, qmin, qmax):
     y = _core.capped_relu(x, 6.0, grad_at_zero, grad_at_six)
-    return fake_quant_core(y, 0.0, 6.0, qmin, qmax)
+    return fake_quant_core(y, 0.0, 6.0, nudge(0.0, 6.0, qmin, qmax, x.dtype))
 
 
 def _quantized_hard(fn_name, x, num_bits, narrow_range, scheme, grad_at_zero, grad_at_six, op):

@@ -166,3 +166,15 @@ def test_torch_step_runs_and_returns_a_finite_loss():
     step, notes = train_step.torch_step(config, images, np.array([1, 2]), "cpu")
     assert math.isfinite(float(step()))
     assert notes["compiled"] is False and notes["device"] == "cpu"
+
+
+def test_fake_quant_quick(tmp_path):
+    result = run_benchmark(tmp_path, "fake_quant.py", "--sizes", "10", "--repeats", "1")
+    assert_machine_named(result)
+    assert {(r["dtype"], r["mode"]) for r in result["results"]} == {
+        (d, m) for d in ("float32", "bfloat16") for m in ("forward", "forward+backward")
+    }
+    for r in result["results"]:
+        assert set(r["seconds"]) == {"jnp", "jrelu6"}
+        assert_positive_finite(r["time_ratio"], "time_ratio")
+        assert r["compiled"]["jrelu6"]["fusions"] == r["compiled"]["jnp"]["fusions"]

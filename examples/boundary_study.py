@@ -4,7 +4,9 @@ The derivative of relu6 at its kinks is a convention (0 in jax.nn, PyTorch and
 TensorFlow). It can only matter where an input lands *exactly* on 0 or 6,
 which bfloat16's coarse spacing (1/32 near 6) makes far likelier than
 float32's. This script measures, on the bundled digits data (scikit-learn,
-nothing downloaded, prepared as examples/mobilenet prepares it):
+nothing downloaded), with the MobileNet example's own configuration and
+training loop (:func:`mobilenet.train.fit`: its data pipeline without
+augmentation, its optimizers and warm-up + cosine schedule):
 
 1. test accuracy, mean +/- std over seeds, for each boundary setting
    ``(grad_at_zero, grad_at_six)`` x compute dtype x batch-norm on/off x
@@ -26,12 +28,12 @@ CPU; the table says what was run.
     python examples/boundary_study.py --out runs/boundary --seeds 5
     python examples/boundary_study.py --settings 0,0 1,1 0,1 --dtypes float32 float16
 
-Runs of one (optimizer, batch-norm, dtype) group share one compiled training
-step: the boundary settings are arguments of the step, not constants, so
-changing them does not recompile (relu6 accepts traced boundary values).
+Runs with the same seed share their initialization and their data order
+(the loop draws both from the seed alone); each (optimizer, batch-norm,
+dtype, setting) cell compiles its own training step.
 
-Cost: ``--quick`` trains 48 runs of 300 steps of a small conv net, about 2.5
-to 5 minutes on a shared 2-core CPU. The default (full) grid trains 72 runs of
+Cost: ``--quick`` trains 48 runs of 300 steps of a small conv net, a few
+minutes on a 2-core CPU. The default (full) grid trains 72 runs of
 a MobileNetV2 (width 0.25) from examples/mobilenet; at roughly 0.5-0.8 s per
 step on that CPU it takes hours there: run it on a GPU, or narrow it with
 ``--optimizers``, ``--dtypes``, ``--batch-norm`` and ``--seeds``.
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -57,13 +60,15 @@ import optax
 
 import jrelu6
 import jrelu6.linen
+from mobilenet import input_pipeline, models, sharding, train, train_state
+from mobilenet.configs import default, get_config
 
 Setting = tuple[float, float]  # (grad_at_zero, grad_at_six)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-OPTIMIZERS = ("sgd", "adamw")
-EXAMPLE_MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-                  "tiny")
+DTYPES = default.DTYPES
+OPTIMIZERS = default.OPTIMIZERS
+EXAMPLE_MODELS = default.MODELS
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,39 +88,11 @@ class StudyConfig:
     adamw_lr: float = 3e-3
     weight_decay: float = 5e-4
     probe_batch: int = 256
-    train_limit: int = 0  # 0: the whole training split.
     quick: bool = False
 
 
 QUICK = dict(model="convnet", steps=300, seeds=2, batch_size=64)
 
-
-# --- data -------------------------------------------------------------------
-
-
-def load_digits(*, train_limit: int = 0) -> tuple[np.ndarray, ...]:
-    """The MobileNet example's digits: 32x32x3, its fixed split, its normalization.
-
-    scikit-learn's bundled 8x8 digits upsampled to 32x32 and repeated over
-    three channels, the stratified 80/20 split of
-    :func:`mobilenet.input_pipeline.load_digits`, then ``(x / 255 - mean) /
-    std`` with the training set's statistics, as the example's training step
-    does (the study adds no augmentation).
-
-    Returns:
-      ``x_train, y_train, x_test, y_test``; images are float32 NHWC.
-    """
-    from mobilenet import input_pipeline  # examples/mobilenet, next to this script.
-
-    data = input_pipeline.load_digits()
-
-    def normalize(images: np.ndarray) -> np.ndarray:
-        return np.asarray(input_pipeline.normalize(images, mean=data.mean, std=data.std))
-
-    x_train, y_train = data.train_images, data.train_labels
-    if train_limit:
-        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
-    return normalize(x_train), y_train, normalize(data.test_images), data.test_labels
 
 
 # --- models -----------------------------------------------------------------
@@ -126,16 +103,17 @@ class TinyConvNet(nn.Module):
 
     The study's small model for ``--quick`` and the tests: plain convolutions
     (milliseconds per step on a 2-core CPU, where even the example's ``tiny``
-    MobileNet takes far longer), each followed by batch-norm (optional) and
-    :class:`jrelu6.linen.ReLU6`. Compute in ``dtype``, parameters in float32.
+    MobileNet takes far longer), each followed by batch-norm (optional, in
+    float32 as the example's models do) and :class:`jrelu6.linen.ReLU6`.
+    Compute in ``dtype``, parameters in float32.
     """
 
     num_classes: int = 10
     features: tuple[int, ...] = (16, 32, 64)
     batch_norm: bool = True
     dtype: Any = jnp.float32
-    grad_at_zero: Any = 0.0
-    grad_at_six: Any = 0.0
+    grad_at_zero: float = 0.0
+    grad_at_six: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -145,193 +123,76 @@ class TinyConvNet(nn.Module):
                         dtype=self.dtype)(x)
             if self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                 dtype=self.dtype)(x)
+                                 dtype=jnp.float32)(x.astype(jnp.float32)).astype(self.dtype)
             x = jrelu6.linen.ReLU6(grad_at_zero=self.grad_at_zero,
                                    grad_at_six=self.grad_at_six)(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-def build_model(cfg: StudyConfig, *, batch_norm: bool, dtype: str, setting: Any) -> nn.Module:
-    """The study's model: its own small conv net, or a model of examples/mobilenet.
+def convnet(config: default.Config, *, num_classes: int) -> nn.Module:
+    """The study's :class:`TinyConvNet` with ``config``'s batch-norm, dtype and boundary setting."""
+    return TinyConvNet(num_classes=num_classes, batch_norm=config.batch_norm,
+                       dtype=train_state.DTYPES[config.dtype],
+                       grad_at_zero=config.grad_at_zero, grad_at_six=config.grad_at_six)
 
-    ``setting`` is ``(grad_at_zero, grad_at_six)``: Python floats or traced
-    scalars (inside the jitted step).
+
+def example_mobilenet(config: default.Config, *, num_classes: int) -> nn.Module:
+    """``config``'s MobileNet from examples/mobilenet, small-input variant, without dropout.
+
+    No dropout: a run is then a function of its seed and setting alone.
     """
-    g0, g6 = setting
-    if cfg.model == "convnet":
-        return TinyConvNet(batch_norm=batch_norm, dtype=DTYPES[dtype],
-                           grad_at_zero=g0, grad_at_six=g6)
-    try:
-        from mobilenet import models  # examples/mobilenet, on sys.path next to this script.
-    except ImportError as e:
-        raise SystemExit(f"boundary_study: --model {cfg.model} needs examples/mobilenet "
-                         f"({e}); use --model tiny") from None
-
-    # No dropout: the study's runs are deterministic given the seed.
     return models.create_model(
-        cfg.model, num_classes=10, width_multiplier=cfg.width, small_input=True,
-        dtype=DTYPES[dtype], grad_at_zero=g0, grad_at_six=g6, batch_norm=batch_norm,
-        dropout_rate=0.0,
-    )
+        config.model, num_classes=num_classes, width_multiplier=config.width,
+        small_input=True, dtype=train_state.DTYPES[config.dtype],
+        grad_at_zero=config.grad_at_zero, grad_at_six=config.grad_at_six,
+        batch_norm=config.batch_norm, dropout_rate=0.0)
 
 
-def apply_model(model: nn.Module, variables: dict, x: jax.Array, *, train: bool,
-                mutable: Sequence[str] = ()) -> tuple[jax.Array, dict]:
-    """``model.apply`` in train or eval mode; returns (logits, mutated collections).
+def run_config(cfg: StudyConfig, *, optimizer: str, batch_norm: bool, dtype: str,
+               setting: Setting, seed: int) -> default.Config:
+    """The example's configuration of one run of the study.
 
-    In train mode batch-norm uses (and updates) batch statistics.
+    Digits without augmentation or label smoothing; the example's optimizer and
+    schedule with the study's learning rates and weight decay; metrics fetched
+    once, nothing written. With the convnet, ``model`` names the example's
+    ``tiny`` but :func:`convnet` builds the network.
     """
-    mutable = list(mutable) + (["batch_stats"] if train and "batch_stats" in variables else [])
-    if not mutable:
-        return model.apply(variables, x, train=train), {}
-    return model.apply(variables, x, train=train, mutable=mutable)
+    return get_config(
+        model="tiny" if cfg.model == "convnet" else cfg.model, width=cfg.width,
+        small_input=True, batch_norm=batch_norm, dtype=dtype, grad_at_zero=float(setting[0]),
+        grad_at_six=float(setting[1]), data="digits", augment=False, label_smoothing=0.0,
+        batch_size=cfg.batch_size, steps=cfg.steps, optimizer=optimizer,
+        learning_rate=cfg.sgd_lr if optimizer == "sgd" else cfg.adamw_lr,
+        weight_decay=cfg.weight_decay, seed=seed, log_every=cfg.steps, eval_every=0,
+        checkpoint_every=0, progress=False, plot=False)
 
 
-def init_variables(model: nn.Module, key: jax.Array, x: jax.Array) -> dict:
-    """``model.init`` in eval mode (jit it: it is called once per run)."""
-    return model.init(key, x, train=False)
-
-
-# --- training ---------------------------------------------------------------
-
-
-def warmup_cosine(peak: float, warmup: int, steps: int) -> optax.Schedule:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``steps``.
-
-    Written out (rather than optax's schedule) so that it is clean under
-    ``jax_numpy_dtype_promotion="strict"``.
-    """
-
-    def schedule(count: jax.Array) -> jax.Array:
-        t = jnp.asarray(count, jnp.float32)
-        ramp = jnp.minimum(t / warmup, 1.0)
-        progress = jnp.clip((t - warmup) / max(steps - warmup, 1), 0.0, 1.0)
-        return peak * ramp * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-
-    return schedule
-
-
-def make_optimizer(cfg: StudyConfig, name: str) -> optax.GradientTransformation:
-    """SGD (momentum 0.9, weight decay) or AdamW, with warm-up and cosine decay."""
-    warmup = max(1, cfg.steps // 10)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(cfg.weight_decay),
-                           optax.sgd(warmup_cosine(cfg.sgd_lr, warmup, cfg.steps),
-                                     momentum=0.9))
-    if name == "adamw":
-        return optax.adamw(warmup_cosine(cfg.adamw_lr, warmup, cfg.steps),
-                           weight_decay=cfg.weight_decay)
-    raise ValueError(f"boundary_study: optimizer must be one of {OPTIMIZERS}, got {name!r}.")
-
-
-def _loss(model, params, other, x, y, mutable=()):
-    logits, updates = apply_model(model, {"params": params, **other}, x, train=True,
-                                  mutable=mutable)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-    return jnp.mean(loss), updates
-
-
-class Group:
-    """The compiled functions for one (optimizer, batch-norm, dtype) group.
-
-    The boundary setting is an argument (a float32 pair), so every setting
-    and seed of the group reuses the same executables. A model that does not
-    accept traced boundary values gets them as static arguments instead
-    (one compilation per setting).
-    """
-
-    def __init__(self, cfg: StudyConfig, *, optimizer: str, batch_norm: bool, dtype: str):
-        self.cfg, self.batch_norm, self.dtype = cfg, batch_norm, dtype
-        self.tx = make_optimizer(cfg, optimizer)
-
-        def model(setting):
-            return build_model(cfg, batch_norm=batch_norm, dtype=dtype,
-                               setting=(setting[0], setting[1]))
-
-        self.model = model
-        self.traced = _accepts_traced_settings(model)
-
-        def train_step(params, other, opt_state, x, y, setting):
-            grad_fn = jax.value_and_grad(lambda p: _loss(model(setting), p, other, x, y),
-                                         has_aux=True)
-            (loss, updates), grads = grad_fn(params)
-            steps, opt_state = self.tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, steps), {**other, **updates}, opt_state, loss
-
-        def accuracy(variables, x, y, setting):
-            logits, _ = apply_model(model(setting), variables, x, train=False)
-            return jnp.mean(jnp.argmax(logits, -1) == y)
-
-        def gradients(params, other, x, y, setting):
-            """The loss gradient, and the boundary hits of the very forward pass it used."""
-            grad_fn = jax.grad(lambda p: _loss(model(setting), p, other, x, y,
-                                               mutable=["boundary_hits"]), has_aux=True)
-            grads, state = grad_fn(params)
-            return grads, state["boundary_hits"]
-
-        def jit(f, **kwargs):
-            if not self.traced:
-                kwargs["static_argnames"] = ("setting",)
-            return jax.jit(f, **kwargs)
-
-        self._init = jax.jit(lambda key, x: init_variables(model((0.0, 0.0)), key, x))
-        self.train_step = jit(train_step, donate_argnums=(0, 1, 2))
-        self.accuracy = jit(accuracy)
-        self.gradients = jit(gradients)
-
-    def setting(self, setting: Setting) -> Any:
-        """The form the compiled functions take: an array, or a static pair of floats."""
-        if self.traced:
-            return jnp.asarray(setting, jnp.float32)
-        return (float(setting[0]), float(setting[1]))
-
-    def init(self, seed: int, x: jax.Array) -> dict:
-        """The variables at initialisation for ``seed`` (``x``: one input image)."""
-        return dict(self._init(jax.random.key(seed), jnp.asarray(x[:1])))
-
-    def train(self, setting: Setting, seed: int, data: tuple[np.ndarray, ...]) -> dict:
-        """Trains one run; returns its final variables and test accuracy."""
-        x_train, y_train, x_test, y_test = data
-        variables = self.init(seed, jnp.asarray(x_train[:1]))
-        params = variables.pop("params")
-        opt_state = self.tx.init(params)
-        g = self.setting(setting)
-        order = _batches(len(x_train), self.cfg.batch_size, self.cfg.steps, seed)
-        x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
-        loss = jnp.nan
-        for idx in order:
-            params, variables, opt_state, loss = self.train_step(
-                params, variables, opt_state, x_all[idx], y_all[idx], g)
-        final = {"params": params, **variables}
-        acc = float(self.accuracy(final, jnp.asarray(x_test), jnp.asarray(y_test), g))
-        return {"variables": final, "test_accuracy": acc, "train_loss": float(loss)}
-
-
-def _accepts_traced_settings(model: Callable[[Any], nn.Module]) -> bool:
-    """Whether the model can be built with traced (grad_at_zero, grad_at_six)."""
-    try:
-        jax.eval_shape(lambda g: init_variables(model(g), jax.random.key(0),
-                                                jnp.zeros((1, 32, 32, 3))),
-                       jnp.zeros(2, jnp.float32))
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return False
-    return True
-
-
-def _batches(n: int, batch_size: int, steps: int, seed: int) -> list[np.ndarray]:
-    """Shuffled index batches, reshuffled every epoch; the same for every setting."""
-    if batch_size > n:
-        raise ValueError(f"boundary_study: batch size {batch_size} > {n} training images.")
-    rng = np.random.default_rng(seed)
-    batches, per_epoch = [], n // batch_size
-    while len(batches) < steps:
-        perm = rng.permutation(n)
-        batches += [perm[i * batch_size:(i + 1) * batch_size] for i in range(per_epoch)]
-    return batches[:steps]
+def model_fn(cfg: StudyConfig) -> train.ModelFn:
+    """The study's model factory for :func:`mobilenet.train.fit`."""
+    return convnet if cfg.model == "convnet" else example_mobilenet
 
 
 # --- measurements -----------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def gradients(model: nn.Module, params: Any, batch_stats: Any, images: jax.Array,
+              labels: jax.Array) -> tuple[Any, Any]:
+    """The loss gradient on a batch, and the boundary hits of the very forward pass it used.
+
+    Train mode, as in a training step: batch-norm normalizes with the batch's
+    statistics. The loss is plain cross-entropy in float32.
+    """
+    def loss(p: Any) -> tuple[jax.Array, Any]:
+        variables = {"params": p, **({"batch_stats": batch_stats} if batch_stats else {})}
+        logits, state = model.apply(variables, images, train=True,
+                                    mutable=["batch_stats", "boundary_hits"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                               labels)
+        return jnp.mean(loss), state["boundary_hits"]
+
+    return jax.grad(loss, has_aux=True)(params)
 
 
 def gradient_difference(a: Any, b: Any) -> dict[str, float]:
@@ -366,57 +227,73 @@ def _fmt_setting(s: Setting) -> str:
 
 def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict:
     """Runs every cell; returns plain data (lists, floats) for the tables and plot."""
-    # flax's BatchNorm mixes a bfloat16 input with float32 statistics by
-    # implicit promotion; allow it here even where a test session made it strict.
-    with jax.numpy_dtype_promotion("standard"):
-        return _run_study(cfg, log)
-
-
-def _run_study(cfg: StudyConfig, log: Callable[[str], None]) -> dict:
-    data = load_digits(train_limit=cfg.train_limit)
-    # One fixed batch of training images for every hit count and gradient.
-    probe = (jnp.asarray(data[0][: cfg.probe_batch]), jnp.asarray(data[1][: cfg.probe_batch]))
+    data = input_pipeline.load_digits()
+    probe = data.train_images[:cfg.probe_batch], data.train_labels[:cfg.probe_batch]
+    build = model_fn(cfg)
     reference = cfg.settings[0]
     results: dict[str, list] = {"accuracy": [], "hits": [], "layers": [], "gradients": []}
     start = time.perf_counter()
     for optimizer in cfg.optimizers:
         for batch_norm in cfg.batch_norm:
             for dtype in cfg.dtypes:
-                group = Group(cfg, optimizer=optimizer, batch_norm=batch_norm, dtype=dtype)
+                cell = dict(optimizer=optimizer, batch_norm=batch_norm, dtype=dtype)
                 runs: dict[Setting, list[dict]] = {}
                 for setting in cfg.settings:
                     runs[setting] = []
                     for seed in range(cfg.seeds):
-                        run = group.train(setting, seed, data)
-                        runs[setting].append(run)
+                        config = run_config(cfg, setting=setting, seed=seed, **cell)
+                        state, summary = train.fit(config, None, model_fn=build)
+                        runs[setting].append({
+                            "test_accuracy": summary["test_accuracy"],
+                            "variables": _host_variables(state.params, state.batch_stats)})
                         log(f"[{time.perf_counter() - start:6.0f}s] {optimizer} bn={batch_norm} "
                             f"{dtype} {_fmt_setting(setting)} seed {seed}: "
-                            f"test accuracy {run['test_accuracy']:.4f}")
+                            f"test accuracy {summary['test_accuracy']:.4f}")
                 for setting in cfg.settings:
                     accs = [r["test_accuracy"] for r in runs[setting]]
                     same = sum(_identical(r["variables"]["params"], ref["variables"]["params"])
                                for r, ref in zip(runs[setting], runs[reference]))
                     results["accuracy"].append(dict(
-                        optimizer=optimizer, batch_norm=batch_norm, dtype=dtype,
-                        setting=list(setting), accuracies=accs, mean=float(np.mean(accs)),
+                        **cell, setting=list(setting), accuracies=accs,
+                        mean=float(np.mean(accs)),
                         std=float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
                         identical_to_reference=int(same), seeds=len(accs)))
                 if optimizer != cfg.optimizers[0]:
                     continue  # Hits and gradients depend on the optimizer only through training.
-                states = {"init": group.init(0, probe[0][:1]),
+                config = run_config(cfg, setting=reference, seed=0, **cell)
+                states = {"init": _initial_variables(config, build),
                           "trained": runs[reference][0]["variables"]}
                 for when, variables in states.items():
-                    _measure(group, cfg, variables, when, probe, results,
+                    _measure(cfg, config, build, variables, when, data, probe, results,
                              batch_norm=batch_norm, dtype=dtype)
     results["seconds"] = time.perf_counter() - start
     return results
 
 
-def _measure(group, cfg, variables, when, probe, results, **cell):
+def _host_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    return jax.device_get({"params": params, "batch_stats": batch_stats})
+
+
+def _initial_variables(config: default.Config, build: train.ModelFn) -> dict[str, Any]:
+    """The variables a run of ``config`` starts from (the loop's own initialization)."""
+    state = train_state.create_train_state(
+        config, build(config, num_classes=10), image_shape=(32, 32, 3),
+        mesh=sharding.create_mesh(), total_steps=config.steps)
+    return _host_variables(state.params, state.batch_stats)
+
+
+def _measure(cfg, config, build, variables, when, data, probe, results, **cell):
     """Boundary hits and gradient differences at one set of parameters, on one batch."""
-    params = variables["params"]
-    other = {k: v for k, v in variables.items() if k != "params"}
-    ref_grads, hits = group.gradients(params, other, *probe, group.setting(cfg.settings[0]))
+    images = input_pipeline.normalize(probe[0], mean=data.mean, std=data.std,
+                                      dtype=train_state.DTYPES[config.dtype])
+    labels = jnp.asarray(probe[1])
+
+    def grads(setting: Setting) -> tuple[Any, Any]:
+        model = build(dataclasses.replace(config, grad_at_zero=float(setting[0]),
+                                          grad_at_six=float(setting[1])), num_classes=10)
+        return gradients(model, variables["params"], variables["batch_stats"], images, labels)
+
+    ref_grads, hits = grads(cfg.settings[0])
     rows = jrelu6.summarize_boundary_hits(hits)
     n = sum(r.n for r in rows)
     at_zero, at_cap = sum(r.at_zero for r in rows), sum(r.at_cap for r in rows)
@@ -425,9 +302,9 @@ def _measure(group, cfg, variables, when, probe, results, **cell):
     results["layers"] += [dict(**cell, params=when, layer=r.layer, n=r.n,
                                frac_zero=r.frac_zero, frac_six=r.frac_cap) for r in rows]
     for setting in cfg.settings:  # The first is the control: the same setting, recomputed.
-        grads, _ = group.gradients(params, other, *probe, group.setting(setting))
+        other, _ = grads(setting)
         results["gradients"].append(dict(**cell, params=when, setting=list(setting),
-                                         **gradient_difference(ref_grads, grads)))
+                                         **gradient_difference(ref_grads, other)))
 
 
 # --- report -----------------------------------------------------------------
@@ -515,11 +392,12 @@ def _describe(cfg: StudyConfig) -> str:
              if cfg.model == "convnet" else
              f"{cfg.model} (examples/mobilenet), width {cfg.width:g}, small-input variant, "
              f"no dropout")
-    return (f"{'--quick, ' if cfg.quick else ''}model {model}; digits 32x32, "
-            f"{'first ' + str(cfg.train_limit) if cfg.train_limit else 'all'} training images; "
-            f"{cfg.steps} steps of batch {cfg.batch_size}, no augmentation; "
-            f"SGD momentum 0.9 lr {cfg.sgd_lr:g} / AdamW lr {cfg.adamw_lr:g}, warm-up + cosine, "
-            f"weight decay {cfg.weight_decay:g}; seeds 0..{cfg.seeds - 1}; "
+    return (f"{'--quick, ' if cfg.quick else ''}model {model}; digits 32x32, the example's "
+            f"training loop (mobilenet.train.fit); {cfg.steps} steps of batch {cfg.batch_size}, "
+            f"no augmentation or label smoothing; SGD (Nesterov, momentum 0.9) lr "
+            f"{cfg.sgd_lr:g} / AdamW lr {cfg.adamw_lr:g}, the example's warm-up (10%) + "
+            f"cosine, weight decay {cfg.weight_decay:g} of the kernels; "
+            f"seeds 0..{cfg.seeds - 1}; "
             f"settings {', '.join(_fmt_setting(s) for s in cfg.settings)}; "
             f"dtypes {', '.join(cfg.dtypes)} (compute; parameters float32).")
 
@@ -646,7 +524,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-norm", choices=("both", "on", "off"), default="both",
                         help="train with batch-norm, without, or both (default both)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None,
-                        help="sgd (momentum 0.9) and/or adamw (default both)")
+                        help="sgd (Nesterov momentum 0.9) and/or adamw (default both)")
     parser.add_argument("--sgd-lr", type=float, default=None,
                         help=f"SGD peak learning rate (default {d.sgd_lr})")
     parser.add_argument("--adamw-lr", type=float, default=None,
@@ -656,8 +534,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--probe-batch", type=int, default=None,
                         help=f"images in the fixed batch for hit counts and gradients "
                              f"(default {d.probe_batch})")
-    parser.add_argument("--train-limit", type=int, default=None,
-                        help="use only the first N training images (default: all)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return parser.parse_args(argv)
 

@@ -24,6 +24,7 @@ The recipe, in the order :func:`fit` runs it:
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -123,7 +124,9 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       input_pipeline.DataError: the data directory is missing or corrupt
         (raised before anything is written).
       SetupError: the batch does not divide over the devices; the work directory
-        cannot be written, is inconsistent, or holds a run with other settings.
+        cannot be written, is inconsistent, or holds a run with other settings
+        (:func:`mobilenet.configs.default.check_resume`) or another model.
+      optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
       Interrupted: Ctrl-C; its message says what a rerun resumes from.
     """
@@ -139,7 +142,7 @@ def fit(config: Config, workdir: str | None, *,
         _initialize_distributed()
     work = Workdir(workdir) if workdir is not None else None
     if work is not None:
-        _check_workdir(work, config)
+        _check_workdir(work)
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
@@ -174,12 +177,15 @@ def fit(config: Config, workdir: str | None, *,
         sharding=batch_sharding(mesh))
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
                                                 mesh=mesh, total_steps=steps)
+    optim.check_state_fits(abstract.params, abstract.opt_state)
 
-    checkpoints, restored = None, None
+    checkpoints, restored, background = None, None, []
     if work is not None:
         checkpoints = Checkpoints(work.checkpoints, keep=config.keep_checkpoints,
                                   aside=work.damaged)
     try:
+        if checkpoints is not None and checkpoints.all_steps():
+            _check_resume(work, config, num_train=num_train, step=checkpoints.all_steps()[-1])
         if checkpoints is not None:
             restored, damaged = checkpoints.restore_latest(_saved_tree(abstract))
             for step in damaged:
@@ -197,26 +203,30 @@ def fit(config: Config, workdir: str | None, *,
             work.write_config(dataclasses.asdict(config))
 
         compile_start = time.perf_counter()
-        # XLA compiles on one core: compile the two steps in threads while this one
-        # initializes the state (daemon threads: Ctrl-C need not wait for them).
+        # XLA compiles on one core: compile the two steps in threads while a third
+        # initializes the state. They are daemon threads and the main thread only
+        # waits for them, so Ctrl-C stops the run at once, even during compilation.
         compiling = [
-            _start(_compile, train_step, abstract,
-                   _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
-            _start(_compile, eval_step, abstract, jax.tree.map(
+            _Background(_compile, train_step, abstract,
+                        _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
+            _Background(_compile, eval_step, abstract, jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                 test_batches[0]))]
+        background += compiling
         if restored is not None:
             state = abstract.replace(**restored.tree)
         else:
-            state = train_state.create_train_state(
-                config, model, image_shape=dataset.image_shape, mesh=mesh, total_steps=steps)
+            background.append(_Background(
+                train_state.create_train_state, config, model, image_shape=dataset.image_shape,
+                mesh=mesh, total_steps=steps))
+            state = background[-1].result()
         say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
             f"parameters) on {dataset.name} ({num_train} train / "
             f"{dataset.test_images.shape[0]} test), {mesh.size} "
             f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, {steps} steps"
             + (f"; resuming from step {start}" if start else ""))
-        for thread in compiling:
-            thread.join()
+        for task in compiling:
+            task.result()
         say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s")
         loop = Loop(config=config, mesh=mesh, dataset=dataset, steps=steps,
                     train_step=train_step, eval_step=eval_step, test_batches=test_batches,
@@ -234,11 +244,15 @@ def fit(config: Config, workdir: str | None, *,
         where = (f"a rerun resumes from step {restored.step}" if restored is not None
                  else "no checkpoint was saved yet" if work is not None else "nothing saved")
         raise Interrupted(f"interrupted before training started; {where}") from None
+    except default.ConfigMismatch as error:  # Its message starts with "train:".
+        raise SetupError(str(error)) from None
     except (CheckpointError, MetricsLogError, WorkdirError) as error:
         raise SetupError(f"train: {error}") from None
     finally:
         if checkpoints is not None:
             checkpoints.close()
+        _Background.settle(background, interrupted=isinstance(sys.exc_info()[1],
+                                                                KeyboardInterrupt))
     if work is not None and config.plot and jax.process_index() == 0 and log.records:
         plot_metrics(log.records, work.plot)
         say(f"wrote {work.plot} and {work.metrics}")
@@ -246,16 +260,26 @@ def fit(config: Config, workdir: str | None, *,
     return state, summary
 
 
-def _check_workdir(work: Workdir, config: Config) -> None:
+def _check_workdir(work: Workdir) -> None:
     """The work directory's checks, before the data is loaded (:class:`SetupError`)."""
     try:
         work.check()
-        saved = work.saved_config()
-        if saved is not None and os.path.isdir(work.checkpoints) and os.listdir(
-                work.checkpoints):
-            pass  # The resume check of the saved settings goes here.
     except WorkdirError as error:
         raise SetupError(f"train: {error}") from None
+
+
+def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -> None:
+    """Refuses to resume a run saved with other settings; prints the notes of an allowed change.
+
+    Raises:
+      default.ConfigMismatch: the settings that differ, one line each
+        (:func:`mobilenet.configs.default.check_resume`).
+      WorkdirError: ``config.json`` cannot be read.
+    """
+    saved = work.saved_config()
+    if saved is not None:
+        for line in default.check_resume(saved, config, num_train=num_train, step=step):
+            _notice(line)
 
 
 def _saved_tree(state: TrainState) -> dict[str, Any]:
@@ -279,22 +303,62 @@ def _initialize_distributed() -> None:
             raise
 
 
-def _start(function: Callable[..., Any], *args: Any) -> threading.Thread:
-    thread = threading.Thread(target=function, args=args, daemon=True)
-    thread.start()
-    return thread
+class _Background:
+    """``function(*args, **kwargs)`` in a daemon thread; :meth:`result` waits for it.
+
+    The wait can be interrupted (Ctrl-C), unlike a long call in the main thread,
+    and a daemon thread does not hold up the exit.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any):
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = function(*args, **kwargs)
+            except BaseException as error:  # noqa: BLE001 - raised again in result().
+                self._error = error
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        """The function's result (or its exception, raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    @staticmethod
+    def settle(tasks: list[_Background], *, interrupted: bool) -> None:
+        """Lets ``tasks`` end as the run does: waited for, or abandoned after Ctrl-C.
+
+        A thread still in XLA's compiler when the interpreter shuts down would
+        abort the process when it returns; after Ctrl-C the process instead ends
+        at once (``os._exit(130)``) at shutdown if such a thread is still running.
+        """
+        running = [task._thread for task in tasks if task._thread.is_alive()]
+        if not running:
+            return
+        if not interrupted:
+            for thread in running:
+                thread.join()
+            return
+
+        def exit_now() -> None:
+            if any(thread.is_alive() for thread in running):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
+
+        atexit.register(exit_now)
 
 
 def _compile(step: Any, *args: Any) -> None:
-    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it).
-
-    A failure is left to the step's first call, which raises it in the main thread.
-    """
+    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
     if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
-        try:
-            step.lower(*args).compile()
-        except Exception:  # noqa: BLE001, S110 - raised again by the first call.
-            pass
+        step.lower(*args).compile()
 
 
 def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,

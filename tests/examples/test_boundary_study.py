@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,7 +43,7 @@ def test_help_explains_every_flag(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--quick", "--out", "--model", "--steps", "--seeds", "--settings", "--dtypes",
-                 "--batch-norm", "--optimizers", "--probe-batch", "--train-limit"):
+                 "--batch-norm", "--optimizers", "--probe-batch"):
         assert flag in text
 
 
@@ -63,8 +65,7 @@ def test_quick_defaults_yield_to_explicit_flags():
 @pytest.fixture(scope="module")
 def micro_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("boundary")
-    argv = ["--quick", "--steps", "3", "--seeds", "2", "--train-limit", "128",
-            "--probe-batch", "16", "--optimizers", "sgd", "--dtypes", "bfloat16",
+    argv = ["--quick", "--steps", "3", "--seeds", "2", "--probe-batch", "16", "--optimizers", "sgd", "--dtypes", "bfloat16",
             "--out", str(out)]
     assert boundary_study.main(argv) == 0
     return out
@@ -122,37 +123,47 @@ def test_micro_study_no_hits_means_identical_gradients(micro_study):
             assert rows and all(g["rel_l2"] == 0 and g["frac_differ"] == 0 for g in rows)
 
 
+def test_runs_of_one_seed_share_their_initialization():
+    cfg = boundary_study.StudyConfig(model="convnet", steps=3)
+
+    def initial(setting, seed):
+        config = boundary_study.run_config(cfg, optimizer="sgd", batch_norm=True,
+                                           dtype="float32", setting=setting, seed=seed)
+        return boundary_study._initial_variables(config, boundary_study.convnet)
+
+    reference = initial((0.0, 0.0), 0)
+    assert boundary_study._identical(initial((1.0, 0.5), 0), reference)
+    assert not boundary_study._identical(initial((0.0, 0.0), 1), reference)
+
+
+def test_a_run_uses_the_example_configuration():
+    cfg = boundary_study.StudyConfig(model="convnet", steps=5, batch_size=16)
+    config = boundary_study.run_config(cfg, optimizer="adamw", batch_norm=False,
+                                       dtype="bfloat16", setting=(1.0, 0.5), seed=3)
+    assert (config.optimizer, config.learning_rate, config.weight_decay) == (
+        "adamw", cfg.adamw_lr, cfg.weight_decay)
+    assert (config.grad_at_zero, config.grad_at_six, config.seed) == (1.0, 0.5, 3)
+    assert not config.augment and config.label_smoothing == 0 and config.data == "digits"
+    model = boundary_study.model_fn(cfg)(config, num_classes=10)
+    assert isinstance(model, boundary_study.TinyConvNet)
+    assert (model.grad_at_zero, model.grad_at_six, model.batch_norm) == (1.0, 0.5, False)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gradients_differ_exactly_where_a_layer_sits_on_the_kink(dtype):
     # Zero the first convolution: its relu6 then sees only exact zeros, so its
     # kernel's gradient is exactly 0 with relu6'(0) = 0 and not with relu6'(0) = 1.
-    cfg = boundary_study.StudyConfig(model="convnet", steps=1, batch_size=8)
-    group = boundary_study.Group(cfg, optimizer="sgd", batch_norm=False, dtype=dtype)
+    models = [boundary_study.TinyConvNet(batch_norm=False, dtype=getattr(jnp, dtype),
+                                         grad_at_zero=g, grad_at_six=g) for g in (0.0, 1.0)]
     x = np.linspace(-1, 1, 8 * 32 * 32 * 3, dtype=np.float32).reshape(8, 32, 32, 3)
     y = np.arange(8, dtype=np.int32) % 10
-    params = group.init(0, x)["params"]
+    params = models[0].init(jax.random.key(0), x[:1], train=False)["params"]
     params["Conv_0"] = {k: np.zeros_like(v) for k, v in params["Conv_0"].items()}
-    (g0, hits), (g1, _) = (group.gradients(params, {}, x, y, group.setting(s))
-                           for s in ((0.0, 0.0), (1.0, 1.0)))
+    (g0, hits), (g1, _) = (boundary_study.gradients(m, params, {}, x.astype(dtype), y)
+                           for m in models)
     first = boundary_study.jrelu6.summarize_boundary_hits(hits)[0]
     assert first.layer == "ReLU6_0" and first.at_zero == first.n == 8 * 16 * 16 * 16
     assert not np.any(np.asarray(g0["Conv_0"]["kernel"]))
     assert np.any(np.asarray(g1["Conv_0"]["kernel"]))
     diff = boundary_study.gradient_difference(g0, g1)
     assert diff["rel_l2"] > 0 and diff["frac_differ"] > 0 and diff["cosine"] < 1
-
-
-def test_static_settings_give_the_same_gradients_as_traced_ones(monkeypatch):
-    # A model that cannot take traced boundary values gets them as static
-    # arguments (one compilation per setting); the numbers must not change.
-    cfg = boundary_study.StudyConfig(model="convnet", steps=1, batch_size=8)
-    traced = boundary_study.Group(cfg, optimizer="sgd", batch_norm=False, dtype="bfloat16")
-    monkeypatch.setattr(boundary_study, "_accepts_traced_settings", lambda model: False)
-    static = boundary_study.Group(cfg, optimizer="sgd", batch_norm=False, dtype="bfloat16")
-    assert traced.traced and not static.traced
-    x = np.linspace(-1, 1, 8 * 32 * 32 * 3, dtype=np.float32).reshape(8, 32, 32, 3)
-    y = np.arange(8, dtype=np.int32)
-    params = traced.init(0, x)["params"]
-    params["Conv_0"] = {k: np.zeros_like(v) for k, v in params["Conv_0"].items()}
-    a, b = (g.gradients(params, {}, x, y, g.setting((1.0, 0.5)))[0] for g in (traced, static))
-    assert boundary_study.gradient_difference(a, b)["frac_differ"] == 0

@@ -266,8 +266,11 @@ def test_summary_ends_with_the_trainable_parameter_count():
 
 
 def _cli(*args, cwd):
+    # This checkout's jrelu6, installed or not.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     return subprocess.run([sys.executable, CLI, *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
 
 
 def _corrupt_cifar(directory):

@@ -337,6 +337,13 @@ def _bit_list(text: str) -> tuple[int, ...]:
     return bits
 
 
+def _shown(value: Any) -> str:
+    """A value as its flag takes it: bits comma-separated, rows space-separated."""
+    if isinstance(value, tuple):
+        return ("," if all(isinstance(v, int) for v in value) else " ").join(map(str, value))
+    return str(value)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python examples/precision_study.py",
@@ -346,8 +353,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     "seeds). Writes results.md, results.json and precision_study.png into "
                     "--out and prints the table.")
     d = StudyConfig()
-    quick = ", ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                      for k, v in QUICK.items())
+    quick = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in QUICK.items())
     parser.add_argument("--quick", action="store_true",
                         help=f"the configuration for a 2-core CPU (10-15 minutes): {quick}; "
                              "flags given explicitly still win")
@@ -370,8 +376,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--qat-bits", type=_bit_list, default=None,
                         help=f"QAT bit widths (default {_bits(d.qat_bits)})")
     parser.add_argument("--rows", nargs="+", default=None, choices=[r.key for r in ROWS],
-                        help="the rows evaluated with PTQ (default all)")
+                        metavar="ROW",
+                        help=f"the rows evaluated with PTQ: {', '.join(r.key for r in ROWS)} (default all)")
     parser.add_argument("--qat-rows", nargs="+", default=None, choices=[r.key for r in ROWS],
+                        metavar="ROW",
                         help="the rows trained with QAT (default all)")
     parser.add_argument("--calibration-batches", type=int, default=None,
                         help=f"training batches ReLU's PTQ ranges are measured on "

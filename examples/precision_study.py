@@ -33,12 +33,14 @@ to ``results.md``, with ``results.json`` (every run) and
     python examples/precision_study.py --out runs/precision --seeds 5
 
 Cost: ``--quick`` (MobileNetV2 x0.25, 150 steps of batch 64, 3 seeds; PTQ at
-every bit width, QAT at 4 and 2 bits for ReLU6 affine / fixed point, ReLU
-(max) and the capped ReLU) trains 33 short runs: about 10-15 minutes on a
-loaded 2-core CPU. The full grid (width 0.5, the example's 300 steps of batch
-128, QAT at all six bit widths for all five rows, 3 seeds) trains 99 runs of
-about a minute each on that CPU plus compilations: about 2-3 hours there, a
-few minutes on a GPU.
+every bit width for all five rows, QAT at 4 and 2 bits for ReLU6 affine /
+fixed point and ReLU (max)) trains 27 short runs. Measured on a 2-core CPU
+shared with other jobs (load average 12-15): 1950 s wall with 636 s of CPU
+time, about 11 minutes when the machine is idle (estimated). Compilation
+dominates: each distinct model compiles its init, train and eval steps once,
+and the seeds reuse them. The full grid (width 0.5, the example's 300 steps
+of batch 128, QAT at all six bit widths for all five rows, 3 seeds) trains 99
+runs: an estimated 2-3 hours on that CPU, minutes on a GPU.
 """
 
 from __future__ import annotations
@@ -290,6 +292,11 @@ def format_results(results: dict[str, Any], cfg: StudyConfig, meta: dict[str, An
         format_table(results, cfg), ""])
 
 
+def _std(values: list[float]) -> float:
+    """The sample standard deviation in percent (0 for one value)."""
+    return 100 * float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def plot_results(results: dict[str, Any], cfg: StudyConfig, path: str) -> None:
     """Accuracy against bits, one line per (activation, mode); float at the right."""
     import matplotlib
@@ -303,14 +310,15 @@ def plot_results(results: dict[str, Any], cfg: StudyConfig, path: str) -> None:
         xs = [b for b in sorted(k for k in cells if k != "float") if cells[b]]
         if not xs:
             continue
-        xs = xs + [float_x] if cells["float"] else xs
-        values = [cells[b] for b in xs[:-1]] + [cells["float"]] if cells["float"] else [
-            cells[b] for b in xs]
-        means = [100 * np.mean(v) for v in values]
-        stds = [100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
-        ax.errorbar(xs, means, yerr=stds, marker="o" if mode == "PTQ" else "s",
-                    linestyle="-" if mode == "PTQ" else "--", capsize=3,
-                    label=f"{row.label(cfg.cap)}, {mode}")
+        style = {"marker": "o" if mode == "PTQ" else "s", "capsize": 3}
+        line = ax.errorbar(xs, [100 * np.mean(cells[b]) for b in xs],
+                           yerr=[_std(cells[b]) for b in xs],
+                           linestyle="-" if mode == "PTQ" else "--",
+                           label=f"{row.label(cfg.cap)}, {mode}", **style)
+        if cells["float"]:  # The float run, unconnected: no bit widths lie in between.
+            ax.errorbar([float_x], [100 * np.mean(cells["float"])],
+                        yerr=[_std(cells["float"])], linestyle="none",
+                        color=line[0].get_color(), **style)
     ticks = sorted(set(cfg.bits) | set(cfg.qat_bits))
     ax.set_xticks(ticks + [float_x], [str(t) for t in ticks] + ["float"])
     ax.set_xlabel("activation bits")
@@ -355,7 +363,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = StudyConfig()
     quick = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in QUICK.items())
     parser.add_argument("--quick", action="store_true",
-                        help=f"the configuration for a 2-core CPU (10-15 minutes): {quick}; "
+                        help=f"the configuration for a 2-core CPU (about 11 minutes idle): {quick}; "
                              "flags given explicitly still win")
     parser.add_argument("--out", default="runs/precision_study",
                         help="output directory (default runs/precision_study)")

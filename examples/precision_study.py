@@ -363,8 +363,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = StudyConfig()
     quick = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in QUICK.items())
     parser.add_argument("--quick", action="store_true",
-                        help=f"the configuration for a 2-core CPU (about 11 minutes idle): {quick}; "
-                             "flags given explicitly still win")
+                        help=f"the configuration for a 2-core CPU (about 11 minutes idle): "
+                             f"{quick}; flags given explicitly still win")
     parser.add_argument("--out", default="runs/precision_study",
                         help="output directory (default runs/precision_study)")
     parser.add_argument("--model", choices=default.MODELS, default=None,
@@ -385,7 +385,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"QAT bit widths (default {_bits(d.qat_bits)})")
     parser.add_argument("--rows", nargs="+", default=None, choices=[r.key for r in ROWS],
                         metavar="ROW",
-                        help=f"the rows evaluated with PTQ: {', '.join(r.key for r in ROWS)} (default all)")
+                        help=f"the rows evaluated with PTQ: "
+                             f"{', '.join(r.key for r in ROWS)} (default all)")
     parser.add_argument("--qat-rows", nargs="+", default=None, choices=[r.key for r in ROWS],
                         metavar="ROW",
                         help="the rows trained with QAT (default all)")

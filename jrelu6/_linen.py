@@ -72,7 +72,7 @@ def _build(name: str) -> type[_Activation]:
     namespace = {
         "__module__": __name__,
         "__qualname__": name,
-        "__doc__": _modules.docstring(name, activation, "Attributes"),
+        "__doc__": _modules.docstring(activation, "Attributes"),
         "__annotations__": {s.name: s.type for s in activation.settings},
         "activation": activation,
         **{s.name: s.default for s in activation.settings},

@@ -117,7 +117,7 @@ TABLE: Mapping[str, Activation] = {
 }
 
 
-def docstring(name: str, activation: Activation, section: str) -> str:
+def docstring(activation: Activation, section: str) -> str:
     """The class docstring: what it applies, then its settings under ``section``."""
     fn = activation.function.__name__
     lines = [f":func:`jrelu6.{fn}` as a module: {activation.summary}.", ""]

@@ -98,7 +98,7 @@ def _build(name: str) -> type[_Activation]:
         {
             "__module__": __name__,
             "__qualname__": name,
-            "__doc__": _modules.docstring(name, activation, "Args"),
+            "__doc__": _modules.docstring(activation, "Args"),
             "activation": activation,
         },
     )

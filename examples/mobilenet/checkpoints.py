@@ -1,9 +1,11 @@
 """Orbax checkpoints of a pytree of arrays plus a JSON record, with damaged steps detected.
 
 Each step holds two orbax items: ``state`` (the arrays) and ``meta`` (a JSON
-dict, to which :meth:`Checkpoints.save` adds a CRC-32 per array). Restoring
-goes from the newest step down: a step that orbax cannot read, or whose arrays
-do not match their saved CRCs, is damaged; it is moved aside (never deleted)
+dict, to which :meth:`Checkpoints.save` adds a CRC-32 per array: orbax's
+files carry no checksum of the data, and a garbled data file reads back as
+wrong numbers without an error). Restoring goes from the newest step down: a
+step that orbax cannot read, or whose arrays do not match their saved CRCs, is
+damaged; it is moved aside (never deleted)
 and the next newest is tried. A step whose saved shapes differ from the ones
 asked for is not damage but another configuration: :class:`CheckpointError`.
 
@@ -161,8 +163,8 @@ class Checkpoints:
                 raise _Damage(_one_line(error)) from None
         meta = dict(restored["meta"] or {})
         saved = meta.pop(CRC_KEY, None)
-        if saved is None:
-            raise _Damage("its record has no checksums")
+        if saved is None:  # Written before checksums were kept: what orbax read is all we have.
+            return Restored(step=step, tree=restored["state"], meta=meta)
         actual = _checksums(restored["state"])
         bad = [name for name, crc in actual.items() if saved.get(name) != crc]
         if bad or set(saved) != set(actual):

@@ -39,22 +39,27 @@ class Workdir:
 
     @property
     def checkpoints(self) -> str:
+        """``checkpoints/``: the orbax steps."""
         return os.path.join(self.path, CHECKPOINT_SUBDIR)
 
     @property
     def damaged(self) -> str:
+        """``checkpoints-damaged/``: damaged steps, moved aside."""
         return os.path.join(self.path, DAMAGED_SUBDIR)
 
     @property
     def metrics(self) -> str:
+        """``metrics.jsonl``."""
         return os.path.join(self.path, METRICS_FILE)
 
     @property
     def plot(self) -> str:
+        """``metrics.png``."""
         return os.path.join(self.path, PLOT_FILE)
 
     @property
     def config(self) -> str:
+        """``config.json``: the settings of the last run."""
         return os.path.join(self.path, CONFIG_FILE)
 
     def check(self) -> None:

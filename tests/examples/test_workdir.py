@@ -158,6 +158,20 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
 
 
 @pytest.mark.slow
+def test_a_step_whose_write_was_cut_short_is_ignored(run, straight):
+    # orbax writes a step into a temporary directory and renames it when complete:
+    # a kill during an asynchronous save leaves only the temporary directory.
+    checkpoints = os.path.join(run, workdir.CHECKPOINT_SUBDIR)
+    partial = os.path.join(checkpoints, "12.orbax-checkpoint-tmp-1700000000")
+    shutil.copytree(os.path.join(checkpoints, "8"), partial)
+    for path in _data_files(partial):
+        _empty(path)
+    result = train.train_and_evaluate(_config(), run)
+    assert result["resumed_from"] == 8
+    _assert_finishes_like(result, straight, run)
+
+
+@pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_the_run_starts_again(run, straight, capsys):
     for step in ("4", "8"):
         DAMAGE["data files emptied"](os.path.join(run, workdir.CHECKPOINT_SUBDIR, step))

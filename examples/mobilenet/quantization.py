@@ -44,6 +44,8 @@ PERCENTILE = 99.99
 CALIBRATION = "calibration"
 #: The decay of a quantized ReLU's running range during training.
 RANGE_MOMENTUM = 0.9
+#: The smallest range a quantized ReLU uses.
+MIN_RANGE = 1e-6
 
 
 def range_statistics(y: jax.Array) -> dict[str, jax.Array]:
@@ -86,8 +88,10 @@ class QuantizedReLU(nn.Module):
             upper.value = jnp.where(
                 upper.value > 0, RANGE_MOMENTUM * upper.value + (1 - RANGE_MOMENTUM) * batch,
                 batch)
-        # A layer whose outputs were all 0 has no range: any positive one quantizes them to 0.
-        top = jnp.maximum(upper.value, jnp.finfo(jnp.float32).tiny)
+        # Before the first training batch, or for a layer whose outputs are all 0, there is
+        # no range: any positive one quantizes zeros to 0 (MIN_RANGE keeps the grid's step
+        # and its reciprocal finite).
+        top = jnp.maximum(upper.value, MIN_RANGE)
         return jrelu6.fake_quant(y, min=0.0, max=top, num_bits=self.num_bits)
 
 

@@ -155,7 +155,7 @@ def test_range_statistics_are_the_max_and_the_percentile():
 
 def test_a_quantized_relu_keeps_a_running_range_while_training():
     layer = quantization.QuantizedReLU(num_bits=4)
-    x = jnp.array([-1.0, 0.5, 2.0, 4.0])
+    x = jnp.array([-1.0, 0.5, 2.1, 4.0])  # No input half-way between two levels.
     variables = layer.init(jax.random.key(0), x)
     assert float(variables["batch_stats"]["range"]) == 0
     y, updated = layer.apply(variables, x, mutable=["batch_stats"])

@@ -108,7 +108,8 @@ class Config:
         "relu6", "what every relu6 layer computes: relu6, relu (unbounded; quantized over a "
         "range measured on training batches) or capped_relu (min(max(x, 0), --cap))",
         group="model", choices=NONLINEARITIES)
-    cap: float = _field(3.0, "the bound of --nonlinearity capped_relu", group="model", above=0)
+    cap: float = _field(6.0, "the bound of --nonlinearity capped_relu (6 computes relu6)",
+                        group="model", above=0)
     activation_bits: int | None = _field(
         None, "fake-quantize every relu6 output (for MobileNetV3 the relu6 inside hard-swish "
         "and hard-sigmoid; with --nonlinearity relu every ReLU) to this many bits during "

@@ -34,11 +34,10 @@ to ``results.md``, with ``results.json`` (every run) and
 
 Cost: ``--quick`` (MobileNetV2 x0.25, 150 steps of batch 64, 3 seeds; PTQ at
 every bit width for all five rows, QAT at 4 and 2 bits for ReLU6 affine /
-fixed point and ReLU (max)) trains 27 short runs. Measured on a 2-core CPU
-shared with other jobs (load average 12-15): 1950 s wall with 636 s of CPU
-time, about 11 minutes when the machine is idle (estimated). Compilation
-dominates: each distinct model compiles its init, train and eval steps once,
-and the seeds reuse them. The full grid (width 0.5, the example's 300 steps
+fixed point and ReLU (max)) trains 27 short runs: 429 s wall (596 s of CPU
+time) on a 2-core CPU at load average 2-4, and 1950 s when other jobs kept the
+load at 12-15. Compilation dominates: each distinct model compiles its init,
+train and eval steps once, and the seeds reuse them. The full grid (width 0.5, the example's 300 steps
 of batch 128, QAT at all six bit widths for all five rows, 3 seeds) trains 99
 runs: an estimated 2-3 hours on that CPU, minutes on a GPU.
 """
@@ -363,7 +362,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     d = StudyConfig()
     quick = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in QUICK.items())
     parser.add_argument("--quick", action="store_true",
-                        help=f"the configuration for a 2-core CPU (about 11 minutes idle): "
+                        help=f"the configuration for a 2-core CPU (about 7 minutes): "
                              f"{quick}; flags given explicitly still win")
     parser.add_argument("--out", default="runs/precision_study",
                         help="output directory (default runs/precision_study)")

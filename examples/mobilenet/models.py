@@ -54,6 +54,7 @@ import numpy as np
 
 import jrelu6.linen
 
+from mobilenet import quantization
 from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -95,6 +96,11 @@ class _Layers(NamedTuple):
     grad_at_zero: Any
     grad_at_six: Any
     symmetric_padding: bool
+    nonlinearity: str = "relu6"
+    cap: float = 6.0
+    activation_bits: int | None = None
+    quant_scheme: str = "affine"
+    calibration: str = "max"
 
     def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
         """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
@@ -115,7 +121,18 @@ class _Layers(NamedTuple):
         ``"jax.nn"`` the jax.nn functions. ReLU (MobileNetV3's early layers
         and squeeze-excite) is plain ``jax.nn.relu`` in both, as in the
         references: it has no cap, so no relu6 to configure.
+
+        Another ``nonlinearity`` or ``activation_bits`` picks the modules of
+        :func:`mobilenet.quantization.activation` instead.
         """
+        if self.nonlinearity != "relu6" or self.activation_bits is not None:
+            module = quantization.activation(
+                kind, nonlinearity=self.nonlinearity, cap=self.cap,
+                activation_bits=self.activation_bits, quant_scheme=self.quant_scheme,
+                statistic=self.calibration, grad_at_zero=self.grad_at_zero,
+                grad_at_six=self.grad_at_six)
+            if module is not None:
+                return module
         if kind == "relu":
             return jax.nn.relu
         if self.activation == "jax.nn":
@@ -282,6 +299,15 @@ class MobileNet(nn.Module):
       activation: ``"jrelu6"`` (jrelu6.linen modules with the settable kink
         derivatives) or ``"jax.nn"`` (jax.nn.relu6 / hard_swish /
         hard_sigmoid, for comparison; ``grad_at_*`` are then ignored).
+      nonlinearity: what the relu6 layers compute: ``"relu6"``, ``"relu"``
+        (unbounded) or ``"capped_relu"`` (``min(max(x, 0), cap)``); see
+        :mod:`mobilenet.quantization`.
+      cap: the bound of ``"capped_relu"``.
+      activation_bits: fake-quantize every relu6-family output (and ReLU's
+        with ``nonlinearity="relu"``) to this many bits; ``None``: float.
+      quant_scheme: relu6's grid, ``"affine"`` or ``"fixed_point"`` (3 integer bits).
+      calibration: the range statistic of a quantized ReLU, ``"max"`` or
+        ``"percentile"`` (99.99th).
     """
 
     num_classes: int = 1000
@@ -298,6 +324,11 @@ class MobileNet(nn.Module):
     depthwise: str = "auto"
     pointwise: str = "matmul"
     activation: str = "jrelu6"
+    nonlinearity: str = "relu6"
+    cap: float = 6.0
+    activation_bits: int | None = None
+    quant_scheme: str = "affine"
+    calibration: str = "max"
 
     # The reference's defaults, per subclass.
     default_bn_epsilon: ClassVar[float] = 1e-5
@@ -320,8 +351,9 @@ class MobileNet(nn.Module):
         self._check()
         cfg = _Layers(self.dtype, self.batch_norm, self.bn_momentum,
                       self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
-                      self.depthwise, self.pointwise, self.activation,
-                      self.grad_at_zero, self.grad_at_six, self.symmetric_padding)
+                      self.depthwise, self.pointwise, self.activation, self.grad_at_zero,
+                      self.grad_at_six, self.symmetric_padding, self.nonlinearity, self.cap,
+                      self.activation_bits, self.quant_scheme, self.calibration)
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
@@ -338,6 +370,10 @@ class MobileNet(nn.Module):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, "
                              f"got {self.activation!r}")
+        quantization.check(name, nonlinearity=self.nonlinearity, cap=self.cap,
+                           activation_bits=self.activation_bits,
+                           quant_scheme=self.quant_scheme, statistic=self.calibration,
+                           activation=self.activation)
         if not self.width_multiplier > 0:
             raise ValueError(f"{name}: width_multiplier must be > 0, "
                              f"got {self.width_multiplier!r}")

@@ -65,7 +65,9 @@ def create_model(config: Config, *, num_classes: int) -> nn.Module:
         config.model, num_classes=num_classes, width_multiplier=config.width,
         small_input=config.small_input, dtype=DTYPES[config.dtype],
         grad_at_zero=config.grad_at_zero, grad_at_six=config.grad_at_six,
-        batch_norm=config.batch_norm)
+        batch_norm=config.batch_norm, nonlinearity=config.nonlinearity, cap=config.cap,
+        activation_bits=config.activation_bits, quant_scheme=config.quant_scheme,
+        calibration=config.calibration)
 
 
 def zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Array]:

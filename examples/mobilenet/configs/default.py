@@ -39,6 +39,10 @@ MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_la
 DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16")
+# As mobilenet.quantization's (this module imports no JAX).
+NONLINEARITIES = ("relu6", "relu", "capped_relu")
+QUANT_SCHEMES = ("affine", "fixed_point")
+CALIBRATIONS = ("max", "percentile")
 
 # Derived defaults (see `resolve`). The learning rates were measured best on digits.
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
@@ -100,6 +104,23 @@ class Config:
                         group="model", choices=DTYPES)
     grad_at_zero: float = _field(0.0, "the derivative relu6 uses at exactly 0", group="model")
     grad_at_six: float = _field(0.0, "the derivative relu6 uses at exactly 6", group="model")
+    nonlinearity: str = _field(
+        "relu6", "what every relu6 layer computes: relu6, relu (unbounded; quantized over a "
+        "range measured on training batches) or capped_relu (min(max(x, 0), --cap))",
+        group="model", choices=NONLINEARITIES)
+    cap: float = _field(6.0, "the bound of --nonlinearity capped_relu (6 computes relu6)",
+                        group="model", above=0)
+    activation_bits: int | None = _field(
+        None, "fake-quantize every relu6 output (for MobileNetV3 the relu6 inside hard-swish "
+        "and hard-sigmoid; with --nonlinearity relu every ReLU) to this many bits during "
+        "training and evaluation", group="model", minimum=2, below=17, derived="float")
+    quant_scheme: str = _field(
+        "affine", "relu6's grid with --activation-bits: affine (2^B levels on [0, 6]) or "
+        "fixed_point (3 integer bits, B-3 fractional: steps of 2^-(B-3))", group="model",
+        choices=QUANT_SCHEMES)
+    calibration: str = _field(
+        "max", "the range of a quantized relu: a running mean of each training batch's max "
+        "or 99.99th percentile", group="model", choices=CALIBRATIONS)
 
     # --- data ---
     data: str = _field(

@@ -1,0 +1,204 @@
+"""Quantized activations for the MobileNets: which module each relu6-family layer becomes.
+
+A model's ``nonlinearity`` replaces its relu6 layers (``"relu6"``: unchanged,
+``"relu"``: unbounded ReLU, ``"capped_relu"``: ``min(max(x, 0), cap)``), and
+its ``activation_bits`` fake-quantizes every such layer's output to that many
+bits (:func:`jrelu6.fake_quant`, straight-through gradient):
+
+* ReLU6 on [0, 6] with :class:`jrelu6.linen.QuantizedReLU6`, affine (``2**b``
+  levels, steps of ``6 / (2**b - 1)``) or fixed point (3 integer bits, steps
+  of ``2**-(b - 3)``); hard-swish and hard-sigmoid quantize their inner relu6
+  the same way (:class:`jrelu6.linen.QuantizedHardSwish`, ...).
+* A capped ReLU on its fixed range [0, cap] (affine): no calibration.
+* ReLU, which has no range of its own, on [0, r] with ``r`` a per-layer
+  statistic of its outputs (:class:`QuantizedReLU`): during training (when
+  ``batch_stats`` is mutable) ``r`` is a running mean (momentum 0.9, the first
+  batch's value to start) of each batch's maximum or 99.99th percentile, kept
+  in ``batch_stats`` beside batch norm's statistics, so evaluation and
+  checkpoints use it. After float training the same layers are *calibrated*:
+  with the :data:`CALIBRATION` collection mutable, each records both
+  statistics of its outputs and returns them unquantized
+  (:func:`calibrate`), and :func:`set_ranges` writes the ranges in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+import jrelu6
+import jrelu6.linen
+
+NONLINEARITIES = ("relu6", "relu", "capped_relu")
+SCHEMES = ("affine", "fixed_point")
+STATISTICS = ("max", "percentile")
+#: The percentile of ``statistic="percentile"``.
+PERCENTILE = 99.99
+#: The collection a calibration pass records into (``mutable=[CALIBRATION]``).
+CALIBRATION = "calibration"
+#: The decay of a quantized ReLU's running range during training.
+RANGE_MOMENTUM = 0.9
+#: The smallest range a quantized ReLU uses.
+MIN_RANGE = 1e-6
+
+
+def range_statistics(y: jax.Array) -> dict[str, jax.Array]:
+    """The maximum and the :data:`PERCENTILE`-th percentile of ``y`` (float32 scalars).
+
+    The percentile is the k-th largest value with ``k = ceil(n * (1 - q / 100))``
+    (``lax.top_k``: no full sort).
+    """
+    flat = y.reshape(-1).astype(jnp.float32)
+    # 1e-6 absorbs the rounding of 100 - 99.99, so that 0.01% of 100,000 is 10, not 11.
+    k = max(1, math.ceil(flat.size * (100.0 - PERCENTILE) / 100.0 - 1e-6))
+    top = jax.lax.top_k(flat, k)[0]
+    return {"max": top[0], "percentile": top[-1]}
+
+
+class QuantizedReLU(nn.Module):
+    """ReLU fake-quantized on [0, r], ``r`` a running or calibrated statistic of its outputs.
+
+    Attributes:
+      num_bits: the bit width (``None``: plain ReLU, but still calibratable).
+      statistic: ``"max"`` or ``"percentile"`` (:data:`PERCENTILE`) of each
+        training batch's outputs, averaged into ``r``.
+    """
+
+    num_bits: int | None = None
+    statistic: str = "max"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.nn.relu(x)
+        if self.is_mutable_collection(CALIBRATION) and not self.is_initializing():
+            for name, value in range_statistics(y).items():
+                self.sow(CALIBRATION, name, value)
+            return y
+        if self.num_bits is None:
+            return y
+        upper = self.variable("batch_stats", "range", jnp.zeros, (), jnp.float32)
+        if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+            batch = jax.lax.stop_gradient(range_statistics(y)[self.statistic])
+            upper.value = jnp.where(
+                upper.value > 0, RANGE_MOMENTUM * upper.value + (1 - RANGE_MOMENTUM) * batch,
+                batch)
+        # Before the first training batch, or for a layer whose outputs are all 0, there is
+        # no range: any positive one quantizes zeros to 0 (MIN_RANGE keeps the grid's step
+        # and its reciprocal finite).
+        top = jnp.maximum(upper.value, MIN_RANGE)
+        return jrelu6.fake_quant(y, min=0.0, max=top, num_bits=self.num_bits)
+
+
+class QuantizedCappedReLU(nn.Module):
+    """``min(max(x, 0), cap)`` fake-quantized on [0, cap] (affine).
+
+    Attributes:
+      cap: the upper bound (> 0).
+      num_bits: the bit width.
+      grad_at_zero: the derivative at ``x == 0``.
+      grad_at_cap: the derivative at ``x == cap``.
+    """
+
+    cap: float
+    num_bits: int
+    grad_at_zero: Any = 0.0
+    grad_at_cap: Any = 0.0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jrelu6.capped_relu(x, cap=self.cap, grad_at_zero=self.grad_at_zero,
+                               grad_at_cap=self.grad_at_cap)
+        return jrelu6.fake_quant(y, min=0.0, max=self.cap, num_bits=self.num_bits)
+
+
+def check(name: str, *, nonlinearity: str, cap: float, activation_bits: int | None,
+          quant_scheme: str, statistic: str, activation: str) -> None:
+    """Raises ValueError (starting with ``name``) for settings no model can build."""
+    for value, allowed, what in ((nonlinearity, NONLINEARITIES, "nonlinearity"),
+                                 (quant_scheme, SCHEMES, "quant_scheme"),
+                                 (statistic, STATISTICS, "calibration")):
+        if value not in allowed:
+            raise ValueError(f"{name}: {what} must be one of {allowed}, got {value!r}")
+    if not cap > 0:
+        raise ValueError(f"{name}: cap must be > 0, got {cap!r}")
+    if activation_bits is not None and not (
+            isinstance(activation_bits, int) and 2 <= activation_bits <= 16):
+        raise ValueError(f"{name}: activation_bits must be None or an int in [2, 16], "
+                         f"got {activation_bits!r}")
+    if activation != "jrelu6" and (activation_bits is not None or nonlinearity != "relu6"):
+        raise ValueError(f"{name}: activation_bits and nonlinearity need "
+                         f"activation='jrelu6', got {activation!r}")
+    if quant_scheme == "fixed_point" and nonlinearity != "relu6":
+        raise ValueError(f"{name}: quant_scheme 'fixed_point' is relu6's 3-integer-bit "
+                         f"grid; {nonlinearity} quantizes affinely")
+
+
+def activation(kind: str, *, nonlinearity: str, cap: float, activation_bits: int | None,
+               quant_scheme: str, statistic: str, grad_at_zero: Any,
+               grad_at_six: Any) -> Callable[[jax.Array], jax.Array] | None:
+    """The module of a ``kind`` layer ("relu6", "hard_swish", "hard_sigmoid", "relu").
+
+    ``None`` when the model's own choice stands (float relu6 family, plain ReLU).
+    """
+    bits = activation_bits
+    if kind == "relu":
+        if nonlinearity == "relu" and bits is not None:
+            return QuantizedReLU(num_bits=bits, statistic=statistic)
+        return None
+    if kind == "relu6" and nonlinearity == "relu":
+        return QuantizedReLU(num_bits=bits, statistic=statistic)
+    if kind == "relu6" and nonlinearity == "capped_relu":
+        if bits is None:
+            return jrelu6.linen.CappedReLU(cap=cap, grad_at_zero=grad_at_zero,
+                                           grad_at_cap=grad_at_six)
+        return QuantizedCappedReLU(cap=cap, num_bits=bits, grad_at_zero=grad_at_zero,
+                                   grad_at_cap=grad_at_six)
+    if bits is None:
+        return None
+    module = {"relu6": jrelu6.linen.QuantizedReLU6,
+              "hard_swish": jrelu6.linen.QuantizedHardSwish,
+              "hard_sigmoid": jrelu6.linen.QuantizedHardSigmoid}[kind]
+    return module(num_bits=bits, scheme=quant_scheme, grad_at_zero=grad_at_zero,
+                  grad_at_six=grad_at_six)
+
+
+def calibrate(apply: Callable[..., Any], variables: Mapping[str, Any],
+              batches: list[jax.Array]) -> dict[str, dict[str, Any]]:
+    """Per-layer ranges of the :class:`QuantizedReLU` layers over ``batches``.
+
+    Args:
+      apply: the model's ``apply``.
+      variables: its variables (eval mode: running batch-norm statistics).
+      batches: normalized input batches (a few training batches).
+
+    Returns:
+      ``{"max": ranges, "percentile": ranges}``, each a ``batch_stats``-shaped
+      tree of ``{"range": value}`` leaves: the largest batch maximum, and the
+      mean of the batches' :data:`PERCENTILE`-th percentiles.
+    """
+    @jax.jit
+    def record(variables, x):
+        _, recorded = apply(variables, x, train=False, mutable=[CALIBRATION])
+        return recorded.get(CALIBRATION, {})
+
+    per_batch = [record(variables, x) for x in batches]
+    flat = [traverse_util.flatten_dict(b) for b in per_batch]
+    out: dict[str, dict[str, Any]] = {"max": {}, "percentile": {}}
+    for path in flat[0]:
+        *layer, statistic = path
+        values = jnp.stack([f[path][0] for f in flat])
+        value = jnp.max(values) if statistic == "max" else jnp.mean(values)
+        out[statistic][(*layer, "range")] = value
+    return {name: traverse_util.unflatten_dict(tree) for name, tree in out.items()}
+
+
+def set_ranges(batch_stats: Mapping[str, Any], ranges: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch_stats`` with the quantized ReLUs' ``range`` entries of ``ranges`` added."""
+    merged = traverse_util.flatten_dict(dict(batch_stats))
+    merged.update(traverse_util.flatten_dict(dict(ranges)))
+    return traverse_util.unflatten_dict(merged)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mobilenet.configs.default import steps_per_epoch as steps_per_epoch  # One count, no JAX.
+
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
 CIFAR10_META_FILE = "batches.meta"
@@ -243,18 +245,6 @@ def make_synthetic(*, num_train: int = 1024, num_test: int = 256, image_size: in
 
 
 # --- order and batches ---------------------------------------------------------------------
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per pass over ``num_examples`` (the remainder of each epoch is skipped).
-
-    Raises:
-      ValueError: if the batch is larger than the dataset.
-    """
-    if batch_size > num_examples:
-        raise ValueError(f"steps_per_epoch: batch_size {batch_size} is larger than the "
-                         f"{num_examples} training examples.")
-    return num_examples // batch_size
 
 
 def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:

@@ -264,7 +264,18 @@ def test_the_flag_of_every_field_sets_it(field):
 def test_no_flags_give_the_default_config():
     config, options = cli.parse([])
     assert config == Config()
-    assert options == {"summary": False, "workdir": None}
+    assert options == {"summary": False, "workdir": None, "compilation_cache": True,
+                       "compilation_cache_dir": None}
+
+
+@pytest.mark.parametrize("args, options", [
+    (["--no-compilation-cache"], {"compilation_cache": False}),
+    (["--compilation-cache-dir", "/tmp/cache"], {"compilation_cache_dir": "/tmp/cache"}),
+])
+def test_the_compilation_cache_options_are_not_settings_of_the_run(args, options):
+    config, parsed = cli.parse(args)
+    assert config == Config()
+    assert {name: parsed[name] for name in options} == options
 
 
 def test_help_shows_the_resolved_defaults(help_text):
@@ -292,7 +303,8 @@ def test_the_readme_spellings_still_work(args, name, value):
 def test_summary_defaults_to_the_papers_width():
     assert cli.parse(["--summary"])[0].width == 1.0
     assert cli.parse(["--summary", "--width", "0.75"])[0].width == 0.75
-    assert cli.parse(["--workdir", "w"]) == (Config(), {"summary": False, "workdir": "w"})
+    config, options = cli.parse(["--workdir", "w"])
+    assert (config, options["summary"], options["workdir"]) == (Config(), False, "w")
 
 
 @pytest.mark.parametrize("args, message", [

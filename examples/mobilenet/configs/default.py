@@ -389,7 +389,7 @@ def max_shift(config: Config) -> int:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per pass over ``num_examples`` (the remainder of each epoch is skipped).
 
-    The same count as :func:`mobilenet.input_pipeline.steps_per_epoch`, without JAX.
+    Defined here, where no JAX is imported, for the settings and the input pipeline alike.
 
     Raises:
       ValueError: if the batch is larger than the dataset.

@@ -124,7 +124,7 @@ VARIANTS = ("small-input", "standard")
 
 
 def backend_defaults(backend: str, quick: bool) -> dict[str, Any]:
-    """Image size, batch, dtype and classes for ``backend`` (the issue's settings)."""
+    """Image size, batch, dtype and classes for ``backend``."""
     if backend == "cpu":
         return {"size": 32, "batch": 16 if quick else 128, "dtype": "float32",
                 "num_classes": 10}

@@ -330,6 +330,8 @@ def to_tflite(predict: Callable, image_shape: Sequence[int], *, batch_size: int 
 
 # TFLite ops whose int8 kernels need their output quantized exactly like their input.
 _SAME_SCALE_OPS = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+# TFLite ops whose int32 bias (input 2) is quantized with scale input_scale * weight_scale.
+_BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> bytes:
@@ -341,7 +343,10 @@ def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> byt
     point ``-128 - low / scale`` on the output of every op with a fused ReLU6
     (and of RELU6 ops), and carries it through ops that need equal input and
     output quantization (PAD, RESHAPE, ...). The kernels read these parameters
-    when the interpreter prepares them, so nothing else changes.
+    when the interpreter prepares them. A convolution's int32 bias is quantized
+    with scale ``input_scale * weight_scale`` and added to the accumulator as
+    it is, so the bias of every layer that reads a pinned tensor is
+    requantized for the new input scale.
 
     Args:
       data: an int8 TFLite flatbuffer (:func:`to_tflite` with ``representative``).
@@ -365,17 +370,34 @@ def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> byt
         return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
     for graph in model.subgraphs:
-        pinned = set()
+        pinned: dict[int, float] = {}  # Tensor index -> its calibrated scale.
         for op in graph.operators:  # Topological order: producers come first.
             fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
             same_scale = opname(op) in _SAME_SCALE_OPS and op.inputs[0] in pinned
             if fused == schema.ActivationFunctionType.RELU6 or opname(op) == "RELU6" or same_scale:
                 tensor = graph.tensors[op.outputs[0]]
                 if tensor.type == schema.TensorType.INT8 and tensor.quantization is not None:
+                    pinned[op.outputs[0]] = float(tensor.quantization.scale[0])
                     tensor.quantization.scale = [scale]
                     tensor.quantization.zeroPoint = [zero_point]
-                    pinned.add(op.outputs[0])
+        for op in graph.operators:
+            if opname(op) in _BIAS_OPS and op.inputs[0] in pinned and len(op.inputs) > 2 \
+                    and op.inputs[2] >= 0:
+                _rescale_bias(model, graph.tensors[op.inputs[2]], scale / pinned[op.inputs[0]],
+                              schema)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _rescale_bias(model, tensor, factor: float, schema) -> None:
+    """An int32 bias requantized for its input's scale multiplied by ``factor``."""
+    if tensor.type != schema.TensorType.INT32 or tensor.quantization is None:
+        return
+    buffer = model.buffers[tensor.buffer]
+    values = np.frombuffer(np.asarray(buffer.data, np.uint8).tobytes(), np.int32)
+    limit = np.iinfo(np.int32)
+    rescaled = np.clip(np.round(values.astype(np.float64) / factor), limit.min, limit.max)
+    buffer.data = np.frombuffer(rescaled.astype(np.int32).tobytes(), np.uint8).copy()
+    tensor.quantization.scale = [float(s) * factor for s in tensor.quantization.scale]
 
 
 def run_tflite(data: bytes) -> Predict:

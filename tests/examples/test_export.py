@@ -171,14 +171,38 @@ def test_int8_tflite_stays_close_to_float():
     assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
 
 
+@functools.lru_cache(maxsize=None)
+def _pinned_tiny() -> bytes:
+    return export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
+                               int8_ranges="relu6")
+
+
+@pytest.mark.slow
+def test_pinned_relu6_ranges_requantize_the_biases_that_read_them():
+    # The kernels add the int32 bias to the accumulator as it is: its scale must stay
+    # input_scale * weight_scale when the input's scale is pinned.
+    _require("tflite")
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(_pinned_tiny()))
+    graph = model.subgraphs[0]
+    checked = 0
+    for op in graph.operators:
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            x, w, b = (graph.tensors[i].quantization for i in op.inputs[:3])
+            if b is not None and b.scale is not None and len(b.scale) and x.scale is not None:
+                np.testing.assert_allclose(b.scale, x.scale[0] * np.asarray(w.scale), rtol=1e-5)
+                checked += 1
+    assert checked >= 3  # The tiny model's convolutions and its classifier.
+
+
 @pytest.mark.slow
 def test_pinned_relu6_ranges_are_zero_to_six():
     _require("tflite")
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    data = export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
-                               int8_ranges="relu6")
+    data = _pinned_tiny()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     graph = model.subgraphs[0]
     outputs = [graph.tensors[op.outputs[0]] for op in graph.operators

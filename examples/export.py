@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", nargs="+", choices=FORMATS, required=True, dest="formats",
                         help="one or more of: stablehlo (jax.export, CPU/CUDA/TPU), tflite, onnx")
     parser.add_argument("--int8", action="store_true",
-                        help="tflite only: int8 weights and activations, ranges calibrated on "
-                             "training images (float32 input and output)")
+                        help="tflite only: int8 weights and activations (float32 input and "
+                             "output), activation ranges per --int8-ranges")
     parser.add_argument("--int8-ranges", choices=("calibrated", "relu6"), default=None,
                         help="--int8's activation ranges: calibrated on training images, or "
                              "ReLU6 outputs on [0, 6] (default: relu6 for a ReLU6 model "

@@ -4,11 +4,15 @@ Loads the newest checkpoint of a run, writes the inference function
 ``logits = f(images)`` (float32 NHWC pixels 0-255, the run's normalization inside)
 in each requested format, runs the file in its own runtime (jax.export,
 ai_edge_litert, onnxruntime) on the run's test split and prints, per file, its
-size, the largest logit difference against the JAX model and both test accuracies::
+size, the largest logit difference against the float JAX model and the test
+accuracies of the file, of the float JAX model and, for a run trained with
+``--activation-bits``, of the JAX model as trained (fake quantization on)::
 
     python examples/train.py --workdir runs/v2
     python examples/export.py --workdir runs/v2 --format stablehlo tflite onnx
     python examples/export.py --workdir runs/v2 --format tflite --int8
+    python examples/train.py --activation-bits 8 --workdir runs/qat8
+    python examples/export.py --workdir runs/qat8 --format tflite --int8   # ReLU6 on [0, 6]
 
 Needs the export extra: ``pip install -e ".[export]"``.
 """
@@ -37,12 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", nargs="+", choices=FORMATS, required=True, dest="formats",
                         help="one or more of: stablehlo (jax.export, CPU/CUDA/TPU), tflite, onnx")
     parser.add_argument("--int8", action="store_true",
-                        help="tflite only: int8 weights and activations, ranges calibrated on "
-                             "training images (float32 input and output)")
-    parser.add_argument("--int8-ranges", choices=("calibrated", "relu6"), default="calibrated",
+                        help="tflite only: int8 weights and activations (float32 input and "
+                             "output), activation ranges per --int8-ranges")
+    parser.add_argument("--int8-ranges", choices=("calibrated", "relu6"), default=None,
                         help="--int8's activation ranges: calibrated on training images, or "
-                             "ReLU6 outputs on [0, 6] (for a model trained with 8-bit "
-                             "fake-quantized ReLU6; default: %(default)s)")
+                             "ReLU6 outputs on [0, 6] (default: relu6 for a ReLU6 model "
+                             "trained with --activation-bits 8, calibrated otherwise)")
     parser.add_argument("--calibration-images", type=int, default=256,
                         help="training images that calibrate --int8 (default: %(default)s)")
     parser.add_argument("--out", default=None,
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8 and args.formats != ["tflite"]:
         parser.error("--int8 applies to --format tflite only")
-    if args.int8_ranges != "calibrated" and not args.int8:
+    if args.int8_ranges is not None and not args.int8:
         parser.error("--int8-ranges needs --int8")
     if args.out is not None and len(args.formats) != 1:
         parser.error("--out needs exactly one --format")
@@ -75,16 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     except export.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{run.config.model} x{run.config.width} from {args.workdir}, step {run.step}; "
+    bits = run.config.activation_bits
+    print(f"{run.config.model} x{run.config.width} from {args.workdir}, step {run.step}"
+          f"{f' (trained with {bits}-bit activations)' if bits else ''}; "
           f"{run.dataset.name} test split: {run.dataset.test_images.shape[0]} images")
+    int8_ranges = args.int8_ranges or export.default_int8_ranges(run.model)
     status = 0
     for fmt in args.formats:
-        name = fmt + (" int8" if args.int8 else "")
+        name = fmt + (f" int8 ({int8_ranges} ranges)" if args.int8 else "")
         try:
             report = export.export(run, fmt, int8=args.int8, path=args.out,
                                    workdir=args.workdir,
                                    calibration_images=args.calibration_images,
-                                   int8_ranges=args.int8_ranges)
+                                   int8_ranges=int8_ranges)
         except ImportError as error:
             print(f"{name}: needs the export extra (pip install -e \".[export]\"): {error}",
                   file=sys.stderr)
@@ -94,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: failed: {type(error).__name__}: {str(error)[:500]}", file=sys.stderr)
             status = 1
             continue
+        qat = ("" if report.qat_accuracy is None
+               else f", QAT JAX {report.qat_accuracy:.4f}")
         print(f"{name}: wrote {report.path} ({report.size / 1024:.0f} KiB) in "
               f"{report.seconds:.1f} s; largest |logit - JAX logit| {report.max_logit_diff:.2g}; "
-              f"test accuracy {report.accuracy:.4f} (JAX {report.jax_accuracy:.4f}), same "
-              f"class as JAX on {report.agreement:.2%}")
+              f"test accuracy {report.accuracy:.4f} (float JAX {report.jax_accuracy:.4f}{qat}), "
+              f"same class as float JAX on {report.agreement:.2%}")
     return status
 
 

@@ -30,6 +30,9 @@ Int8 TFLite takes its activation ranges from a representative dataset (a few
 hundred training images) or, with ``int8_ranges="relu6"``, puts every ReLU6
 output on [0, 6] (:func:`pin_relu6_ranges`): the grid of a model trained with
 8-bit fake-quantized ReLU6, which calibration on a few images would narrow.
+That is the default for such a run (:func:`default_int8_ranges`), and its
+report gives the accuracy of the model as trained, fake quantization on, next
+to the float model's and the file's.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -57,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet import input_pipeline, models
+from mobilenet import input_pipeline, models, train_state
 from mobilenet.configs import default
 
 FORMATS = ("stablehlo", "tflite", "onnx")
@@ -79,8 +82,10 @@ class Run(NamedTuple):
 
     Attributes:
       config: the run's configuration (``config.json``).
-      model: the model as trained (its own depthwise form, batch norm, activations).
-      variables: ``{"params", "batch_stats"}`` of the newest checkpoint (numpy arrays).
+      model: the model as trained (its own depthwise form, batch norm, activations,
+        fake-quantized activations where the run set ``activation_bits``).
+      variables: ``{"params", "batch_stats"}`` of the newest checkpoint (numpy arrays;
+        ``batch_stats`` also holds the quantized ReLUs' ranges).
       step: the checkpoint's step.
       dataset: the run's dataset (train and test splits, normalization statistics).
     """
@@ -119,11 +124,10 @@ def load_run(workdir: str) -> Run:
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
-    model = models.create_model(
-        config.model, num_classes=config.num_classes or dataset.num_classes,
-        width_multiplier=config.width, small_input=config.small_input,
-        dtype=jnp.dtype(config.dtype), grad_at_zero=config.grad_at_zero,
-        grad_at_six=config.grad_at_six, batch_norm=config.batch_norm)
+    # The training example's own constructor: the model that was trained, fake
+    # quantization (``activation_bits``) and ``nonlinearity`` included.
+    model = train_state.create_model(config,
+                                     num_classes=config.num_classes or dataset.num_classes)
     step, variables = restore_variables(os.path.join(workdir, CHECKPOINT_SUBDIR))
     return Run(config, model, variables, step, dataset)
 
@@ -133,7 +137,8 @@ def restore_variables(directory: str) -> tuple[int, dict[str, Any]]:
 
     Reads the ``state`` item that the training example saves (orbax, StandardSave)
     as host numpy arrays, whatever devices wrote it, and keeps only the model's
-    variables.
+    variables (``batch_stats``: batch norm's running statistics and the ranges of
+    :class:`mobilenet.quantization.QuantizedReLU` layers).
 
     Raises:
       ExportError: no checkpoint in ``directory``.
@@ -213,8 +218,10 @@ def export_model(model: models.MobileNet, variables: Mapping[str, Any], *,
     """The model in its export form, and its parameters.
 
     Grouped depthwise convolutions (no per-platform switch), 1x1 convolutions
-    as ``nn.Conv``, float32, batch norm folded into the convolutions, and, with
-    ``native_activations``, ``jax.nn``'s relu6 family (the same forward pass).
+    as ``nn.Conv``, float32, batch norm folded into the convolutions, float
+    activations (no fake quantization: an int8 file quantizes them itself), and,
+    with ``native_activations``, ``jax.nn``'s relu6 family (the same forward
+    pass) for a ReLU6 model; another ``nonlinearity`` keeps its own modules.
 
     Args:
       model: the trained model.
@@ -226,8 +233,9 @@ def export_model(model: models.MobileNet, variables: Mapping[str, Any], *,
       ``(exported_model, params)``: apply with ``{"params": params}`` and ``train=False``.
     """
     changes: dict[str, Any] = dict(depthwise="grouped", pointwise="conv", dtype=jnp.float32,
-                                   param_dtype=jnp.float32, batch_norm=False)
-    if native_activations:
+                                   param_dtype=jnp.float32, batch_norm=False,
+                                   activation_bits=None)
+    if native_activations and model.nonlinearity == "relu6":
         changes["activation"] = "jax.nn"
     params = variables["params"]
     if model.batch_norm:
@@ -322,6 +330,8 @@ def to_tflite(predict: Callable, image_shape: Sequence[int], *, batch_size: int 
 
 # TFLite ops whose int8 kernels need their output quantized exactly like their input.
 _SAME_SCALE_OPS = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+# TFLite ops whose int32 bias (input 2) is quantized with scale input_scale * weight_scale.
+_BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> bytes:
@@ -333,7 +343,10 @@ def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> byt
     point ``-128 - low / scale`` on the output of every op with a fused ReLU6
     (and of RELU6 ops), and carries it through ops that need equal input and
     output quantization (PAD, RESHAPE, ...). The kernels read these parameters
-    when the interpreter prepares them, so nothing else changes.
+    when the interpreter prepares them. A convolution's int32 bias is quantized
+    with scale ``input_scale * weight_scale`` and added to the accumulator as
+    it is, so the bias of every layer that reads a pinned tensor is
+    requantized for the new input scale.
 
     Args:
       data: an int8 TFLite flatbuffer (:func:`to_tflite` with ``representative``).
@@ -357,17 +370,34 @@ def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> byt
         return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
     for graph in model.subgraphs:
-        pinned = set()
+        pinned: dict[int, float] = {}  # Tensor index -> its calibrated scale.
         for op in graph.operators:  # Topological order: producers come first.
             fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
             same_scale = opname(op) in _SAME_SCALE_OPS and op.inputs[0] in pinned
             if fused == schema.ActivationFunctionType.RELU6 or opname(op) == "RELU6" or same_scale:
                 tensor = graph.tensors[op.outputs[0]]
                 if tensor.type == schema.TensorType.INT8 and tensor.quantization is not None:
+                    pinned[op.outputs[0]] = float(tensor.quantization.scale[0])
                     tensor.quantization.scale = [scale]
                     tensor.quantization.zeroPoint = [zero_point]
-                    pinned.add(op.outputs[0])
+        for op in graph.operators:
+            if opname(op) in _BIAS_OPS and op.inputs[0] in pinned and len(op.inputs) > 2 \
+                    and op.inputs[2] >= 0:
+                _rescale_bias(model, graph.tensors[op.inputs[2]], scale / pinned[op.inputs[0]],
+                              schema)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _rescale_bias(model, tensor, factor: float, schema) -> None:
+    """An int32 bias requantized for its input's scale multiplied by ``factor``."""
+    if tensor.type != schema.TensorType.INT32 or tensor.quantization is None:
+        return
+    buffer = model.buffers[tensor.buffer]
+    values = np.frombuffer(np.asarray(buffer.data, np.uint8).tobytes(), np.int32)
+    limit = np.iinfo(np.int32)
+    rescaled = np.clip(np.round(values.astype(np.float64) / factor), limit.min, limit.max)
+    buffer.data = np.frombuffer(rescaled.astype(np.int32).tobytes(), np.uint8).copy()
+    tensor.quantization.scale = [float(s) * factor for s in tensor.quantization.scale]
 
 
 def run_tflite(data: bytes) -> Predict:
@@ -440,11 +470,14 @@ class Report(NamedTuple):
     Attributes:
       path: the written file.
       size: its size in bytes.
-      max_logit_diff: the largest absolute logit difference, file vs the JAX
-        model as trained, over the test split.
+      max_logit_diff: the largest absolute logit difference, file vs the float
+        JAX model (the trained one, without fake quantization), over the test split.
       accuracy: the file's test accuracy (in its runtime).
-      jax_accuracy: the JAX model's test accuracy.
-      agreement: the fraction of test images where both predict the same class.
+      jax_accuracy: the float JAX model's test accuracy.
+      qat_accuracy: the JAX model as trained, fake quantization on: its test
+        accuracy for a run with ``activation_bits``, else ``None``.
+      agreement: the fraction of test images where the file and the float JAX
+        model predict the same class.
       seconds: the time to convert and write.
     """
 
@@ -453,6 +486,7 @@ class Report(NamedTuple):
     max_logit_diff: float
     accuracy: float
     jax_accuracy: float
+    qat_accuracy: float | None
     agreement: float
     seconds: float
 
@@ -460,8 +494,28 @@ class Report(NamedTuple):
 INT8_RANGES = ("calibrated", "relu6")
 
 
+def default_int8_ranges(model: models.MobileNet) -> str:
+    """The int8 activation ranges of ``model``'s own training: ``"relu6"`` or ``"calibrated"``.
+
+    A ReLU6 model trained with 8-bit affine fake quantization (``activation_bits=8``)
+    computed every ReLU6 output on the grid of 256 levels on [0, 6]: its int8 file
+    keeps that grid (``"relu6"``). Any other model is calibrated.
+
+    Example:
+      >>> from mobilenet import models
+      >>> default_int8_ranges(models.create_model("tiny", num_classes=10, activation_bits=8))
+      'relu6'
+      >>> default_int8_ranges(models.create_model("tiny", num_classes=10))
+      'calibrated'
+    """
+    if (model.activation_bits == 8 and model.nonlinearity == "relu6"
+            and model.quant_scheme == "affine"):
+        return "relu6"
+    return "calibrated"
+
+
 def export_bytes(run: Run, fmt: str, *, int8: bool = False, calibration_images: int = 256,
-                 int8_ranges: str = "calibrated") -> bytes:
+                 int8_ranges: str | None = None) -> bytes:
     """The file's contents: ``run``'s model in ``fmt`` (a name in :data:`FORMATS`).
 
     Args:
@@ -470,8 +524,9 @@ def export_bytes(run: Run, fmt: str, *, int8: bool = False, calibration_images: 
       int8: int8 post-training quantization (tflite only).
       calibration_images: training images that calibrate the int8 ranges.
       int8_ranges: ``"calibrated"`` (every activation's range from the
-        calibration images) or ``"relu6"`` (ReLU6 outputs on [0, 6], the grid of
-        a model trained with 8-bit fake-quantized ReLU6; :func:`pin_relu6_ranges`).
+        calibration images), ``"relu6"`` (ReLU6 outputs on [0, 6], the grid of
+        a model trained with 8-bit fake-quantized ReLU6; :func:`pin_relu6_ranges`)
+        or ``None``: the model's own (:func:`default_int8_ranges`).
 
     Raises:
       ValueError: an unknown format or ``int8_ranges``, or ``int8`` with a
@@ -481,6 +536,8 @@ def export_bytes(run: Run, fmt: str, *, int8: bool = False, calibration_images: 
         raise ValueError(f"export_bytes: format must be one of {FORMATS}, got {fmt!r}")
     if int8 and fmt != "tflite":
         raise ValueError(f"export_bytes: int8 is available for tflite only, got {fmt!r}")
+    if int8_ranges is None:
+        int8_ranges = default_int8_ranges(run.model)
     if int8_ranges not in INT8_RANGES:
         raise ValueError(f"export_bytes: int8_ranges must be one of {INT8_RANGES}, "
                          f"got {int8_ranges!r}")
@@ -503,9 +560,17 @@ def representative_images(run: Run, count: int, *, seed: int = 0) -> np.ndarray:
     return np.asarray(train[np.sort(index)], np.float32)
 
 
-def reference_function(run: Run) -> Predict:
-    """The JAX model as trained (its own forms, batch norm in inference mode), jitted."""
-    predict = jax.jit(inference_function(run.model, run.variables, mean=run.dataset.mean,
+def reference_function(run: Run, *, fake_quant: bool = False) -> Predict:
+    """The trained JAX model (its own forms, batch norm in inference mode), jitted.
+
+    Args:
+      run: the trained run.
+      fake_quant: keep the model's fake-quantized activations (the model as
+        trained with ``activation_bits``); ``False``: its float activations,
+        the function that the export form computes.
+    """
+    model = run.model if fake_quant else run.model.clone(activation_bits=None)
+    predict = jax.jit(inference_function(model, run.variables, mean=run.dataset.mean,
                                          std=run.dataset.std))
     return lambda images: np.asarray(predict(jnp.asarray(images, jnp.float32)))
 
@@ -528,6 +593,16 @@ def compare(predict: Predict, reference: Predict, images: np.ndarray, labels: np
             "jax_accuracy": reference_correct / n, "agreement": agree / n}
 
 
+def accuracy(predict: Predict, images: np.ndarray, labels: np.ndarray, *,
+             batch_size: int = 128) -> float:
+    """The fraction of ``images`` whose largest logit under ``predict`` is at their label."""
+    correct = 0
+    for start in range(0, images.shape[0], batch_size):
+        logits = np.asarray(predict(np.asarray(images[start:start + batch_size], np.float32)))
+        correct += int(np.sum(logits.argmax(-1) == np.asarray(labels[start:start + batch_size])))
+    return correct / images.shape[0]
+
+
 def default_path(workdir: str, fmt: str, *, int8: bool = False) -> str:
     """``<workdir>/export/model[_int8].<suffix>``."""
     return os.path.join(workdir, "export", "model" + ("_int8" if int8 else "") + SUFFIXES[fmt])
@@ -535,7 +610,7 @@ def default_path(workdir: str, fmt: str, *, int8: bool = False) -> str:
 
 def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
            workdir: str = ".", calibration_images: int = 256,
-           int8_ranges: str = "calibrated") -> Report:
+           int8_ranges: str | None = None) -> Report:
     """Writes ``run``'s model in ``fmt``, runs the file in its runtime, compares with JAX.
 
     Args:
@@ -548,8 +623,10 @@ def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
       int8_ranges: where int8 activation ranges come from (:func:`export_bytes`).
 
     Returns:
-      The :class:`Report` (the file's test accuracy and largest logit difference
-      against the JAX model on the run's test split).
+      The :class:`Report`: on the run's test split, the file's accuracy and its
+      largest logit difference against the float JAX model, with the float JAX
+      model's accuracy and, for a run trained with fake-quantized activations,
+      the accuracy of the model as trained (``qat_accuracy``).
     """
     start = time.perf_counter()
     data = export_bytes(run, fmt, int8=int8, calibration_images=calibration_images,
@@ -561,6 +638,9 @@ def export(run: Run, fmt: str, *, int8: bool = False, path: str | None = None,
     seconds = time.perf_counter() - start
     with open(path, "rb") as f:
         predict = RUNNERS[fmt](f.read())
-    result = compare(predict, reference_function(run), run.dataset.test_images,
-                     run.dataset.test_labels)
-    return Report(path, len(data), seconds=seconds, **result)
+    images, labels = run.dataset.test_images, run.dataset.test_labels
+    result = compare(predict, reference_function(run), images, labels)
+    qat_accuracy = None
+    if run.model.activation_bits is not None:
+        qat_accuracy = accuracy(reference_function(run, fake_quant=True), images, labels)
+    return Report(path, len(data), seconds=seconds, qat_accuracy=qat_accuracy, **result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -94,6 +95,24 @@ def test_export_model_parameters_fit_the_export_form(name):
     assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, shapes["params"])
 
 
+def test_export_model_drops_fake_quantization():
+    model = models.create_model("tiny", num_classes=10, activation_bits=8)
+    exported, _ = export.export_model(model, _run("tiny").variables, native_activations=True)
+    assert exported.activation_bits is None and exported.activation == "jax.nn"
+
+
+@pytest.mark.parametrize("options,want", [
+    (dict(activation_bits=8), "relu6"),
+    (dict(), "calibrated"),
+    (dict(activation_bits=4), "calibrated"),
+    (dict(activation_bits=8, quant_scheme="fixed_point"), "calibrated"),
+    (dict(activation_bits=8, nonlinearity="relu"), "calibrated"),
+])
+def test_default_int8_ranges_follow_the_training(options, want):
+    model = models.create_model("tiny", num_classes=10, **options)
+    assert export.default_int8_ranges(model) == want
+
+
 def test_fold_batch_norm_folds_scale_and_shift():
     params = {"c": {"conv": {"kernel": np.ones((1, 1, 1, 2))},
                     "bn": {"scale": np.array([2.0, 3.0]), "bias": np.array([1.0, -1.0])}}}
@@ -152,14 +171,38 @@ def test_int8_tflite_stays_close_to_float():
     assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
 
 
+@functools.lru_cache(maxsize=None)
+def _pinned_tiny() -> bytes:
+    return export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
+                               int8_ranges="relu6")
+
+
+@pytest.mark.slow
+def test_pinned_relu6_ranges_requantize_the_biases_that_read_them():
+    # The kernels add the int32 bias to the accumulator as it is: its scale must stay
+    # input_scale * weight_scale when the input's scale is pinned.
+    _require("tflite")
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(_pinned_tiny()))
+    graph = model.subgraphs[0]
+    checked = 0
+    for op in graph.operators:
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            x, w, b = (graph.tensors[i].quantization for i in op.inputs[:3])
+            if b is not None and b.scale is not None and len(b.scale) and x.scale is not None:
+                np.testing.assert_allclose(b.scale, x.scale[0] * np.asarray(w.scale), rtol=1e-5)
+                checked += 1
+    assert checked >= 3  # The tiny model's convolutions and its classifier.
+
+
 @pytest.mark.slow
 def test_pinned_relu6_ranges_are_zero_to_six():
     _require("tflite")
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    data = export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
-                               int8_ranges="relu6")
+    data = _pinned_tiny()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     graph = model.subgraphs[0]
     outputs = [graph.tensors[op.outputs[0]] for op in graph.operators
@@ -187,18 +230,28 @@ def test_load_run_rejects_a_directory_without_a_run(tmp_path):
         export.load_run(str(tmp_path))
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def _train(workdir, *options: str) -> str:
     """A real (short) run of examples/train.py: 5 steps of the tiny model on synthetic data."""
-    workdir = tmp_path_factory.mktemp("run")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "train.py"), "--model", "tiny",
          "--data", "synthetic", "--image-size", str(IMAGE[0]), "--steps", "5",
          "--batch-size", "16", "--eval-batch-size", "16", "--no-progress", "--no-plot",
-         "--workdir", str(workdir)],
+         "--workdir", str(workdir), *options],
         check=True, env=env, capture_output=True, timeout=600)
     return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A float run (:func:`_train`)."""
+    return _train(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory):
+    """A run trained with 8-bit fake-quantized ReLU6 (:func:`_train`)."""
+    return _train(tmp_path_factory.mktemp("qat"), "--activation-bits", "8")
 
 
 @pytest.mark.slow
@@ -211,6 +264,46 @@ def test_a_trained_checkpoint_exports_to_stablehlo(request):
     assert os.path.getsize(report.path) == report.size > 0
     assert report.max_logit_diff < ATOL
     assert report.accuracy == report.jax_accuracy and report.agreement == 1.0
+    assert report.qat_accuracy is None
+
+
+@pytest.mark.slow
+def test_a_qat_run_loads_as_trained(request):
+    qat_run = request.getfixturevalue("qat_run")
+    run = export.load_run(qat_run)
+    assert run.model.activation_bits == 8 and run.config.activation_bits == 8
+    images = run.dataset.test_images[:4]
+    # The model as trained puts every ReLU6 output on the 8-bit grid; the float form does not.
+    fake_quant = export.reference_function(run, fake_quant=True)(images)
+    float_form = export.reference_function(run)(images)
+    assert fake_quant.shape == float_form.shape == (4, 10)
+    assert not np.allclose(fake_quant, float_form, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_qat_run_exports_to_int8_tflite_on_its_relu6_grid(request, capsys):
+    _require("tflite")
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    qat_run = request.getfixturevalue("qat_run")
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import export as cli  # examples/export.py
+
+    # No --int8-ranges: the run's own grid.
+    assert cli.main(["--workdir", qat_run, "--format", "tflite", "--int8",
+                     "--calibration-images", "16"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("tflite int8 (relu6 ranges): wrote")
+    # The file's accuracy against the float JAX model and against the QAT JAX model.
+    assert re.search(r"test accuracy [0-9.]+ \(float JAX [0-9.]+, QAT JAX [0-9.]+\)", line)
+    with open(export.default_path(qat_run, "tflite", int8=True), "rb") as f:
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    graph = model.subgraphs[0]
+    relu6 = [graph.tensors[op.outputs[0]].quantization for op in graph.operators
+             if getattr(op.builtinOptions, "fusedActivationFunction", None)
+             == schema.ActivationFunctionType.RELU6]
+    assert relu6 and all(q.scale[0] == pytest.approx(6 / 255) for q in relu6)
 
 
 @pytest.mark.slow

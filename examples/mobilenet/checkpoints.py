@@ -261,8 +261,8 @@ def _quiet_orbax() -> Iterator[None]:
         failed = True
         raise
     finally:
-        if failed:  # Let the failed read's stragglers finish while the hooks are quiet.
-            gc.collect()
-            time.sleep(0.2)
-            gc.collect()
+        if failed:  # Let the failed read's stragglers finish while the hooks are quiet
+            for _ in range(3):  # (0.6 s, only after a failed read; a loaded machine is slower).
+                gc.collect()
+                time.sleep(0.2)
         sys.unraisablehook, sys.excepthook, threading.excepthook = hooks

@@ -142,6 +142,15 @@ DAMAGE = {
 }
 
 
+# A failed orbax read leaves tensorstore callbacks that fire later on a closed event
+# loop ("Exception ignored ... Event loop is closed"). The checkpoint code keeps them off
+# stderr while it waits for them; on a loaded machine a straggler can come later and
+# reach pytest, which would turn it into an error. They are the libraries' noise, not a
+# result: the tests below assert what the run says and does.
+ORBAX_STRAGGLERS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@ORBAX_STRAGGLERS
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
@@ -157,6 +166,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     assert os.listdir(aside)  # Kept, not deleted.
 
 
+@ORBAX_STRAGGLERS
 @pytest.mark.slow
 def test_a_step_whose_write_was_cut_short_is_ignored(run, straight):
     # orbax writes a step into a temporary directory and renames it when complete:
@@ -171,6 +181,7 @@ def test_a_step_whose_write_was_cut_short_is_ignored(run, straight):
     _assert_finishes_like(result, straight, run)
 
 
+@ORBAX_STRAGGLERS
 @pytest.mark.slow
 def test_when_every_checkpoint_is_damaged_the_run_starts_again(run, straight, capsys):
     for step in ("4", "8"):

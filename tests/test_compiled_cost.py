@@ -23,8 +23,10 @@ def test_gradient_has_the_fusions_and_buffers_of_jax_nn(inputs, g0, g6):
     ours = lambda h: jrelu6.relu6(h, grad_at_zero=g0, grad_at_six=g6)  # noqa: E731
     mine = compiled_stats(jax.grad(conv_net_loss(ours)), *inputs)
     base = compiled_stats(jax.grad(conv_net_loss(jax.nn.relu6)), *inputs)
-    assert mine["fusions"] == base["fusions"]
-    assert mine["entry_ops"] == base["entry_ops"]
+    # No more kernels than jax.nn's (equal on current jax; the XLA of jax 0.6.2, the oldest
+    # supported, fuses jrelu6's backward into one kernel fewer: 6 against 7).
+    assert mine["fusions"] <= base["fusions"]
+    assert mine["entry_ops"] <= base["entry_ops"]
     assert mine["argument_bytes"] == base["argument_bytes"]
     assert mine["output_bytes"] == base["output_bytes"]
 

@@ -5,14 +5,20 @@ slow generic loop: on a 2-core CPU a 3x3 depthwise convolution of a
 64x16x16x96 batch takes tens of milliseconds forward and over a hundred
 forward+backward. Written as ``kh * kw`` shifted multiply-adds it is one
 elementwise fusion instead, tens of times faster. On GPU and TPU the grouped
-convolution is the fast one (cuDNN / the TPU convolution unit).
+convolution is the fast one (cuDNN / the TPU convolution unit). Fastest on
+CPU are three small C++ kernels (:mod:`mobilenet.native`: forward, input
+gradient, kernel gradient, vectorised over channels) that XLA calls through
+its FFI: about 2x the shifted form's forward+backward, on par with PyTorch's
+oneDNN kernels (``benchmarks/depthwise.py``). They are built on first use
+with the machine's C++ compiler; without one the shifted form is used.
 
-:func:`depthwise_conv` holds both forms behind one function. With
+:func:`depthwise_conv` holds the forms behind one function. With
 ``impl="auto"`` the choice is made per *platform of the computation*, at
 lowering time, through :func:`jax.lax.platform_dependent`: the same jitted
-function runs the shifted form when compiled for CPU and the grouped
-convolution when compiled for GPU/TPU, whatever ``jax.default_backend()``
-says. The shifted form has its own backward pass (a :func:`jax.custom_vjp`):
+function runs the native kernels (or, without them, the shifted form) when
+compiled for CPU and the grouped convolution when compiled for GPU/TPU,
+whatever ``jax.default_backend()`` says. The shifted form has its own
+backward pass (a :func:`jax.custom_vjp`):
 
 * the input gradient is again a shifted multiply-add, of the output
   gradient (dilated by the stride, padded) with the flipped kernel;
@@ -42,9 +48,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-IMPLS = ("auto", "grouped", "shifted")
+from mobilenet import native
+
+IMPLS = ("auto", "grouped", "shifted", "native")
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -184,6 +193,56 @@ def _add_tuples(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax
 _shifted.defvjp(_shifted_fwd, _shifted_bwd)
 
 
+# --- the native CPU kernels ---------------------------------------------------------
+
+
+def _native_supported(pads) -> bool:
+    """Whether the native kernels take this case: padding >= 0, kernels built and loaded."""
+    return all(p >= 0 for pair in pads for p in pair) and native.available()
+
+
+def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """:func:`_native` in float32 (the kernels' only dtype), returned in ``x``'s dtype."""
+    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+        return _native(x, kernel, strides, pads)
+    wide = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads)
+    return wide.astype(x.dtype)
+
+
+def _native_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+                            vmap_method="sequential")
+    return call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+                pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _native(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+            pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Depthwise correlation by the native C++ kernels (:mod:`mobilenet.native`)."""
+    (kh, kw), (n, h, w, c) = kernel.shape[:2], x.shape
+    out = (n, _out_size(h + sum(pads[0]), kh, strides[0]),
+           _out_size(w + sum(pads[1]), kw, strides[1]), c)
+    return _native_call("jrelu6_depthwise_forward", out, strides, pads, x,
+                        kernel.reshape(kh, kw, c))
+
+
+def _native_fwd(x, kernel, strides, pads):
+    return _native(x, kernel, strides, pads), (x, kernel)
+
+
+def _native_bwd(strides, pads, residuals, g):
+    x, kernel = residuals
+    kh, kw, _, c = kernel.shape
+    dx = _native_call("jrelu6_depthwise_input_grad", x.shape, strides, pads, g,
+                      kernel.reshape(kh, kw, c))
+    dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw, c), strides, pads, x, g)
+    return dx, dk.reshape(kernel.shape)
+
+
+_native.defvjp(_native_fwd, _native_bwd)
+
+
 def depthwise_conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -204,10 +263,13 @@ def depthwise_conv(
       strides: an int or a pair.
       padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
       impl: ``"grouped"`` (the grouped convolution: fast on GPU/TPU, slow on
-        XLA:CPU), ``"shifted"`` (``kh * kw`` shifted multiply-adds with a
-        matching custom backward pass: fast on CPU) or ``"auto"`` (shifted
-        where the computation is compiled for CPU, grouped elsewhere; chosen
-        at lowering time, so it follows the device the jitted function runs on).
+        XLA:CPU), ``"shifted"`` (``kh * kw`` shifted multiply-adds of XLA ops
+        with a matching custom backward pass: fast on CPU), ``"native"`` (the
+        C++ kernels of :mod:`mobilenet.native` through XLA's FFI, CPU only, in
+        float32: fastest on CPU; padding must be >= 0) or ``"auto"`` (on CPU
+        native where its kernels could be built, else shifted; grouped
+        elsewhere; chosen at lowering time, so it follows the device the
+        jitted function runs on).
 
     Returns:
       ``(N, H', W', C)`` in ``x``'s dtype.
@@ -233,7 +295,15 @@ def depthwise_conv(
         return grouped(x, kernel)
     if impl == "shifted":
         return shifted(x, kernel)
-    return lax.platform_dependent(x, kernel, cpu=shifted, default=grouped)
+    native_form = functools.partial(_native_any_dtype, strides=strides, pads=pads)
+    if impl == "native":
+        if not _native_supported(pads):
+            raise ValueError(
+                f"depthwise_conv: impl='native' needs padding >= 0 and the native kernels "
+                f"({native.unavailable_reason() or 'available'}); got padding {pads}")
+        return native_form(x, kernel)
+    cpu = native_form if _native_supported(pads) else shifted
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=grouped)
 
 
 class DepthwiseConv(nn.Module):

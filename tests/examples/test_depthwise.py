@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import depthwise
+from mobilenet import depthwise, native
 from mobilenet.depthwise import DepthwiseConv, PointwiseConv, depthwise_conv
 
 # (input shape NHWC, kernel side, strides, padding): odd and even sizes, both strides.
@@ -41,9 +41,15 @@ def _value_and_grads(impl, x, kernel, strides, padding):
     return jax.jit(f)(x, kernel), *jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
 
 
-@pytest.mark.parametrize("impl", ["shifted", "auto"])
+def _skip_without_native(impl):
+    if impl == "native" and not native.available():
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+
+
+@pytest.mark.parametrize("impl", ["shifted", "native", "auto"])
 @pytest.mark.parametrize("shape,k,strides,padding", CASES)
 def test_matches_grouped_forward_and_gradients(impl, shape, k, strides, padding):
+    _skip_without_native(impl)
     x, kernel = _inputs(shape, k)
     want = _value_and_grads("grouped", x, kernel, strides, padding)
     got = _value_and_grads(impl, x, kernel, strides, padding)
@@ -63,6 +69,7 @@ def test_matches_lax_conv_directly():
 
 @pytest.mark.parametrize("impl", depthwise.IMPLS)
 def test_half_precision_keeps_dtype(impl):
+    _skip_without_native(impl)
     x, kernel = _inputs((2, 6, 6, 4), 3, jnp.bfloat16)
     y = depthwise_conv(x, kernel, strides=2, impl=impl)
     want = depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), strides=2,
@@ -71,13 +78,31 @@ def test_half_precision_keeps_dtype(impl):
     np.testing.assert_allclose(y.astype(jnp.float32), want, rtol=3e-2, atol=3e-2)
 
 
+def _cpu_gradient_hlo(impl: str) -> str:
+    x, kernel = _inputs((2, 6, 6, 4), 3)
+    grad = jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(depthwise_conv(x, k, impl=impl))),
+                              argnums=(0, 1))
+    return jax.jit(grad).lower(x, kernel).compile().as_text()
+
+
 def test_auto_compiles_to_no_convolution_on_cpu():
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU choice")
-    x, kernel = _inputs((2, 6, 6, 4), 3)
-    grad = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, impl="auto")), argnums=(0, 1))
-    hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
+    hlo = _cpu_gradient_hlo("auto")
     assert "convolution(" not in hlo and "conditional(" not in hlo
+
+
+def test_auto_uses_the_native_kernels_on_cpu_where_built():
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU choice")
+    _skip_without_native("native")
+    hlo = _cpu_gradient_hlo("auto")
+    for target in native.TARGETS:
+        assert f'custom_call_target="{target}"' in hlo, target
+
+
+# jax.export refuses custom calls without a compatibility guarantee unless told otherwise.
+_ALLOW_NATIVE = [jax.export.DisabledSafetyCheck.custom_call(t) for t in native.TARGETS]
 
 
 @pytest.mark.parametrize("platform,grouped", [("cpu", False), ("cuda", True), ("tpu", True)])
@@ -85,8 +110,37 @@ def test_auto_picks_per_platform_at_lowering(platform, grouped):
     # Lowered (not run) for each platform through jax.export: no accelerator needed.
     x, kernel = _inputs((2, 6, 6, 4), 3)
     grad = jax.grad(lambda x, k: jnp.sum(depthwise_conv(x, k, impl="auto")), argnums=(0, 1))
-    module = jax.export.export(jax.jit(grad), platforms=[platform])(x, kernel).mlir_module()
+    exported = jax.export.export(jax.jit(grad), platforms=[platform],
+                                 disabled_checks=_ALLOW_NATIVE)(x, kernel)
+    module = exported.mlir_module()
     assert ("feature_group_count = 4" in module) == grouped
+    assert ("jrelu6_depthwise_input_grad" in module) == (not grouped and native.available())
+
+
+def test_native_is_deterministic():
+    _skip_without_native("native")
+    x, kernel = _inputs((4, 16, 16, 24), 3)
+    once, twice = (_value_and_grads("native", x, kernel, 1, "SAME") for _ in range(2))
+    for a, b in zip(once, twice):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_native_under_vmap_matches_a_loop():
+    _skip_without_native("native")
+    x, kernel = _inputs((3, 2, 6, 6, 4), 3)
+
+    def f(x):
+        return depthwise_conv(x, kernel, strides=2, impl="native")
+
+    np.testing.assert_allclose(jax.vmap(f)(x), jnp.stack([f(image) for image in x]),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_native_rejects_negative_padding():
+    _skip_without_native("native")
+    x, kernel = _inputs((1, 6, 6, 2), 3)
+    with pytest.raises(ValueError, match="depthwise_conv: impl='native' needs padding >= 0"):
+        depthwise_conv(x, kernel, padding=((-1, 1), (1, 1)), impl="native")
 
 
 @pytest.mark.parametrize(
@@ -114,6 +168,7 @@ def test_bad_kernel_shape_raises():
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("impl", depthwise.IMPLS)
 def test_layer_matches_flax_grouped_conv(use_bias, impl):
+    _skip_without_native(impl)
     x, _ = _inputs((2, 7, 7, 6), 3)
     ours = DepthwiseConv(6, (3, 3), strides=2, use_bias=use_bias, impl=impl)
     theirs = nn.Conv(6, (3, 3), strides=2, use_bias=use_bias, feature_group_count=6)

@@ -1,0 +1,135 @@
+"""Native CPU kernels for the example, built on first use and called through XLA's FFI.
+
+XLA:CPU has no fast depthwise convolution (see :mod:`mobilenet.depthwise`).
+``depthwise.cc`` holds three small C++ kernels (forward, input gradient,
+kernel gradient) for NHWC float32 arrays that XLA calls as custom calls
+(:func:`jax.ffi.ffi_call`), running on XLA's own intra-op thread pool.
+
+They are compiled the first time they are needed, with the machine's C++
+compiler (``$CXX``, else ``c++`` or ``g++``) against the FFI headers that
+jaxlib ships (:func:`jax.ffi.include_dir`), into a per-user cache folder
+(``$XDG_CACHE_HOME/jrelu6/native``, one sub-folder per source, compiler,
+flags and jaxlib version), and loaded from there afterwards. A concurrent
+build by another process is harmless (each writes a private file and
+renames it into place).
+
+Nothing here is required: when there is no compiler, the build fails, or
+``JRELU6_NATIVE=0`` is set, :func:`available` returns ``False`` after one
+``RuntimeWarning`` saying why, and :mod:`mobilenet.depthwise` uses its
+XLA form instead (same results up to float rounding, slower on CPU).
+
+Example:
+  >>> from mobilenet import native
+  >>> native.available() in (True, False)
+  True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+
+import jax
+import jaxlib
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise.cc")
+# -march=native: the kernels' inner loops are over channels, vectorised for this CPU;
+# the cache folder is per machine, so the build never runs on another CPU model.
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+TARGETS = {
+    "jrelu6_depthwise_forward": "Jrelu6DepthwiseForward",
+    "jrelu6_depthwise_input_grad": "Jrelu6DepthwiseInputGrad",
+    "jrelu6_depthwise_kernel_grad": "Jrelu6DepthwiseKernelGrad",
+}
+ENV_SWITCH = "JRELU6_NATIVE"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool, "reason": str, "library": CDLL
+
+
+def cache_directory() -> str:
+    """``$XDG_CACHE_HOME/jrelu6/native`` (``~/.cache`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "jrelu6", "native")
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+def _build(compiler: str) -> str:
+    """Compiles ``depthwise.cc`` (once per source, compiler, flags and jaxlib); its path."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[:1]
+    with open(SOURCE, "rb") as source:
+        key = hashlib.sha256(source.read())
+    for part in (*version, *FLAGS, jax.__version__, jaxlib.__version__, platform.machine(),
+                 platform.processor()):
+        key.update(part.encode())
+    folder = os.path.join(cache_directory(), key.hexdigest()[:16])
+    library = os.path.join(folder, "depthwise.so")
+    if os.path.exists(library):
+        return library
+    os.makedirs(folder, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
+    os.close(handle)
+    command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        os.unlink(partial)
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        first = next((line for line in lines if "error:" in line), lines[-1])
+        raise RuntimeError(f"{compiler} failed (exit {result.returncode}): {first.strip()}")
+    os.replace(partial, library)
+    return library
+
+
+def _load() -> None:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        _state.update(ok=False, reason=f"{ENV_SWITCH}=0", quiet=True)
+        return
+    compiler = _compiler()
+    if compiler is None:
+        _state.update(ok=False, reason="no C++ compiler found ($CXX, c++, g++, clang++)")
+        return
+    try:
+        library = ctypes.CDLL(_build(compiler))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                        platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as error:
+        _state.update(ok=False, reason=f"building the kernels failed: {error}")
+        return
+    _state.update(ok=True, reason="", library=library)
+
+
+def available() -> bool:
+    """Whether the native kernels are built, loaded and registered with XLA (CPU).
+
+    The first call builds (or finds) and loads them; when that is not possible
+    it warns once, saying why, and returns ``False`` from then on.
+    """
+    with _lock:
+        if not _state:
+            _load()
+            if not _state["ok"] and not _state.get("quiet"):
+                warnings.warn(f"mobilenet.native: {_state['reason']}; the depthwise "
+                              "convolutions use their XLA form (slower on CPU)",
+                              RuntimeWarning, stacklevel=2)
+        return bool(_state["ok"])
+
+
+def unavailable_reason() -> str:
+    """Why :func:`available` is ``False`` (empty when it is ``True``)."""
+    available()
+    return str(_state["reason"])

@@ -153,6 +153,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": None if torch is None else torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
     }
     try:
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -191,10 +192,13 @@ def describe_machine(info: dict[str, Any]) -> str:
     """One line naming the machine and versions, for the top of a table."""
     torch_part = f", torch {info['torch']} ({info['torch_threads']} threads)" if info[
         "torch"] else ", torch not installed"
+    pages = ("on" if "glibc.malloc.hugetlb=1" in (info.get("glibc_tunables") or "")
+             else "off")
     return (
         f"{info['backend']} / {info['device']} x{info['device_count']}, CPU {info['cpu']} "
         f"({info['cpu_count']} cores, load {info['load_average_1min']}), "
-        f"jax {info['jax']}, jaxlib {info['jaxlib']}, numpy {info['numpy']}{torch_part}"
+        f"jax {info['jax']}, jaxlib {info['jaxlib']}, numpy {info['numpy']}{torch_part}, "
+        f"huge pages for malloc {pages}"
     )
 
 

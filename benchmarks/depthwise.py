@@ -181,4 +181,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # As the example does: huge pages for XLA's (and PyTorch's) large buffers.
+    mstep.host_memory.reexec_with_huge_pages()
     raise SystemExit(main())

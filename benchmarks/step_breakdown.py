@@ -449,4 +449,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # As the example does: huge pages for XLA's (and PyTorch's) large buffers.
+    mstep.host_memory.reexec_with_huge_pages()
     sys.exit(main())

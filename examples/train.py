@@ -180,4 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Huge pages for XLA's per-step buffers (mobilenet/host_memory.py): restarts this
+    # command once with GLIBC_TUNABLES set, where that helps; JRELU6_HUGE_PAGES=0: never.
+    from mobilenet import host_memory
+
+    host_memory.reexec_with_huge_pages()
     sys.exit(main())

@@ -55,6 +55,7 @@ import numpy as np
 import jrelu6.linen
 
 from mobilenet import quantization
+from mobilenet.batch_norm import BatchNorm
 from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -180,12 +181,13 @@ class ConvBN(nn.Module):
                            use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
         x = conv(x)
         if cfg.batch_norm:
+            # flax's BatchNorm with a hand-written backward pass (mobilenet.batch_norm).
             # Normalise in float32, then cast back: half-precision statistics lose too
             # much, and flax's BatchNorm mixes dtypes then (an error under strict promotion).
             bn_dtype = accumulator_dtype(x.dtype)
-            x = nn.BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
-                             epsilon=cfg.bn_epsilon, dtype=bn_dtype,
-                             name="bn")(x.astype(bn_dtype)).astype(x.dtype)
+            x = BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
+                          epsilon=cfg.bn_epsilon, dtype=bn_dtype,
+                          name="bn")(x.astype(bn_dtype)).astype(x.dtype)
         if self.act is not None:
             x = cfg.act(self.act)(x)
         return x

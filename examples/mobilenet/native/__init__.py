@@ -49,6 +49,7 @@ TARGETS = {
     "jrelu6_depthwise_kernel_grad": "Jrelu6DepthwiseKernelGrad",
 }
 ENV_SWITCH = "JRELU6_NATIVE"
+BUILD_TIMEOUT_S = 300
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ok": bool, "reason": str, "library": CDLL
@@ -67,14 +68,25 @@ def _compiler() -> str | None:
     return None
 
 
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (``-march=native`` code runs only where they match:
+    a cache folder shared by several machines keeps one build per kind of CPU)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
 def _build(compiler: str) -> str:
     """Compiles ``depthwise.cc`` (once per source, compiler, flags and jaxlib); its path."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             check=False).stdout.splitlines()[:1]
+                             check=False, timeout=60).stdout.splitlines()[:1]
     with open(SOURCE, "rb") as source:
         key = hashlib.sha256(source.read())
     for part in (*version, *FLAGS, jax.__version__, jaxlib.__version__, platform.machine(),
-                 platform.processor()):
+                 _cpu_signature()):
         key.update(part.encode())
     folder = os.path.join(cache_directory(), key.hexdigest()[:16])
     library = os.path.join(folder, "depthwise.so")
@@ -84,7 +96,12 @@ def _build(compiler: str) -> str:
     handle, partial = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
     os.close(handle)
     command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.unlink(partial)
+        raise RuntimeError(f"{compiler} took over {BUILD_TIMEOUT_S} s") from None
     if result.returncode != 0:
         os.unlink(partial)
         lines = result.stderr.strip().splitlines() or ["no output"]
@@ -107,7 +124,7 @@ def _load() -> None:
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                         platform="cpu")
-    except (OSError, RuntimeError, AttributeError) as error:
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         _state.update(ok=False, reason=f"building the kernels failed: {error}")
         return
     _state.update(ok=True, reason="", library=library)

@@ -1,20 +1,22 @@
-"""Depthwise convolution: the grouped convolution vs shifted multiply-adds, alone and in a step.
+"""Depthwise convolution: grouped, shifted multiply-adds and native kernels, alone and in a step.
 
 Measures, side by side in one process (interleaved samples, medians):
 
 1. one 3x3 depthwise convolution of an NxHxWxC float32 batch (default
    64x16x16x96, stride 1, SAME), forward and forward+backward, as
    ``feature_group_count`` ("grouped"), as our shifted multiply-adds with
-   their custom backward pass ("shifted") and, for reference, as the same
-   multiply-adds differentiated by plain autodiff; with the fusion count and
-   temporary memory of each compiled gradient;
+   their custom backward pass ("shifted"), for reference as the same
+   multiply-adds differentiated by plain autodiff, and as the native C++
+   kernels (``mobilenet.native``); with the fusion count and temporary memory
+   of each compiled gradient;
 2. a whole MobileNetV2 training step (small-input variant, width 1.0, 10
    classes, SGD with momentum, batch 128 of 32x32 images, the step of
    ``_mobilenet_step``): the plain flax model (``depthwise="grouped",
    pointwise="conv"``: every convolution an ``nn.Conv``), then with the
-   depthwise convolutions chosen per platform (``depthwise="auto"``), then
-   also with the 1x1 convolutions as matrix products (``pointwise="matmul"``:
-   the defaults).
+   shifted depthwise form, then also with the 1x1 convolutions as matrix
+   products (``pointwise="matmul"``), then with the depthwise convolutions
+   chosen per platform (``depthwise="auto"``: the native kernels on CPU where
+   they could be built; the defaults).
 
 Run ``python benchmarks/depthwise.py`` (several minutes on 2 CPU cores: the
 plain flax step takes seconds) or ``--quick`` (a smoke run). Timings on a
@@ -41,8 +43,9 @@ NAME = "depthwise"
 # name -> the model options of each training-step candidate; the first is the baseline.
 STEP_VARIANTS = {
     "flax nn.Conv (grouped, conv)": {"depthwise": "grouped", "pointwise": "conv"},
-    "auto, conv": {"depthwise": "auto", "pointwise": "conv"},
-    "auto, matmul (defaults)": {"depthwise": "auto", "pointwise": "matmul"},
+    "shifted, conv": {"depthwise": "shifted", "pointwise": "conv"},
+    "shifted, matmul": {"depthwise": "shifted", "pointwise": "matmul"},
+    "auto (native), matmul: the defaults": {"depthwise": "auto", "pointwise": "matmul"},
 }
 
 
@@ -55,6 +58,8 @@ CONV_FORMS = {
     "grouped": functools.partial(mstep.depthwise.depthwise_conv, impl="grouped"),
     "shifted": functools.partial(mstep.depthwise.depthwise_conv, impl="shifted"),
     "shifted, autodiff": _shifted_autodiff,
+    # Left out (with the reason printed) where the kernels cannot be built.
+    "native": functools.partial(mstep.depthwise.depthwise_conv, impl="native"),
 }
 
 
@@ -69,6 +74,9 @@ def conv_rows(shape: Sequence[int], repeats: int) -> list[dict[str, Any]]:
     kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1]), dtype=np.float32))
     forward, backward, rows = {}, {}, {}
     for name, form in CONV_FORMS.items():
+        if name == "native" and not mstep.depthwise.native.available():
+            print(f"native: left out ({mstep.depthwise.native.unavailable_reason()})")
+            continue
         grad = jax.jit(jax.grad(lambda x, k, form=form: jnp.sum(jnp.sin(form(x, k))),
                                 argnums=(0, 1)))
         compiled = grad.lower(x, kernel).compile()

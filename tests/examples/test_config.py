@@ -282,7 +282,7 @@ def test_help_shows_the_resolved_defaults(help_text):
     text = " ".join(help_text.split())
     assert "default: 0.05 for sgd, 0.01 for adamw" in text
     assert "default: 5e-05 for sgd, 0.05 for adamw" in text
-    assert "(default: 300)" in text and "(default: on)" in text
+    assert f"(default: {Config().steps})" in text and "(default: on)" in text
 
 
 @pytest.mark.parametrize("args, name, value", [
@@ -423,7 +423,7 @@ def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
 
 
 @pytest.mark.parametrize("settings", [
-    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 30},
+    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 45},
     {"augment": False, "max_shift": 3}], ids=str)
 def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(settings):
     saved = {**SAVED, "augment": settings.get("augment", True)}
@@ -450,24 +450,24 @@ def test_an_old_config_json_compares_missing_fields_as_defaults():
 
 def test_another_length_is_refused_without_the_opt_in():
     with pytest.raises(default.ConfigMismatch) as info:
-        default.check_resume(SAVED, Config(steps=600))
-    assert ("--steps: the run used 300 steps, now 600 steps (another learning-rate schedule; "
+        default.check_resume(SAVED, Config(steps=900))
+    assert ("--steps: the run used 450 steps, now 900 steps (another learning-rate schedule; "
             "--allow-schedule-change accepts it)") in str(info.value)
 
 
 @pytest.mark.parametrize("step", [None, 200])
 def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
-    config = Config(steps=600, allow_schedule_change=True)
+    config = Config(steps=900, allow_schedule_change=True)
     notes = default.check_resume(SAVED, config, step=step)
-    at = 300 if step is None else step
-    was = float(optim.learning_rate_schedule(Config(), total_steps=300)(at))
-    now = float(optim.learning_rate_schedule(config, total_steps=600)(at))
+    at = 450 if step is None else step
+    was = float(optim.learning_rate_schedule(Config(), total_steps=450)(at))
+    now = float(optim.learning_rate_schedule(config, total_steps=900)(at))
     assert now > was
     assert notes == [
-        "the learning-rate schedule is recomputed for 600 steps instead of 300 "
-        "(warm-up 60 steps instead of 30)",
+        "the learning-rate schedule is recomputed for 900 steps instead of 450 "
+        "(warm-up 90 steps instead of 45)",
         f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
-        "decaying to 0 at step 600"]
+        "decaying to 0 at step 900"]
 
 
 def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
@@ -483,10 +483,10 @@ def test_an_explicit_warmup_change_is_refused_even_with_the_opt_in():
 
 
 def test_epochs_compare_as_steps_when_the_training_set_is_known():
-    # 1437 examples, batch 128: 11 steps per epoch, so 2 epochs are the run's 22 steps.
-    saved = {**SAVED, "steps": 22}
+    # 1437 examples, batch 64: 22 steps per epoch, so 2 epochs are the run's 44 steps.
+    saved = {**SAVED, "steps": 44}
     assert default.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
-    with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 22 steps, now 33"):
+    with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 44 steps, now 66"):
         default.check_resume(saved, Config(epochs=3.0), num_train=1437)
 
 

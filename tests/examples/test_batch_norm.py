@@ -102,3 +102,41 @@ def test_gradient_through_the_returned_statistics():
 def test_bad_shapes_raise(shape, scale_shape):
     with pytest.raises(ValueError, match=r"batch_norm: need x \(\.\.\., C\)"):
         batch_norm(jnp.ones(shape), jnp.ones(scale_shape), jnp.ones(scale_shape))
+
+
+@pytest.mark.slow
+def test_mobilenet_float32_gradients_are_at_least_as_close_to_float64_as_with_flax(
+        monkeypatch):
+    # Flax's backward pass differentiates E[x^2] - E[x]^2 (cancellation); ours sums
+    # g * (x - mean). Reference: the same network in float64 with flax's layer.
+    from mobilenet import models
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((16, 32, 32, 3)), rng.integers(0, 10, 16)
+
+    def grads(layer, dtype):
+        monkeypatch.setattr(models, "BatchNorm", layer)
+        model = models.create_model("mobilenet_v2", num_classes=10, width_multiplier=0.35,
+                                    depthwise="shifted", dtype=dtype, param_dtype=dtype,
+                                    dropout_rate=0.0)
+        variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), dtype), train=False)
+
+        def loss(params):
+            logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                    jnp.asarray(images, dtype), train=True,
+                                    mutable=["batch_stats"])
+            log_p = jax.nn.log_softmax(logits.astype(dtype))
+            return -jnp.mean(jnp.take_along_axis(log_p, jnp.asarray(labels)[:, None], 1))
+
+        return [np.asarray(g, np.float64)
+                for g in jax.tree.leaves(jax.jit(jax.grad(loss))(variables["params"]))]
+
+    # The models are not written for float64: standard promotion for this comparison.
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("standard"):
+        reference = grads(nn.BatchNorm, jnp.float64)
+        errors = {}
+        for name, layer in (("flax", nn.BatchNorm), ("ours", BatchNorm)):
+            errors[name] = np.median(np.concatenate([
+                np.abs(g - r).ravel() / (np.abs(r).ravel() + 1e-12)
+                for g, r in zip(grads(layer, jnp.float32), reference, strict=True)]))
+    assert errors["ours"] <= errors["flax"], errors

@@ -423,7 +423,7 @@ def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
 
 
 @pytest.mark.parametrize("settings", [
-    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 45},
+    {"learning_rate": 0.05}, {"weight_decay": 5e-5}, {"max_shift": 2}, {"warmup_steps": 55},
     {"augment": False, "max_shift": 3}], ids=str)
 def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(settings):
     saved = {**SAVED, "augment": settings.get("augment", True)}
@@ -450,24 +450,24 @@ def test_an_old_config_json_compares_missing_fields_as_defaults():
 
 def test_another_length_is_refused_without_the_opt_in():
     with pytest.raises(default.ConfigMismatch) as info:
-        default.check_resume(SAVED, Config(steps=900))
-    assert ("--steps: the run used 450 steps, now 900 steps (another learning-rate schedule; "
+        default.check_resume(SAVED, Config(steps=1100))
+    assert ("--steps: the run used 550 steps, now 1100 steps (another learning-rate schedule; "
             "--allow-schedule-change accepts it)") in str(info.value)
 
 
 @pytest.mark.parametrize("step", [None, 200])
 def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
-    config = Config(steps=900, allow_schedule_change=True)
+    config = Config(steps=1100, allow_schedule_change=True)
     notes = default.check_resume(SAVED, config, step=step)
-    at = 450 if step is None else step
-    was = float(optim.learning_rate_schedule(Config(), total_steps=450)(at))
-    now = float(optim.learning_rate_schedule(config, total_steps=900)(at))
+    at = 550 if step is None else step
+    was = float(optim.learning_rate_schedule(Config(), total_steps=550)(at))
+    now = float(optim.learning_rate_schedule(config, total_steps=1100)(at))
     assert now > was
     assert notes == [
-        "the learning-rate schedule is recomputed for 900 steps instead of 450 "
-        "(warm-up 90 steps instead of 45)",
+        "the learning-rate schedule is recomputed for 1100 steps instead of 550 "
+        "(warm-up 110 steps instead of 55)",
         f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
-        "decaying to 0 at step 900"]
+        "decaying to 0 at step 1100"]
 
 
 def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():

@@ -8,7 +8,7 @@ elementwise fusion instead, tens of times faster. On GPU and TPU the grouped
 convolution is the fast one (cuDNN / the TPU convolution unit). Fastest on
 CPU are three small C++ kernels (:mod:`mobilenet.native`: forward, input
 gradient, kernel gradient, vectorised over channels) that XLA calls through
-its FFI: about 2x the shifted form's forward+backward, on par with PyTorch's
+its FFI: 3-4x the shifted form's forward+backward, on par with PyTorch's
 oneDNN kernels (``benchmarks/depthwise.py``). They are built on first use
 with the machine's C++ compiler; without one the shifted form is used.
 

@@ -222,7 +222,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x,
   float* dkp = dk->typed_data();
   const int64_t size = g.kh * g.kw * g.c;
   const int64_t rows = g.n * g.ho;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(rows, Chunks(pool, rows)));
+  const int64_t chunks = std::max<int64_t>(1, Chunks(pool, rows));  // Chunks is <= rows.
   std::vector<float> partial(chunks * size, 0.0f);
   // One partial sum per chunk (not per thread): the sum's order is fixed.
   ParallelFor(pool, chunks, chunks, [&](int64_t begin, int64_t end) {

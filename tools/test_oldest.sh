@@ -10,4 +10,5 @@ python -m venv "$venv"
     "pytest>=7.4" "hypothesis>=6.80"
 "$venv/bin/python" -m pip install -q --no-deps -e .
 "$venv/bin/python" -m pytest -q tests/test_functions.py tests/test_modules.py tests/test_api.py \
-    tests/test_quant.py tests/test_compiled_cost.py jrelu6 README.md
+    tests/test_quant.py tests/test_compiled_cost.py jrelu6 README.md docs/getting_started.md \
+    docs/boundary_study.md

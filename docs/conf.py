@@ -43,6 +43,8 @@ napoleon_use_rtype = False
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Show `ArrayLike` as written, not expanded into its eight member types.
+autodoc_type_aliases = {"ArrayLike": "jax.typing.ArrayLike"}
 
 html_theme = "furo"
 html_title = f"jrelu6 {release}"

@@ -46,11 +46,9 @@ class _Activation(nn.Module):
 
     activation: ClassVar[_modules.Activation]  # Each class's declaration.
 
-    def setup(self):
-        self.parameters = {
-            name: self.param(name, _constant, getattr(self, setting))
-            for name, setting in _modules.activation_of(self).parameters.items()
-        }
+    def setup(self) -> None:
+        for name, setting in _modules.activation_of(self).parameters.items():
+            self.param(name, _constant, getattr(self, setting))
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         if self.scope is None:  # Unbound: nothing to record into, no parameters.
@@ -65,7 +63,10 @@ class _Activation(nn.Module):
                     init_fn=_diagnostics.zero_hits,
                     reduce_fn=_diagnostics.add_hits,
                 )
-        return _modules.apply(self, x, self.parameters)
+        parameters: dict[str, jax.Array] = {
+            name: self.get_variable("params", name) for name in _modules.activation_of(self).parameters
+        }
+        return _modules.apply(self, x, parameters)
 
 
 class _Kinks(_Activation, kw_only=True):

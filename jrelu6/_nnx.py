@@ -66,7 +66,7 @@ class _Activation(nnx.Module):
             self.record_boundary_hits = record_boundary_hits
 
 
-def _value(variable: nnx.Variable):
+def _value(variable: nnx.Variable[Any]) -> Any:
     """A variable's value, across flax versions."""
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
 

@@ -206,6 +206,32 @@ def _row(layer: str, at_zero: int, at_cap: int, n: int) -> BoundaryRow:
     )
 
 
+def _rows(layer: str, hits: BoundaryHits) -> list[BoundaryRow]:
+    """The rows of one recorded count: one, or one per index of a stack of layers."""
+    try:
+        at_zero, at_cap, total = (np.asarray(count) for count in hits)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"summarize_boundary_hits: the counts of {layer!r} are not arrays: {hits!r}."
+        ) from error
+    shapes = {at_zero.shape, at_cap.shape, total.shape}
+    dtypes = (at_zero.dtype, at_cap.dtype, total.dtype)
+    if len(shapes) != 1 or not all(np.issubdtype(d, np.integer) for d in dtypes):
+        raise TypeError(
+            f"summarize_boundary_hits: the counts of {layer!r} must be integer arrays of "
+            f"one shape, got shapes {[c.shape for c in (at_zero, at_cap, total)]} and "
+            f"dtypes {[d.name for d in dtypes]}."
+        )
+    if at_zero.ndim == 0:
+        return [_row(layer, int(at_zero), int(at_cap), int(total))]
+    # Stacked by nn.scan / nnx.scan (or a vmap over layers): a row per layer of the stack.
+    return [
+        _row(f"{layer}[{', '.join(map(str, index))}]", int(at_zero[index]),
+             int(at_cap[index]), int(total[index]))
+        for index in np.ndindex(at_zero.shape)
+    ]
+
+
 def summarize_boundary_hits(collected: Any) -> list[BoundaryRow]:
     """Per-layer rows from the counts the Flax modules recorded.
 
@@ -216,13 +242,25 @@ def summarize_boundary_hits(collected: Any) -> list[BoundaryRow]:
     :class:`BoundaryHits`. Anything else in the tree is ignored. The counts
     are fetched to the host here, once.
 
+    Layers stacked by ``nn.scan`` or ``nnx.scan`` (the scan-over-layers
+    pattern) record counts with a leading layer axis; each layer of the stack
+    gets its own row, named by the path and its index (``stack/ReLU6_0[2]``;
+    ``[i, j]`` for a stack of stacks). Linen's ``nn.scan`` only returns the
+    counts when ``"boundary_hits"`` is in its ``variable_axes`` (``{"params":
+    0, "boundary_hits": 0}``); otherwise the collection comes back empty.
+
     Args:
-      collected: a pytree with :class:`BoundaryHits` leaves.
+      collected: a pytree with :class:`BoundaryHits` leaves, each of integer
+        scalars or of integer arrays of one shape (a stack of layers).
 
     Returns:
-      A list of :class:`BoundaryRow`, one per recording layer, sorted by layer
-      path (numbers in natural order). A layer called several times has
-      the sum of its calls.
+      A list of :class:`BoundaryRow`, one per recording layer (and per layer of
+      a stack), sorted by layer path (numbers in natural order). A layer
+      called several times has the sum of its calls.
+
+    Raises:
+      TypeError: if a :class:`BoundaryHits` holds counts that are not integer
+        arrays of one shape.
 
     Examples:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, jrelu6
@@ -256,7 +294,7 @@ def summarize_boundary_hits(collected: Any) -> list[BoundaryRow]:
     )
     found = [(_layer_name(path), hits) for path, hits in leaves if isinstance(hits, BoundaryHits)]
     found = jax.device_get(found)
-    rows = [_row(layer, int(h.at_zero), int(h.at_cap), int(h.total)) for layer, h in found]
+    rows = [row for layer, hits in found for row in _rows(layer, hits)]
     return sorted(rows, key=lambda row: _natural_key(row.layer))
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jrelu6 import _core
+import jrelu6._core as _core
 from jrelu6._validation import check_array, check_integral_cap, check_scalar
 
 

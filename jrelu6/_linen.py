@@ -1,4 +1,4 @@
-"""``flax.linen`` modules for the relu6 family, built from :data:`jrelu6._modules.TABLE`.
+"""``flax.linen`` modules for the relu6 family: keyword-only dataclass fields, one class each.
 
 Example:
   >>> import jax, jax.numpy as jnp, flax.linen as nn
@@ -17,6 +17,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -39,16 +41,17 @@ class _Activation(nn.Module):
     exactly on relu6's kinks (a :class:`jrelu6.BoundaryHits`, summed over
     calls); otherwise it records nothing and costs nothing more. Nothing is
     recorded by ``init``; ``mutable=True`` (every collection) does record.
+    Under ``nn.scan``, list ``"boundary_hits"`` in its
+    ``variable_axes`` (``{"params": 0, "boundary_hits": 0}``) to get the counts
+    back, one per layer of the stack; otherwise they are dropped.
     Called unbound (``ReLU6()(x)``), it applies its function and records nothing.
     """
 
-    activation = None  # A class's declaration, set by _build.
+    activation: ClassVar[_modules.Activation]  # Each class's declaration.
 
-    def setup(self):
-        self.parameters = {
-            name: self.param(name, _constant, getattr(self, setting))
-            for name, setting in _modules.activation_of(self).parameters.items()
-        }
+    def setup(self) -> None:
+        for name, setting in _modules.activation_of(self).parameters.items():
+            self.param(name, _constant, getattr(self, setting))
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         if self.scope is None:  # Unbound: nothing to record into, no parameters.
@@ -63,28 +66,135 @@ class _Activation(nn.Module):
                     init_fn=_diagnostics.zero_hits,
                     reduce_fn=_diagnostics.add_hits,
                 )
-        return _modules.apply(self, x, self.parameters)
+        parameters: dict[str, jax.Array] = {
+            name: self.get_variable("params", name) for name in _modules.activation_of(self).parameters
+        }
+        return _modules.apply(self, x, parameters)
 
 
-def _build(name: str) -> type[_Activation]:
-    """The linen class of ``TABLE[name]``: one dataclass field per setting."""
-    activation = _modules.TABLE[name]
-    namespace = {
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": _modules.docstring(activation, "Attributes"),
-        "__annotations__": {s.name: s.type for s in activation.settings},
-        "activation": activation,
-        **{s.name: s.default for s in activation.settings},
-    }
-    return type(name, (_Activation,), namespace)
+class _Kinks(_Activation, kw_only=True):
+    """A relu6 with its two kink derivatives."""
+
+    grad_at_zero: float = 0.0
+    grad_at_six: float = 0.0
 
 
-CappedReLU = _build("CappedReLU")
-FakeQuant = _build("FakeQuant")
-HardSigmoid = _build("HardSigmoid")
-HardSwish = _build("HardSwish")
-QuantizedHardSigmoid = _build("QuantizedHardSigmoid")
-QuantizedHardSwish = _build("QuantizedHardSwish")
-QuantizedReLU6 = _build("QuantizedReLU6")
-ReLU6 = _build("ReLU6")
+class _Quantized(_Activation, kw_only=True):
+    """A fake-quantized relu6 with its two kink derivatives."""
+
+    num_bits: int = 8
+    narrow_range: bool = False
+    scheme: str = "affine"
+    grad_at_zero: float = 0.0
+    grad_at_six: float = 0.0
+
+
+class ReLU6(_Kinks):
+    """:func:`jrelu6.relu6` as a module: ``min(max(x, 0), 6)``.
+
+    Attributes:
+      grad_at_zero: the derivative at ``x == 0`` (default 0, as jax.nn).
+      grad_at_six: the derivative at ``x == 6`` (default 0, as jax.nn).
+    """
+
+    activation = _modules.TABLE["ReLU6"]
+
+
+class CappedReLU(_Activation, kw_only=True):
+    """:func:`jrelu6.capped_relu` as a module: ``min(max(x, 0), cap)``.
+
+    Attributes:
+      cap: the upper bound, > 0 (default 6: ReLU6).
+      grad_at_zero: the derivative at ``x == 0`` (default 0).
+      grad_at_cap: the derivative at ``x == cap`` (default 0).
+    """
+
+    activation = _modules.TABLE["CappedReLU"]
+    cap: float = 6.0
+    grad_at_zero: float = 0.0
+    grad_at_cap: float = 0.0
+
+
+class HardSigmoid(_Kinks):
+    """:func:`jrelu6.hard_sigmoid` as a module: ``relu6(x + 3) / 6``.
+
+    Attributes:
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["HardSigmoid"]
+
+
+class HardSwish(_Kinks):
+    """:func:`jrelu6.hard_swish` as a module: ``x * relu6(x + 3) / 6``.
+
+    Attributes:
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["HardSwish"]
+
+
+class QuantizedReLU6(_Quantized):
+    """:func:`jrelu6.quantized_relu6` as a module: ``relu6(x)`` fake-quantized on [0, 6].
+
+    Attributes:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: the derivative at ``x == 0`` (default 0, as jax.nn).
+      grad_at_six: the derivative at ``x == 6`` (default 0, as jax.nn).
+    """
+
+    activation = _modules.TABLE["QuantizedReLU6"]
+
+
+class QuantizedHardSigmoid(_Quantized):
+    """:func:`jrelu6.quantized_hard_sigmoid` as a module: ``quantized_relu6(x + 3) / 6``.
+
+    Attributes:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["QuantizedHardSigmoid"]
+
+
+class QuantizedHardSwish(_Quantized):
+    """:func:`jrelu6.quantized_hard_swish` as a module: ``x * quantized_relu6(x + 3) / 6``.
+
+    Attributes:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["QuantizedHardSwish"]
+
+
+class FakeQuant(_Activation, kw_only=True):
+    """:func:`jrelu6.fake_quant` as a module: ``fake_quant(x, min=min, max=max)``.
+
+    ``min`` and ``max`` are learnable parameters (float32 scalars; ``self.param``
+    in linen, ``nnx.Param`` in nnx) that start at ``init_min`` and ``init_max``.
+    An unbound linen module uses the initial values.
+
+    Attributes:
+      init_min: the initial lower end of the learnable range.
+      init_max: the initial upper end (> init_min).
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: if True, levels 1 to 2**num_bits - 1.
+    """
+
+    activation = _modules.TABLE["FakeQuant"]
+    init_min: float = -6.0
+    init_max: float = 6.0
+    num_bits: int = 8
+    narrow_range: bool = False

@@ -1,4 +1,4 @@
-"""``flax.nnx`` modules for the relu6 family, built from :data:`jrelu6._modules.TABLE`.
+"""``flax.nnx`` modules for the relu6 family: a keyword-only ``__init__`` each.
 
 Example:
   >>> import jax.numpy as jnp
@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 from flax import nnx
@@ -37,21 +37,15 @@ class _Activation(nnx.Module):
     changes, and unset (the default) the module costs nothing more.
     """
 
-    activation = None  # A class's declaration, set by _build.
+    activation: ClassVar[_modules.Activation]  # Each class's declaration.
     record_boundary_hits: bool = False
 
-    def __init__(self, **settings: Any):
-        activation = _modules.activation_of(self)
-        names = [s.name for s in activation.settings]
-        unknown = sorted(set(settings) - set(names))
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}: unexpected setting(s) {unknown}; allowed: {names}."
-            )
-        for s in activation.settings:
-            setattr(self, s.name, settings.get(s.name, s.default))
-        for name, setting in activation.parameters.items():
-            setattr(self, name, nnx.Param(_modules.initial_value(getattr(self, setting))))
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # nnx's metaclass hides ``__init__`` from ``inspect.signature(cls)``: show its keywords.
+        super().__init_subclass__(**kwargs)
+        signature = inspect.signature(cls.__init__)
+        keywords = list(signature.parameters.values())[1:]  # All but ``self``.
+        setattr(cls, "__signature__", signature.replace(parameters=keywords))
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         activation = _modules.activation_of(self)
@@ -72,7 +66,7 @@ class _Activation(nnx.Module):
             self.record_boundary_hits = record_boundary_hits
 
 
-def _value(variable: nnx.Variable):
+def _value(variable: nnx.Variable[Any]) -> Any:
     """A variable's value, across flax versions."""
     return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
@@ -89,32 +83,154 @@ def _record(module: nnx.Module, hits: _diagnostics.BoundaryHits) -> None:
         variable.value = _diagnostics.add_hits(variable.value, hits)
 
 
-def _build(name: str) -> type[_Activation]:
-    """The nnx class of ``TABLE[name]``, with a keyword-only signature of its settings."""
-    activation = _modules.TABLE[name]
-    cls = type(
-        name,
-        (_Activation,),
-        {
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": _modules.docstring(activation, "Args"),
-            "activation": activation,
-        },
-    )
-    kw = inspect.Parameter.KEYWORD_ONLY
-    cls.__signature__ = inspect.Signature(
-        [inspect.Parameter(s.name, kw, default=s.default, annotation=s.type)
-         for s in activation.settings]
-    )
-    return cls
+class _Kinks(_Activation):
+    """A relu6 with its two kink derivatives."""
+
+    def __init__(self, *, grad_at_zero: float = 0.0, grad_at_six: float = 0.0) -> None:
+        self.grad_at_zero = grad_at_zero
+        self.grad_at_six = grad_at_six
 
 
-CappedReLU = _build("CappedReLU")
-FakeQuant = _build("FakeQuant")
-HardSigmoid = _build("HardSigmoid")
-HardSwish = _build("HardSwish")
-QuantizedHardSigmoid = _build("QuantizedHardSigmoid")
-QuantizedHardSwish = _build("QuantizedHardSwish")
-QuantizedReLU6 = _build("QuantizedReLU6")
-ReLU6 = _build("ReLU6")
+class _Quantized(_Activation):
+    """A fake-quantized relu6 with its two kink derivatives."""
+
+    def __init__(
+        self,
+        *,
+        num_bits: int = 8,
+        narrow_range: bool = False,
+        scheme: str = "affine",
+        grad_at_zero: float = 0.0,
+        grad_at_six: float = 0.0,
+    ) -> None:
+        self.num_bits = num_bits
+        self.narrow_range = narrow_range
+        self.scheme = scheme
+        self.grad_at_zero = grad_at_zero
+        self.grad_at_six = grad_at_six
+
+
+class ReLU6(_Kinks):
+    """:func:`jrelu6.relu6` as a module: ``min(max(x, 0), 6)``.
+
+    Args:
+      grad_at_zero: the derivative at ``x == 0`` (default 0, as jax.nn).
+      grad_at_six: the derivative at ``x == 6`` (default 0, as jax.nn).
+    """
+
+    activation = _modules.TABLE["ReLU6"]
+
+
+class CappedReLU(_Activation):
+    """:func:`jrelu6.capped_relu` as a module: ``min(max(x, 0), cap)``.
+
+    Args:
+      cap: the upper bound, > 0 (default 6: ReLU6).
+      grad_at_zero: the derivative at ``x == 0`` (default 0).
+      grad_at_cap: the derivative at ``x == cap`` (default 0).
+    """
+
+    activation = _modules.TABLE["CappedReLU"]
+
+    def __init__(
+        self, *, cap: float = 6.0, grad_at_zero: float = 0.0, grad_at_cap: float = 0.0
+    ) -> None:
+        self.cap = cap
+        self.grad_at_zero = grad_at_zero
+        self.grad_at_cap = grad_at_cap
+
+
+class HardSigmoid(_Kinks):
+    """:func:`jrelu6.hard_sigmoid` as a module: ``relu6(x + 3) / 6``.
+
+    Args:
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["HardSigmoid"]
+
+
+class HardSwish(_Kinks):
+    """:func:`jrelu6.hard_swish` as a module: ``x * relu6(x + 3) / 6``.
+
+    Args:
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["HardSwish"]
+
+
+class QuantizedReLU6(_Quantized):
+    """:func:`jrelu6.quantized_relu6` as a module: ``relu6(x)`` fake-quantized on [0, 6].
+
+    Args:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: the derivative at ``x == 0`` (default 0, as jax.nn).
+      grad_at_six: the derivative at ``x == 6`` (default 0, as jax.nn).
+    """
+
+    activation = _modules.TABLE["QuantizedReLU6"]
+
+
+class QuantizedHardSigmoid(_Quantized):
+    """:func:`jrelu6.quantized_hard_sigmoid` as a module: ``quantized_relu6(x + 3) / 6``.
+
+    Args:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["QuantizedHardSigmoid"]
+
+
+class QuantizedHardSwish(_Quantized):
+    """:func:`jrelu6.quantized_hard_swish` as a module: ``x * quantized_relu6(x + 3) / 6``.
+
+    Args:
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: affine scheme only: levels 1 to 2**num_bits - 1.
+      scheme: ``"affine"`` (default) or ``"fixed_point"``.
+      grad_at_zero: relu6's derivative at its lower kink (x == -3 here).
+      grad_at_six: relu6's derivative at its upper kink (x == 3 here).
+    """
+
+    activation = _modules.TABLE["QuantizedHardSwish"]
+
+
+class FakeQuant(_Activation):
+    """:func:`jrelu6.fake_quant` as a module: ``fake_quant(x, min=min, max=max)``.
+
+    ``min`` and ``max`` are learnable parameters (float32 scalars; ``self.param``
+    in linen, ``nnx.Param`` in nnx) that start at ``init_min`` and ``init_max``.
+    An unbound linen module uses the initial values.
+
+    Args:
+      init_min: the initial lower end of the learnable range.
+      init_max: the initial upper end (> init_min).
+      num_bits: the bit width, in [2, 16] (default 8).
+      narrow_range: if True, levels 1 to 2**num_bits - 1.
+    """
+
+    activation = _modules.TABLE["FakeQuant"]
+
+    def __init__(
+        self,
+        *,
+        init_min: float = -6.0,
+        init_max: float = 6.0,
+        num_bits: int = 8,
+        narrow_range: bool = False,
+    ) -> None:
+        self.init_min = init_min
+        self.init_max = init_max
+        self.num_bits = num_bits
+        self.narrow_range = narrow_range
+        self.min = nnx.Param(_modules.initial_value(init_min))
+        self.max = nnx.Param(_modules.initial_value(init_max))

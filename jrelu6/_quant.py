@@ -39,13 +39,15 @@ import operator
 from typing import NamedTuple
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike
 
-from jrelu6 import _core, _functions
+import jrelu6._core as _core
+import jrelu6._functions as _functions
 from jrelu6._validation import check_array, check_scalar
 
 #: The quantization schemes of :func:`quantized_relu6`.

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -56,9 +56,13 @@ def check_array(fn_name: str, x: Any) -> jax.Array:
 
 
 def _finite_in(value: float, dtype: np.dtype) -> bool:
-    """Whether ``value`` rounds to a finite number in the floating ``dtype``."""
-    with warnings.catch_warnings(), np.errstate(over="ignore"):
-        warnings.simplefilter("ignore")
+    """Whether ``value`` rounds to a finite number in the floating ``dtype``.
+
+    Thread-safe: the overflow of the cast is silenced with ``np.errstate``,
+    which is local to the thread (and context), not with ``warnings``, whose
+    filters are process-wide.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
         return bool(np.isfinite(np.asarray(value, np.float64).astype(dtype)))
 
 

@@ -340,3 +340,96 @@ def test_table_has_a_header_a_row_per_layer_and_a_total():
 def test_empty_summary():
     assert jrelu6.summarize_boundary_hits({}) == []
     assert len(jrelu6.format_boundary_hits([]).splitlines()) == 2
+
+
+# --- stacks of layers: nn.scan and nnx.scan ----------------------------------
+
+SCAN_X = jnp.array([[0.0, 6.0, 7.0, 1.0, 2.0]])
+SCAN_LENGTH = 4
+
+
+def _scan_expected():
+    """The rows of a stack whose layer i maps x to relu6(x) - 1, unrolled by hand."""
+    rows, x = [], SCAN_X
+    for _ in range(SCAN_LENGTH):
+        rows.append(_counts(jrelu6.boundary_hits(x)))
+        x = jrelu6.relu6(x) - 1.0
+    return rows
+
+
+class _LinenLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        scale = self.param("scale", nn.initializers.ones, ())  # Something to stack.
+        return jrelu6.linen.ReLU6()(x) * scale - 1.0, None
+
+
+def _linen_stack(variable_axes):
+    stack = nn.scan(_LinenLayer, variable_axes=variable_axes, split_rngs={"params": True},
+                    length=SCAN_LENGTH)
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return stack(name="stack")(x, None)[0]
+
+    model = Model()
+    variables = model.init(jax.random.key(0), SCAN_X)
+    return model.apply(variables, SCAN_X, mutable=["boundary_hits"])[1]
+
+
+def test_summary_gives_a_row_per_layer_of_a_linen_scan():
+    hits = _linen_stack({"params": 0, "boundary_hits": 0})
+    assert hits["boundary_hits"]["stack"]["ReLU6_0"]["boundary_hits"].total.shape == (4,)
+    rows = jrelu6.summarize_boundary_hits(hits)
+    assert [r.layer for r in rows] == [f"stack/ReLU6_0[{i}]" for i in range(SCAN_LENGTH)]
+    assert [(r.at_zero, r.at_cap, r.n) for r in rows] == _scan_expected()
+    assert "| stack/ReLU6_0[3] | 5 |" in jrelu6.format_boundary_hits(hits)
+
+
+def test_linen_scan_records_nothing_unless_its_variable_axes_name_the_collection():
+    assert _linen_stack({"params": 0}) == {}
+
+
+class _NnxBlock(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.scale = nnx.Param(jnp.ones(()))  # Something to stack.
+        self.act = jrelu6.nnx.ReLU6()
+
+    def __call__(self, x):
+        return self.act(x) * self.scale - 1.0
+
+
+def test_summary_gives_a_row_per_layer_of_an_nnx_scan():
+    @nnx.split_rngs(splits=SCAN_LENGTH)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs):
+        return _NnxBlock(rngs)
+
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def forward(x, block):
+        return block(x)
+
+    blocks = create(nnx.Rngs(0))
+    blocks.set_attributes(record_boundary_hits=True)
+    forward(SCAN_X, blocks)
+    rows = jrelu6.summarize_boundary_hits(nnx.pop(blocks, nnx.Intermediate))
+    assert [r.layer for r in rows] == [f"act[{i}]" for i in range(SCAN_LENGTH)]
+    assert [(r.at_zero, r.at_cap, r.n) for r in rows] == _scan_expected()
+
+
+def test_summary_names_each_index_of_a_two_level_stack():
+    hits = jrelu6.BoundaryHits(*(jnp.arange(6).reshape(2, 3),) * 3)
+    rows = jrelu6.summarize_boundary_hits({"block": hits})
+    assert [r.layer for r in rows][:4] == ["block[0, 0]", "block[0, 1]", "block[0, 2]", "block[1, 0]"]
+    assert [r.n for r in rows] == list(range(6))
+
+
+@pytest.mark.parametrize("hits", [
+    jrelu6.BoundaryHits(jnp.zeros(2, jnp.int32), jnp.zeros(3, jnp.int32), jnp.zeros(2, jnp.int32)),
+    jrelu6.BoundaryHits(jnp.zeros(()), jnp.zeros(()), jnp.zeros(())),
+    jrelu6.BoundaryHits("a", "b", "c"),
+])
+def test_summary_refuses_malformed_counts_naming_itself(hits):
+    with pytest.raises(TypeError, match="^summarize_boundary_hits: the counts of 'act'"):
+        jrelu6.summarize_boundary_hits({"act": hits})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,6 @@ import jrelu6
 import jrelu6.linen
 import jrelu6.nnx
 from jrelu6 import _modules
-
 
 
 def _fake_quant(x, init_min=-6.0, init_max=6.0, **settings):
@@ -63,6 +65,42 @@ def test_every_table_entry_is_a_module_that_carries_it(framework):
     for name, activation in _modules.TABLE.items():
         assert getattr(framework, name).activation is activation
         assert getattr(framework, name).__name__ == name
+
+
+def _linen_fields(cls):
+    """A linen class's own fields: (name, default, annotation), flax's parent and name aside."""
+    return [(f.name, f.default, f.type) for f in dataclasses.fields(cls)
+            if f.name not in ("parent", "name")]
+
+
+def _nnx_keywords(cls):
+    """An nnx class's ``__init__`` keywords: (name, default, annotation)."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters)
+    return [(p.name, p.default, p.annotation) for p in parameters]
+
+
+@pytest.mark.parametrize("name", sorted(_modules.TABLE))
+def test_each_class_declares_exactly_its_table_settings(name):
+    # The classes are written out for type checkers; the table keeps them from drifting.
+    settings = [(s.name, s.default, s.type.__name__) for s in _modules.TABLE[name].settings]
+    assert _linen_fields(getattr(jrelu6.linen, name)) == settings
+    assert _nnx_keywords(getattr(jrelu6.nnx, name)) == settings
+
+
+def _documented(doc, section):
+    """The names listed under ``section:`` in a Google-style docstring."""
+    body = inspect.cleandoc(doc).split(f"\n{section}:\n", 1)[1].split("\n\n")[0]
+    return [line.split(":")[0].strip() for line in body.splitlines() if line[2] != " "]
+
+
+@pytest.mark.parametrize("name", sorted(_modules.TABLE))
+def test_each_class_documents_its_settings_the_same_in_linen_and_nnx(name):
+    linen_doc, nnx_doc = getattr(jrelu6.linen, name).__doc__, getattr(jrelu6.nnx, name).__doc__
+    names = [s.name for s in _modules.TABLE[name].settings]
+    assert _documented(linen_doc, "Attributes") == names
+    assert _documented(nnx_doc, "Args") == names
+    assert linen_doc.replace("Attributes:", "Args:") == nnx_doc
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -174,6 +212,14 @@ def test_module_settings_are_keyword_only_in_nnx():
         jrelu6.nnx.ReLU6(1.0)  # type: ignore[misc]
 
 
+def test_module_settings_are_keyword_only_in_linen():
+    # Positionally, flax's own first fields (parent, name) take the value and refuse it.
+    with pytest.raises(ValueError, match="parent"):
+        jrelu6.linen.ReLU6(1.0)  # type: ignore[arg-type]
+    assert all(f.kw_only for f in dataclasses.fields(jrelu6.linen.QuantizedReLU6)
+               if f.name not in ("parent", "name"))
+
+
 def test_module_passes_bad_settings_to_a_clear_error():
     with pytest.raises(ValueError, match="^relu6: grad_at_zero"):
         jrelu6.linen.ReLU6(grad_at_zero=float("nan")).apply({}, X)
@@ -212,8 +258,6 @@ def test_nnx_and_linen_refuse_unknown_settings(framework):
 
 
 def test_nnx_signature_is_keyword_only_with_defaults():
-    import inspect
-
     params = inspect.signature(jrelu6.nnx.QuantizedReLU6).parameters
     assert list(params) == ["num_bits", "narrow_range", "scheme", "grad_at_zero", "grad_at_six"]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())

@@ -22,6 +22,7 @@ import optax
 
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
+
 # The memory check lives with the infrastructure; the training loop and the command
 # line still name it here.
 from mobilenet.infra.state_size import StateTooLarge as StateTooLarge

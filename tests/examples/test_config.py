@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from mobilenet import optim
 from mobilenet.configs import default
 from mobilenet.configs.default import Config

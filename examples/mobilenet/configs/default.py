@@ -38,6 +38,7 @@ import math
 from collections.abc import Mapping
 
 from mobilenet.infra import settings
+
 # Re-exported: the command line and the training loop use them under this module's name.
 from mobilenet.infra.settings import ConfigMismatch as ConfigMismatch
 from mobilenet.infra.settings import InvalidSetting as InvalidSetting

@@ -70,25 +70,33 @@ def check_resume(saved: Mapping[str, Any], config: Config, *, num_train: int | N
     names = {field.name for field in dataclasses.fields(Config)}
     old = dataclasses.replace(Config(), **{k: v for k, v in saved.items() if k in names})
     lines = _differing_settings(old, config)
-    old_total, new_total = _length(old, num_train), _length(config, num_train)
-    old_warmup, new_warmup = _warmup(old, old_total), _warmup(config, new_total)
-    if (old_warmup[0] != new_warmup[0]
-            and (old.warmup_steps, config.warmup_steps) != (None, None)):
-        lines.append(_differs("warmup_steps", _show(*old_warmup), _show(*new_warmup)))
-    notes = []
-    if old_total != new_total:
-        if config.allow_schedule_change:
-            notes = _describe_schedule_change(old, config, old_total, new_total, step)
-        else:
-            lines.append(f"  {_length_flag(config)}: the run used {_show_length(old_total)}, "
-                         f"now {_show_length(new_total)} (another learning-rate schedule; "
-                         f"--allow-schedule-change accepts it)")
+    schedule_lines, notes = _schedule_changes(old, config, num_train, step)
+    lines += schedule_lines
     if lines:
         raise ConfigMismatch(
             "train: the work directory holds a run with other settings, which change its "
             "result:\n" + "\n".join(lines) +
             "\nUse a new --workdir, or the run's settings (in its config.json).")
     return notes
+
+
+def _schedule_changes(old: Config, new: Config, num_train: int | None, step: int | None
+                      ) -> tuple[list[str], list[str]]:
+    """Refused changes of the warm-up and the length (lines), and the notes of an allowed one."""
+    lines, notes = [], []
+    old_total, new_total = _length(old, num_train), _length(new, num_train)
+    old_warmup, new_warmup = _warmup(old, old_total), _warmup(new, new_total)
+    if (old_warmup[0] != new_warmup[0]
+            and (old.warmup_steps, new.warmup_steps) != (None, None)):
+        lines.append(_differs("warmup_steps", _show(*old_warmup), _show(*new_warmup)))
+    if old_total != new_total:
+        if new.allow_schedule_change:
+            notes = _describe_schedule_change(old, new, old_total, new_total, step)
+        else:
+            lines.append(f"  {_length_flag(new)}: the run used {_show_length(old_total)}, "
+                         f"now {_show_length(new_total)} (another learning-rate schedule; "
+                         f"--allow-schedule-change accepts it)")
+    return lines, notes
 
 
 def _differing_settings(old: Config, new: Config) -> list[str]:
@@ -160,8 +168,8 @@ def _warmup(config: Config, length: tuple[str, float]) -> tuple[Any, bool]:
 def _describe_schedule_change(old: Config, new: Config, old_length: tuple[str, float],
                               new_length: tuple[str, float], step: int | None) -> list[str]:
     if "epochs" in (old_length[0], new_length[0]):
-        return [f"the learning-rate schedule is recomputed for {_show_length(new_length)} "
-                f"instead of {_show_length(old_length)}"]
+        return [(f"the learning-rate schedule is recomputed for {_show_length(new_length)} "
+                 f"instead of {_show_length(old_length)}")]
     old_total, new_total = int(old_length[1]), int(new_length[1])
     at = old_total if step is None else int(step)
     warmups = (default.warmup_steps(old, total_steps=old_total),
@@ -174,5 +182,5 @@ def _describe_schedule_change(old: Config, new: Config, old_length: tuple[str, f
     # The schedule itself gives the values, as the training step sees them.
     was = float(optim.learning_rate_schedule(old, total_steps=old_total)(at))
     now = float(optim.learning_rate_schedule(new, total_steps=new_total)(at))
-    return [text, f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
-                  f"decaying to 0 at step {new_total}"]
+    return [text, (f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
+                   f"decaying to 0 at step {new_total}")]

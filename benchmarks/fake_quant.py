@@ -65,7 +65,7 @@ def _programs(fn: Callable) -> dict[str, Callable]:
     return {"forward": fn, "forward+backward": forward_backward}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="log2 of the array sizes (default 16 20 24; --quick: 12 16)")
@@ -74,52 +74,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed rounds (default 20; --quick: 3)")
     _harness.add_output_arguments(parser, "fake_quant")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _measure(dtype: str, log2: int, repeats: int) -> list[tuple[dict, dict]]:
+    """``(result, table row)`` of the forward and the forward+backward pass at one size."""
+    candidates = {"jnp": plain_fake_quant, "jrelu6": ours}
+    x = jax.random.uniform(jax.random.key(log2), (2**log2,), minval=-1.5, maxval=1.5)
+    x = x.astype(dtype)
+    g = jnp.ones_like(x)
+    # The two compute the same values and input gradients.
+    for a, b in zip(jax.jit(_programs(ours)["forward+backward"])(x, g),
+                    jax.jit(_programs(plain_fake_quant)["forward+backward"])(x, g)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    measured = []
+    for mode in ("forward", "forward+backward"):
+        call_args = (x,) if mode == "forward" else (x, g)
+        jitted, stats = {}, {}
+        for name, fn in candidates.items():
+            program = _programs(fn)[mode]
+            jitted[name] = jax.jit(program)
+            stats[name] = compiled_stats(program, *call_args)
+        cases = {
+            name: Case(setup=lambda n, a=call_args: a, run=lambda a, f=f: f(*a))
+            for name, f in jitted.items()
+        }
+        times = {name: _harness.median(t) for name, t in
+                 _harness.time_interleaved(cases, repeats=repeats).items()}
+        result = {
+            "dtype": dtype, "log2_size": log2, "mode": mode,
+            "seconds": times, "compiled": stats,
+            "time_ratio": _harness.ratio(times["jrelu6"], times["jnp"]),
+            "temp_ratio": _harness.ratio(stats["jrelu6"]["temp_bytes"] or 1,
+                                         stats["jnp"]["temp_bytes"] or 1),
+        }
+        measured.append((result, {
+            "case": f"{dtype} 2^{log2} {mode}",
+            "fusions": f"{stats['jrelu6']['fusions']}/{stats['jnp']['fusions']}",
+            "ops": f"{stats['jrelu6']['entry_ops']}/{stats['jnp']['entry_ops']}",
+            "temp": f"{stats['jrelu6']['temp_bytes']}/{stats['jnp']['temp_bytes']}",
+            "jnp_us": times["jnp"] * 1e6,
+            "ours_us": times["jrelu6"] * 1e6,
+            "ratio": result["time_ratio"],
+        }))
+    return measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     sizes = args.sizes or ([12, 16] if args.quick else [16, 20, 24])
     repeats = args.repeats or (3 if args.quick else 20)
     info, command = _harness.announce("fake_quant vs the jnp expression", "fake_quant.py", argv)
 
-    candidates = {"jnp": plain_fake_quant, "jrelu6": ours}
     rows, results = [], []
     for dtype in args.dtypes:
         for log2 in sizes:
-            x = jax.random.uniform(jax.random.key(log2), (2**log2,), minval=-1.5, maxval=1.5)
-            x = x.astype(dtype)
-            g = jnp.ones_like(x)
-            # The two compute the same values and input gradients.
-            for a, b in zip(jax.jit(_programs(ours)["forward+backward"])(x, g),
-                            jax.jit(_programs(plain_fake_quant)["forward+backward"])(x, g)):
-                np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-            for mode in ("forward", "forward+backward"):
-                call_args = (x,) if mode == "forward" else (x, g)
-                jitted, stats = {}, {}
-                for name, fn in candidates.items():
-                    program = _programs(fn)[mode]
-                    jitted[name] = jax.jit(program)
-                    stats[name] = compiled_stats(program, *call_args)
-                cases = {
-                    name: Case(setup=lambda n, a=call_args: a, run=lambda a, f=f: f(*a))
-                    for name, f in jitted.items()
-                }
-                times = {name: _harness.median(t) for name, t in
-                         _harness.time_interleaved(cases, repeats=repeats).items()}
-                result = {
-                    "dtype": dtype, "log2_size": log2, "mode": mode,
-                    "seconds": times, "compiled": stats,
-                    "time_ratio": _harness.ratio(times["jrelu6"], times["jnp"]),
-                    "temp_ratio": _harness.ratio(stats["jrelu6"]["temp_bytes"] or 1,
-                                                 stats["jnp"]["temp_bytes"] or 1),
-                }
+            for result, row in _measure(dtype, log2, repeats):
                 results.append(result)
-                rows.append({
-                    "case": f"{dtype} 2^{log2} {mode}",
-                    "fusions": f"{stats['jrelu6']['fusions']}/{stats['jnp']['fusions']}",
-                    "ops": f"{stats['jrelu6']['entry_ops']}/{stats['jnp']['entry_ops']}",
-                    "temp": f"{stats['jrelu6']['temp_bytes']}/{stats['jnp']['temp_bytes']}",
-                    "jnp_us": times["jnp"] * 1e6,
-                    "ours_us": times["jrelu6"] * 1e6,
-                    "ratio": result["time_ratio"],
-                })
+                rows.append(row)
     print(_harness.format_table(rows, [
         ("case", "case", "s"), ("fusions", "fusions ours/jnp", "s"),
         ("ops", "entry ops ours/jnp", "s"), ("temp", "temp bytes ours/jnp", "s"),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
 
 import jax
 
@@ -48,7 +49,7 @@ def op_counts(fn, *args) -> dict[str, int]:
     return {op: len(re.findall(rf"= \S+ {op}\(", hlo)) for op in ("select", "compare")}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,15 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = mstep.resolve_config(parser, args)
     config.update(grad_at_zero=args.grad_at_zero, grad_at_six=args.grad_at_six)
+    return args, config
 
-    info, command = _harness.announce(f"relu6 in the {config['model']} training step",
-                                      "model_activation.py", argv)
-    print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
-          f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
-          f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")
 
-    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
-                                           config["num_classes"])
+def _compile_cases(config: dict[str, Any], images: Any, labels: Any
+                   ) -> tuple[dict[str, _harness.Case], dict[str, dict]]:
+    """One compiled training step per activation, as timing cases, and their compiled stats."""
     cases, stats = {}, {}
     # One initial state for both: the activation has no parameters, so the two
     # models have the same variables (and the step is not donated: shareable).
@@ -87,17 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         cases[activation] = _harness.Case(
             lambda calls: calls,
             lambda _, step=step, state=state: step(state, images, labels))
+    return cases, stats
 
-    times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"])
-    medians = {name: _harness.median(t) for name, t in times.items()}
-    base, ours = "jax.nn", "jrelu6"
-    paired = [a / b for a, b in zip(times[ours], times[base])]
-    ratios = {
-        "step_time": _harness.ratio(medians[ours], medians[base]),
-        "step_time_paired": _harness.median(paired),
-        "temp_memory": _harness.ratio(stats[ours]["temp_bytes"], stats[base]["temp_bytes"]),
-        "fusions": _harness.ratio(stats[ours]["fusions"], stats[base]["fusions"]),
-    }
+
+def _print_table(config: dict[str, Any], times: dict[str, list[float]],
+                 medians: dict[str, float], stats: dict[str, dict]) -> None:
     rows = [{"activation": name, "ms": medians[name] * 1e3, "min_ms": min(times[name]) * 1e3,
              "img_s": config["batch"] / medians[name],
              "temp_mib": stats[name]["temp_bytes"] / 2**20, "fusions": stats[name]["fusions"],
@@ -110,6 +102,30 @@ def main(argv: list[str] | None = None) -> int:
         ("temp_mib", "temp MiB", ".2f"), ("fusions", "fusions", "d"),
         ("entry_ops", "entry ops", "d"), ("select", "selects", "d"),
         ("compare", "compares", "d")]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = _parse_args(argv)
+    info, command = _harness.announce(f"relu6 in the {config['model']} training step",
+                                      "model_activation.py", argv)
+    print(f"batch {config['batch']} x {config['size']}x{config['size']}x3, {config['dtype']}, "
+          f"width {config['width']}, {config['num_classes']} classes, depthwise=auto, "
+          f"jrelu6 g0={config['grad_at_zero']} g6={config['grad_at_six']}")
+
+    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
+                                           config["num_classes"])
+    cases, stats = _compile_cases(config, images, labels)
+    times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"])
+    medians = {name: _harness.median(t) for name, t in times.items()}
+    base, ours = "jax.nn", "jrelu6"
+    paired = [a / b for a, b in zip(times[ours], times[base])]
+    ratios = {
+        "step_time": _harness.ratio(medians[ours], medians[base]),
+        "step_time_paired": _harness.median(paired),
+        "temp_memory": _harness.ratio(stats[ours]["temp_bytes"], stats[base]["temp_bytes"]),
+        "fusions": _harness.ratio(stats[ours]["fusions"], stats[base]["fusions"]),
+    }
+    _print_table(config, times, medians, stats)
     goals = {
         "step_time_ratio": {"value": ratios["step_time"], "target": 1.02,
                             "met": ratios["step_time"] <= 1.02},

@@ -396,7 +396,7 @@ def markdown_table(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -415,23 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     config["torch_threads"] = args.torch_threads
     if config["model"] != "mobilenet_v2":
         args.no_torch = True
-    steps = config["repeats"]
+    return args, config
 
-    info, command = _harness.announce(f"{config['model']} training step breakdown",
-                                      "step_breakdown.py", argv)
-    print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
-          f"{config['size']}x3, {config['dtype']}, {config['num_classes']} classes, "
-          f"{steps} traced steps")
-    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
-                                           config["num_classes"])
-    ours = jax_breakdown(config, images, labels, steps=steps)
-    theirs = None
-    if not args.no_torch and _harness.torch_device() == "cpu":
-        theirs = torch_breakdown(config, images, labels, steps=steps)
-    peaks = machine_peaks(quick=args.quick)
 
-    print()
-    print(markdown_table(ours, theirs))
+def _print_rates(ours: dict, theirs: dict | None, peaks: dict) -> dict[str, dict]:
+    """Prints the achieved FLOP and byte rates beside this machine's peaks; returns them."""
     flops, nbytes = ours["flops"], ours["bytes_accessed"]
     achieved = {"ours": {"gflop_s": flops / ours["step_seconds"] / 1e9,
                          "gb_s": nbytes / ours["step_seconds"] / 1e9}}
@@ -449,6 +437,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{peaks['stream_mib']:.0f} MiB (read + write); the step's bytes alone take "
           f"{nbytes / 1e9 / peaks['stream_gb_s'] * 1e3:.0f} ms at that rate, its FLOPs "
           f"{flops / 1e9 / peaks['matmul_gflop_s'] * 1e3:.0f} ms at matmul speed")
+    return achieved
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = _parse_args(argv)
+    steps = config["repeats"]
+
+    info, command = _harness.announce(f"{config['model']} training step breakdown",
+                                      "step_breakdown.py", argv)
+    print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
+          f"{config['size']}x3, {config['dtype']}, {config['num_classes']} classes, "
+          f"{steps} traced steps")
+    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
+                                           config["num_classes"])
+    ours = jax_breakdown(config, images, labels, steps=steps)
+    theirs = None
+    if not args.no_torch and _harness.torch_device() == "cpu":
+        theirs = torch_breakdown(config, images, labels, steps=steps)
+    peaks = machine_peaks(quick=args.quick)
+
+    print()
+    print(markdown_table(ours, theirs))
+    achieved = _print_rates(ours, theirs, peaks)
     print(f"\nour {args.top} slowest kernels (median ms per step):")
     for k in ours["kernels"][:args.top]:
         print(f"  {k['seconds'] * 1e3:7.2f}  {k['kind']:<20} {k['phase']:<8} {k['kernel']:<32} "

@@ -231,7 +231,7 @@ def _goals(ratios: dict[str, float | None], backend: str) -> dict[str, dict[str,
     return goals
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -252,15 +252,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = mstep.resolve_config(parser, args)
     config["torch_threads"] = args.torch_threads
+    return args, config
 
-    info, command = _harness.announce(f"{config['model']} training step", "train_step.py", argv)
-    print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
-          f"{config['size']}x3, {config['dtype']}, width {config['width']}, "
-          f"{config['num_classes']} classes, SGD lr {mstep.LEARNING_RATE} "
-          f"momentum {mstep.MOMENTUM}")
 
-    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
-                                           config["num_classes"])
+def _add_torch_cases(config: dict[str, Any], images: Any, labels: Any, device: str, *,
+                     compiled: bool, cases: dict[str, _harness.Case],
+                     notes: dict[str, Any]) -> None:
+    """Adds PyTorch's eager step (and, with ``compiled``, torch.compile's) to ``cases``."""
+    np_images, np_labels = np.asarray(images), np.asarray(labels)
+    step, notes[TORCH] = torch_step(config, np_images, np_labels, device)
+    cases[TORCH] = _harness.Case(lambda calls: calls, lambda _, step=step: step(),
+                                 _harness.torch_sync(device))
+    if not compiled:
+        return
+    print("compiling the PyTorch step with torch.compile")
+    try:
+        step, notes[TORCH_COMPILE] = torch_step(config, np_images, np_labels, device,
+                                                compiled=True)
+        cases[TORCH_COMPILE] = _harness.Case(
+            lambda calls: calls, lambda _, step=step: step(), _harness.torch_sync(device))
+    except Exception as error:  # noqa: BLE001 - any failure: report it and go on
+        notes[TORCH_COMPILE] = {"compiled": False,
+                                "error": torch_compile_failure(error)}
+        print(f"(no torch.compile column: it failed here: "
+              f"{notes[TORCH_COMPILE]['error']})")
+
+
+def _cases(args: argparse.Namespace, config: dict[str, Any], images: Any, labels: Any
+           ) -> tuple[dict[str, _harness.Case], dict[str, Any]]:
+    """Every candidate's compiled step as a timing case, and notes on each."""
     cases: dict[str, _harness.Case] = {}
     notes: dict[str, Any] = {}
     start = time.perf_counter()
@@ -273,26 +293,42 @@ def main(argv: list[str] | None = None) -> int:
     del state
     device = None if args.no_torch else _harness.torch_device()
     if device is not None and config["model"] == "mobilenet_v2":
-        np_images, np_labels = np.asarray(images), np.asarray(labels)
-        step, notes[TORCH] = torch_step(config, np_images, np_labels, device)
-        cases[TORCH] = _harness.Case(lambda calls: calls, lambda _, step=step: step(),
-                                     _harness.torch_sync(device))
-        if not args.no_torch_compile:
-            print("compiling the PyTorch step with torch.compile")
-            try:
-                step, notes[TORCH_COMPILE] = torch_step(config, np_images, np_labels, device,
-                                                        compiled=True)
-                cases[TORCH_COMPILE] = _harness.Case(
-                    lambda calls: calls, lambda _, step=step: step(), _harness.torch_sync(device))
-            except Exception as error:  # noqa: BLE001 - any failure: report it and go on
-                notes[TORCH_COMPILE] = {"compiled": False,
-                                        "error": torch_compile_failure(error)}
-                print(f"(no torch.compile column: it failed here: "
-                      f"{notes[TORCH_COMPILE]['error']})")
+        _add_torch_cases(config, images, labels, device, compiled=not args.no_torch_compile,
+                         cases=cases, notes=notes)
     elif device is not None:
         print(f"(no PyTorch column: there is a PyTorch model for mobilenet_v2 only, "
               f"not {config['model']})")
+    return cases, notes
 
+
+def _print_goals(goals: dict[str, dict]) -> None:
+    print()
+    for key, goal in goals.items():
+        other = _RATIOS[key][0]
+        if goal["value"] is None:
+            print(f"{key}: not measured in this run")
+            continue
+        line = f"{key}: {goal['value']:.2f}x (ours is x faster than {other}"
+        if goal["goal"] is not None:
+            line += (f"; goal {goal['rule']} {goal['goal']:g}x: "
+                     f"{'met' if goal['met'] else 'MISSED'}")
+        if goal["target"] is not None:
+            line += (f"; target >= {goal['target']:g}x: "
+                     f"{'met' if goal['target_met'] else 'not met'}")
+        print(line + ")")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = _parse_args(argv)
+    info, command = _harness.announce(f"{config['model']} training step", "train_step.py", argv)
+    print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
+          f"{config['size']}x3, {config['dtype']}, width {config['width']}, "
+          f"{config['num_classes']} classes, SGD lr {mstep.LEARNING_RATE} "
+          f"momentum {mstep.MOMENTUM}")
+
+    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
+                                           config["num_classes"])
+    cases, notes = _cases(args, config, images, labels)
     times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"])
     medians = {name: _harness.median(t) for name, t in times.items()}
     rows = [{"candidate": name, "ms": medians[name] * 1e3, "min_ms": min(times[name]) * 1e3,
@@ -310,20 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios_of_min = {key: _harness.ratio(fastest.get(other), fastest[OURS])
                      for key, (other, *_) in _RATIOS.items()}
     goals = _goals(ratios, info["backend"])
-    print()
-    for key, goal in goals.items():
-        other = _RATIOS[key][0]
-        if goal["value"] is None:
-            print(f"{key}: not measured in this run")
-            continue
-        line = f"{key}: {goal['value']:.2f}x (ours is x faster than {other}"
-        if goal["goal"] is not None:
-            line += (f"; goal {goal['rule']} {goal['goal']:g}x: "
-                     f"{'met' if goal['met'] else 'MISSED'}")
-        if goal["target"] is not None:
-            line += (f"; target >= {goal['target']:g}x: "
-                     f"{'met' if goal['target_met'] else 'not met'}")
-        print(line + ")")
+    _print_goals(goals)
     shown = {k: round(v, 2) for k, v in ratios_of_min.items() if v is not None}
     print(f"the same from the fastest sample of each (less sensitive to other jobs): {shown}")
     for name, note in notes.items():

@@ -332,15 +332,22 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> 
 
 def format_results(results: dict, cfg: StudyConfig, meta: dict) -> str:
     """The markdown report: configuration, then one table per measurement."""
-    ref = _fmt_setting(cfg.settings[0])
-    settings = [_fmt_setting(s) for s in cfg.settings]
     lines = ["# Does the boundary derivative matter? (jrelu6 boundary study)", ""]
     lines.append(f"Configuration: {_describe(cfg)}")
     lines.append(f"Machine: {meta['machine']}; wall time {meta['seconds']:.0f} s.")
     lines.append("")
-    lines.append(f"## Test accuracy (%), mean ± std over {cfg.seeds} seeds; "
-                 f"[k/n]: seeds whose final parameters equal the {ref} run's bit for bit")
-    lines.append("")
+    lines += _accuracy_section(results, cfg)
+    lines += _hits_section(results, cfg)
+    lines += _layers_section(results, cfg)
+    lines += _gradients_section(results, cfg)
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_section(results: dict, cfg: StudyConfig) -> list[str]:
+    ref = _fmt_setting(cfg.settings[0])
+    settings = [_fmt_setting(s) for s in cfg.settings]
+    lines = [f"## Test accuracy (%), mean ± std over {cfg.seeds} seeds; "
+             f"[k/n]: seeds whose final parameters equal the {ref} run's bit for bit", ""]
     header = ["optimizer", "batch-norm", "dtype"] + [f"(g0, g6) = {s}" for s in settings]
     by_cell: dict[tuple, dict] = {}
     for r in results["accuracy"]:
@@ -356,19 +363,26 @@ def format_results(results: dict, cfg: StudyConfig, meta: dict) -> str:
                 text += f" [{c['identical_to_reference']}/{c['seeds']}]"
             row.append(text)
         rows.append(row)
-    lines += _table(header, rows, "lll" + "r" * len(settings))
-    lines += ["", f"## Exact boundary hits of relu6 inputs (all layers; in the forward pass of "
-              f"the gradients below: a fixed batch of {cfg.probe_batch} training images, "
-              f"batch statistics in batch-norm)", "",
-              f"Parameters: 'init' = seed 0 at initialisation; 'trained' = the end of the "
-              f"{cfg.optimizers[0]} {ref} seed-0 run of the same batch-norm and dtype.", ""]
+    return lines + _table(header, rows, "lll" + "r" * len(settings))
+
+
+def _hits_section(results: dict, cfg: StudyConfig) -> list[str]:
+    ref = _fmt_setting(cfg.settings[0])
+    lines = ["", f"## Exact boundary hits of relu6 inputs (all layers; in the forward pass of "
+             f"the gradients below: a fixed batch of {cfg.probe_batch} training images, "
+             f"batch statistics in batch-norm)", "",
+             f"Parameters: 'init' = seed 0 at initialisation; 'trained' = the end of the "
+             f"{cfg.optimizers[0]} {ref} seed-0 run of the same batch-norm and dtype.", ""]
     rows = [[h["dtype"], "yes" if h["batch_norm"] else "no", h["params"], h["n"],
              h["at_zero"], h["at_six"], f"{h['frac_zero']:.2e}", f"{h['frac_six']:.2e}"]
             for h in results["hits"]]
-    lines += _table(["dtype", "batch-norm", "parameters", "inputs", "= 0", "= 6",
-                     "fraction = 0", "fraction = 6"], rows, "lllrrrrr")
-    lines += ["", "## Per layer: fraction of relu6 inputs exactly on 0 / on 6 (for hard-swish "
-              "and hard-sigmoid layers the relu6 input is x + 3)", ""]
+    return lines + _table(["dtype", "batch-norm", "parameters", "inputs", "= 0", "= 6",
+                           "fraction = 0", "fraction = 6"], rows, "lllrrrrr")
+
+
+def _layers_section(results: dict, cfg: StudyConfig) -> list[str]:
+    lines = ["", "## Per layer: fraction of relu6 inputs exactly on 0 / on 6 (for hard-swish "
+             "and hard-sigmoid layers the relu6 input is x + 3)", ""]
     keys = sorted({(h["batch_norm"], h["params"]) for h in results["layers"]},
                   key=lambda k: (not k[0], k[1] != "init"))
     for bn, when in keys:
@@ -388,16 +402,20 @@ def format_results(results: dict, cfg: StudyConfig, meta: dict) -> str:
         lines += _table(["layer"] + [f"{d}: = 0 / = 6" for d in cfg.dtypes], rows,
                         "l" + "r" * len(cfg.dtypes))
         lines.append("")
-    lines += [f"## Gradient difference from {ref}, same batch ({cfg.probe_batch} training "
-              "images) and parameters (the first row of each group is the control: the "
-              "same setting, recomputed). Where the table above counts no hit, the "
-              "settings cannot differ.", ""]
+    return lines
+
+
+def _gradients_section(results: dict, cfg: StudyConfig) -> list[str]:
+    ref = _fmt_setting(cfg.settings[0])
+    lines = [f"## Gradient difference from {ref}, same batch ({cfg.probe_batch} training "
+             "images) and parameters (the first row of each group is the control: the "
+             "same setting, recomputed). Where the table above counts no hit, the "
+             "settings cannot differ.", ""]
     rows = [[g["dtype"], "yes" if g["batch_norm"] else "no", g["params"],
              _fmt_setting(tuple(g["setting"])), f"{g['rel_l2']:.2e}",
              f"{g['frac_differ']:.2e}", f"{g['cosine']:.6f}"] for g in results["gradients"]]
-    lines += _table(["dtype", "batch-norm", "parameters", "(g0, g6)", "relative L2 diff",
-                     "entries that differ", "cosine"], rows, "llllrrr")
-    return "\n".join(lines) + "\n"
+    return lines + _table(["dtype", "batch-norm", "parameters", "(g0, g6)", "relative L2 diff",
+                           "entries that differ", "cosine"], rows, "llllrrr")
 
 
 def _describe(cfg: StudyConfig) -> str:
@@ -421,10 +439,17 @@ def plot_results(results: dict, cfg: StudyConfig, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.MaxNLocator)
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    ax = axes[0]
+    _plot_accuracy(axes[0], results, cfg)
+    _plot_layer_hits(axes[1], results, cfg)
+    _plot_gradients(axes[2], results, cfg)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_accuracy(ax: Any, results: dict, cfg: StudyConfig) -> None:
     groups = list(dict.fromkeys((r["optimizer"], r["batch_norm"], r["dtype"])
                                 for r in results["accuracy"]))
     width = 0.8 / len(cfg.settings)
@@ -441,7 +466,10 @@ def plot_results(results: dict, cfg: StudyConfig, path: str) -> None:
     ax.set_title(f"mean ± std over {cfg.seeds} seeds")
     ax.legend(title="(g0, g6)", fontsize=7)
 
-    ax = axes[1]
+
+def _plot_layer_hits(ax: Any, results: dict, cfg: StudyConfig) -> None:
+    import matplotlib.ticker
+
     for bn in cfg.batch_norm:
         for dtype in cfg.dtypes:
             layers = [h for h in results["layers"] if h["batch_norm"] == bn
@@ -458,7 +486,8 @@ def plot_results(results: dict, cfg: StudyConfig, path: str) -> None:
     ax.set_title("exact hits per layer, trained parameters")
     ax.legend(fontsize=6)
 
-    ax = axes[2]
+
+def _plot_gradients(ax: Any, results: dict, cfg: StudyConfig) -> None:
     floor = 1e-9
     cells = list(dict.fromkeys((g["dtype"], g["batch_norm"], g["params"])
                                for g in results["gradients"]))
@@ -479,9 +508,6 @@ def plot_results(results: dict, cfg: StudyConfig, path: str) -> None:
     ax.set_ylabel("|g - g_ref| / |g_ref|  (x: identical)")
     ax.set_title("gradient difference, same batch and parameters")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- command line -----------------------------------------------------------

@@ -17,8 +17,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import os
-import pickle
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -26,15 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mobilenet.configs.default import steps_per_epoch as steps_per_epoch  # One count, no JAX.
-
-CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_TEST_FILE = "test_batch"
-CIFAR10_META_FILE = "batches.meta"
-CIFAR10_SUBDIR = "cifar-10-batches-py"  # What the official archive unpacks to.
-
-
-class DataError(ValueError):
-    """A dataset could not be loaded; the message is one line naming the file and the problem."""
+from mobilenet.infra import cifar10
+from mobilenet.infra.cifar10 import DataError as DataError  # Every loader's one-line error.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,46 +130,6 @@ def load_digits() -> Dataset:
     return _make("digits", x_train, y_train, x_test, y_test, num_classes=10, flip=False)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())
-
-
-def _read_cifar_pickle(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"cifar10: missing file {path}")
-    try:
-        with open(path, "rb") as f:
-            # CIFAR-10's official python format is a pickle; only load directories you trust.
-            content = pickle.load(f, encoding="bytes")
-    except Exception as error:  # noqa: BLE001 - any failure to unpickle means a corrupt file.
-        raise DataError(f"cifar10: cannot read {path} ({_one_line(error)})") from None
-    if not isinstance(content, dict):
-        raise DataError(f"cifar10: {path} holds a {type(content).__name__}, not a dict")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in content.items()}
-
-
-def _cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
-    content = _read_cifar_pickle(path)
-    if "data" not in content or "labels" not in content:
-        raise DataError(f"cifar10: {path} lacks the 'data' or 'labels' entry")
-    try:
-        data = np.asarray(content["data"])
-        labels = np.asarray(content["labels"], dtype=np.int64)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"cifar10: bad arrays in {path} ({_one_line(error)})") from None
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"cifar10: {path} 'data' must be uint8 [N, 3072], "
-                        f"got {data.dtype} {list(data.shape)}")
-    if labels.shape != (data.shape[0],):
-        raise DataError(f"cifar10: {path} has {data.shape[0]} images but "
-                        f"{labels.size} labels")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"cifar10: {path} has labels outside 0..9")
-    # Rows are channel-major 3x32x32 (red, green, blue planes): to NHWC.
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, labels.astype(np.int32)
-
-
 def load_cifar10(data_dir: str) -> Dataset:
     """CIFAR-10 from its standard python-pickle directory.
 
@@ -191,25 +142,10 @@ def load_cifar10(data_dir: str) -> Dataset:
       The :class:`Dataset`, 10 classes, 32x32x3 images.
 
     Raises:
-      DataError: with one line naming the missing or corrupt file.
+      DataError: with one line naming the missing or corrupt file
+        (:mod:`mobilenet.infra.cifar10` checks every file).
     """
-    if not os.path.isdir(data_dir):
-        raise DataError(f"cifar10: data directory {data_dir} does not exist or is not a "
-                        "directory")
-    nested = os.path.join(data_dir, CIFAR10_SUBDIR)
-    if not os.path.exists(os.path.join(data_dir, CIFAR10_META_FILE)) and os.path.isdir(nested):
-        data_dir = nested
-    meta = _read_cifar_pickle(os.path.join(data_dir, CIFAR10_META_FILE))
-    names = meta.get("label_names")
-    if not isinstance(names, (list, tuple)) or len(names) != 10:
-        raise DataError(f"cifar10: {os.path.join(data_dir, CIFAR10_META_FILE)} must list "
-                        "10 label_names")
-    train = [_cifar_batch(os.path.join(data_dir, name)) for name in CIFAR10_TRAIN_FILES]
-    x_test, y_test = _cifar_batch(os.path.join(data_dir, CIFAR10_TEST_FILE))
-    x_train = np.concatenate([x for x, _ in train])
-    y_train = np.concatenate([y for _, y in train])
-    if x_train.shape[0] == 0 or x_test.shape[0] == 0:
-        raise DataError(f"cifar10: {data_dir} holds no training or no test images")
+    x_train, y_train, x_test, y_test = cifar10.load(data_dir)
     return _make("cifar10", x_train, y_train, x_test, y_test, num_classes=10, flip=True)
 
 

@@ -42,6 +42,7 @@ from mobilenet import compile_cache, input_pipeline, models, optim, train_state
 from mobilenet.checkpoints import CheckpointError, Checkpoints
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
+from mobilenet.infra import resume_check
 from mobilenet.metrics_log import MetricsLog, MetricsLogError, plot_metrics
 from mobilenet.sharding import batch_sharding, create_mesh
 from mobilenet.train_state import TrainState
@@ -125,7 +126,7 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
         (raised before anything is written).
       SetupError: the batch does not divide over the devices; the work directory
         cannot be written, is inconsistent, or holds a run with other settings
-        (:func:`mobilenet.configs.default.check_resume`) or another model; or
+        (:func:`mobilenet.infra.resume_check.check_resume`) or another model; or
         ``config.distributed`` finds no cluster (:func:`_initialize_distributed`).
       optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
@@ -278,12 +279,12 @@ def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -
 
     Raises:
       default.ConfigMismatch: the settings that differ, one line each
-        (:func:`mobilenet.configs.default.check_resume`).
+        (:func:`mobilenet.infra.resume_check.check_resume`).
       WorkdirError: ``config.json`` cannot be read.
     """
     saved = work.saved_config()
     if saved is not None:
-        for line in default.check_resume(saved, config, num_train=num_train, step=step):
+        for line in resume_check.check_resume(saved, config, num_train=num_train, step=step):
             _notice(line)
 
 

@@ -1,6 +1,7 @@
 """Tests of the example's settings: the Config, its derived defaults and the optimizer.
 
-(examples/mobilenet/configs/default.py and examples/mobilenet/optim.py.)
+(examples/mobilenet/configs/default.py, examples/mobilenet/optim.py and the machinery
+behind them in examples/mobilenet/infra/: settings.py, resume_check.py, state_size.py.)
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from mobilenet import optim
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
+from mobilenet.infra import resume_check, state_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -359,22 +360,22 @@ def _abstract_state(width):
 
 def test_a_model_too_wide_for_memory_is_refused_before_allocation():
     params, opt_state = _abstract_state(1e6)
-    with pytest.raises(optim.StateTooLarge, match=r"^train: [\d,]+ parameters .* use a smaller"):
-        optim.check_state_fits(params, opt_state)
+    with pytest.raises(state_size.StateTooLarge, match=r"^train: [\d,]+ parameters .* use a smaller"):
+        state_size.check_state_fits(params, opt_state)
 
 
 def test_a_small_model_fits():
     params, opt_state = _abstract_state(0.5)
-    needed = optim.check_state_fits(params, opt_state)
+    needed = state_size.check_state_fits(params, opt_state)
     # SGD with momentum: one float32 trace per parameter, plus the schedule's step count.
-    assert 0 < 2 * optim.state_bytes(params) < needed <= 2 * optim.state_bytes(params) + 16
+    assert 0 < 2 * state_size.state_bytes(params) < needed <= 2 * state_size.state_bytes(params) + 16
 
 
 def test_the_copies_of_a_replicated_state_count():
     params, opt_state = _abstract_state(0.5)
-    needed = optim.check_state_fits(params, opt_state, limit_bytes=10**12)
-    with pytest.raises(optim.StateTooLarge, match=r"\(8 copies, one per device\)"):
-        optim.check_state_fits(params, opt_state, limit_bytes=needed * 8 - 1, copies=8)
+    needed = state_size.check_state_fits(params, opt_state, limit_bytes=10**12)
+    with pytest.raises(state_size.StateTooLarge, match=r"\(8 copies, one per device\)"):
+        state_size.check_state_fits(params, opt_state, limit_bytes=needed * 8 - 1, copies=8)
 
 
 # --- resuming ------------------------------------------------------------------------------
@@ -405,7 +406,7 @@ def test_resuming_with_a_setting_that_changes_the_trajectory_is_refused(field):
     config, value = _changed(field)
     saved = {**SAVED, "data": "synthetic"} if config.data == "synthetic" else SAVED
     with pytest.raises(default.ConfigMismatch) as info:
-        default.check_resume(saved, config)
+        resume_check.check_resume(saved, config)
     lines = str(info.value).splitlines()
     assert lines[0].startswith("train: ")
     assert lines[-1].startswith("Use a new --workdir, or the run's settings")
@@ -419,7 +420,7 @@ def test_resuming_with_a_setting_that_changes_the_trajectory_is_refused(field):
 @pytest.mark.parametrize("field", NEUTRAL, ids=[f.name for f in NEUTRAL])
 def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
     config, _ = _changed(field)
-    assert default.check_resume(SAVED, config) == []
+    assert resume_check.check_resume(SAVED, config) == []
 
 
 @pytest.mark.parametrize("settings", [
@@ -427,12 +428,12 @@ def test_resuming_with_a_neutral_setting_changed_is_accepted(field):
     {"augment": False, "max_shift": 3}], ids=str)
 def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(settings):
     saved = {**SAVED, "augment": settings.get("augment", True)}
-    assert default.check_resume(saved, Config(**settings)) == []
+    assert resume_check.check_resume(saved, Config(**settings)) == []
 
 
 def test_another_optimizer_differs_with_its_defaults():
     with pytest.raises(default.ConfigMismatch) as info:
-        default.check_resume(SAVED, Config(optimizer="adamw"))
+        resume_check.check_resume(SAVED, Config(optimizer="adamw"))
     message = str(info.value)
     assert "--optimizer: the run used sgd, now adamw" in message
     assert "--learning-rate: the run used 0.05 (default), now 0.01 (default)" in message
@@ -443,14 +444,14 @@ def test_an_old_config_json_compares_missing_fields_as_defaults():
     old = {k: v for k, v in SAVED.items()
            if k not in ("synthetic_examples", "keep_checkpoints", "seed")}
     old["a_removed_setting"] = 1
-    assert default.check_resume(old, Config(keep_checkpoints=5)) == []
+    assert resume_check.check_resume(old, Config(keep_checkpoints=5)) == []
     with pytest.raises(default.ConfigMismatch, match="--seed: the run used 0, now 4"):
-        default.check_resume(old, Config(seed=4))
+        resume_check.check_resume(old, Config(seed=4))
 
 
 def test_another_length_is_refused_without_the_opt_in():
     with pytest.raises(default.ConfigMismatch) as info:
-        default.check_resume(SAVED, Config(steps=1100))
+        resume_check.check_resume(SAVED, Config(steps=1100))
     assert ("--steps: the run used 550 steps, now 1100 steps (another learning-rate schedule; "
             "--allow-schedule-change accepts it)") in str(info.value)
 
@@ -458,7 +459,7 @@ def test_another_length_is_refused_without_the_opt_in():
 @pytest.mark.parametrize("step", [None, 200])
 def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
     config = Config(steps=1100, allow_schedule_change=True)
-    notes = default.check_resume(SAVED, config, step=step)
+    notes = resume_check.check_resume(SAVED, config, step=step)
     at = 550 if step is None else step
     was = float(optim.learning_rate_schedule(Config(), total_steps=550)(at))
     now = float(optim.learning_rate_schedule(config, total_steps=1100)(at))
@@ -471,7 +472,7 @@ def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
 
 
 def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
-    notes = default.check_resume(SAVED, Config(steps=100, allow_schedule_change=True), step=300)
+    notes = resume_check.check_resume(SAVED, Config(steps=100, allow_schedule_change=True), step=300)
     assert notes[-1] == "the run is at step 300, past the new end: it trains no further"
 
 
@@ -479,28 +480,28 @@ def test_an_explicit_warmup_change_is_refused_even_with_the_opt_in():
     saved = {**SAVED, "warmup_steps": 30}
     config = Config(steps=600, warmup_steps=45, allow_schedule_change=True)
     with pytest.raises(default.ConfigMismatch, match="--warmup-steps: the run used 30, now 45"):
-        default.check_resume(saved, config)
+        resume_check.check_resume(saved, config)
 
 
 def test_epochs_compare_as_steps_when_the_training_set_is_known():
     # 1437 examples, batch 64: 22 steps per epoch, so 2 epochs are the run's 44 steps.
     saved = {**SAVED, "steps": 44}
-    assert default.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
+    assert resume_check.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
     with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 44 steps, now 66"):
-        default.check_resume(saved, Config(epochs=3.0), num_train=1437)
+        resume_check.check_resume(saved, Config(epochs=3.0), num_train=1437)
 
 
 def test_steps_are_ignored_when_epochs_are_set():
     saved = {**SAVED, "epochs": 2.0, "steps": 300}
-    assert default.check_resume(saved, Config(epochs=2.0, steps=50)) == []
+    assert resume_check.check_resume(saved, Config(epochs=2.0, steps=50)) == []
 
 
 def test_epochs_without_the_training_set_are_described_in_epochs():
     saved = {**SAVED, "epochs": 2.0}
-    notes = default.check_resume(saved, Config(epochs=4.0, allow_schedule_change=True))
+    notes = resume_check.check_resume(saved, Config(epochs=4.0, allow_schedule_change=True))
     assert notes == ["the learning-rate schedule is recomputed for 4.0 epochs instead of "
                      "2.0 epochs"]
 
 
 def test_an_unchanged_run_with_the_opt_in_says_nothing():
-    assert default.check_resume(SAVED, Config(allow_schedule_change=True)) == []
+    assert resume_check.check_resume(SAVED, Config(allow_schedule_change=True)) == []

@@ -1,4 +1,7 @@
-"""Tests of examples/mobilenet/input_pipeline.py: loaders, the data order, batches, augmentation."""
+"""Tests of examples/mobilenet/input_pipeline.py: loaders, the data order, batches, augmentation.
+
+(CIFAR-10's file checks live in examples/mobilenet/infra/cifar10.py.)
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
 from mobilenet import input_pipeline
+from mobilenet.infra import cifar10
 
 
 def write_fake_cifar10(directory: str, *, per_batch: int = 4, seed: int = 0) -> dict:
@@ -23,14 +26,14 @@ def write_fake_cifar10(directory: str, *, per_batch: int = 4, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     os.makedirs(directory, exist_ok=True)
     written = {}
-    for name in (*input_pipeline.CIFAR10_TRAIN_FILES, input_pipeline.CIFAR10_TEST_FILE):
+    for name in (*cifar10.TRAIN_FILES, cifar10.TEST_FILE):
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
         with open(os.path.join(directory, name), "wb") as f:
             pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
                          b"filenames": [b"x.png"] * per_batch}, f)
         written[name] = (data, labels)
-    with open(os.path.join(directory, input_pipeline.CIFAR10_META_FILE), "wb") as f:
+    with open(os.path.join(directory, cifar10.META_FILE), "wb") as f:
         pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)],
                      b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f)
     return written
@@ -59,7 +62,7 @@ def test_cifar10_loader_reads_the_pickle_layout(tmp_path):
 
 
 def test_cifar10_loader_accepts_the_archive_directory(tmp_path):
-    write_fake_cifar10(str(tmp_path / input_pipeline.CIFAR10_SUBDIR), per_batch=2)
+    write_fake_cifar10(str(tmp_path / cifar10.SUBDIR), per_batch=2)
     assert input_pipeline.load_cifar10(str(tmp_path)).train_images.shape[0] == 10
 
 

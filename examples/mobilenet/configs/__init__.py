@@ -4,9 +4,7 @@ from mobilenet.configs.default import Config as Config
 from mobilenet.configs.default import ConfigMismatch as ConfigMismatch
 from mobilenet.configs.default import InvalidSetting as InvalidSetting
 from mobilenet.configs.default import Resolved as Resolved
-from mobilenet.configs.default import check_resume as check_resume
 from mobilenet.configs.default import get_config as get_config
 from mobilenet.configs.default import resolve as resolve
 
-__all__ = ["Config", "ConfigMismatch", "InvalidSetting", "Resolved", "check_resume",
-           "get_config", "resolve"]
+__all__ = ["Config", "ConfigMismatch", "InvalidSetting", "Resolved", "get_config", "resolve"]

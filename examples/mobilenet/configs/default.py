@@ -4,12 +4,13 @@
 Each :class:`Config` field carries its help text, its choices and its bounds in
 its ``dataclasses.field`` metadata; ``examples/train.py`` generates one flag per
 field from them (``--batch-size`` for ``batch_size``), and :meth:`Config.validate`
-checks every field against them. Defaults that depend on other settings (the
-learning rate and weight decay per optimizer, the warm-up, the largest shift, the
-number of steps) are ``None`` in the config and resolved by :func:`resolve`.
-A resumed run is checked against the settings it was started with by
-:func:`check_resume`; the fields that cannot change its result say why in their
-metadata (``neutral``).
+checks every field against them (the machinery: :mod:`mobilenet.infra.settings`).
+Defaults that depend on other settings (the learning rate and weight decay per
+optimizer, the warm-up, the largest shift, the number of steps) are ``None`` in
+the config and resolved by :func:`resolve`, here and nowhere else. A resumed run
+is checked against the settings it was started with by
+:func:`mobilenet.infra.resume_check.check_resume`; the fields that cannot change
+its result say why in their metadata (``neutral``).
 
 The defaults were chosen by measurement on a 2-core CPU: MobileNetV2 at half
 width with the standard strides (32x32 inputs end at 1x1; digits carry 8x8
@@ -35,7 +36,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+
+from mobilenet.infra import settings
+
+# Re-exported: the command line and the training loop use them under this module's name.
+from mobilenet.infra.settings import ConfigMismatch as ConfigMismatch
+from mobilenet.infra.settings import InvalidSetting as InvalidSetting
+from mobilenet.infra.settings import default_text as default_text
+from mobilenet.infra.settings import field_kind as field_kind
+from mobilenet.infra.settings import flag as flag
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")
 DATASETS = ("digits", "cifar10", "synthetic")
@@ -54,33 +63,14 @@ DEFAULT_MAX_SHIFT = {"digits": 2}  # Half a pixel of the original 8x8 digits.
 FALLBACK_MAX_SHIFT = 4  # CIFAR's usual shift, for every other dataset.
 
 
+_field = settings.setting  # A field with its help, --help group, choices and bounds.
+
+
 def _per_optimizer(values: Mapping[str, float]) -> str:
     return ", ".join(f"{value:g} for {name}" for name, value in values.items())
 
 
-def _field(default: Any, help: str, *, group: str, choices: tuple[str, ...] = (),
-           minimum: float | None = None, above: float | None = None,
-           below: float | None = None, derived: str | None = None,
-           neutral: str | None = None) -> Any:
-    """A :class:`Config` field with its command-line metadata.
-
-    Args:
-      default: The default value.
-      help: One phrase for ``--help`` (no default: it is appended).
-      group: The section of ``--help``.
-      choices: The allowed values (strings), if any.
-      minimum: Inclusive lower bound of a number.
-      above: Exclusive lower bound of a number.
-      below: Exclusive upper bound of a number.
-      derived: What ``None`` resolves to, for ``--help`` ("0.05 for sgd, ...").
-      neutral: Why the field cannot change the trajectory or the final metrics;
-        :func:`check_resume` then lets a resumed run change it. ``None``: it can.
-    """
-    metadata = {"help": help, "group": group, "choices": choices, "minimum": minimum,
-                "above": above, "below": below, "derived": derived, "neutral": neutral}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
+@settings.documented
 @dataclasses.dataclass
 class Config:
     """Every setting of a training run (the attributes below come from the fields' metadata)."""
@@ -220,98 +210,7 @@ class Config:
           ...     print(error)
           Config: width must be a finite number, got nan.
         """
-        for field in dataclasses.fields(self):
-            _check_field(field, getattr(self, field.name))
-        return self
-
-
-def default_text(field: dataclasses.Field) -> str:
-    """The default of a :class:`Config` field as ``--help`` shows it.
-
-    Examples:
-      >>> fields = Config.__dataclass_fields__
-      >>> default_text(fields["steps"]), default_text(fields["augment"])
-      ('550', 'on')
-      >>> default_text(fields["learning_rate"])
-      '0.05 for sgd, 0.01 for adamw'
-    """
-    if field.default is None:
-        return field.metadata["derived"] or "none"
-    if isinstance(field.default, bool):
-        return "on" if field.default else "off"
-    return str(field.default)
-
-
-Config.__doc__ = (f"{Config.__doc__}\n\nAttributes:\n" + "\n".join(
-    f"  {field.name}: {field.metadata['help']} (default: {default_text(field)})."
-    for field in dataclasses.fields(Config)))
-
-
-def flag(name: str) -> str:
-    """The command-line flag of the :class:`Config` field ``name``.
-
-    Examples:
-      >>> flag("batch_size")
-      '--batch-size'
-    """
-    return "--" + name.replace("_", "-")
-
-
-def field_kind(field: dataclasses.Field) -> tuple[type, bool]:
-    """The base type of a :class:`Config` field (bool, int, float or str) and whether it may
-    be ``None``.
-
-    Examples:
-      >>> field_kind(Config.__dataclass_fields__["epochs"])
-      (<class 'float'>, True)
-    """
-    names = [name.strip() for name in str(field.type).split("|")]
-    base = {"bool": bool, "int": int, "float": float, "str": str}[names[0]]
-    return base, "None" in names
-
-
-class InvalidSetting(ValueError):
-    """A :class:`Config` field holds a value it does not allow.
-
-    Attributes:
-      field: The field's name.
-      reason: What is wrong and what is allowed ("must be > 0, got -1").
-    """
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"Config: {field} {reason}.")
-        self.field = field
-        self.reason = reason
-
-
-def _check_field(field: dataclasses.Field, value: Any) -> None:
-    name, meta = field.name, field.metadata
-    base, optional = field_kind(field)
-    if value is None:
-        if not optional:
-            raise InvalidSetting(name, "must be set, got None")
-        return
-    if base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        allowed = "a number"
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        allowed = "an integer"
-    else:
-        ok = isinstance(value, base)
-        allowed = {bool: "True or False", str: "a string"}[base]
-    if not ok:
-        raise InvalidSetting(name, f"must be {allowed}, got {value!r}")
-    if base is float and not math.isfinite(value):
-        raise InvalidSetting(name, f"must be a finite number, got {value!r}")
-    if meta["choices"] and value not in meta["choices"]:
-        raise InvalidSetting(name, f"must be one of {', '.join(meta['choices'])}, got {value!r}")
-    if meta["minimum"] is not None and value < meta["minimum"]:
-        raise InvalidSetting(name, f"must be >= {meta['minimum']}, got {value!r}")
-    if meta["above"] is not None and value <= meta["above"]:
-        raise InvalidSetting(name, f"must be > {meta['above']}, got {value!r}")
-    if meta["below"] is not None and value >= meta["below"]:
-        raise InvalidSetting(name, f"must be < {meta['below']}, got {value!r}")
+        return settings.validate(self)
 
 
 def get_config(**overrides: object) -> Config:
@@ -468,166 +367,3 @@ def resolve(config: Config, *, num_train: int) -> Resolved:
                     total_steps=steps, steps_per_epoch=per_epoch,
                     warmup_steps=warmup_steps(config, total_steps=steps),
                     max_shift=max_shift(config))
-
-
-# --- resuming ------------------------------------------------------------------------------
-
-
-class ConfigMismatch(ValueError):
-    """A resumed run's settings would change its trajectory (one line per differing setting)."""
-
-
-# The run's length: changing it recomputes the learning-rate schedule, which only
-# `allow_schedule_change` accepts.
-_LENGTH_FIELDS = ("steps", "epochs")
-# Fields whose `None` resolves from the config alone: compared as resolved values.
-_RESOLVED = {"learning_rate": learning_rate, "weight_decay": weight_decay,
-             "max_shift": max_shift}
-# Fields that only matter for some data sets.
-_DATA_ONLY = {"image_size": "synthetic", "synthetic_examples": "synthetic"}
-
-
-def check_resume(saved: Mapping[str, Any], config: Config, *, num_train: int | None = None,
-                 step: int | None = None) -> list[str]:
-    """Checks that resuming a run saved with ``saved`` settings under ``config`` is sound.
-
-    A setting that changes the trajectory (the model, the data, the optimizer and
-    its hyperparameters, the batch, the seed, ...) must be the run's own. Fields
-    whose metadata say they are neutral (logging, evaluation and checkpoint
-    frequency, the evaluation batch, progress, plot, the data directory, ...) may
-    change. Derived defaults compare as resolved values (``--lr 0.05`` with SGD is
-    the default), and settings that do not apply are skipped (``image_size``
-    without synthetic data, ``steps`` when ``epochs`` is set, ``max_shift``
-    without augmentation). Another length (``steps``/``epochs``) recomputes the
-    learning-rate schedule: refused unless ``config.allow_schedule_change``.
-
-    Args:
-      saved: The run's settings as written to its ``config.json``
-        (``dataclasses.asdict`` of its :class:`Config`); missing fields take their
-        defaults, unknown ones are ignored.
-      config: The settings of this invocation.
-      num_train: Training examples of the data set; needed to compare lengths in
-        epochs as steps (without it, the epochs are compared and described).
-      step: The step the run resumes from (for the description of a schedule
-        change); ``None``: the end of the run's schedule.
-
-    Returns:
-      Lines that describe an accepted schedule change (empty without one).
-
-    Raises:
-      ConfigMismatch: one line per differing setting, with both values, then what to do.
-
-    Examples:
-      >>> check_resume({"steps": 300, "log_every": 25}, Config(steps=300, log_every=5))
-      []
-      >>> check_resume({"seed": 0, "learning_rate": None}, Config(seed=1, learning_rate=0.1))
-      Traceback (most recent call last):
-        ...
-      mobilenet.configs.default.ConfigMismatch: train: ...
-        --learning-rate: the run used 0.05 (default), now 0.1
-        --seed: the run used 0, now 1
-      Use a new --workdir, or the run's settings (in its config.json).
-    """
-    names = {field.name for field in dataclasses.fields(Config)}
-    old = dataclasses.replace(Config(), **{k: v for k, v in saved.items() if k in names})
-    lines = []
-    for field in dataclasses.fields(Config):
-        name = field.name
-        if field.metadata["neutral"] or name in _LENGTH_FIELDS or name == "warmup_steps":
-            continue
-        if name in _DATA_ONLY and _DATA_ONLY[name] not in (old.data, config.data):
-            continue
-        resolve_field = _RESOLVED.get(name)
-        if resolve_field is not None:
-            was, now = resolve_field(old), resolve_field(config)
-            if was != now:
-                lines.append(_differs(name, _show(was, getattr(old, name) is None),
-                                      _show(now, getattr(config, name) is None)))
-        elif getattr(old, name) != getattr(config, name):
-            lines.append(_differs(name, _show_field(field, getattr(old, name)),
-                                  _show_field(field, getattr(config, name))))
-    old_total, new_total = _length(old, num_train), _length(config, num_train)
-    old_warmup, new_warmup = _warmup(old, old_total), _warmup(config, new_total)
-    if (old_warmup[0] != new_warmup[0]
-            and (old.warmup_steps, config.warmup_steps) != (None, None)):
-        lines.append(_differs("warmup_steps", _show(*old_warmup), _show(*new_warmup)))
-    notes = []
-    if old_total != new_total:
-        if config.allow_schedule_change:
-            notes = _describe_schedule_change(old, config, old_total, new_total, step)
-        else:
-            lines.append(f"  {_length_flag(config)}: the run used {_show_length(old_total)}, "
-                         f"now {_show_length(new_total)} (another learning-rate schedule; "
-                         f"--allow-schedule-change accepts it)")
-    if lines:
-        raise ConfigMismatch(
-            "train: the work directory holds a run with other settings, which change its "
-            "result:\n" + "\n".join(lines) +
-            "\nUse a new --workdir, or the run's settings (in its config.json).")
-    return notes
-
-
-def _differs(name: str, was: str, now: str) -> str:
-    return f"  {flag(name)}: the run used {was}, now {now}"
-
-
-def _show(value: Any, is_default: bool = False) -> str:
-    if value is None:
-        return "the default"
-    if isinstance(value, bool):
-        text = "on" if value else "off"
-    else:
-        text = str(value)
-    return f"{text} (default)" if is_default else text
-
-
-def _show_field(field: dataclasses.Field, value: Any) -> str:
-    if value is None:
-        return f"the default ({field.metadata['derived'] or 'none'})"
-    return _show(value)
-
-
-def _length(config: Config, num_train: int | None) -> tuple[str, float]:
-    """``("steps", n)``, or ``("epochs", e)`` when the steps cannot be counted."""
-    if config.epochs is not None and num_train is None:
-        return "epochs", config.epochs
-    if config.epochs is not None:
-        return "steps", total_steps(config, num_train=num_train)
-    return "steps", config.steps
-
-
-def _length_flag(config: Config) -> str:
-    return "--epochs" if config.epochs is not None else "--steps"
-
-
-def _show_length(length: tuple[str, float]) -> str:
-    return f"{length[1]} {length[0]}"
-
-
-def _warmup(config: Config, length: tuple[str, float]) -> tuple[Any, bool]:
-    """The resolved warm-up (or the raw field when the steps are unknown), and if default."""
-    if length[0] == "steps":
-        return warmup_steps(config, total_steps=int(length[1])), config.warmup_steps is None
-    return config.warmup_steps, False
-
-
-def _describe_schedule_change(old: Config, new: Config, old_length: tuple[str, float],
-                              new_length: tuple[str, float], step: int | None) -> list[str]:
-    if "epochs" in (old_length[0], new_length[0]):
-        return [f"the learning-rate schedule is recomputed for {_show_length(new_length)} "
-                f"instead of {_show_length(old_length)}"]
-    from mobilenet import optim  # JAX, only here: the schedule itself gives the values.
-
-    old_total, new_total = int(old_length[1]), int(new_length[1])
-    at = old_total if step is None else int(step)
-    warmups = (warmup_steps(old, total_steps=old_total),
-               warmup_steps(new, total_steps=new_total))
-    text = (f"the learning-rate schedule is recomputed for {new_total} steps instead of "
-            f"{old_total}" + (f" (warm-up {warmups[1]} steps instead of {warmups[0]})"
-                              if warmups[0] != warmups[1] else ""))
-    if at >= new_total:
-        return [text, f"the run is at step {at}, past the new end: it trains no further"]
-    was = float(optim.learning_rate_schedule(old, total_steps=old_total)(at))
-    now = float(optim.learning_rate_schedule(new, total_steps=new_total)(at))
-    return [text, f"step {at} continues at learning rate {now:.4g} instead of {was:.4g}, "
-                  f"decaying to 0 at step {new_total}"]

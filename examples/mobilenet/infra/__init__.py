@@ -1,0 +1,1 @@
+"""The example's infrastructure, each piece behind a small interface, apart from the recipe."""

@@ -66,9 +66,8 @@ class _Activation(nn.Module):
                     init_fn=_diagnostics.zero_hits,
                     reduce_fn=_diagnostics.add_hits,
                 )
-        parameters: dict[str, jax.Array] = {
-            name: self.get_variable("params", name) for name in _modules.activation_of(self).parameters
-        }
+        names = _modules.activation_of(self).parameters
+        parameters: dict[str, jax.Array] = {n: self.get_variable("params", n) for n in names}
         return _modules.apply(self, x, parameters)
 
 

@@ -45,7 +45,8 @@ class _Activation(nnx.Module):
         super().__init_subclass__(**kwargs)
         signature = inspect.signature(cls.__init__)
         keywords = list(signature.parameters.values())[1:]  # All but ``self``.
-        setattr(cls, "__signature__", signature.replace(parameters=keywords))
+        # setattr: type checkers know no __signature__ on a class.
+        setattr(cls, "__signature__", signature.replace(parameters=keywords))  # noqa: B010
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         activation = _modules.activation_of(self)

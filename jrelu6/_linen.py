@@ -41,10 +41,10 @@ class _Activation(nn.Module):
     exactly on relu6's kinks (a :class:`jrelu6.BoundaryHits`, summed over
     calls); otherwise it records nothing and costs nothing more. Nothing is
     recorded by ``init``; ``mutable=True`` (every collection) does record.
-    Under ``nn.scan``, list ``"boundary_hits"`` in its
-    ``variable_axes`` (``{"params": 0, "boundary_hits": 0}``) to get the counts
-    back, one per layer of the stack; otherwise they are dropped.
-    Called unbound (``ReLU6()(x)``), it applies its function and records nothing.
+    Under ``nn.scan``, list ``"boundary_hits"`` in its ``variable_axes``
+    (``{"params": 0, "boundary_hits": 0}``) to get the counts back, one per
+    layer of the stack; otherwise they are dropped. Called unbound
+    (``ReLU6()(x)``), it applies its function and records nothing.
     """
 
     activation: ClassVar[_modules.Activation]  # Each class's declaration.

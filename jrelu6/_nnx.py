@@ -34,7 +34,8 @@ class _Activation(nnx.Module):
     ``nnx.Intermediate`` named ``boundary_hits`` (a
     :class:`jrelu6.BoundaryHits`); take them with ``nnx.pop(model,
     nnx.Intermediate)``. The flag is static, so ``nnx.jit`` retraces when it
-    changes, and unset (the default) the module costs nothing more.
+    changes, and unset (the default) the module costs nothing more. Under
+    ``nnx.scan`` the counts come back stacked, one per layer of the stack.
     """
 
     activation: ClassVar[_modules.Activation]  # Each class's declaration.

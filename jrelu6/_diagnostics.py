@@ -141,7 +141,7 @@ def zero_hits() -> BoundaryHits:
 
 def add_hits(a: BoundaryHits, b: BoundaryHits) -> BoundaryHits:
     """Field-wise sum (``+`` on a NamedTuple would concatenate)."""
-    return BoundaryHits(*(jnp.add(u, v) for u, v in zip(a, b)))
+    return BoundaryHits(*(jnp.add(u, v) for u, v in zip(a, b, strict=True)))
 
 
 class BoundaryRow(NamedTuple):

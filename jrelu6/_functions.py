@@ -319,9 +319,10 @@ def relu6_inplace(
     The JAX form of ``torch.nn.ReLU6(inplace=True)``: ``x`` is *donated*, so
     XLA may reuse its memory for the output and skip allocating a fresh
     buffer (and page-faulting it in). ``x`` must not be used afterwards: the
-    jrelu6 functions raise a ValueError naming themselves if it is. Use it on large standalone arrays. Inside a jitted model
-    there is nothing to gain: XLA fuses relu6 into its producer and never
-    materialises a separate input, so call :func:`relu6` there.
+    jrelu6 functions raise a ValueError naming themselves if it is. Use it on
+    large standalone arrays. Inside a jitted model there is nothing to gain:
+    XLA fuses relu6 into its producer and never materialises a separate
+    input, so call :func:`relu6` there.
 
     Args:
       x: a jax array of a real dtype; it is consumed.

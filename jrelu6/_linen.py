@@ -41,10 +41,10 @@ class _Activation(nn.Module):
     exactly on relu6's kinks (a :class:`jrelu6.BoundaryHits`, summed over
     calls); otherwise it records nothing and costs nothing more. Nothing is
     recorded by ``init``; ``mutable=True`` (every collection) does record.
-    Under ``nn.scan``, list ``"boundary_hits"`` in its
-    ``variable_axes`` (``{"params": 0, "boundary_hits": 0}``) to get the counts
-    back, one per layer of the stack; otherwise they are dropped.
-    Called unbound (``ReLU6()(x)``), it applies its function and records nothing.
+    Under ``nn.scan``, list ``"boundary_hits"`` in its ``variable_axes``
+    (``{"params": 0, "boundary_hits": 0}``) to get the counts back, one per
+    layer of the stack; otherwise they are dropped. Called unbound
+    (``ReLU6()(x)``), it applies its function and records nothing.
     """
 
     activation: ClassVar[_modules.Activation]  # Each class's declaration.
@@ -66,9 +66,8 @@ class _Activation(nn.Module):
                     init_fn=_diagnostics.zero_hits,
                     reduce_fn=_diagnostics.add_hits,
                 )
-        parameters: dict[str, jax.Array] = {
-            name: self.get_variable("params", name) for name in _modules.activation_of(self).parameters
-        }
+        names = _modules.activation_of(self).parameters
+        parameters: dict[str, jax.Array] = {n: self.get_variable("params", n) for n in names}
         return _modules.apply(self, x, parameters)
 
 

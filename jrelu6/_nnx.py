@@ -34,7 +34,8 @@ class _Activation(nnx.Module):
     ``nnx.Intermediate`` named ``boundary_hits`` (a
     :class:`jrelu6.BoundaryHits`); take them with ``nnx.pop(model,
     nnx.Intermediate)``. The flag is static, so ``nnx.jit`` retraces when it
-    changes, and unset (the default) the module costs nothing more.
+    changes, and unset (the default) the module costs nothing more. Under
+    ``nnx.scan`` the counts come back stacked, one per layer of the stack.
     """
 
     activation: ClassVar[_modules.Activation]  # Each class's declaration.
@@ -45,7 +46,8 @@ class _Activation(nnx.Module):
         super().__init_subclass__(**kwargs)
         signature = inspect.signature(cls.__init__)
         keywords = list(signature.parameters.values())[1:]  # All but ``self``.
-        setattr(cls, "__signature__", signature.replace(parameters=keywords))
+        # setattr: type checkers know no __signature__ on a class.
+        setattr(cls, "__signature__", signature.replace(parameters=keywords))  # noqa: B010
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         activation = _modules.activation_of(self)

@@ -111,7 +111,7 @@ def test_sharded_input_gives_the_same_counts():
     devices = np.array(jax.devices())
     assert len(devices) == 8  # conftest forces eight host devices.
     mesh = Mesh(devices, ("batch",))
-    x, n = _with_hits(jnp.bfloat16, zeros=5, sixes=9, others=8 * 40 - 14)
+    x, _ = _with_hits(jnp.bfloat16, zeros=5, sixes=9, others=8 * 40 - 14)
     x = x[: 8 * (x.shape[0] // 8)].reshape(8, -1)
     sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("batch")))
     assert len(sharded.sharding.device_set) == 8
@@ -123,10 +123,10 @@ def test_sharded_input_gives_the_same_counts():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(x=None), TypeError, "boundary_hits"),
-        (dict(x=jnp.array([1 + 1j])), TypeError, "boundary_hits.*complex"),
-        (dict(x=jnp.zeros(2), cap=0.0), ValueError, "boundary_hits: cap must be > 0"),
-        (dict(x=jnp.zeros(2), shift=jnp.zeros(2)), ValueError, "shift must be a scalar"),
+        ({"x": None}, TypeError, "boundary_hits"),
+        ({"x": jnp.array([1 + 1j])}, TypeError, "boundary_hits.*complex"),
+        ({"x": jnp.zeros(2), "cap": 0.0}, ValueError, "boundary_hits: cap must be > 0"),
+        ({"x": jnp.zeros(2), "shift": jnp.zeros(2)}, ValueError, "shift must be a scalar"),
     ],
 )
 def test_bad_arguments_raise_naming_the_function(kwargs, error, match):
@@ -421,7 +421,9 @@ def test_summary_gives_a_row_per_layer_of_an_nnx_scan():
 def test_summary_names_each_index_of_a_two_level_stack():
     hits = jrelu6.BoundaryHits(*(jnp.arange(6).reshape(2, 3),) * 3)
     rows = jrelu6.summarize_boundary_hits({"block": hits})
-    assert [r.layer for r in rows][:4] == ["block[0, 0]", "block[0, 1]", "block[0, 2]", "block[1, 0]"]
+    assert [r.layer for r in rows][:4] == [
+        "block[0, 0]", "block[0, 1]", "block[0, 2]", "block[1, 0]"
+    ]
     assert [r.n for r in rows] == list(range(6))
 
 
@@ -431,5 +433,5 @@ def test_summary_names_each_index_of_a_two_level_stack():
     jrelu6.BoundaryHits("a", "b", "c"),
 ])
 def test_summary_refuses_malformed_counts_naming_itself(hits):
-    with pytest.raises(TypeError, match="^summarize_boundary_hits: the counts of 'act'"):
+    with pytest.raises(TypeError, match=r"^summarize_boundary_hits: the counts of 'act'"):
         jrelu6.summarize_boundary_hits({"act": hits})

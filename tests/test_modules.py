@@ -23,20 +23,22 @@ def _fake_quant(x, init_min=-6.0, init_max=6.0, **settings):
     return jrelu6.fake_quant(x, min=init_min, max=init_max, **settings)
 
 
-_QUANT = dict(num_bits=4, scheme="fixed_point", grad_at_zero=1.0, grad_at_six=0.5)
+_QUANT = {"num_bits": 4, "scheme": "fixed_point", "grad_at_zero": 1.0, "grad_at_six": 0.5}
 
 # name -> (function, settings that differ from the defaults)
 CASES = {
-    "ReLU6": (jrelu6.relu6, dict(grad_at_zero=1.0, grad_at_six=0.5)),
-    "CappedReLU": (jrelu6.capped_relu, dict(cap=3.0, grad_at_zero=1.0, grad_at_cap=0.5)),
-    "HardSigmoid": (jrelu6.hard_sigmoid, dict(grad_at_zero=1.0, grad_at_six=0.5)),
-    "HardSwish": (jrelu6.hard_swish, dict(grad_at_zero=1.0, grad_at_six=0.5)),
+    "ReLU6": (jrelu6.relu6, {"grad_at_zero": 1.0, "grad_at_six": 0.5}),
+    "CappedReLU": (jrelu6.capped_relu, {"cap": 3.0, "grad_at_zero": 1.0, "grad_at_cap": 0.5}),
+    "HardSigmoid": (jrelu6.hard_sigmoid, {"grad_at_zero": 1.0, "grad_at_six": 0.5}),
+    "HardSwish": (jrelu6.hard_swish, {"grad_at_zero": 1.0, "grad_at_six": 0.5}),
     "QuantizedReLU6": (jrelu6.quantized_relu6, _QUANT),
     "QuantizedHardSigmoid": (jrelu6.quantized_hard_sigmoid, _QUANT),
     "QuantizedHardSwish": (
-        jrelu6.quantized_hard_swish, dict(num_bits=3, narrow_range=True, grad_at_six=1.0)
+        jrelu6.quantized_hard_swish, {"num_bits": 3, "narrow_range": True, "grad_at_six": 1.0}
     ),
-    "FakeQuant": (_fake_quant, dict(init_min=-2.0, init_max=5.0, num_bits=3, narrow_range=True)),
+    "FakeQuant": (
+        _fake_quant, {"init_min": -2.0, "init_max": 5.0, "num_bits": 3, "narrow_range": True}
+    ),
 }
 PARAMETER_FREE = [name for name in CASES if name != "FakeQuant"]
 X = jnp.array([-4.0, -3.0, -1.0, 0.0, 1.0, 3.0, 6.0, 7.0])
@@ -187,7 +189,7 @@ def test_a_kink_inside_a_model_gets_the_chosen_derivative():
 
     params = {"params": {"layers_0": {"kernel": jnp.ones((1, 1)), "bias": jnp.zeros(1)}}}
     for g0 in (0.0, 1.0):
-        dx = jax.grad(lambda x: model(g0).apply(params, x).sum())(jnp.zeros((1, 1)))
+        dx = jax.grad(lambda x, g0=g0: model(g0).apply(params, x).sum())(jnp.zeros((1, 1)))
         assert dx[0, 0] == g0
 
 
@@ -221,9 +223,9 @@ def test_module_settings_are_keyword_only_in_linen():
 
 
 def test_module_passes_bad_settings_to_a_clear_error():
-    with pytest.raises(ValueError, match="^relu6: grad_at_zero"):
+    with pytest.raises(ValueError, match=r"^relu6: grad_at_zero"):
         jrelu6.linen.ReLU6(grad_at_zero=float("nan")).apply({}, X)
-    with pytest.raises(ValueError, match="^capped_relu: cap"):
+    with pytest.raises(ValueError, match=r"^capped_relu: cap"):
         jrelu6.nnx.CappedReLU(cap=-1.0)(X)
 
 
@@ -302,7 +304,8 @@ def test_fake_quant_module_range_learns_to_cover_the_data():
     @nnx.jit
     def step(model):
         loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - x) ** 2))(model)
-        nnx.update(model, jax.tree.map(lambda p, g: p - 0.5 * g, nnx.state(model, nnx.Param), grads))
+        params = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda p, g: p - 0.5 * g, params, grads))
         return loss
 
     first = step(model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,13 +196,16 @@ def test_infinite_cotangent_outside_the_range_gives_zero():
 
 
 def test_nan_input_gives_nan_gradient():
-    got = jax.grad(lambda v: jrelu6.fake_quant(v, min=-1.0, max=1.0).sum())(jnp.array([jnp.nan, 0.5]))
+    x = jnp.array([jnp.nan, 0.5])
+    got = jax.grad(lambda v: jrelu6.fake_quant(v, min=-1.0, max=1.0).sum())(x)
     assert np.isnan(got[0]) and got[1] == 1.0
 
 
 def test_forward_and_reverse_mode_agree_for_the_range():
     x = jnp.array([-3.0, -0.2, 0.7, 4.0])
-    f = lambda r: jrelu6.fake_quant(x, min=r[0], max=r[1], num_bits=4)  # noqa: E731
+    def f(r):
+        return jrelu6.fake_quant(x, min=r[0], max=r[1], num_bits=4)
+
     r = jnp.array([-1.0, 2.0])
     np.testing.assert_array_equal(np.asarray(jax.jacfwd(f)(r)), np.asarray(jax.jacrev(f)(r)))
     np.testing.assert_array_equal(
@@ -240,26 +245,26 @@ def test_traced_range_does_not_retrace():
 # ------------------------------------------------------------ errors
 
 ERRORS = [
-    (dict(x=jnp.arange(3)), TypeError, "fake_quant: expected a floating array"),
-    (dict(x=[1j]), TypeError, "fake_quant: expected a real"),
-    (dict(num_bits=1), ValueError, r"fake_quant: num_bits must be in \[2, 16\]"),
-    (dict(num_bits=17), ValueError, r"fake_quant: num_bits must be in \[2, 16\]"),
-    (dict(num_bits=8.0), TypeError, "fake_quant: num_bits must be an int"),
-    (dict(num_bits=True), TypeError, "fake_quant: num_bits must be an int"),
-    (dict(narrow_range=1), TypeError, "fake_quant: narrow_range must be a bool"),
-    (dict(min=1.0, max=1.0), ValueError, "fake_quant: min must be less than max"),
-    (dict(min=2.0, max=1.0), ValueError, "fake_quant: min must be less than max"),
-    (dict(min=-jnp.inf), ValueError, "fake_quant: min must be finite"),
-    (dict(max=jnp.nan), ValueError, "fake_quant: max must be finite"),
-    (dict(max=1e39), ValueError, "fake_quant: max=.* float32"),
-    (dict(min=jnp.zeros(2)), ValueError, "fake_quant: min must be a scalar"),
-    (dict(min=None), TypeError, "fake_quant: min must be a real scalar"),
+    ({"x": jnp.arange(3)}, TypeError, "fake_quant: expected a floating array"),
+    ({"x": [1j]}, TypeError, "fake_quant: expected a real"),
+    ({"num_bits": 1}, ValueError, r"fake_quant: num_bits must be in \[2, 16\]"),
+    ({"num_bits": 17}, ValueError, r"fake_quant: num_bits must be in \[2, 16\]"),
+    ({"num_bits": 8.0}, TypeError, "fake_quant: num_bits must be an int"),
+    ({"num_bits": True}, TypeError, "fake_quant: num_bits must be an int"),
+    ({"narrow_range": 1}, TypeError, "fake_quant: narrow_range must be a bool"),
+    ({"min": 1.0, "max": 1.0}, ValueError, "fake_quant: min must be less than max"),
+    ({"min": 2.0, "max": 1.0}, ValueError, "fake_quant: min must be less than max"),
+    ({"min": -jnp.inf}, ValueError, "fake_quant: min must be finite"),
+    ({"max": jnp.nan}, ValueError, "fake_quant: max must be finite"),
+    ({"max": 1e39}, ValueError, "fake_quant: max=.* float32"),
+    ({"min": jnp.zeros(2)}, ValueError, "fake_quant: min must be a scalar"),
+    ({"min": None}, TypeError, "fake_quant: min must be a real scalar"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, error, message", ERRORS)
 def test_errors_name_the_function(kwargs, error, message):
-    args = dict(x=jnp.ones(2), min=-1.0, max=1.0) | kwargs
+    args = {"x": jnp.ones(2), "min": -1.0, "max": 1.0} | kwargs
     x = args.pop("x")
     with pytest.raises(error, match=f"^{message}"):
         jrelu6.fake_quant(x, **args)
@@ -370,7 +375,7 @@ def test_sixteen_bits_are_close_to_the_unquantized_function(fn, exact):
 
 @pytest.mark.parametrize("g0, g6", [(0.0, 0.0), (1.0, 0.5)])
 def test_quantized_hard_sigmoid_derivative_at_its_kinks(g0, g6):
-    f = lambda x: jrelu6.quantized_hard_sigmoid(x, grad_at_zero=g0, grad_at_six=g6)  # noqa: E731
+    f = functools.partial(jrelu6.quantized_hard_sigmoid, grad_at_zero=g0, grad_at_six=g6)
     got = jax.vmap(jax.grad(f))(jnp.array([-4.0, -3.0, 0.1, 3.0, 4.0]))
     np.testing.assert_allclose(np.asarray(got), [0.0, g0 / 6, 1 / 6, g6 / 6, 0.0], rtol=1e-6)
 
@@ -381,11 +386,11 @@ def test_quantized_hard_swish_gradient_at_infinities_is_zero_and_one():
 
 
 QUANT_ERRORS = [
-    (dict(scheme="log"), ValueError, "scheme must be one of"),
-    (dict(scheme="fixed_point", narrow_range=True), ValueError, "narrow_range applies"),
-    (dict(num_bits=1), ValueError, r"num_bits must be in \[2, 16\]"),
-    (dict(grad_at_zero=1e39), ValueError, "grad_at_zero=.*float32"),
-    (dict(grad_at_six=jnp.nan), ValueError, "grad_at_six must be finite"),
+    ({"scheme": "log"}, ValueError, "scheme must be one of"),
+    ({"scheme": "fixed_point", "narrow_range": True}, ValueError, "narrow_range applies"),
+    ({"num_bits": 1}, ValueError, r"num_bits must be in \[2, 16\]"),
+    ({"grad_at_zero": 1e39}, ValueError, "grad_at_zero=.*float32"),
+    ({"grad_at_six": jnp.nan}, ValueError, "grad_at_six must be finite"),
 ]
 
 
@@ -411,7 +416,7 @@ def _away_from_ties(x, nudged_min, scale):
 def test_agrees_with_torch_away_from_ties_and_end_half_steps(lo, hi, num_bits):
     torch = pytest.importorskip("torch", reason="PyTorch parity runs where torch is installed")
     nudged_min, nudged_max, scale = _tf_nudge(lo, hi, num_bits, False)
-    zero_point = int(round(float(-nudged_min / scale)))
+    zero_point = round(float(-nudged_min / scale))
     x = np.random.default_rng(0).uniform(lo - 2, hi + 2, 4000).astype(F32)
     half = scale / 2
     near_ends = (np.abs(x - nudged_min) < half) | (np.abs(x - nudged_max) < half)

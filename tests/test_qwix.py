@@ -28,7 +28,7 @@ qwix = pytest.importorskip("qwix", reason="qwix is not installed (pip install qw
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'VariableState' was removed:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:The 'm.iter_modules\\(\\)' method is deprecated"),
-    pytest.mark.filterwarnings("ignore:'.value' (access|setter) is now deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:'.value' (access|setter) is now deprecated"),
 ]
 
 

@@ -195,7 +195,7 @@ def fit(config: Config, workdir: str | None, *,
     work = Workdir(workdir) if workdir is not None else None
     if work is not None:
         _check_workdir(work)
-    run = _prepare(config, model_fn)
+    run = prepare(config, model_fn)
     verbose = config.progress and jax.process_index() == 0
     saved, background = Saved(), []
     with _locked(work), Preemption() as preemption, _one_line_errors(saved, background):
@@ -214,7 +214,7 @@ def fit(config: Config, workdir: str | None, *,
     return state, summary
 
 
-def _prepare(config: Config, model_fn: ModelFn | None) -> Prepared:
+def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     """Loads the data, checks it against the settings, builds the mesh, model and steps.
 
     Raises:

@@ -311,10 +311,11 @@ def test_a_full_disk_during_a_checkpoint_exits_3_and_the_rerun_resumes(tmp_path,
         result = _cli(run)
         assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
         (line,) = _said(result.stderr)
-        assert line == (f"error: train: no space left on device while writing "
-                        f"{run}/checkpoints/12; the newest complete checkpoint is step 8 in "
-                        f"{run}/checkpoints; free some space and run the same command again "
-                        "to resume from it")
+        assert re.fullmatch(
+            r"error: train: no space left on device \(0\.0 MiB free, the checkpoint needs "
+            rf"about \d+\.\d MiB\) while writing {run}/checkpoints/12; the newest complete "
+            rf"checkpoint is step 8 in {run}/checkpoints; free some space and run the same "
+            "command again to resume from it", line), line
         assert _files(run / "checkpoints" / "8") == kept
         assert not glob.glob(str(run / "checkpoints" / "*tmp*"))
         _records(run)  # Every line is whole.

@@ -9,7 +9,8 @@ damaged; it is moved aside (never deleted)
 and the next newest is tried. A step whose saved shapes differ from the ones
 asked for is not damage but another configuration: :class:`CheckpointError`.
 
-Saves are asynchronous. A save that fails (a full disk) is reported by the
+Saves are asynchronous. A save that would not fit in the free space is refused
+before anything is written. A save that fails (a full disk) is reported by the
 next call that waits for it (:meth:`Checkpoints.save`, :meth:`~Checkpoints.wait`,
 :meth:`~Checkpoints.close`) as one :class:`~mobilenet.infra.disk.WriteFailed`;
 its partly written temporary directory is removed, and the steps already
@@ -39,6 +40,7 @@ import numpy as np
 from mobilenet.infra import disk
 
 CRC_KEY = "array_crc32"  # The key of the per-array checksums in a step's JSON record.
+MARGIN = 2**20  # Bytes a step may take beyond its arrays' (orbax's metadata, the JSON record).
 
 
 class CheckpointError(ValueError):
@@ -132,10 +134,33 @@ class Checkpoints:
             os.makedirs(self.directory, exist_ok=True)
         with self._reporting(self._pending):  # orbax first waits for the previous save.
             self.manager.wait_until_finished()
+        self._check_room(step, tree)
         self._pending = step
         with self._reporting(step):
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(record)))
+
+    def _check_room(self, step: int, tree: Any) -> None:
+        """Refuses a save that cannot fit in the file system's free space.
+
+        A write that runs out of space half way leaves orbax's and tensorstore's
+        threads failing one after the other, some after the error has been
+        reported; a step that does not fit is therefore not started. (One process
+        only: with several, the processes would have to agree first.)
+
+        Raises:
+          disk.WriteFailed: less free space than the arrays' bytes plus :data:`MARGIN`.
+        """
+        if jax.process_count() > 1:
+            return
+        needed = sum(np.dtype(leaf.dtype).itemsize * int(np.prod(leaf.shape))
+                     for leaf in jax.tree.leaves(tree)) + MARGIN
+        stat = os.statvfs(self.directory)
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise disk.WriteFailed(os.path.join(self.directory, str(step)),
+                                   f"no space left on device ({free / 2**20:.1f} MiB free, "
+                                   f"the checkpoint needs about {needed / 2**20:.1f} MiB)")
 
     def wait(self) -> None:
         """Waits for the save in flight to be complete on disk.

@@ -12,6 +12,8 @@ and their ratio, with the CPU and the load average.
 
     python benchmarks/huge_pages.py              # the default run's model and batch
     python benchmarks/huge_pages.py --rounds 3 --steps 40
+    # CIFAR-sized inputs, larger buffers:
+    python benchmarks/huge_pages.py --set data=synthetic image_size=32 small_input=true width=1.0
 """
 
 from __future__ import annotations
@@ -29,18 +31,29 @@ _EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 TUNABLE = "glibc.malloc.hugetlb=1"
 
 
-def child(steps: int) -> dict[str, float]:
-    """Times ``steps`` train steps of the default configuration in this process."""
+def _settings(pairs: list[str]) -> dict[str, object]:
+    """``["width=1.0", "small_input=true"]`` as ``{"width": 1.0, "small_input": True}``."""
+    settings = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        try:
+            settings[key] = json.loads(text)
+        except ValueError:
+            settings[key] = text
+    return settings
+
+
+def child(steps: int, settings: dict[str, object]) -> dict[str, float]:
+    """Times ``steps`` train steps of the configuration ``settings`` in this process."""
     sys.path.insert(0, _EXAMPLES)
     import jax
-
     from mobilenet import input_pipeline, train, train_state
     from mobilenet.configs import get_config
     from mobilenet.infra import compile_cache
     from mobilenet.sharding import batch_sharding
 
     compile_cache.enable()  # A rerun loads the compiled step instead of compiling it.
-    config = get_config(progress=False)
+    config = get_config(**{"progress": False, **settings})
     run = train.prepare(config, None)
     state = train_state.create_train_state(config, run.model,
                                            image_shape=run.dataset.image_shape, mesh=run.mesh,
@@ -79,10 +92,12 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="children per case (default: 3)")
     parser.add_argument("--steps", type=int, default=40, help="steps timed per child (default: 40)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of the configuration other than the defaults")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.steps)))
+        print(json.dumps(child(args.steps, _settings(args.set))))
         return
     base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     cases = {"4 KiB pages (JRELU6_HUGE_PAGES=0)": base,
@@ -93,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
         for name in order:
             done = subprocess.run([sys.executable, __file__, "--child", "--steps",
-                                   str(args.steps)], env=cases[name], capture_output=True,
-                                  text=True, check=True)
+                                   str(args.steps), "--set", *args.set], env=cases[name],
+                                  capture_output=True, text=True, check=True)
             results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"default configuration's train step, {_cpu()}, {os.cpu_count()} CPUs, load average "
+    print(f"train step of the default configuration{' with ' + ' '.join(args.set) if args.set else ''}, {_cpu()}, {os.cpu_count()} CPUs, load average "
           f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}; {args.rounds} processes per case, "
           f"median of {args.steps} steps each")
     medians = {}

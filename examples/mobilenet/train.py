@@ -2,34 +2,40 @@
 
 The recipe, in the order :func:`fit` runs it:
 
-1. Check the work directory (writable, consistent, the same settings as the run
-   it holds), then load the data: a bad directory fails here, before anything
-   is written or compiled.
+1. Check the work directory (writable, consistent), then load the data and
+   build the model and steps (:func:`prepare`): a bad directory or bad data
+   fails here, before anything is written or compiled.
 2. Build the one-axis device mesh (:mod:`mobilenet.sharding`): batches are
    split on it, the train state is replicated (``Config.distributed`` first
    calls ``jax.distributed.initialize()``).
-3. Restore the newest intact checkpoint (:mod:`mobilenet.infra.checkpoints`; damaged
-   steps are moved aside and said so). The data order is a pure function of
-   ``(seed, step)`` and the per-step PRNG key is ``fold_in(rng, step)``, so a
-   resumed run repeats an uninterrupted one exactly.
+3. Lock the work directory (one run at a time), check that it holds a run with
+   the same settings, and restore the newest intact checkpoint
+   (:mod:`mobilenet.infra.checkpoints`; damaged steps are moved aside and said
+   so). The data order is a pure function of ``(seed, step)`` and the per-step
+   PRNG key is ``fold_in(rng, step)``, so a resumed run repeats an uninterrupted
+   one exactly.
 4. Compile the train and eval steps (:mod:`mobilenet.train_state`) in threads
    while the main thread initializes the state.
 5. Train. The host only dispatches: metrics are summed on the devices and fetched
    every ``log_every`` steps, when they go to the progress bar and ``metrics.jsonl``.
    A non-finite loss or gradient stops the run (:class:`TrainingDiverged`); no
-   checkpoint is written after it, so the last one is good.
+   checkpoint is written after it, so the last one is good. SIGTERM saves the
+   step then running and stops (:class:`Preempted`,
+   :mod:`mobilenet.infra.preemption`); a failed write stops with
+   :class:`WriteFailed`, the newest complete checkpoint kept.
 6. Evaluate with the running batch-norm statistics; save the final checkpoint and
    plot the curves (``metrics.png``).
+
+The infrastructure (work directory, checkpoints, metrics log, preemption,
+compile cache, host memory) is in :mod:`mobilenet.infra`; docs/fault_tolerance.md
+describes what it guarantees.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,7 +48,8 @@ from jax.sharding import Mesh
 from mobilenet import input_pipeline, models, optim, train_state
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
-from mobilenet.infra import compile_cache, disk
+from mobilenet.infra import compile_cache, disk, distributed
+from mobilenet.infra.background import Background
 from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
 from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
 from mobilenet.infra.preemption import Preemption
@@ -174,7 +181,7 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
         cannot be written, is inconsistent, is in use by another process, or holds
         a run with other settings (:func:`mobilenet.configs.default.check_resume`)
         or another model; or ``config.distributed`` finds no cluster
-        (:func:`_initialize_distributed`).
+        (:func:`mobilenet.infra.distributed.initialize`).
       optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
       WriteFailed: a checkpoint, ``metrics.jsonl`` or ``config.json`` could not be
@@ -191,7 +198,10 @@ def fit(config: Config, workdir: str | None, *,
     config.validate()
     start_time = time.perf_counter()
     if config.distributed:
-        _initialize_distributed()
+        try:
+            distributed.initialize()
+        except distributed.ClusterError as error:
+            raise SetupError(f"train: {error}") from None
     work = Workdir(workdir) if workdir is not None else None
     if work is not None:
         _check_workdir(work)
@@ -287,7 +297,7 @@ def _restore(run: Prepared, work: Workdir | None, saved: Saved
     return restored, log
 
 
-def _initialize(run: Prepared, restored: Restored | None, background: list[_Background], *,
+def _initialize(run: Prepared, restored: Restored | None, background: list[Background], *,
                 say: Callable[[str], None]) -> TrainState:
     """The restored or a new train state, with the train and eval steps compiled.
 
@@ -299,16 +309,16 @@ def _initialize(run: Prepared, restored: Restored | None, background: list[_Back
     compile_start = time.perf_counter()
     with compile_cache.CompileStats() as stats:
         compiling = [
-            _Background(_compile, run.train_step, run.abstract,
+            Background(_compile, run.train_step, run.abstract,
                         _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
-            _Background(_compile, run.eval_step, run.abstract, jax.tree.map(
+            Background(_compile, run.eval_step, run.abstract, jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                 run.test_batches[0]))]
         background += compiling
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:
-            background.append(_Background(
+            background.append(Background(
                 train_state.create_train_state, config, run.model,
                 image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps))
             state = background[-1].result()
@@ -348,11 +358,11 @@ def _locked(work: Workdir | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _one_line_errors(saved: Saved, background: list[_Background]) -> Iterator[None]:
+def _one_line_errors(saved: Saved, background: list[Background]) -> Iterator[None]:
     """Turns what can stop a started run into the example's one-line errors, and cleans up.
 
     However the block ends, the checkpoint in flight is waited for and the
-    compile threads are let end (:meth:`_Background.settle`).
+    compile threads are let end (:meth:`Background.settle`).
     """
     finished = False
     try:
@@ -384,7 +394,7 @@ def _one_line_errors(saved: Saved, background: list[_Background]) -> Iterator[No
                         disk.WriteFailed):  # Already reporting another error.
                     saved.checkpoints.close()
         finally:
-            _Background.settle(background, interrupted=not finished)
+            Background.settle(background, interrupted=not finished)
 
 
 def _settle_checkpoints(saved: Saved) -> None:
@@ -430,92 +440,6 @@ def _notice(message: str) -> None:
     """A line on stderr (process 0), shown even without progress output."""
     if jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
-
-
-DISTRIBUTED_ENV = {"JAX_NUM_PROCESSES": "num_processes", "JAX_PROCESS_ID": "process_id"}
-
-
-def _initialize_distributed() -> None:
-    """``jax.distributed.initialize()`` once, with the cluster read from the environment.
-
-    On SLURM, Open MPI, Kubernetes and Cloud TPU, JAX finds the coordinator, the
-    process count and this process's id by itself. Elsewhere it reads only
-    ``JAX_COORDINATOR_ADDRESS``; the count and the id are then taken from
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (:data:`DISTRIBUTED_ENV`).
-
-    Raises:
-      SetupError: a variable is not an integer, or the cluster is not fully described.
-    """
-    arguments = {}
-    for variable, argument in DISTRIBUTED_ENV.items():
-        value = os.environ.get(variable)
-        if value is not None:
-            try:
-                arguments[argument] = int(value)
-            except ValueError:
-                raise SetupError(f"train: {variable} must be an integer, got {value!r}.") from None
-    try:
-        jax.distributed.initialize(**arguments)
-    except RuntimeError as error:  # Already initialized by the caller: fine.
-        if "already" not in str(error).lower():
-            raise
-    except ValueError as error:  # Nothing detected and not enough variables set.
-        raise SetupError(
-            f"train: --distributed: {error} Set JAX_COORDINATOR_ADDRESS (host:port of "
-            "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under SLURM, "
-            "Open MPI or on a Cloud TPU.") from None
-
-
-class _Background:
-    """``function(*args, **kwargs)`` in a daemon thread; :meth:`result` waits for it.
-
-    The wait can be interrupted (Ctrl-C), unlike a long call in the main thread,
-    and a daemon thread does not hold up the exit.
-    """
-
-    def __init__(self, function: Callable[..., Any], *args: Any, **kwargs: Any):
-        self._result: Any = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._result = function(*args, **kwargs)
-            except BaseException as error:  # noqa: BLE001 - raised again in result().
-                self._error = error
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        """The function's result (or its exception, raised here)."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    @staticmethod
-    def settle(tasks: list[_Background], *, interrupted: bool) -> None:
-        """Waits for ``tasks`` to end.
-
-        A thread still in XLA's compiler when the interpreter shuts down would
-        abort the process when it returns, so even after Ctrl-C the compile
-        threads are waited for. That wait is announced in one line; during it
-        Ctrl-C has its default effect again (the process ends at once).
-        """
-        running = [task._thread for task in tasks if task._thread.is_alive()]
-        if not running:
-            return
-        restore = None
-        if interrupted and threading.current_thread() is threading.main_thread():
-            print("waiting for XLA's compiler to return before exiting (Ctrl-C again: "
-                  "exit at once)", file=sys.stderr, flush=True)
-            restore = signal.signal(signal.SIGINT, signal.SIG_DFL)
-        try:
-            for thread in running:
-                thread.join()
-        finally:
-            if restore is not None:
-                signal.signal(signal.SIGINT, restore)
 
 
 def _compile(step: Any, *args: Any) -> None:

@@ -21,7 +21,6 @@ import sys
 import time
 
 import pytest
-
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import disk, host_memory, workdir
@@ -151,10 +150,9 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path, straight):
 
 def test_the_lock_is_held_for_the_block_only(tmp_path):
     work = workdir.Workdir(str(tmp_path / "run"))
-    with work.lock():
-        with pytest.raises(workdir.WorkdirBusy, match=f"in use by process {os.getpid()} "):
-            with work.lock():  # Another open file: refused as another process would be.
-                pass
+    with work.lock(), pytest.raises(workdir.WorkdirBusy,
+                                    match=f"in use by process {os.getpid()} "), work.lock():
+        pass  # The second lock is another open file: refused as another process would be.
     with work.lock():
         pass
 
@@ -398,3 +396,60 @@ def test_a_failed_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     monkeypatch.undo()
     with open(path) as f:
         assert f.read() == "first\n"
+
+
+# --- preemption of a multi-process run -----------------------------------------------------
+
+# Cluster variables of the machine running the tests must not leak into the launches.
+FOREIGN = ("SLURM_", "OMPI_", "PMI_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+           "JAX_LOCAL_DEVICE_IDS", "KUBERNETES_SERVICE_HOST")
+
+
+def _cluster(processes):
+    """The environments of ``processes`` processes of one JAX cluster on this machine."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(FOREIGN) and "proxy" not in k.lower()}
+    return [{**base, "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+             "JAX_COORDINATOR_ADDRESS": address, "JAX_COORDINATOR_BIND_ADDRESS": address,
+             "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(i),
+             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"} for i in range(processes)]
+
+
+def _launch(run, environments):
+    args = [sys.executable, CLI, *_args(**LONG), "--distributed", "--workdir", str(run)]
+    return [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for env in environments]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_of_a_cluster_saves_one_step_in_all(tmp_path):
+    run = tmp_path / "run"
+    processes = _launch(run, _cluster(2))
+    try:
+        _wait_for(lambda: _trained_to(run, 3), processes[0])
+        processes[1].terminate()  # The notice reaches one process; JAX tells the other.
+        outputs = [p.communicate(timeout=TIMEOUT) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [143, 143], outputs
+    # JAX's C++ runtime logs "SIGTERM caught" in the process that got the signal
+    # (glog format: "W1206 01:19:15.134032 ... preemption_notifier.cc:90] ...").
+    ours = ["\n".join(line for line in err.splitlines() if not re.match(r"[IWE]\d{4} ", line))
+            for _, err in outputs]
+    assert "Traceback" not in "".join(ours)
+    steps = {_preempted_step(err, run) for err in ours}
+    assert len(steps) == 1  # Every process stopped after the same step...
+    (step,) = steps
+    assert str(step) in os.listdir(run / "checkpoints")  # ...and saved it, together.
+    processes = _launch(run, _cluster(2))
+    outputs = [p.communicate(timeout=TIMEOUT) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    train_steps = [r["step"] for r in _records(run) if "train_loss" in r]
+    assert train_steps == list(range(3, LONG["steps"] + 1, 3))

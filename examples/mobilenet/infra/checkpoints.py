@@ -17,7 +17,8 @@ its partly written temporary directory is removed, and the steps already
 complete are untouched. orbax also logs such failures from its threads, with
 tracebacks, through the ``absl`` logger: while a :class:`Checkpoints` is open, a
 filter on that logger (removed by :meth:`~Checkpoints.close`) drops orbax's
-error records, whose content reaches the caller as the exception instead.
+error records, whose content reaches the caller as the exception instead, and its
+warnings that a preemption sync point was reached (the caller reports the save).
 
 Nothing here knows about training: the caller passes plain pytrees.
 """
@@ -282,11 +283,15 @@ class Checkpoints:
 
 
 class _OrbaxErrors(logging.Filter):
-    """Drops orbax's error records (their errors reach the caller as exceptions)."""
+    """Drops orbax's error records (their errors reach the caller as exceptions) and its
+    warnings that a preemption sync point was reached (the caller says what it saved)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR
-                    and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        return "preemption sync point" not in record.getMessage()
 
 
 class _Damage(Exception):

@@ -31,6 +31,7 @@ import os
 import tempfile
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
@@ -56,7 +57,7 @@ class CompileStats:
         self._stats = {"compile_seconds": 0.0, "compiles": 0, "cache_hits": 0,
                        "cache_requests": 0}
 
-    def __enter__(self) -> CompileStats:
+    def __enter__(self) -> Self:
         jax.monitoring.register_event_duration_secs_listener(self._on_duration)
         jax.monitoring.register_event_listener(self._on_event)
         return self
@@ -82,6 +83,9 @@ class CompileStats:
         persistent-cache requests and hits."""
         with self._lock:
             return dict(self._stats)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def default_directory() -> str:

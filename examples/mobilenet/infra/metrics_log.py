@@ -35,8 +35,8 @@ def read_records(path: str) -> tuple[list[dict[str, Any]], bool]:
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:
+                raise TypeError("not an object")
+        except (ValueError, TypeError):
             if number == len(lines):  # No newline after it: a write cut short.
                 dropped = True
                 continue

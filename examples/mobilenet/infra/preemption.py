@@ -20,9 +20,13 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
 
 import jax
 from jax.experimental import multihost_utils
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class Preemption:
@@ -39,7 +43,7 @@ class Preemption:
         self._previous: object = None
         self._installed = False
 
-    def __enter__(self) -> Preemption:
+    def __enter__(self) -> Self:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
             self._installed = True

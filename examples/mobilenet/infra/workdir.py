@@ -137,8 +137,8 @@ class Workdir:
             with open(self.config) as f:
                 saved = json.load(f)
             if not isinstance(saved, dict):
-                raise ValueError("not an object")
-        except (OSError, ValueError) as error:
+                raise TypeError("not an object")
+        except (OSError, ValueError, TypeError) as error:
             raise WorkdirError(f"{self.config} cannot be read ({error}); repair it, or use a "
                                "new --workdir") from None
         return saved

@@ -511,8 +511,8 @@ def _train(loop: Loop, state: TrainState, *, start: int, meta: dict[str, Any]
     try:
         for step in range(start, steps):
             if step == start and loop.preemption.signalled:  # SIGTERM while compiling.
-                raise Preempted(f"preempted before training started; {loop.saved.kept()}; "
-                                f"run the same command again to {loop.saved.rerun()}")
+                raise Preempted(f"before training started; {loop.saved.kept()}; run the "
+                                f"same command again to {loop.saved.rerun()}")
             state, _ = loop.run.train_step(state, next(batches))
             done = step + 1
             bar.update(1)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import disk, host_memory, workdir
+from mobilenet.infra.background import Background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = os.path.join(ROOT, "examples", "train.py")
@@ -219,17 +221,31 @@ def test_sigterm_just_after_an_asynchronous_save_keeps_it_and_saves_the_next(tmp
                                                                             monkeypatch):
     straight_result = train.train_and_evaluate(_config(), str(tmp_path / "straight"))
     run = str(tmp_path / "run")
+    hooks = sys.excepthook, sys.unraisablehook, logging.getLogger("absl").filters[:]
     with monkeypatch.context() as patch:
         _signal_at(5, patch)  # Checkpoint 4 is still being written in the background.
         with pytest.raises(train.Preempted, match="saved a checkpoint at step 5 in"):
             train.train_and_evaluate(_config(), run)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Put back.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Put back,
+    assert (sys.excepthook, sys.unraisablehook, logging.getLogger("absl").filters) == hooks  # and
+    # nothing else of the process's was changed.
     assert sorted(os.listdir(os.path.join(run, workdir.CHECKPOINT_SUBDIR))) == ["4", "5"]
     resumed = train.train_and_evaluate(_config(), run)
     assert resumed["resumed_from"] == 5
     for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy"):
         assert resumed[key] == straight_result[key], key
     assert _records(run) == _records(str(tmp_path / "straight"))
+
+
+def test_after_ctrl_c_the_compile_threads_are_waited_for_and_said_so(capsys):
+    handler = signal.getsignal(signal.SIGINT)
+    seen = []
+    task = Background(lambda: [time.sleep(0.3), seen.append(signal.getsignal(signal.SIGINT))])
+    Background.settle([task], interrupted=True)
+    assert seen == [signal.SIG_DFL]  # A second Ctrl-C while waiting ends the process at once.
+    assert signal.getsignal(signal.SIGINT) is handler and task.result() == [None, None]
+    assert capsys.readouterr().err == ("waiting for XLA's compiler to return before exiting "
+                                       "(Ctrl-C again: exit at once)\n")
 
 
 # --- a full disk ---------------------------------------------------------------------------

@@ -14,6 +14,10 @@ about the model or the training:
   into a step at which every process saves and stops.
 - :mod:`~mobilenet.infra.disk`: a failed write (a full disk) as one error that
   names the file.
+- :mod:`~mobilenet.infra.distributed`: ``jax.distributed.initialize()`` from the
+  environment.
+- :mod:`~mobilenet.infra.background`: calls in threads (the steps compile while
+  the state initializes), waited for in order.
 - :mod:`~mobilenet.infra.compile_cache`: JAX's persistent compilation cache.
 - :mod:`~mobilenet.infra.host_memory`: huge pages for XLA:CPU's large buffers.
 """

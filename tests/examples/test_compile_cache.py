@@ -11,7 +11,6 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
-
 from mobilenet.infra import compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

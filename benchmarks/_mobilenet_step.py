@@ -25,7 +25,8 @@ _EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 if _EXAMPLES not in sys.path:  # Run as a script: make the MobileNet example importable.
     sys.path.insert(0, _EXAMPLES)
 
-from mobilenet import depthwise, host_memory, models  # noqa: E402, F401  (depthwise: for depthwise.py)
+from mobilenet import depthwise, models  # noqa: E402, F401  (depthwise: for depthwise.py)
+from mobilenet.infra import host_memory  # noqa: E402, F401
 
 LEARNING_RATE = 0.05
 MOMENTUM = 0.9

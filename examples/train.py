@@ -23,8 +23,26 @@ host:port, read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by this
 example) in each process. The batch is then split over the devices of all
 processes; use a shared --workdir (see "Scaling out" in the README).
 
-Exit codes: 0 done, 1 the loss became NaN/inf (the last good checkpoint is
-kept), 2 bad arguments, data or work directory, 130 interrupted (Ctrl-C).
+A work directory serves one run at a time (a second process on it exits with
+code 2 naming the first). SIGTERM, which schedulers send before they preempt a
+job, finishes the current step, saves a checkpoint at it and exits with 143; the
+same command then resumes there. A full disk stops the run with exit code 3,
+keeping metrics.jsonl and the newest complete checkpoint intact. Each of these
+ends with one line on stderr (docs/fault_tolerance.md).
+
+Exit codes:
+  0    done
+  1    the loss became NaN/inf (the last good checkpoint is kept)
+  2    bad arguments, data or work directory, or the work directory is in use
+  3    a write to the work directory failed (no space left on device, ...); the
+       newest complete checkpoint is kept: free space and rerun to resume
+  130  interrupted (Ctrl-C); a rerun resumes from the last checkpoint
+  143  preempted (SIGTERM): a checkpoint was saved at the step then running
+
+On Linux with glibc >= 2.35 and transparent huge pages in "madvise" mode, the
+command restarts itself once with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (huge
+pages for XLA's large buffers; faster steps on CPU) and says so on stderr;
+JRELU6_HUGE_PAGES=0 turns that off.
 """
 
 # The flags are generated from the fields of `mobilenet.configs.default.Config`
@@ -144,11 +162,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
       The exit code: 0 done, 1 diverged (NaN/inf loss), 2 bad arguments, data or
-      work directory, 130 interrupted.
+      work directory (or the directory is in use), 3 a write failed (a full disk),
+      130 interrupted, 143 preempted (SIGTERM).
     """
     config, options = parse(argv)
 
-    from mobilenet import compile_cache, input_pipeline, optim, train
+    from mobilenet import input_pipeline, optim, train  # JAX loads here.
+    from mobilenet.infra import compile_cache
 
     if options["compilation_cache"]:
         compile_cache.enable(options["compilation_cache_dir"])
@@ -165,6 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except train.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except train.WriteFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except train.Preempted as error:  # It names the step saved.
+        print(f"preempted: {error}", file=sys.stderr)
+        return 143
     except train.Interrupted as error:  # It says what a rerun starts from.
         print(f"interrupted: {error}", file=sys.stderr)
         return 130
@@ -180,9 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Huge pages for XLA's per-step buffers (mobilenet/host_memory.py): restarts this
-    # command once with GLIBC_TUNABLES set, where that helps; JRELU6_HUGE_PAGES=0: never.
-    from mobilenet import host_memory
+    parse()  # --help and bad flags answer before anything else.
+    # Huge pages for XLA's per-step buffers (mobilenet/infra/host_memory.py): restarts this
+    # command once with GLIBC_TUNABLES set, where that helps, saying so on stderr;
+    # JRELU6_HUGE_PAGES=0: never.
+    from mobilenet.infra import host_memory
 
     host_memory.reexec_with_huge_pages()
     sys.exit(main())

@@ -11,8 +11,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
-
-from mobilenet import compile_cache
+from mobilenet.infra import compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,24 +67,25 @@ def test_disable_turns_the_cache_off(tmp_path):
     assert jax.config.jax_compilation_cache_dir is None
 
 
-def test_compile_stats_count_compiles():
-    before = compile_cache.compile_stats()
-    jax.jit(lambda x: jnp.cos(x) + 2.5).lower(jnp.ones(5)).compile()
-    after = compile_cache.compile_stats()
-    assert after["compiles"] > before["compiles"]
-    assert after["compile_seconds"] > before["compile_seconds"]
+def test_compile_stats_count_compiles_inside_the_block_only():
+    with compile_cache.CompileStats() as stats:
+        jax.jit(lambda x: jnp.cos(x) + 2.5).lower(jnp.ones(5)).compile()
+    inside = stats.counts()
+    assert inside["compiles"] >= 1 and inside["compile_seconds"] > 0
+    jax.jit(lambda x: jnp.sin(x) + 3.5).lower(jnp.ones(5)).compile()
+    assert stats.counts() == inside  # The listeners are gone with the block.
 
 
 _CHILD = textwrap.dedent("""
     import concurrent.futures, json, sys
-    from mobilenet import compile_cache
+    from mobilenet.infra import compile_cache
     compile_cache.enable(sys.argv[1])
     import jax, jax.numpy as jnp
     def compile_one(scale):
         jax.jit(lambda x: jnp.tanh(x @ x) * scale).lower(jnp.ones((16, 16))).compile()
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # as train.py compiles its steps
-        list(pool.map(compile_one, [2.0, 3.0]))
-    print(json.dumps(compile_cache.compile_stats()))
+    with compile_cache.CompileStats() as stats, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(compile_one, [2.0, 3.0]))  # as train.py compiles its steps
+    print(json.dumps(stats.counts()))
 """)
 
 

@@ -1,4 +1,4 @@
-"""examples/mobilenet/host_memory.py: the restart with huge pages for malloc."""
+"""examples/mobilenet/infra/host_memory.py: the restart with huge pages for malloc."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-from mobilenet import host_memory
+from mobilenet.infra import host_memory
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "examples")
@@ -17,7 +16,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 SCRIPT = """
 import os, sys
 sys.path.insert(0, {examples!r})
-from mobilenet import host_memory
+from mobilenet.infra import host_memory
 print("pid", os.getpid(), "tunables", os.environ.get("GLIBC_TUNABLES"), "argv", sys.argv[1:],
       flush=True)
 host_memory.reexec_with_huge_pages()
@@ -26,12 +25,16 @@ print("done", flush=True)
 
 
 def _run(tmp_path, **env_changes: str) -> list[str]:
+    """The probe's stdout lines; its stderr holds the announcement exactly when it restarted."""
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT.format(examples=EXAMPLES))
     env = {**os.environ, **env_changes}
     result = subprocess.run([sys.executable, str(script), "a b", "--c"], env=env,
                             capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    restarted = len(lines) == 3
+    assert result.stderr == (host_memory.NOTE + "\n" if restarted else "")
+    return lines
 
 
 @pytest.fixture(autouse=True)

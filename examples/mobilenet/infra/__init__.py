@@ -1,1 +1,27 @@
-"""The example's infrastructure, each piece behind a small interface, apart from the recipe."""
+"""The example's infrastructure, each piece behind a small interface.
+
+The recipe (models, input pipeline, train step, loop, configuration) lives in
+:mod:`mobilenet`; what keeps a long run safe lives here, and nothing here knows
+about the model or the training:
+
+- :mod:`~mobilenet.infra.workdir`: the work directory's layout, its checks and
+  its lock (one run at a time).
+- :mod:`~mobilenet.infra.checkpoints`: orbax checkpoints with per-array
+  checksums; damaged steps are set aside.
+- :mod:`~mobilenet.infra.metrics_log`: ``metrics.jsonl``, cut back on resume, and
+  its plot.
+- :mod:`~mobilenet.infra.preemption`: SIGTERM (or JAX's preemption notice) turned
+  into a step at which every process saves and stops.
+- :mod:`~mobilenet.infra.disk`: a failed write (a full disk) as one error that
+  names the file.
+- :mod:`~mobilenet.infra.distributed`: ``jax.distributed.initialize()`` from the
+  environment.
+- :mod:`~mobilenet.infra.background`: calls in threads (the steps compile while
+  the state initializes), waited for in order.
+- :mod:`~mobilenet.infra.compile_cache`: JAX's persistent compilation cache.
+- :mod:`~mobilenet.infra.host_memory`: huge pages for XLA:CPU's large buffers.
+- :mod:`~mobilenet.infra.settings`: the settings' machinery (metadata, validation,
+  ``--help`` text); :mod:`~mobilenet.infra.resume_check`: whether a run may resume;
+  :mod:`~mobilenet.infra.state_size`: the state checked against memory;
+  :mod:`~mobilenet.infra.cifar10`: CIFAR-10's files, each checked.
+"""

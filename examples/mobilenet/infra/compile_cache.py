@@ -11,9 +11,11 @@ written) so that every executable of a run is kept, the fast-compiled
 initialisation too. Steps compiled in several threads at once read and write
 the cache independently (it is a folder of files, one per program).
 
-:func:`compile_stats` counts, from JAX's monitoring events, the seconds spent
+:class:`CompileStats` counts, from JAX's monitoring events, the seconds spent
 in the backend compiler (or loading from the cache) and the cache hits and
-misses since the module was imported, for a run to print.
+misses while its ``with`` block runs, for a run to print. Its listeners are
+registered when the block starts and removed when it ends (JAX has no way to
+listen to one thread or one function only, so they count the whole process).
 
 Example:
   >>> import os, tempfile
@@ -29,6 +31,7 @@ import os
 import tempfile
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
@@ -38,26 +41,51 @@ _HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _MISS_EVENT = "/jax/compilation_cache/cache_misses"
 _REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
 
-_lock = threading.Lock()
-_stats = {"compile_seconds": 0.0, "compiles": 0, "cache_hits": 0, "cache_requests": 0}
+class CompileStats:
+    """Counts compiles and persistent-cache use while its ``with`` block runs.
 
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> with CompileStats() as stats:
+      ...     _ = jax.jit(lambda x: x * 3.5 + 1).lower(jnp.ones(3)).compile()
+      >>> stats.counts()["compiles"] >= 1
+      True
+    """
 
-def _on_duration(event: str, seconds: float, **_: object) -> None:
-    if event == _COMPILE_EVENT:
-        with _lock:
-            _stats["compile_seconds"] += seconds
-            _stats["compiles"] += 1
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # Steps compile in several threads at once.
+        self._stats = {"compile_seconds": 0.0, "compiles": 0, "cache_hits": 0,
+                       "cache_requests": 0}
 
+    def __enter__(self) -> Self:
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+        jax.monitoring.register_event_listener(self._on_event)
+        return self
 
-def _on_event(event: str, **_: object) -> None:
-    key = {_HIT_EVENT: "cache_hits", _REQUEST_EVENT: "cache_requests"}.get(event)
-    if key is not None:
-        with _lock:
-            _stats[key] += 1
+    def __exit__(self, *exc_info: object) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._on_duration)
+        jax.monitoring.unregister_event_listener(self._on_event)
 
+    def _on_duration(self, event: str, seconds: float, **_: object) -> None:
+        if event == _COMPILE_EVENT:
+            with self._lock:
+                self._stats["compile_seconds"] += seconds
+                self._stats["compiles"] += 1
 
-jax.monitoring.register_event_duration_secs_listener(_on_duration)
-jax.monitoring.register_event_listener(_on_event)
+    def _on_event(self, event: str, **_: object) -> None:
+        key = {_HIT_EVENT: "cache_hits", _REQUEST_EVENT: "cache_requests"}.get(event)
+        if key is not None:
+            with self._lock:
+                self._stats[key] += 1
+
+    def counts(self) -> dict[str, float | int]:
+        """So far: seconds in the backend compiler (cache loads included), compiles,
+        persistent-cache requests and hits."""
+        with self._lock:
+            return dict(self._stats)
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def default_directory() -> str:
@@ -108,10 +136,3 @@ def disable() -> None:
     if jax.config.jax_compilation_cache_dir is not None:
         _jax_cache.reset_cache()
         jax.config.update("jax_compilation_cache_dir", None)
-
-
-def compile_stats() -> dict[str, float | int]:
-    """Since import: seconds in the backend compiler (cache loads included), compiles,
-    persistent-cache requests and hits."""
-    with _lock:
-        return dict(_stats)

@@ -9,6 +9,17 @@ damaged; it is moved aside (never deleted)
 and the next newest is tried. A step whose saved shapes differ from the ones
 asked for is not damage but another configuration: :class:`CheckpointError`.
 
+Saves are asynchronous. A save that would not fit in the free space is refused
+before anything is written. A save that fails (a full disk) is reported by the
+next call that waits for it (:meth:`Checkpoints.save`, :meth:`~Checkpoints.wait`,
+:meth:`~Checkpoints.close`) as one :class:`~mobilenet.infra.disk.WriteFailed`;
+its partly written temporary directory is removed, and the steps already
+complete are untouched. orbax also logs such failures from its threads, with
+tracebacks, through the ``absl`` logger: while a :class:`Checkpoints` is open, a
+filter on that logger (removed by :meth:`~Checkpoints.close`) drops orbax's
+error records, whose content reaches the caller as the exception instead, and its
+warnings that a preemption sync point was reached (the caller reports the save).
+
 Nothing here knows about training: the caller passes plain pytrees.
 """
 
@@ -16,11 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
+import glob
+import logging
 import os
-import sys
-import threading
-import time
+import shutil
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +38,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from mobilenet.infra import disk
+
 CRC_KEY = "array_crc32"  # The key of the per-array checksums in a step's JSON record.
+MARGIN = 2**20  # Bytes a step may take beyond its arrays' (orbax's metadata, the JSON record).
 
 
 class CheckpointError(ValueError):
@@ -86,6 +99,10 @@ class Checkpoints:
         self._ocp = ocp
         self.directory = os.path.abspath(directory)
         self.aside = os.path.abspath(aside or self.directory + "-damaged")
+        self._pending: int | None = None  # The step being written in the background.
+        self._closed = False
+        self._quiet = _OrbaxErrors()
+        logging.getLogger("absl").addFilter(self._quiet)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=False),
@@ -96,17 +113,82 @@ class Checkpoints:
         """The saved steps, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def latest(self) -> int | None:
+        """The newest complete step on disk (``None``: none)."""
+        self.manager.reload()
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """Saves ``tree`` (arrays) and ``meta`` (JSON) as ``step`` (asynchronously).
 
-        The write finishes in the background; :meth:`close` waits for it. A
-        step whose write was cut short is found damaged by the next restore.
+        The write finishes in the background; :meth:`wait` and :meth:`close` wait
+        for it. A step whose write was cut short (a kill) is found damaged by the
+        next restore.
+
+        Raises:
+          disk.WriteFailed: this save, or the previous one still in flight, failed.
         """
         ocp = self._ocp
-        os.makedirs(self.directory, exist_ok=True)
         record = {**meta, CRC_KEY: _checksums(tree)}
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(record)))
+        with self._reporting(step):
+            os.makedirs(self.directory, exist_ok=True)
+        with self._reporting(self._pending):  # orbax first waits for the previous save.
+            self.manager.wait_until_finished()
+        self._check_room(step, tree)
+        self._pending = step
+        with self._reporting(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(record)))
+
+    def _check_room(self, step: int, tree: Any) -> None:
+        """Refuses a save that cannot fit in the file system's free space.
+
+        A write that runs out of space half way leaves orbax's and tensorstore's
+        threads failing one after the other, some after the error has been
+        reported; a step that does not fit is therefore not started. (One process
+        only: with several, the processes would have to agree first.)
+
+        Raises:
+          disk.WriteFailed: less free space than the arrays' bytes plus :data:`MARGIN`.
+        """
+        if jax.process_count() > 1:
+            return
+        needed = sum(np.dtype(leaf.dtype).itemsize * int(np.prod(leaf.shape))
+                     for leaf in jax.tree.leaves(tree)) + MARGIN
+        stat = os.statvfs(self.directory)
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise disk.WriteFailed(os.path.join(self.directory, str(step)),
+                                   f"no space left on device ({free / 2**20:.1f} MiB free, "
+                                   f"the checkpoint needs about {needed / 2**20:.1f} MiB)")
+
+    def wait(self) -> None:
+        """Waits for the save in flight to be complete on disk.
+
+        Raises:
+          disk.WriteFailed: it failed (its temporary directory is removed).
+        """
+        with self._reporting(self._pending):
+            self.manager.wait_until_finished()
+        self._pending = None
+
+    @contextlib.contextmanager
+    def _reporting(self, step: int | None) -> Iterator[None]:
+        """Turns an OS error of the save of ``step`` into :class:`disk.WriteFailed`."""
+        try:
+            yield
+        except Exception as error:
+            path = os.path.join(self.directory, str(step) if step is not None else "")
+            failed = disk.failure(error, path)
+            if failed is None:
+                raise
+            self._pending = None
+            if step is not None and jax.process_index() == 0:
+                for partial in glob.glob(os.path.join(self.directory,
+                                                      f"{step}.orbax-checkpoint-tmp*")):
+                    shutil.rmtree(partial, ignore_errors=True)
+            raise failed from None
 
     def restore_latest(self, abstract: Any) -> tuple[Restored | None, list[Damaged]]:
         """The newest intact step, and the damaged steps moved aside on the way.
@@ -134,11 +216,10 @@ class Checkpoints:
         return None, damaged
 
     def _check_shapes(self, step: int, abstract: Any) -> None:
-        with _quiet_orbax():
-            try:
-                saved = self.manager.item_metadata(step)["state"]
-            except Exception as error:  # noqa: BLE001 - any unreadable metadata is damage.
-                raise _Damage(f"unreadable metadata: {_one_line(error)}") from None
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+        except Exception as error:  # noqa: BLE001 - any unreadable metadata is damage.
+            raise _Damage(f"unreadable metadata: {_one_line(error)}") from None
         if saved is None:
             raise _Damage("no state item")
         saved_tree = getattr(saved, "tree", saved)
@@ -155,12 +236,11 @@ class Checkpoints:
 
     def _restore(self, step: int, abstract: Any) -> Restored:
         ocp = self._ocp
-        with _quiet_orbax():
-            try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-            except Exception as error:  # noqa: BLE001 - orbax raises Exception, ValueError, ...
-                raise _Damage(_one_line(error)) from None
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as error:  # noqa: BLE001 - orbax raises Exception, ValueError, ...
+            raise _Damage(_one_line(error)) from None
         meta = dict(restored["meta"] or {})
         saved = meta.pop(CRC_KEY, None)
         if saved is None:  # Written before checksums were kept: what orbax read is all we have.
@@ -185,11 +265,33 @@ class Checkpoints:
         return Damaged(step=step, reason=reason, moved_to=moved_to)
 
     def close(self) -> None:
-        """Waits for a pending save to be written, then releases the manager."""
+        """Waits for a pending save to be written, then releases the manager (once).
+
+        Raises:
+          disk.WriteFailed: the pending save failed (the manager is released all the same).
+        """
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self.manager.wait_until_finished()
+            self.wait()
         finally:
-            self.manager.close()
+            try:
+                self.manager.close()
+            finally:
+                logging.getLogger("absl").removeFilter(self._quiet)
+
+
+class _OrbaxErrors(logging.Filter):
+    """Drops orbax's error records (their errors reach the caller as exceptions) and its
+    warnings that a preemption sync point was reached (the caller says what it saved)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        if record.levelno >= logging.ERROR:
+            return False
+        return "preemption sync point" not in record.getMessage()
 
 
 class _Damage(Exception):
@@ -241,28 +343,3 @@ def _checksums(tree: Any) -> dict[str, int]:
     """CRC-32 of every array's bytes, by its path in ``tree``."""
     return {_name(path): zlib.crc32(np.ascontiguousarray(_host_copy(leaf)))
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-    """Keeps orbax's and tensorstore's background noise about a failed read off stderr.
-
-    A failed read leaves coroutines and callbacks that report their own
-    exceptions ("Exception ignored in ...", "Event loop is closed") through
-    Python's hooks, hundreds of lines for a large model; the caller reports the
-    failure in one line instead.
-    """
-    hooks = sys.unraisablehook, sys.excepthook, threading.excepthook
-    failed = False
-    sys.unraisablehook = sys.excepthook = threading.excepthook = lambda *args: None
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        if failed:  # Let the failed read's stragglers finish while the hooks are quiet
-            for _ in range(3):  # (0.6 s, only after a failed read; a loaded machine is slower).
-                gc.collect()
-                time.sleep(0.2)
-        sys.unraisablehook, sys.excepthook, threading.excepthook = hooks

@@ -3,7 +3,8 @@
 On resume the log is cut back to the restored step. A last line cut short (the
 process killed during a write) is dropped; a damaged line before it is an
 error (:class:`MetricsLogError`): it is not a kill's trace, and the log is left
-as it is.
+as it is. A write that fails (a full disk) leaves the file as it was and raises
+:class:`~mobilenet.infra.disk.WriteFailed`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+from mobilenet.infra import disk
 
 
 class MetricsLogError(ValueError):
@@ -32,8 +35,8 @@ def read_records(path: str) -> tuple[list[dict[str, Any]], bool]:
         try:
             record = json.loads(line)
             if not isinstance(record, dict):
-                raise ValueError("not an object")
-        except ValueError:
+                raise TypeError("not an object")
+        except (ValueError, TypeError):
             if number == len(lines):  # No newline after it: a write cut short.
                 dropped = True
                 continue
@@ -55,6 +58,7 @@ class MetricsLog:
 
     Raises:
       MetricsLogError: from :func:`read_records`.
+      disk.WriteFailed: the rewrite failed (the file is as it was).
     """
 
     def __init__(self, path: str | None, *, resume_step: int):
@@ -64,21 +68,25 @@ class MetricsLog:
         if path and os.path.exists(path):
             old, self.dropped_partial_line = read_records(path)
             self.records = [r for r in old if r.get("step", 0) <= resume_step]
-            temporary = path + ".tmp"
-            with open(temporary, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
-            os.replace(temporary, path)
+            disk.replace_file(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict[str, Any]) -> None:
-        """Appends ``record`` (one line, flushed)."""
-        self.records.append(record)
+        """Appends ``record`` (one line, written through).
+
+        Raises:
+          disk.WriteFailed: the write failed; the file is as it was.
+        """
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            disk.append_line(self.path, json.dumps(record))
+        self.records.append(record)
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str) -> None:
-    """Training and test loss and accuracy against the step, as a PNG."""
+    """Training and test loss and accuracy against the step, as a PNG.
+
+    Raises:
+      disk.WriteFailed: the write failed; an older plot at ``path`` is kept.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,5 +107,13 @@ def plot_metrics(records: list[dict[str, Any]], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    temporary = path + ".tmp.png"
+    try:
+        fig.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    except OSError as error:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise disk.failure(error, path) or error from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,50 @@
+"""``jax.distributed.initialize()`` for the example's ``--distributed``.
+
+Example:
+  >>> sorted(DISTRIBUTED_ENV)
+  ['JAX_NUM_PROCESSES', 'JAX_PROCESS_ID']
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+class ClusterError(ValueError):
+    """The cluster is not described well enough to start (one-line message)."""
+
+
+DISTRIBUTED_ENV = {"JAX_NUM_PROCESSES": "num_processes", "JAX_PROCESS_ID": "process_id"}
+
+
+def initialize() -> None:
+    """``jax.distributed.initialize()`` once, with the cluster read from the environment.
+
+    On SLURM, Open MPI, Kubernetes and Cloud TPU, JAX finds the coordinator, the
+    process count and this process's id by itself. Elsewhere it reads only
+    ``JAX_COORDINATOR_ADDRESS``; the count and the id are then taken from
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (:data:`DISTRIBUTED_ENV`).
+
+    Raises:
+      ClusterError: a variable is not an integer, or the cluster is not fully described.
+    """
+    arguments = {}
+    for variable, argument in DISTRIBUTED_ENV.items():
+        value = os.environ.get(variable)
+        if value is not None:
+            try:
+                arguments[argument] = int(value)
+            except ValueError:
+                raise ClusterError(f"{variable} must be an integer, got {value!r}.") from None
+    try:
+        jax.distributed.initialize(**arguments)
+    except RuntimeError as error:  # Already initialized by the caller: fine.
+        if "already" not in str(error).lower():
+            raise
+    except ValueError as error:  # Nothing detected and not enough variables set.
+        raise ClusterError(
+            f"--distributed: {error} Set JAX_COORDINATOR_ADDRESS (host:port of "
+            "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under SLURM, "
+            "Open MPI or on a Cloud TPU.") from None

@@ -274,20 +274,9 @@ def summarize_boundary_hits(collected: Any) -> list[BoundaryRow]:
       layers_0 3 1 1
       layers_2 2 0 0
 
-      In nnx, switch recording on, call, then pop the counts:
-
-      >>> from flax import nnx
-      >>> import jrelu6.nnx
-      >>> model = nnx.Sequential(jrelu6.nnx.ReLU6(), jrelu6.nnx.HardSwish())
-      >>> model.set_attributes(record_boundary_hits=True)
-      >>> y = model(x)
-      >>> for row in jrelu6.summarize_boundary_hits(nnx.pop(model, nnx.Intermediate)):
-      ...     print(row.layer, row.n, row.at_zero, row.at_cap)
-      layers/0 3 1 1
-      layers/1 3 0 0
-
     See also:
-      :func:`format_boundary_hits`, :func:`boundary_hits`.
+      :func:`format_boundary_hits`, :func:`boundary_hits`; the Flax modules guide
+      for nnx (``record_boundary_hits``, then ``nnx.pop(model, nnx.Intermediate)``).
     """
     leaves, _ = jax.tree_util.tree_flatten_with_path(
         collected, is_leaf=lambda node: isinstance(node, BoundaryHits)

@@ -136,7 +136,7 @@ QUICK = {"width": 0.25, "steps": 150, "batch_size": 64, "qat_bits": (4, 2),
 
 def base_config(cfg: StudyConfig, seed: int, **settings: Any) -> default.Config:
     """The example's config of one run: quiet, no work directory, one evaluation at the end."""
-    # Label smoothing 0.1 as when the README's table was measured (the example's
+    # Label smoothing 0.1 as when docs/precision_study.md's table was measured (the example's
     # default recipe has none since).
     return default.get_config(
         model=cfg.model, width=cfg.width, steps=cfg.steps, batch_size=cfg.batch_size,

@@ -21,7 +21,7 @@ calls jax.distributed.initialize(), which finds the cluster itself under SLURM,
 Open MPI and on Cloud TPU. Elsewhere set JAX_COORDINATOR_ADDRESS (process 0's
 host:port, read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID (read by this
 example) in each process. The batch is then split over the devices of all
-processes; use a shared --workdir (see "Scaling out" in the README).
+processes; use a shared --workdir (see "Scaling out" in docs/example.md).
 
 A work directory serves one run at a time (a second process on it exits with
 code 2 naming the first). SIGTERM, which schedulers send before they preempt a

@@ -19,7 +19,7 @@ second, while the small-input variant costs about 7x more per step for no
 gain on digits. SGD at 0.05 on batches of 64 without label smoothing, with
 shifts of at most 2 pixels, reaches 98.9-99.2% test accuracy in 550 steps (25
 epochs; seeds 0-2, mean 99.0%), in 23-24 s with a filled compilation cache and
-31 s with an empty one (see the README for the measured figures).
+31 s with an empty one (docs/example.md has the measured figures).
 
 This module imports no JAX: the command line parses and checks its flags
 without it.

@@ -121,7 +121,22 @@ def accumulator_dtype(dtype: Any) -> Any:
 
 
 def _out_size(size: int, window: int, stride: int) -> int:
-    return (size - window) // stride + 1
+    return max(0, (size - window) // stride + 1)
+
+
+def _out_shape(shape, window, strides, pads) -> tuple[int, int, int, int]:
+    """The output's shape (N, H', W', C) for an input of ``shape``; H' or W' may be 0."""
+    n, h, w, c = shape
+    return (n, _out_size(h + sum(pads[0]), window[0], strides[0]),
+            _out_size(w + sum(pads[1]), window[1], strides[1]), c)
+
+
+def _empty(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """The empty output of a geometry without output positions (or images, or channels).
+
+    It depends on neither argument, so both gradients are zeros (an empty sum).
+    """
+    return jnp.zeros(_out_shape(x.shape, kernel.shape[:2], strides, pads), x.dtype)
 
 
 def _valid_shifted(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -220,11 +235,9 @@ def _native_call(target: str, shape: Sequence[int], strides, pads, *operands) ->
 def _native(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
             pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """Depthwise correlation by the native C++ kernels (:mod:`mobilenet.native`)."""
-    (kh, kw), (n, h, w, c) = kernel.shape[:2], x.shape
-    out = (n, _out_size(h + sum(pads[0]), kh, strides[0]),
-           _out_size(w + sum(pads[1]), kw, strides[1]), c)
-    return _native_call("jrelu6_depthwise_forward", out, strides, pads, x,
-                        kernel.reshape(kh, kw, c))
+    (kh, kw), c = kernel.shape[:2], x.shape[3]
+    return _native_call("jrelu6_depthwise_forward", _out_shape(x.shape, (kh, kw), strides, pads),
+                        strides, pads, x, kernel.reshape(kh, kw, c))
 
 
 def _native_fwd(x, kernel, strides, pads):
@@ -289,6 +302,10 @@ def depthwise_conv(
                          f"x {x.shape} and kernel {kernel.shape}")
     strides = _pair(strides, "strides")
     pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    if 0 in _out_shape(x.shape, kernel.shape[:2], strides, pads):
+        # Nothing to compute (lax.conv's answer too): an empty array whose gradients
+        # are zeros, in every form (the shifted and native forms cannot express it).
+        return _empty(x, kernel, strides, pads)
     grouped = functools.partial(_grouped, strides=strides, pads=pads)
     shifted = functools.partial(_shifted, strides=strides, pads=pads)
     if impl == "grouped":

@@ -27,8 +27,8 @@
 //   gradient, the holes between strided outputs) like any other zero, so an
 //   inf or NaN that meets only padding gives NaN (0 * inf), not a finite
 //   value. The kernels skip padding taps while that changes nothing (a finite
-//   kernel, a finite output-gradient row) and multiply a row of zeros in their
-//   place otherwise.
+//   kernel, a finite output-gradient pixel) and multiply a row of zeros in
+//   their place otherwise.
 
 #include <algorithm>
 #include <cstring>
@@ -189,25 +189,26 @@ void InputGrad(const Geometry& g, const float* dy, const float* k, const float* 
 }
 
 // Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c]. A padding tap
-// adds dy * 0: nothing where dy is finite, so it is done only for rows that are not.
+// adds dy * 0: nothing where that dy pixel is finite (checked only there, at the
+// borders), NaN in the channels where it is not.
 void KernelGrad(const Geometry& g, const float* x, const float* dy, const float* zeros,
                 float* acc, int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
     const float* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
-    const bool finite = AllFinite(dy_row, g.wo * g.c);
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t a = p * g.sh - g.pt + i;
       const bool row_inside = a >= 0 && a < g.h;
-      if (!row_inside && finite) continue;
       for (int64_t j = 0; j < g.kw; ++j) {
         float* out = acc + (i * g.kw + j) * g.c;
         for (int64_t q = 0; q < g.wo; ++q) {
           const int64_t b = q * g.sw - g.pl + j;
-          const bool inside = row_inside && b >= 0 && b < g.w;
-          if (!inside && finite) continue;
-          MultiplyAdd(out, dy_row + q * g.c,
-                      inside ? x + ((n * g.h + a) * g.w + b) * g.c : zeros, g.c);
+          const float* dy_pixel = dy_row + q * g.c;
+          if (row_inside && b >= 0 && b < g.w) {
+            MultiplyAdd(out, dy_pixel, x + ((n * g.h + a) * g.w + b) * g.c, g.c);
+          } else if (!AllFinite(dy_pixel, g.c)) {
+            MultiplyAdd(out, dy_pixel, zeros, g.c);
+          }
         }
       }
     }

@@ -25,7 +25,7 @@ def _capped(fn_name, x, cap, grad_at_zero, grad_at_cap, grad_at_cap_name):
     grad_at_zero, grad_at_cap = _kinks(fn_name, x, grad_at_zero, grad_at_cap, grad_at_cap_name)
     if jnp.issubdtype(x.dtype, jnp.integer):
         return _core.capped_relu_integer(x, check_integral_cap(fn_name, cap, x.dtype))
-    return _core.capped_relu(x, cap, grad_at_zero, grad_at_cap)
+    return _core.capped(x, cap, grad_at_zero, grad_at_cap)
 
 
 def _as_float(fn_name: str, x: ArrayLike) -> jax.Array:
@@ -231,7 +231,7 @@ def hard_sigmoid(
 # Compiled whole (one dispatch, one rounding per fused op, as jax.nn does).
 @jax.jit
 def _hard_sigmoid(x, grad_at_zero, grad_at_six):
-    return _core.capped_relu(x + 3, 6.0, grad_at_zero, grad_at_six) / 6
+    return _core.capped(x + 3, 6.0, grad_at_zero, grad_at_six) / 6
 
 
 def hard_swish(
@@ -299,9 +299,9 @@ def _capped_relu_wide(x, cap, grad_at_zero, grad_at_cap):
     gradients: the rule compares the same values with the same kinks.
     """
     if jnp.dtype(x.dtype).itemsize < 4:
-        wide = _core.capped_relu(x.astype(jnp.float32), cap, grad_at_zero, grad_at_cap)
+        wide = _core.capped(x.astype(jnp.float32), cap, grad_at_zero, grad_at_cap)
         return wide.astype(x.dtype)
-    return _core.capped_relu(x, cap, grad_at_zero, grad_at_cap)
+    return _core.capped(x, cap, grad_at_zero, grad_at_cap)
 
 
 _relu6_donating = jax.jit(_capped_relu_wide, donate_argnums=0)

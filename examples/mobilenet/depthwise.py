@@ -10,7 +10,14 @@ CPU are three small C++ kernels (:mod:`mobilenet.native`: forward, input
 gradient, kernel gradient, vectorised over channels) that XLA calls through
 its FFI: 3-4x the shifted form's forward+backward, on par with PyTorch's
 oneDNN kernels (``benchmarks/depthwise.py``). They are built on first use
-with the machine's C++ compiler; without one the shifted form is used.
+with the machine's C++ compiler; without one the shifted form is used. Each
+is a :func:`jax.experimental.custom_partitioning` op: under a batch (or
+channel) sharding every device runs it on its own shard (the kernel gradient
+adds the devices' partial sums), where XLA would otherwise gather the batch.
+
+Every form follows ``lax.conv``'s rules at the edges: a geometry without
+output positions gives an empty array (and zero gradients), and padding takes
+part in the products, so an inf or NaN that meets only padding gives NaN.
 
 :func:`depthwise_conv` holds the forms behind one function. With
 ``impl="auto"`` the choice is made per *platform of the computation*, at
@@ -50,6 +57,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mobilenet import native
 
@@ -121,7 +130,22 @@ def accumulator_dtype(dtype: Any) -> Any:
 
 
 def _out_size(size: int, window: int, stride: int) -> int:
-    return (size - window) // stride + 1
+    return max(0, (size - window) // stride + 1)
+
+
+def _out_shape(shape, window, strides, pads) -> tuple[int, int, int, int]:
+    """The output's shape (N, H', W', C) for an input of ``shape``; H' or W' may be 0."""
+    n, h, w, c = shape
+    return (n, _out_size(h + sum(pads[0]), window[0], strides[0]),
+            _out_size(w + sum(pads[1]), window[1], strides[1]), c)
+
+
+def _empty(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+    """The empty output of a geometry without output positions (or images, or channels).
+
+    It depends on neither argument, so both gradients are zeros (an empty sum).
+    """
+    return jnp.zeros(_out_shape(x.shape, kernel.shape[:2], strides, pads), x.dtype)
 
 
 def _valid_shifted(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -209,21 +233,113 @@ def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Arr
     return wide.astype(x.dtype)
 
 
-def _native_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
-                            vmap_method="sequential")
+def _ffi_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))
     return call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
                 pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+
+
+def _spec_of(sharding: Any, ndim: int) -> tuple[Any, ...]:
+    """A sharding's PartitionSpec padded to ``ndim`` entries (replicated if not named)."""
+    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+    return spec + (None,) * (ndim - len(spec))
+
+
+@functools.cache
+def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Callable:
+    """The native kernel ``target`` as an op that XLA partitions by batch and channels.
+
+    Each kernel is independent per image and per channel, so under a sharded batch
+    (or sharded channels) every device runs it on its own shard: the forward and
+    input-gradient outputs are sharded like their inputs, and the kernel gradient,
+    a sum over the batch, is each device's partial sum added up across the batch's
+    mesh axes. Without a partitioning rule XLA would gather the whole batch onto
+    every device around each call. ``static_shape`` is what the output's shape
+    needs besides the operands': the kernel window (forward), the input's
+    ``(H, W)`` (input gradient) or nothing (kernel gradient: its window is in
+    ``static_shape`` too).
+    """
+    kernel_grad = target == "jrelu6_depthwise_kernel_grad"
+
+    def body(a: jax.Array, b: jax.Array) -> jax.Array:  # Shapes are per-device shapes.
+        n, c = a.shape[0], a.shape[3]
+        if target == "jrelu6_depthwise_forward":
+            shape = _out_shape(a.shape, static_shape, strides, pads)
+        elif kernel_grad:
+            shape = (*static_shape, c)
+        else:
+            shape = (n, *static_shape, c)
+        return _ffi_call(target, shape, strides, pads, a, b)
+
+    def shardings(mesh, arg_shapes):
+        batch, _, _, channels = _spec_of(arg_shapes[0].sharding, 4)
+        image = NamedSharding(mesh, PartitionSpec(batch, None, None, channels))
+        taps = NamedSharding(mesh, PartitionSpec(None, None, channels))
+        return batch, image, taps
+
+    def partition(mesh, arg_shapes, result_shape):
+        del result_shape
+        batch, image, taps = shardings(mesh, arg_shapes)
+        if not kernel_grad:
+            return mesh, body, image, (image, taps)
+        axes = () if batch is None else (batch,) if isinstance(batch, str) else tuple(batch)
+
+        def summed(x, g):
+            partial = body(x, g)
+            return lax.psum(partial, axes) if axes else partial
+
+        return mesh, summed, taps, (image, image)
+
+    def infer(mesh, arg_shapes, result_shape):  # For the GSPMD partitioner.
+        del result_shape
+        _, image, taps = shardings(mesh, arg_shapes)
+        return taps if kernel_grad else image
+
+    op = custom_partitioning(body)
+    # Factors (Shardy): n batch, c channels; the spatial and window axes stay whole.
+    if target == "jrelu6_depthwise_forward":
+        rule = "n h w c, i j c -> n p q c"
+    elif kernel_grad:
+        rule = "n h w c, n p q c -> i j c"
+    else:
+        rule = "n p q c, i j c -> n h w c"
+    whole = tuple(dict.fromkeys(f for f in rule.replace(",", " ").split()
+                                if f not in ("n", "c", "->")))  # In order of appearance.
+    op.def_partition(partition, infer_sharding_from_operands=infer,
+                     propagate_user_sharding=None, sharding_rule=rule,
+                     reduction_factors=("n",) if kernel_grad else (),
+                     need_replication_factors=whole)
+    return _sequential_vmap(op)
+
+
+def _sequential_vmap(op: Callable) -> Callable:
+    """``op`` (of two arrays) under :func:`jax.vmap` as a loop over the mapped axis."""
+    op = jax.custom_batching.custom_vmap(op)
+
+    @op.def_vmap
+    def _rule(axis_size, in_batched, a, b):
+        del axis_size
+        a_batched, b_batched = in_batched
+        if a_batched and b_batched:
+            return lax.map(lambda ab: op(*ab), (a, b)), True
+        if a_batched:
+            return lax.map(lambda a: op(a, b), a), True
+        return lax.map(lambda b: op(a, b), b), True
+
+    return op
+
+
+def _native_call(target: str, static_shape: Sequence[int], strides, pads,
+                 a: jax.Array, b: jax.Array) -> jax.Array:
+    return _native_op(target, strides, pads, tuple(static_shape))(a, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _native(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
             pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """Depthwise correlation by the native C++ kernels (:mod:`mobilenet.native`)."""
-    (kh, kw), (n, h, w, c) = kernel.shape[:2], x.shape
-    out = (n, _out_size(h + sum(pads[0]), kh, strides[0]),
-           _out_size(w + sum(pads[1]), kw, strides[1]), c)
-    return _native_call("jrelu6_depthwise_forward", out, strides, pads, x,
+    (kh, kw), c = kernel.shape[:2], x.shape[3]
+    return _native_call("jrelu6_depthwise_forward", (kh, kw), strides, pads, x,
                         kernel.reshape(kh, kw, c))
 
 
@@ -234,9 +350,9 @@ def _native_fwd(x, kernel, strides, pads):
 def _native_bwd(strides, pads, residuals, g):
     x, kernel = residuals
     kh, kw, _, c = kernel.shape
-    dx = _native_call("jrelu6_depthwise_input_grad", x.shape, strides, pads, g,
+    dx = _native_call("jrelu6_depthwise_input_grad", x.shape[1:3], strides, pads, g,
                       kernel.reshape(kh, kw, c))
-    dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw, c), strides, pads, x, g)
+    dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw), strides, pads, x, g)
     return dx, dk.reshape(kernel.shape)
 
 
@@ -289,6 +405,10 @@ def depthwise_conv(
                          f"x {x.shape} and kernel {kernel.shape}")
     strides = _pair(strides, "strides")
     pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    if 0 in _out_shape(x.shape, kernel.shape[:2], strides, pads):
+        # Nothing to compute (lax.conv's answer too): an empty array whose gradients
+        # are zeros, in every form (the shifted and native forms cannot express it).
+        return _empty(x, kernel, strides, pads)
     grouped = functools.partial(_grouped, strides=strides, pads=pads)
     shifted = functools.partial(_shifted, strides=strides, pads=pads)
     if impl == "grouped":

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.export
@@ -11,6 +16,8 @@ import pytest
 
 from mobilenet import depthwise, native
 from mobilenet.depthwise import DepthwiseConv, PointwiseConv, depthwise_conv
+
+EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(depthwise.__file__)))
 
 # (input shape NHWC, kernel side, strides, padding): odd and even sizes, both strides.
 CASES = [
@@ -223,3 +230,104 @@ def test_pointwise_layer_computes_in_its_dtype_with_float32_params():
     variables = layer.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
     assert layer.apply(variables, x).dtype == jnp.bfloat16
+
+
+# --- geometries without output, non-finite values, thread counts -------------------
+
+
+@pytest.mark.parametrize("impl", depthwise.IMPLS)
+@pytest.mark.parametrize(
+    "shape,window,padding",
+    [
+        ((2, 1, 1, 3), (3, 3), "VALID"),  # The window is larger than the input.
+        ((3, 9, 2, 4), (3, 5), ((0, 0), (0, 1))),  # Too narrow by one column.
+        ((0, 5, 5, 3), (3, 3), "SAME"),  # No images.
+    ],
+)
+def test_no_output_positions_give_empty_arrays_and_zero_gradients(impl, shape, window, padding):
+    _skip_without_native(impl)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*window, 1, shape[-1])), jnp.float32)
+    want = _value_and_grads("grouped", x, kernel, 1, padding)
+    got = _value_and_grads(impl, x, kernel, 1, padding)
+    assert want[0].size == 0
+    for name, a, b in zip(("output", "d/dx", "d/dkernel"), got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    np.testing.assert_array_equal(got[2], np.zeros(kernel.shape))
+
+
+@pytest.mark.parametrize("impl", ["shifted", "native", "auto"])
+@pytest.mark.parametrize("shape,k,strides,padding", CASES)
+def test_non_finite_values_meet_padding_as_in_lax_conv(impl, shape, k, strides, padding):
+    # The rule of lax.conv (the grouped form): padding, and the holes between strided
+    # outputs in the input gradient, are zeros that are multiplied, so an inf or NaN that
+    # meets them gives NaN (0 * inf), as it does anywhere else. Non-finite values in a
+    # corner tap of the kernel (it meets the padding at the borders) or in a corner of
+    # the output gradient.
+    _skip_without_native(impl)
+    x, kernel = _inputs(shape, k)
+
+    def values_and_grads(impl):
+        def run(x, kernel, g):
+            f = functools.partial(depthwise_conv, strides=strides, padding=padding, impl=impl)
+            y, vjp = jax.vjp(f, x, kernel)
+            return (y, *vjp(g))
+        return jax.jit(run)
+
+    forms = {impl: values_and_grads(impl) for impl in ("grouped", impl)}
+    y_shape = jax.eval_shape(functools.partial(depthwise_conv, strides=strides, padding=padding),
+                             x, kernel).shape
+
+    def results(impl, kernel, cotangent_at, value):
+        g = jnp.asarray(np.random.default_rng(1).normal(size=y_shape), x.dtype)
+        if cotangent_at is not None:
+            g = g.at[cotangent_at].set(value)
+        return forms[impl](x, kernel, g)
+
+    met_padding = 0  # Variants where an inf gives NaN: it met padding (or holes).
+    for value in (np.inf, -np.inf, np.nan):
+        variants = {f"kernel tap {tap}": (kernel.at[(*tap, 0, 1)].set(value), None)
+                    for tap in ((0, 0), (k - 1, k - 1))}
+        variants |= {f"cotangent at {at}": (kernel, at) for at in ((0, 0, 0, 2), (-1, -1, -1, 2))}
+        for where, (kern, at) in variants.items():
+            want = results("grouped", kern, at, value)
+            got = results(impl, kern, at, value)
+            met_padding += np.isinf(value) and any(np.isnan(a).any() for a in want)
+            for name, a, b in zip(("output", "d/dx", "d/dkernel"), got, want):
+                message = f"{name}, {value} in the {where}"
+                np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=message)
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=message)
+    assert met_padding
+
+
+# Prints the bits of the native gradients with the process bound to the first N CPUs
+# (XLA sizes its intra-op thread pool, which runs the kernels, by the CPUs it may use).
+_THREADS_PROBE = """
+import os, sys, hashlib
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[1])])
+import jax, jax.numpy as jnp, numpy as np
+from mobilenet.depthwise import depthwise_conv
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.normal(size=(4, 24, 24, 40)), jnp.float32)
+kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 40)), jnp.float32)
+loss = lambda x, k: jnp.sum(jnp.sin(depthwise_conv(x, k, strides=1, impl="native")))
+grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
+print("bits", *(hashlib.sha256(np.asarray(g).tobytes()).hexdigest() for g in grads))
+"""
+
+
+def test_native_gradients_are_bit_identical_with_one_and_two_threads():
+    _skip_without_native("native")
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs a Linux process allowed on at least two CPUs")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([EXAMPLES, os.environ.get("PYTHONPATH", "")])}
+    env.pop("XLA_FLAGS", None)  # One host device, as a user's process has.
+    outputs = []
+    for threads in (1, 2):
+        result = subprocess.run([sys.executable, "-c", _THREADS_PROBE, str(threads)], env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs.append(next(line for line in result.stdout.splitlines() if line.startswith("bits")))
+    assert outputs[0] == outputs[1]

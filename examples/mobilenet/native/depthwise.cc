@@ -13,11 +13,25 @@
 //   kernel grad    dk[i, j, c]    = sum_{n, p, q} g[n, p, q, c] * x[n, p*sh - pt + i, q*sw - pl + j, c]
 //
 // (x outside its bounds is zero: the padding.) Work is split over output rows
-// and run on XLA's intra-op thread pool. Each kernel-gradient chunk sums into
-// its own buffer; the chunks are added in a fixed order, so results do not
-// depend on the thread schedule.
+// and run on XLA's intra-op thread pool.
+//
+// Two rules make the results those of lax.conv, bit for bit wherever the
+// machine is:
+//
+// * Determinism. Every forward and input-gradient element is summed by one
+//   thread in a fixed tap order. The kernel gradient sums over the rows in
+//   up to 16 pieces, each into its own buffer, then adds the pieces in order:
+//   the split depends on the shape alone, not on the thread pool's size, so 1,
+//   2 or 64 threads give the same bits.
+// * Padding takes part. lax.conv multiplies the padding (and, in the input
+//   gradient, the holes between strided outputs) like any other zero, so an
+//   inf or NaN that meets only padding gives NaN (0 * inf), not a finite
+//   value. The kernels skip padding taps while that changes nothing (a finite
+//   kernel, a finite output-gradient pixel) and multiply a row of zeros in
+//   their place otherwise.
 
 #include <algorithm>
+#include <cstring>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -68,6 +82,26 @@ int64_t Chunks(ffi::ThreadPool& pool, int64_t rows) {
   return std::min<int64_t>(rows, 4 * std::max<int64_t>(1, pool.num_threads() + 1));
 }
 
+// The kernel gradient's pieces, a function of the shape alone so that its summation
+// order is too: up to 16 (enough to keep 16 threads busy), each of at least 64 output
+// pixels (so that clearing and adding up its partial sum, kh * kw * C floats, costs at
+// most 1/64 of its multiply-adds).
+int64_t KernelGradChunks(int64_t rows, int64_t row_pixels) {
+  return std::clamp<int64_t>(std::min(rows, rows * row_pixels / 64), 1, 16);
+}
+
+// Whether no element is inf or NaN (all exponent bits set). On the bits, as an integer
+// OR-reduction: it vectorises, where a loop of std::isfinite does not.
+bool AllFinite(const float* v, int64_t n) {
+  uint32_t non_finite = 0;
+  for (int64_t e = 0; e < n; ++e) {
+    uint32_t bits;
+    std::memcpy(&bits, v + e, sizeof bits);
+    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return non_finite == 0;
+}
+
 struct Geometry {
   int64_t n, h, w, c;    // input
   int64_t ho, wo;        // output
@@ -100,8 +134,10 @@ inline void DotTaps(const float* const* a, const float* const* b, int taps, int6
   for (int t = 1; t < taps; ++t) MultiplyAdd(out, a[t], b[t], channels);
 }
 
-void Forward(const Geometry& g, const float* x, const float* k, float* y, int64_t row_begin,
-             int64_t row_end) {
+// `zeros` (C zeros) stands for the padding where it must be multiplied (a kernel that
+// is not finite); null where padding taps can be skipped.
+void Forward(const Geometry& g, const float* x, const float* k, const float* zeros, float* y,
+             int64_t row_begin, int64_t row_end) {
   std::vector<const float*> xs(g.kh * g.kw), ks(g.kh * g.kw);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
@@ -109,11 +145,13 @@ void Forward(const Geometry& g, const float* x, const float* k, float* y, int64_
       int taps = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t a = p * g.sh - g.pt + i;
-        if (a < 0 || a >= g.h) continue;
+        const bool row_inside = a >= 0 && a < g.h;
+        if (!row_inside && zeros == nullptr) continue;
         for (int64_t j = 0; j < g.kw; ++j) {
           const int64_t b = q * g.sw - g.pl + j;
-          if (b < 0 || b >= g.w) continue;
-          xs[taps] = x + ((n * g.h + a) * g.w + b) * g.c;
+          const bool inside = row_inside && b >= 0 && b < g.w;
+          if (!inside && zeros == nullptr) continue;
+          xs[taps] = inside ? x + ((n * g.h + a) * g.w + b) * g.c : zeros;
           ks[taps] = k + (i * g.kw + j) * g.c;
           ++taps;
         }
@@ -123,8 +161,10 @@ void Forward(const Geometry& g, const float* x, const float* k, float* y, int64_
   }
 }
 
-void InputGrad(const Geometry& g, const float* dy, const float* k, float* dx,
-               int64_t row_begin, int64_t row_end) {
+// As lax.conv's transpose: a tap that falls on padding or between strided outputs
+// multiplies a zero (`zeros`, when the kernel is not finite; else it is skipped).
+void InputGrad(const Geometry& g, const float* dy, const float* k, const float* zeros,
+               float* dx, int64_t row_begin, int64_t row_end) {
   std::vector<const float*> gs(g.kh * g.kw), ks(g.kh * g.kw);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.h, a = row % g.h;
@@ -132,11 +172,13 @@ void InputGrad(const Geometry& g, const float* dy, const float* k, float* dx,
       int taps = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         const int64_t ps = a + g.pt - i;  // p * sh
-        if (ps < 0 || ps % g.sh != 0 || ps / g.sh >= g.ho) continue;
+        const bool row_inside = ps >= 0 && ps % g.sh == 0 && ps / g.sh < g.ho;
+        if (!row_inside && zeros == nullptr) continue;
         for (int64_t j = 0; j < g.kw; ++j) {
           const int64_t qs = b + g.pl - j;  // q * sw
-          if (qs < 0 || qs % g.sw != 0 || qs / g.sw >= g.wo) continue;
-          gs[taps] = dy + ((n * g.ho + ps / g.sh) * g.wo + qs / g.sw) * g.c;
+          const bool inside = row_inside && qs >= 0 && qs % g.sw == 0 && qs / g.sw < g.wo;
+          if (!inside && zeros == nullptr) continue;
+          gs[taps] = inside ? dy + ((n * g.ho + ps / g.sh) * g.wo + qs / g.sw) * g.c : zeros;
           ks[taps] = k + (i * g.kw + j) * g.c;
           ++taps;
         }
@@ -146,21 +188,27 @@ void InputGrad(const Geometry& g, const float* dy, const float* k, float* dx,
   }
 }
 
-// Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c].
-void KernelGrad(const Geometry& g, const float* x, const float* dy, float* acc,
-                int64_t row_begin, int64_t row_end) {
+// Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c]. A padding tap
+// adds dy * 0: nothing where that dy pixel is finite (checked only there, at the
+// borders), NaN in the channels where it is not.
+void KernelGrad(const Geometry& g, const float* x, const float* dy, const float* zeros,
+                float* acc, int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
+    const float* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t a = p * g.sh - g.pt + i;
-      if (a < 0 || a >= g.h) continue;
+      const bool row_inside = a >= 0 && a < g.h;
       for (int64_t j = 0; j < g.kw; ++j) {
         float* out = acc + (i * g.kw + j) * g.c;
         for (int64_t q = 0; q < g.wo; ++q) {
           const int64_t b = q * g.sw - g.pl + j;
-          if (b < 0 || b >= g.w) continue;
-          MultiplyAdd(out, dy + ((n * g.ho + p) * g.wo + q) * g.c,
-                      x + ((n * g.h + a) * g.w + b) * g.c, g.c);
+          const float* dy_pixel = dy_row + q * g.c;
+          if (row_inside && b >= 0 && b < g.w) {
+            MultiplyAdd(out, dy_pixel, x + ((n * g.h + a) * g.w + b) * g.c, g.c);
+          } else if (!AllFinite(dy_pixel, g.c)) {
+            MultiplyAdd(out, dy_pixel, zeros, g.c);
+          }
         }
       }
     }
@@ -188,9 +236,11 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x,
   const float* xp = x.typed_data();
   const float* kp = k.typed_data();
   float* yp = y->typed_data();
+  const std::vector<float> zeros(g.c, 0.0f);
+  const float* pad = AllFinite(kp, g.kh * g.kw * g.c) ? nullptr : zeros.data();
   const int64_t rows = g.n * g.ho;
   ParallelFor(pool, rows, Chunks(pool, rows),
-              [&](int64_t begin, int64_t end) { Forward(g, xp, kp, yp, begin, end); });
+              [&](int64_t begin, int64_t end) { Forward(g, xp, kp, pad, yp, begin, end); });
   return ffi::Error::Success();
 }
 
@@ -204,9 +254,11 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> dy,
   const float* gp = dy.typed_data();
   const float* kp = k.typed_data();
   float* dxp = dx->typed_data();
+  const std::vector<float> zeros(g.c, 0.0f);
+  const float* pad = AllFinite(kp, g.kh * g.kw * g.c) ? nullptr : zeros.data();
   const int64_t rows = g.n * g.h;
   ParallelFor(pool, rows, Chunks(pool, rows),
-              [&](int64_t begin, int64_t end) { InputGrad(g, gp, kp, dxp, begin, end); });
+              [&](int64_t begin, int64_t end) { InputGrad(g, gp, kp, pad, dxp, begin, end); });
   return ffi::Error::Success();
 }
 
@@ -222,12 +274,14 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x,
   float* dkp = dk->typed_data();
   const int64_t size = g.kh * g.kw * g.c;
   const int64_t rows = g.n * g.ho;
-  const int64_t chunks = std::max<int64_t>(1, Chunks(pool, rows));  // Chunks is <= rows.
+  // One partial sum per chunk (not per thread), the chunks set by the shape alone:
+  // the sum's order is fixed whatever the pool's size and schedule.
+  const int64_t chunks = KernelGradChunks(rows, g.wo);
   std::vector<float> partial(chunks * size, 0.0f);
-  // One partial sum per chunk (not per thread): the sum's order is fixed.
+  const std::vector<float> zeros(g.c, 0.0f);
   ParallelFor(pool, chunks, chunks, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      KernelGrad(g, xp, gp, partial.data() + c * size, c * rows / chunks,
+      KernelGrad(g, xp, gp, zeros.data(), partial.data() + c * size, c * rows / chunks,
                  (c + 1) * rows / chunks);
   });
   std::fill(dkp, dkp + size, 0.0f);

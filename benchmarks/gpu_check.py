@@ -100,7 +100,7 @@ def _run(stage: str, command: list[str], limit: float, env: dict[str, str]) -> d
     return outcome
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny sizes and the tiny example, on whatever backend is here")
@@ -109,7 +109,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{NAME}.json)")
     parser.add_argument("--stage", choices=["device"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _device(config: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """Stage 1, in a child process: the device, one step's compiled and peak memory."""
+    device = _run("device", [sys.executable, os.path.abspath(__file__), "--stage", "device",
+                             "--config", json.dumps(config)], LIMITS["device"], env)
+    lines = [line for line in device.get("stdout_tail", "").splitlines()
+             if line.startswith("RESULT ")]
+    device["result"] = json.loads(lines[-1][len("RESULT "):]) if lines else None
+    return device
+
+
+def _train_step(config: dict[str, Any], env: dict[str, str], scratch: str, *,
+                dry_run: bool) -> dict[str, Any]:
+    """Stage 2: benchmarks/train_step.py at the configured size, against PyTorch."""
+    step_json = os.path.join(scratch, "train_step.json")
+    command = [sys.executable, "benchmarks/train_step.py", "--size", str(config["size"]),
+               "--batch", str(config["batch"]), "--dtype", config["dtype"],
+               "--variant", config["variant"], "--repeats", str(config["repeats"]),
+               "--no-torch-compile", "--json", step_json]
+    if dry_run:
+        command.append("--no-torch")
+    step = _run("train_step", command, LIMITS["train_step"], env)
+    if os.path.exists(step_json):
+        with open(step_json) as f:
+            step["result"] = json.load(f)
+    return step
+
+
+def _example(env: dict[str, str], scratch: str, *, dry_run: bool) -> dict[str, Any]:
+    """Stage 3: the example's default command (the tiny model with --dry-run)."""
+    workdir = os.path.join(scratch, "example")
+    command = [sys.executable, "examples/train.py", "--workdir", workdir, "--no-progress",
+               "--no-plot"]
+    if dry_run:
+        command += ["--model", "tiny", "--data", "synthetic", "--image-size", "16",
+                    "--synthetic-examples", "64", "--batch-size", "16",
+                    "--eval-batch-size", "32", "--steps", "3"]
+    example = _run("example", command, LIMITS["example"], env)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        with open(metrics) as f:
+            lines = f.read().splitlines()
+        example["last_metrics"] = json.loads(lines[-1]) if lines else None
+    return example
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
     if args.stage == "device":  # The child of stage 1: prints one JSON line.
         print("RESULT " + json.dumps(_device_stage(json.loads(args.config))))
         return 0
@@ -120,40 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results: dict[str, Any] = {"config": config, "dry_run": args.dry_run}
     with tempfile.TemporaryDirectory() as scratch:
-        device = _run("device", [sys.executable, os.path.abspath(__file__), "--stage", "device",
-                                 "--config", json.dumps(config)], LIMITS["device"], env)
-        lines = [line for line in device.get("stdout_tail", "").splitlines()
-                 if line.startswith("RESULT ")]
-        device["result"] = json.loads(lines[-1][len("RESULT "):]) if lines else None
-        results["device"] = device
-
-        step_json = os.path.join(scratch, "train_step.json")
-        command = [sys.executable, "benchmarks/train_step.py", "--size", str(config["size"]),
-                   "--batch", str(config["batch"]), "--dtype", config["dtype"],
-                   "--variant", config["variant"], "--repeats", str(config["repeats"]),
-                   "--no-torch-compile", "--json", step_json]
-        if args.dry_run:
-            command.append("--no-torch")
-        step = _run("train_step", command, LIMITS["train_step"], env)
-        if os.path.exists(step_json):
-            with open(step_json) as f:
-                step["result"] = json.load(f)
-        results["train_step"] = step
-
-        workdir = os.path.join(scratch, "example")
-        command = [sys.executable, "examples/train.py", "--workdir", workdir, "--no-progress",
-                   "--no-plot"]
-        if args.dry_run:
-            command += ["--model", "tiny", "--data", "synthetic", "--image-size", "16",
-                        "--synthetic-examples", "64", "--batch-size", "16",
-                        "--eval-batch-size", "32", "--steps", "3"]
-        example = _run("example", command, LIMITS["example"], env)
-        metrics = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(metrics):
-            with open(metrics) as f:
-                lines = f.read().splitlines()
-            example["last_metrics"] = json.loads(lines[-1]) if lines else None
-        results["example"] = example
+        results["device"] = _device(config, env)
+        results["train_step"] = _train_step(config, env, scratch, dry_run=args.dry_run)
+        results["example"] = _example(env, scratch, dry_run=args.dry_run)
     results["total_s"] = time.perf_counter() - started
 
     path = args.json or os.path.join(ROOT, "benchmarks", "results", f"{NAME}.json")

@@ -245,6 +245,15 @@ def _spec_of(sharding: Any, ndim: int) -> tuple[Any, ...]:
     return spec + (None,) * (ndim - len(spec))
 
 
+# Each kernel's factors for Shardy: n batch, c channels; the spatial and window axes
+# (h w: input, p q: output, i j: window) stay whole.
+_SHARDING_RULES = {
+    "jrelu6_depthwise_forward": "n h w c, i j c -> n p q c",
+    "jrelu6_depthwise_kernel_grad": "n h w c, n p q c -> i j c",
+    "jrelu6_depthwise_input_grad": "n p q c, i j c -> n h w c",
+}
+
+
 @functools.cache
 def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Callable:
     """The native kernel ``target`` as an op that XLA partitions by batch and channels.
@@ -296,13 +305,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Cal
         return taps if kernel_grad else image
 
     op = custom_partitioning(body)
-    # Factors (Shardy): n batch, c channels; the spatial and window axes stay whole.
-    if target == "jrelu6_depthwise_forward":
-        rule = "n h w c, i j c -> n p q c"
-    elif kernel_grad:
-        rule = "n h w c, n p q c -> i j c"
-    else:
-        rule = "n p q c, i j c -> n h w c"
+    rule = _SHARDING_RULES[target]
     whole = tuple(dict.fromkeys(f for f in rule.replace(",", " ").split()
                                 if f not in ("n", "c", "->")))  # In order of appearance.
     op.def_partition(partition, infer_sharding_from_operands=infer,
@@ -359,6 +362,18 @@ def _native_bwd(strides, pads, residuals, g):
 _native.defvjp(_native_fwd, _native_bwd)
 
 
+def _checked_geometry(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int],
+                      padding: Padding, impl: str) -> tuple[tuple[int, int], Any]:
+    """:func:`depthwise_conv`'s arguments checked: its strides pair and explicit padding."""
+    if impl not in IMPLS:
+        raise ValueError(f"depthwise_conv: impl must be one of {IMPLS}, got {impl!r}")
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]:
+        raise ValueError(f"depthwise_conv: need x (N, H, W, C) and kernel (kh, kw, 1, C), got "
+                         f"x {x.shape} and kernel {kernel.shape}")
+    pair = _pair(strides, "strides")
+    return pair, _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], pair)
+
+
 def depthwise_conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -398,13 +413,7 @@ def depthwise_conv(
       Array([[9., 6.],
              [6., 4.]], dtype=float32)
     """
-    if impl not in IMPLS:
-        raise ValueError(f"depthwise_conv: impl must be one of {IMPLS}, got {impl!r}")
-    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[3]:
-        raise ValueError(f"depthwise_conv: need x (N, H, W, C) and kernel (kh, kw, 1, C), got "
-                         f"x {x.shape} and kernel {kernel.shape}")
-    strides = _pair(strides, "strides")
-    pads = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], strides)
+    strides, pads = _checked_geometry(x, kernel, strides, padding, impl)
     if 0 in _out_shape(x.shape, kernel.shape[:2], strides, pads):
         # Nothing to compute (lax.conv's answer too): an empty array whose gradients
         # are zeros, in every form (the shifted and native forms cannot express it).

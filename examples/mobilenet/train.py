@@ -2,42 +2,33 @@
 
 The recipe, in the order :func:`fit` runs it:
 
-1. Check the work directory (writable, consistent), then load the data and
-   build the model and steps (:func:`prepare`): a bad directory or bad data
-   fails here, before anything is written or compiled.
-2. Build the one-axis device mesh (:mod:`mobilenet.sharding`): batches are
-   split on it, the train state is replicated (``Config.distributed`` first
-   calls ``jax.distributed.initialize()``).
-3. Lock the work directory (one run at a time), check that it holds a run with
-   the same settings, and restore the newest intact checkpoint
-   (:mod:`mobilenet.infra.checkpoints`; damaged steps are moved aside and said
-   so). The data order is a pure function of ``(seed, step)`` and the per-step
-   PRNG key is ``fold_in(rng, step)``, so a resumed run repeats an uninterrupted
-   one exactly.
-4. Compile the train and eval steps (:mod:`mobilenet.train_state`) in threads
+1. Check the work directory, then load the data and build the mesh, model and
+   steps (:func:`prepare`): bad settings, data or directories fail here, before
+   anything is written or compiled. Batches are split over a one-axis device
+   mesh (:mod:`mobilenet.sharding`); the train state is replicated.
+2. Restore the newest intact checkpoint. The data order is a pure function of
+   ``(seed, step)`` and the per-step PRNG key is ``fold_in(rng, step)``, so a
+   resumed run repeats an uninterrupted one exactly.
+3. Compile the train and eval steps (:mod:`mobilenet.train_state`) in threads
    while the main thread initializes the state.
-5. Train. The host only dispatches: metrics are summed on the devices and fetched
-   every ``log_every`` steps, when they go to the progress bar and ``metrics.jsonl``.
-   A non-finite loss or gradient stops the run (:class:`TrainingDiverged`); no
-   checkpoint is written after it, so the last one is good. SIGTERM saves the
-   step then running and stops (:class:`Preempted`,
-   :mod:`mobilenet.infra.preemption`); a failed write stops with
-   :class:`WriteFailed`, the newest complete checkpoint kept.
-6. Evaluate with the running batch-norm statistics; save the final checkpoint and
+4. Train. The host only dispatches: metrics are summed on the devices and fetched
+   every ``log_every`` steps, for the progress bar and ``metrics.jsonl``. A
+   non-finite loss or gradient stops the run (:class:`TrainingDiverged`) and is
+   never saved; SIGTERM saves the step then running and stops (:class:`Preempted`).
+5. Evaluate with the running batch-norm statistics; save the final checkpoint and
    plot the curves (``metrics.png``).
 
-The infrastructure (work directory, checkpoints, metrics log, preemption,
-compile cache, host memory) is in :mod:`mobilenet.infra`; docs/fault_tolerance.md
-describes what it guarantees.
+What keeps the run safe (the work directory's lock and checks, checkpoints,
+metrics log, preemption, one-line errors) is behind
+:class:`mobilenet.infra.lifecycle.Lifecycle`; docs/fault_tolerance.md says what
+it guarantees.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -48,38 +39,18 @@ from jax.sharding import Mesh
 from mobilenet import input_pipeline, models, optim, train_state
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
-from mobilenet.infra import compile_cache, disk, distributed, resume_check
-from mobilenet.infra.background import Background
-from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
-from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
-from mobilenet.infra.preemption import Preemption
-from mobilenet.infra.workdir import Workdir, WorkdirError
+from mobilenet.infra import compile_cache
+from mobilenet.infra.checkpoints import Restored
+from mobilenet.infra.lifecycle import Interrupted as Interrupted
+from mobilenet.infra.lifecycle import Lifecycle, SetupError, compile_ahead
+from mobilenet.infra.lifecycle import Preempted as Preempted
+from mobilenet.infra.lifecycle import TrainingDiverged as TrainingDiverged
+from mobilenet.infra.lifecycle import WriteFailed as WriteFailed
 from mobilenet.sharding import batch_sharding, create_mesh
 from mobilenet.train_state import TrainState
 
 ModelFn = Callable[..., nn.Module]
 """``model_fn(config, *, num_classes) -> flax module``, as :func:`train_state.create_model`."""
-
-
-class SetupError(ValueError):
-    """A run that cannot start: settings, data, devices or work directory (one-line message)."""
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN or infinite; the message says where and what was kept."""
-
-
-class WriteFailed(RuntimeError):
-    """A write to the work directory failed (a full disk); the message names the cause, the
-    path and the newest complete checkpoint, which is untouched."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM (or JAX's preemption notice): the message names the step saved."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C; the message says what a rerun resumes from."""
 
 
 @dataclasses.dataclass
@@ -107,53 +78,6 @@ class Prepared:
     eval_step: Callable[..., Any]
     test_batches: list[dict[str, jax.Array]]
     abstract: TrainState
-
-
-@dataclasses.dataclass
-class Saved:
-    """The run's checkpoints and the last step saved in them.
-
-    Attributes:
-      checkpoints: The work directory's checkpoints (``None``: nothing is saved).
-      step: The last step in ``checkpoints`` (``None`` while there is none).
-      training: Whether the training loop has started.
-    """
-
-    checkpoints: Checkpoints | None = None
-    step: int | None = None
-    training: bool = False
-
-    def kept(self) -> str:
-        """Where a rerun would start, in words."""
-        if self.checkpoints is None:
-            return "no work directory, nothing saved"
-        if self.step is None:
-            return f"no checkpoint was saved yet in {self.checkpoints.directory}"
-        return (f"the last checkpoint (step {self.step}) is kept in "
-                f"{self.checkpoints.directory}")
-
-    def rerun(self) -> str:
-        """What running the same command again does, in words."""
-        return "resume from it" if self.step is not None else "start again"
-
-
-@dataclasses.dataclass
-class Loop:
-    """What the training loop reads.
-
-    Attributes:
-      run: The prepared model, steps and data.
-      log: The metrics log.
-      saved: The checkpoints and the last step saved.
-      preemption: Says when to save and stop (SIGTERM).
-      verbose: Show the progress bar.
-    """
-
-    run: Prepared
-    log: MetricsLog
-    saved: Saved
-    preemption: Preemption
-    verbose: bool
 
 
 def train_and_evaluate(config: Config, workdir: str | None, *,
@@ -197,29 +121,15 @@ def fit(config: Config, workdir: str | None, *,
     """:func:`train_and_evaluate`, also returning the final :class:`TrainState`."""
     config.validate()
     start_time = time.perf_counter()
-    if config.distributed:
-        try:
-            distributed.initialize()
-        except distributed.ClusterError as error:
-            raise SetupError(f"train: {error}") from None
-    work = Workdir(workdir) if workdir is not None else None
-    if work is not None:
-        _check_workdir(work)
+    life = Lifecycle(workdir, distributed=config.distributed)  # Joins, checks: SetupError.
     run = prepare(config, model_fn)
-    verbose = config.progress and jax.process_index() == 0
-    saved, background = Saved(), []
-    with _locked(work), Preemption() as preemption, _one_line_errors(saved, background):
-        if work is not None:
-            saved.checkpoints = Checkpoints(work.checkpoints, keep=config.keep_checkpoints,
-                                            aside=work.damaged)
-        restored, log = _restore(run, work, saved)
-        state = _initialize(run, restored, background, say=_printer(verbose))
-        loop = Loop(run=run, log=log, saved=saved, preemption=preemption, verbose=verbose)
-        state, summary = _train(loop, state, start=restored.step if restored else 0,
-                                meta=restored.meta if restored else {})
-        if work is not None and config.plot and jax.process_index() == 0 and log.records:
-            plot_metrics(log.records, work.plot)
-            _printer(verbose)(f"wrote {work.plot} and {work.metrics}")
+    with life.running(keep=config.keep_checkpoints, progress=config.progress):
+        restored = life.restore(config, _saved_tree(run.abstract),
+                                num_train=run.dataset.train_images.shape[0])
+        state = _initialize(run, life, restored)
+        state, summary = _train(run, life, state, restored)
+        if config.plot:
+            life.plot()
     summary["seconds"] = time.perf_counter() - start_time
     return state, summary
 
@@ -268,216 +178,55 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
                     test_batches=test_batches, abstract=abstract)
 
 
-def _restore(run: Prepared, work: Workdir | None, saved: Saved
-             ) -> tuple[Restored | None, MetricsLog]:
-    """Checks the saved settings, restores the newest intact checkpoint, cuts the log back.
-
-    Also writes ``config.json``: from here on the directory is this run's.
-    """
-    config, checkpoints = run.config, saved.checkpoints
-    num_train = run.dataset.train_images.shape[0]
-    restored = None
-    if work is not None and checkpoints is not None:
-        if checkpoints.all_steps():
-            _check_resume(work, config, num_train=num_train, step=checkpoints.all_steps()[-1])
-        restored, damaged = checkpoints.restore_latest(_saved_tree(run.abstract))
-        for step in damaged:
-            _notice(f"warning: {step.describe()}; " + (
-                f"resuming from step {restored.step}" if restored else
-                "no intact checkpoint is left: starting from step 0"))
-    saved.step = restored.step if restored else None
-    main = work is not None and jax.process_index() == 0
-    log = MetricsLog(work.metrics if main else None,
-                     resume_step=restored.step if restored else 0)
-    if log.dropped_partial_line:
-        _notice(f"warning: dropped the last line of {log.path}, cut short by an "
-                "interrupted write")
-    if main:
-        work.write_config(dataclasses.asdict(config))
-    return restored, log
-
-
-def _initialize(run: Prepared, restored: Restored | None, background: list[Background], *,
-                say: Callable[[str], None]) -> TrainState:
+def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> TrainState:
     """The restored or a new train state, with the train and eval steps compiled.
 
     XLA compiles on one core: the two steps compile in threads while a third
-    initializes the state. They are daemon threads and the main thread only
-    waits for them, so Ctrl-C reaches the main thread at once, even during compilation.
+    initializes the state. The main thread only waits for them, so Ctrl-C
+    reaches it at once, even during compilation.
     """
     config, mesh, dataset = run.config, run.mesh, run.dataset
     compile_start = time.perf_counter()
     with compile_cache.CompileStats() as stats:
         compiling = [
-            Background(_compile, run.train_step, run.abstract,
-                        _batch_spec(mesh, config.batch_size, dataset.image_shape, mask=False)),
-            Background(_compile, run.eval_step, run.abstract, jax.tree.map(
+            life.in_background(compile_ahead, run.train_step, run.abstract,
+                               _train_batch_spec(mesh, config.batch_size, dataset.image_shape)),
+            life.in_background(compile_ahead, run.eval_step, run.abstract, jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                 run.test_batches[0]))]
-        background += compiling
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:
-            background.append(Background(
+            state = life.in_background(
                 train_state.create_train_state, config, run.model,
-                image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps))
-            state = background[-1].result()
+                image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps).result()
         start = restored.step if restored else 0
-        say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
-            f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "
-            f"{dataset.test_images.shape[0]} test), {mesh.size} "
-            f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, {run.steps} "
-            "steps" + (f"; resuming from step {start}" if start else ""))
+        life.say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
+                 f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "
+                 f"{dataset.test_images.shape[0]} test), {mesh.size} "
+                 f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "
+                 f"{run.steps} steps" + (f"; resuming from step {start}" if start else ""))
         for task in compiling:
             task.result()
     counts = stats.counts()
-    say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s "
-        f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
-        "programs from the persistent cache)")
+    life.say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s "
+             f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
+             "programs from the persistent cache)")
     return state
 
 
-@contextlib.contextmanager
-def _locked(work: Workdir | None) -> Iterator[None]:
-    """Holds the work directory's lock (process 0 only: the directory is shared).
-
-    Raises:
-      SetupError: another process holds it (the message names it).
-      WriteFailed: the lock file cannot be written.
-    """
-    if work is None or jax.process_index() != 0:
-        yield
-        return
-    try:
-        with work.lock():
-            yield
-    except WorkdirError as error:  # The block maps its own errors: this is the lock's.
-        raise SetupError(f"train: {error}") from None
-    except disk.WriteFailed as error:
-        raise WriteFailed(f"train: {error}; nothing else was written") from None
-
-
-@contextlib.contextmanager
-def _one_line_errors(saved: Saved, background: list[Background]) -> Iterator[None]:
-    """Turns what can stop a started run into the example's one-line errors, and cleans up.
-
-    However the block ends, the checkpoint in flight is waited for and the
-    compile threads are let end (:meth:`Background.settle`).
-    """
-    finished = False
-    try:
-        yield
-        finished = True
-    except Interrupted:
-        raise
-    except KeyboardInterrupt:
-        _settle_checkpoints(saved)
-        prefix = "" if saved.training else "interrupted before training started; "
-        raise Interrupted(f"{prefix}{saved.kept()}; run the same command again to "
-                          f"{saved.rerun()}") from None
-    except default.ConfigMismatch as error:  # Its message starts with "train:".
-        raise SetupError(str(error)) from None
-    except (CheckpointError, MetricsLogError, WorkdirError) as error:
-        raise SetupError(f"train: {error}") from None
-    except disk.WriteFailed as error:
-        _settle_checkpoints(saved)
-        kept = ("nothing else was written" if saved.checkpoints is None else
-                f"the newest complete checkpoint is step {saved.step} in "
-                f"{saved.checkpoints.directory}" if saved.step is not None else
-                f"no checkpoint is complete in {saved.checkpoints.directory}")
-        raise WriteFailed(f"train: {error}; {kept}; free some space and run the same "
-                          f"command again to {saved.rerun()}") from None
-    finally:
-        try:
-            if saved.checkpoints is not None:
-                with contextlib.nullcontext() if finished else contextlib.suppress(
-                        disk.WriteFailed):  # Already reporting another error.
-                    saved.checkpoints.close()
-        finally:
-            Background.settle(background, interrupted=not finished)
-
-
-def _settle_checkpoints(saved: Saved) -> None:
-    """Waits for the save in flight, then points ``saved.step`` at the newest complete step.
-
-    A failure of that save is not raised: the caller reports what stopped the run.
-    """
-    if saved.checkpoints is not None:
-        with contextlib.suppress(disk.WriteFailed):
-            saved.checkpoints.wait()
-        saved.step = saved.checkpoints.latest()
-
-
-def _check_workdir(work: Workdir) -> None:
-    """The work directory's checks, before the data is loaded (:class:`SetupError`)."""
-    try:
-        work.check()
-    except WorkdirError as error:
-        raise SetupError(f"train: {error}") from None
-
-
-def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -> None:
-    """Refuses to resume a run saved with other settings; prints the notes of an allowed change.
-
-    Raises:
-      default.ConfigMismatch: the settings that differ, one line each
-        (:func:`mobilenet.infra.resume_check.check_resume`).
-      WorkdirError: ``config.json`` cannot be read.
-    """
-    saved = work.saved_config()
-    if saved is not None:
-        for line in resume_check.check_resume(saved, config, num_train=num_train, step=step):
-            _notice(line)
+def _train_batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]
+                      ) -> dict[str, jax.ShapeDtypeStruct]:
+    sharding = batch_sharding(mesh)
+    return {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
+                                          sharding=sharding),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
 
 
 def _saved_tree(state: TrainState) -> dict[str, Any]:
     """The part of the state a checkpoint holds (the model and optimizer are static)."""
     return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
             "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
-
-
-def _notice(message: str) -> None:
-    """A line on stderr (process 0), shown even without progress output."""
-    if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
-
-
-def _compile(step: Any, *args: Any) -> None:
-    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
-    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
-        step.lower(*args).compile()
-
-
-def _batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...], *,
-                mask: bool) -> dict[str, jax.ShapeDtypeStruct]:
-    sharding = batch_sharding(mesh)
-    spec = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
-                                          sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
-    if mask:
-        spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32, sharding=sharding)
-    return spec
-
-
-def _printer(verbose: bool) -> Callable[[str], None]:
-    def say(message: str) -> None:
-        if verbose:
-            from tqdm import tqdm
-
-            tqdm.write(message)
-
-    return say
-
-
-@jax.jit
-def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return train_state.zero_metrics(metrics["first_nonfinite"])
-
-
-def _diverged(loop: Loop, step: int) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"train: the loss or gradient became NaN/inf at step {step}; stopped "
-        f"({loop.saved.kept()}). Try a lower --lr or --dtype float32.")
 
 
 @dataclasses.dataclass
@@ -490,9 +239,9 @@ class _Window:
     last_train: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _train(loop: Loop, state: TrainState, *, start: int, meta: dict[str, Any]
+def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None
            ) -> tuple[TrainState, dict[str, Any]]:
-    """The training loop proper, from step ``start`` to the end; then the evaluation.
+    """The training loop proper, from the restored step to the end; then the evaluation.
 
     Raises:
       TrainingDiverged: a NaN/inf loss or gradient.
@@ -500,55 +249,53 @@ def _train(loop: Loop, state: TrainState, *, start: int, meta: dict[str, Any]
     """
     from tqdm import tqdm
 
-    config, steps = loop.run.config, loop.run.steps
-    window = _Window(time.perf_counter(), start, last_train=dict(meta.get("last_train", {})))
-    bar = tqdm(total=steps, initial=start, disable=not loop.verbose, unit="step",
+    config, steps = run.config, run.steps
+    start = restored.step if restored else 0
+    last_train = restored.meta.get("last_train", {}) if restored else {}
+    window = _Window(time.perf_counter(), start, last_train=dict(last_train))
+    bar = tqdm(total=steps, initial=start, disable=not life.verbose, unit="step",
                dynamic_ncols=True, desc="train")
     batches = input_pipeline.train_batches(
-        loop.run.dataset, batch_size=config.batch_size, seed=config.seed, start_step=start,
-        sharding=batch_sharding(loop.run.mesh))
-    loop.saved.training = True
+        run.dataset, batch_size=config.batch_size, seed=config.seed, start_step=start,
+        sharding=batch_sharding(run.mesh))
+    life.training = True
     try:
         for step in range(start, steps):
-            if step == start and loop.preemption.signalled:  # SIGTERM while compiling.
-                raise Preempted(f"before training started; {loop.saved.kept()}; run the "
-                                f"same command again to {loop.saved.rerun()}")
-            state, _ = loop.run.train_step(state, next(batches))
+            if step == start and life.preemption.signalled:  # SIGTERM while compiling.
+                raise life.preempted(None)
+            state, _ = run.train_step(state, next(batches))
             done = step + 1
             bar.update(1)
             if done == start + 1:  # The first call compiles: time the steps after it.
                 jax.block_until_ready(state.step)
                 window.start, window.step = time.perf_counter(), done
             if done % config.log_every == 0 or done == steps:
-                state = _log_train_metrics(loop, state, done, window, bar)
+                state = _log_train_metrics(run, life, state, done, window, bar)
             if config.eval_every and done % config.eval_every == 0 and done != steps:
-                loop.log.write({"step": done, **evaluate(loop, state)})
-            preempted = loop.preemption.reached(done)
+                life.log.write({"step": done, **evaluate(run, state)})
+            preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
-                _save(loop, state, done, window.last_train, wait=preempted or done == steps)
+                _save(run, life, state, done, window.last_train, wait=preempted or done == steps)
             if preempted:
-                raise Preempted(f"saved a checkpoint at step {done} in "
-                                f"{loop.saved.checkpoints.directory}; run the same command "
-                                "again to resume from it" if loop.saved.checkpoints else
-                                f"stopped at step {done}; nothing saved (no work directory)")
+                raise life.preempted(done)
     finally:
         bar.close()
-    return state, _finish(loop, state, start=start, window=window)
+    return state, _finish(run, life, state, start=start, window=window)
 
 
-def _log_train_metrics(loop: Loop, state: TrainState, done: int, window: _Window,
-                       bar: Any) -> TrainState:
+def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: int,
+                       window: _Window, bar: Any) -> TrainState:
     """Fetches the summed metrics, logs their means and resets the sums.
 
     Raises:
       TrainingDiverged: a step since the last fetch saw a NaN/inf.
     """
-    config = loop.run.config
+    config = run.config
     sums = jax.device_get(state.metrics)
     state = state.replace(metrics=_reset_sums(state.metrics))
     if sums["first_nonfinite"] >= 0:
-        raise _diverged(loop, int(sums["first_nonfinite"]) + 1)
+        raise _diverged(life, int(sums["first_nonfinite"]) + 1)
     now = time.perf_counter()
     if done > window.step:
         window.images_per_second = (done - window.step) * config.batch_size / (now - window.start)
@@ -556,8 +303,8 @@ def _log_train_metrics(loop: Loop, state: TrainState, done: int, window: _Window
     count = max(int(sums["count"]), 1)
     window.last_train = {"train_loss": float(sums["loss_sum"]) / count,
                          "train_accuracy": float(sums["accuracy_sum"]) / count}
-    schedule = optim.learning_rate_schedule(config, total_steps=loop.run.steps)
-    loop.log.write({"step": done, **window.last_train,
+    schedule = optim.learning_rate_schedule(config, total_steps=run.steps)
+    life.log.write({"step": done, **window.last_train,
                     "learning_rate": float(schedule(done - 1)),
                     "images_per_second": window.images_per_second})
     bar.set_postfix(loss=f"{window.last_train['train_loss']:.4f}",
@@ -566,49 +313,58 @@ def _log_train_metrics(loop: Loop, state: TrainState, done: int, window: _Window
     return state
 
 
-def _save(loop: Loop, state: TrainState, done: int, last_train: dict[str, float], *,
-          wait: bool) -> None:
+@jax.jit
+def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return train_state.zero_metrics(metrics["first_nonfinite"])
+
+
+def _diverged(life: Lifecycle, step: int) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"train: the loss or gradient became NaN/inf at step {step}; stopped "
+        f"({life.kept()}). Try a lower --lr or --dtype float32.")
+
+
+def _check_finite(life: Lifecycle, state: TrainState) -> None:
+    """Raises :class:`TrainingDiverged` if any step so far saw a NaN/inf."""
+    first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
+    if first_bad >= 0:
+        raise _diverged(life, first_bad + 1)
+
+
+def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
+          last_train: dict[str, float], *, wait: bool) -> None:
     """Saves a checkpoint at step ``done`` (in the background unless ``wait``).
 
     Raises:
       TrainingDiverged: the state has seen a NaN (never saved).
       disk.WriteFailed: this save or the one before failed.
     """
-    if loop.saved.checkpoints is None:
+    if life.checkpoints is None:
         return
-    first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
-    if first_bad >= 0:  # Never save a state that has seen a NaN.
-        raise _diverged(loop, first_bad + 1)
-    config = loop.run.config
-    per_epoch = input_pipeline.steps_per_epoch(loop.run.dataset.train_images.shape[0],
-                                               config.batch_size)
-    if loop.saved.step != done:
-        loop.saved.checkpoints.save(done, _saved_tree(state), meta={
-            "step": done, "seed": config.seed, "data_position": done,
-            "epoch": done // per_epoch, "last_train": last_train})
-    if wait:
-        loop.saved.checkpoints.wait()
-    loop.saved.step = done
+    _check_finite(life, state)  # Never save a state that has seen a NaN.
+    per_epoch = input_pipeline.steps_per_epoch(run.dataset.train_images.shape[0],
+                                               run.config.batch_size)
+    life.save(done, _saved_tree(state), wait=wait, meta={
+        "step": done, "seed": run.config.seed, "data_position": done,
+        "epoch": done // per_epoch, "last_train": last_train})
 
 
-def _finish(loop: Loop, state: TrainState, *, start: int, window: _Window) -> dict[str, Any]:
+def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
+            window: _Window) -> dict[str, Any]:
     """The final evaluation (logged if this run trained) and the summary."""
-    steps = loop.run.steps
-    first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
-    if first_bad >= 0:
-        raise _diverged(loop, first_bad + 1)
-    results = evaluate(loop, state)
-    if start < steps:
-        loop.log.write({"step": steps, **results})
+    _check_finite(life, state)
+    results = evaluate(run, state)
+    if start < run.steps:
+        life.log.write({"step": run.steps, **results})
     return {**results, "train_loss": window.last_train.get("train_loss", float("nan")),
             "train_accuracy": window.last_train.get("train_accuracy", float("nan")),
-            "steps": steps, "resumed_from": start,
+            "steps": run.steps, "resumed_from": start,
             "images_per_second": window.images_per_second}
 
 
-def evaluate(loop: Loop, state: TrainState) -> dict[str, float]:
+def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:
     """Test loss and accuracy of ``state`` (:func:`train_state.evaluate` on the test split)."""
-    return train_state.evaluate(loop.run.eval_step, state, loop.run.test_batches)
+    return train_state.evaluate(run.eval_step, state, run.test_batches)
 
 
 def summarize(config: Config) -> str:

@@ -24,7 +24,7 @@ import time
 import pytest
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
-from mobilenet.infra import disk, host_memory, workdir
+from mobilenet.infra import disk, host_memory, lifecycle, workdir
 from mobilenet.infra.background import Background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,8 +161,8 @@ def test_the_lock_is_held_for_the_block_only(tmp_path):
 
 def test_only_process_0_takes_the_lock(tmp_path, monkeypatch):
     work = workdir.Workdir(str(tmp_path / "run"))
-    monkeypatch.setattr(train.jax, "process_index", lambda: 1)
-    with train._locked(work):
+    monkeypatch.setattr(lifecycle.jax, "process_index", lambda: 1)
+    with lifecycle.locked(work):
         assert not os.path.exists(work.lock_file)
 
 

@@ -1,0 +1,307 @@
+"""A training run's lifecycle around its loop: :class:`Lifecycle`.
+
+The loop (:mod:`mobilenet.train`) trains; this module keeps the run safe and says
+how it ended, in one line:
+
+- before anything loads: joins the cluster (``Config.distributed``) and checks the
+  work directory (:class:`SetupError`);
+- :meth:`Lifecycle.running`: the work directory's lock (one run at a time), the
+  SIGTERM handler (:class:`~mobilenet.infra.preemption.Preemption`), and on the way
+  out the save in flight waited for, the background threads let end and every
+  error that can stop a started run turned into one of this module's exceptions;
+- :meth:`Lifecycle.restore`: the saved settings checked, the newest intact
+  checkpoint restored, ``metrics.jsonl`` cut back to it, ``config.json`` written;
+- :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`).
+
+Nothing here knows the model or the training step: the loop hands over the tree
+to save, and the settings only to compare them with the saved ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+
+from mobilenet.configs import default
+from mobilenet.configs.default import Config
+from mobilenet.infra import disk, resume_check
+from mobilenet.infra import distributed as cluster
+from mobilenet.infra.background import Background
+from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
+from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
+from mobilenet.infra.preemption import Preemption
+from mobilenet.infra.workdir import Workdir, WorkdirError
+
+
+class SetupError(ValueError):
+    """A run that cannot start: settings, data, devices or work directory (one-line message)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the message says where and what was kept."""
+
+
+class WriteFailed(RuntimeError):
+    """A write to the work directory failed (a full disk); the message names the cause, the
+    path and the newest complete checkpoint, which is untouched."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM (or JAX's preemption notice): the message names the step saved."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C; the message says what a rerun resumes from."""
+
+
+def notice(message: str) -> None:
+    """A line on stderr (process 0), shown even without progress output."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def compile_ahead(step: Any, *args: Any) -> None:
+    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
+    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
+        step.lower(*args).compile()
+
+
+class Lifecycle:
+    """A run's work directory, checkpoints, metrics log, preemption and background threads.
+
+    Attributes:
+      work: The work directory (``None``: nothing is written).
+      checkpoints: Its checkpoints, once :meth:`running` has started (else ``None``).
+      step: The last step in ``checkpoints`` (``None`` while there is none).
+      log: The metrics log, once :meth:`restore` has run.
+      preemption: Says when to save and stop (SIGTERM).
+      training: Whether the training loop has started.
+      verbose: Whether :meth:`say` prints (progress output on process 0).
+    """
+
+    def __init__(self, workdir: str | None, *, distributed: bool = False):
+        """Joins the cluster and checks the work directory, before any data is loaded.
+
+        Raises:
+          SetupError: no cluster (:func:`mobilenet.infra.distributed.initialize`), or a
+            work directory that cannot be written or is inconsistent.
+        """
+        if distributed:
+            try:
+                cluster.initialize()
+            except cluster.ClusterError as error:
+                raise SetupError(f"train: {error}") from None
+        self.work = Workdir(workdir) if workdir is not None else None
+        if self.work is not None:
+            try:
+                self.work.check()
+            except WorkdirError as error:
+                raise SetupError(f"train: {error}") from None
+        self.checkpoints: Checkpoints | None = None
+        self.step: int | None = None
+        self.log = MetricsLog(None, resume_step=0)  # In memory until restore() opens the file.
+        self.preemption = Preemption()
+        self.training = False
+        self.verbose = False
+        self._background: list[Background] = []
+
+    @contextlib.contextmanager
+    def running(self, *, keep: int, progress: bool) -> Iterator[Lifecycle]:
+        """The block in which the run uses its work directory (see the module's docstring).
+
+        Raises:
+          SetupError, WriteFailed, Interrupted: what stopped the run, in one line.
+        """
+        self.verbose = progress and jax.process_index() == 0
+        with locked(self.work), self.preemption, self._one_line_errors():
+            if self.work is not None:
+                self.checkpoints = Checkpoints(self.work.checkpoints, keep=keep,
+                                               aside=self.work.damaged)
+            yield self
+
+    def restore(self, config: Config, tree: dict[str, Any], *, num_train: int
+                ) -> Restored | None:
+        """Checks the saved settings, restores the newest intact checkpoint, cuts the log back.
+
+        Also writes ``config.json``: from here on the directory is this run's.
+
+        Args:
+          config: The run's settings, compared with those saved.
+          tree: The abstract tree a checkpoint holds (shapes, dtypes, shardings).
+          num_train: The number of training examples (an epoch's length).
+        """
+        work, restored = self.work, None
+        if work is not None and self.checkpoints is not None:
+            if self.checkpoints.all_steps():
+                _check_resume(work, config, num_train=num_train,
+                              step=self.checkpoints.all_steps()[-1])
+            restored, damaged = self.checkpoints.restore_latest(tree)
+            for step in damaged:
+                notice(f"warning: {step.describe()}; " + (
+                    f"resuming from step {restored.step}" if restored else
+                    "no intact checkpoint is left: starting from step 0"))
+        self.step = restored.step if restored else None
+        main = work is not None and jax.process_index() == 0
+        self.log = MetricsLog(work.metrics if main else None,
+                              resume_step=restored.step if restored else 0)
+        if self.log.dropped_partial_line:
+            notice(f"warning: dropped the last line of {self.log.path}, cut short by an "
+                   "interrupted write")
+        if main:
+            work.write_config(dataclasses.asdict(config))
+        return restored
+
+    def save(self, step: int, tree: dict[str, Any], *, meta: dict[str, Any],
+             wait: bool) -> None:
+        """Saves ``tree`` as step ``step`` (in the background unless ``wait``), once per step.
+
+        Raises:
+          disk.WriteFailed: this save or the one before failed.
+        """
+        if self.checkpoints is None:
+            return
+        if self.step != step:
+            self.checkpoints.save(step, tree, meta=meta)
+        if wait:
+            self.checkpoints.wait()
+        self.step = step
+
+    def in_background(self, function: Callable[..., Any], *args: Any, **kwargs: Any
+                      ) -> Background:
+        """``function(*args, **kwargs)`` in a thread, let end however the run ends."""
+        self._background.append(Background(function, *args, **kwargs))
+        return self._background[-1]
+
+    def say(self, message: str) -> None:
+        """A line of progress output (``verbose`` only), kept clear of the progress bar."""
+        if self.verbose:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+
+    def plot(self) -> None:
+        """Plots ``metrics.jsonl`` to ``metrics.png`` (process 0; nothing without a log)."""
+        if self.work is not None and jax.process_index() == 0 and self.log.records:
+            plot_metrics(self.log.records, self.work.plot)
+            self.say(f"wrote {self.work.plot} and {self.work.metrics}")
+
+    def kept(self) -> str:
+        """Where a rerun would start, in words."""
+        if self.checkpoints is None:
+            return "no work directory, nothing saved"
+        if self.step is None:
+            return f"no checkpoint was saved yet in {self.checkpoints.directory}"
+        return (f"the last checkpoint (step {self.step}) is kept in "
+                f"{self.checkpoints.directory}")
+
+    def rerun(self) -> str:
+        """What running the same command again does, in words."""
+        return "resume from it" if self.step is not None else "start again"
+
+    def preempted(self, step: int | None) -> Preempted:
+        """The error that stops the run after a SIGTERM, saved at ``step`` (``None``: before
+        training started)."""
+        if step is None:
+            return Preempted(f"before training started; {self.kept()}; run the same command "
+                             f"again to {self.rerun()}")
+        if self.checkpoints is None:
+            return Preempted(f"stopped at step {step}; nothing saved (no work directory)")
+        return Preempted(f"saved a checkpoint at step {step} in {self.checkpoints.directory}; "
+                         "run the same command again to resume from it")
+
+    @contextlib.contextmanager
+    def _one_line_errors(self) -> Iterator[None]:
+        """Turns what can stop a started run into the example's one-line errors, and cleans up.
+
+        However the block ends, the checkpoint in flight is waited for and the
+        background threads are let end (:meth:`Background.settle`).
+        """
+        finished = False
+        try:
+            yield
+            finished = True
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            self._settle_checkpoints()
+            prefix = "" if self.training else "interrupted before training started; "
+            raise Interrupted(f"{prefix}{self.kept()}; run the same command again to "
+                              f"{self.rerun()}") from None
+        except default.ConfigMismatch as error:  # Its message starts with "train:".
+            raise SetupError(str(error)) from None
+        except (CheckpointError, MetricsLogError, WorkdirError) as error:
+            raise SetupError(f"train: {error}") from None
+        except disk.WriteFailed as error:
+            self._settle_checkpoints()
+            raise WriteFailed(f"train: {error}; {self._complete()}; free some space and run "
+                              f"the same command again to {self.rerun()}") from None
+        finally:
+            self._close(finished)
+
+    def _complete(self) -> str:
+        """The newest complete checkpoint, in words (after a failed write)."""
+        if self.checkpoints is None:
+            return "nothing else was written"
+        if self.step is None:
+            return f"no checkpoint is complete in {self.checkpoints.directory}"
+        return (f"the newest complete checkpoint is step {self.step} in "
+                f"{self.checkpoints.directory}")
+
+    def _settle_checkpoints(self) -> None:
+        """Waits for the save in flight, then points ``step`` at the newest complete step.
+
+        A failure of that save is not raised: the caller reports what stopped the run.
+        """
+        if self.checkpoints is not None:
+            with contextlib.suppress(disk.WriteFailed):
+                self.checkpoints.wait()
+            self.step = self.checkpoints.latest()
+
+    def _close(self, finished: bool) -> None:
+        """Closes the checkpoints (a failure raised only if nothing else is), ends the threads."""
+        try:
+            if self.checkpoints is not None:
+                with contextlib.nullcontext() if finished else contextlib.suppress(
+                        disk.WriteFailed):  # Already reporting another error.
+                    self.checkpoints.close()
+        finally:
+            Background.settle(self._background, interrupted=not finished)
+
+
+@contextlib.contextmanager
+def locked(work: Workdir | None) -> Iterator[None]:
+    """Holds the work directory's lock (process 0 only: the directory is shared).
+
+    Raises:
+      SetupError: another process holds it (the message names it).
+      WriteFailed: the lock file cannot be written.
+    """
+    if work is None or jax.process_index() != 0:
+        yield
+        return
+    try:
+        with work.lock():
+            yield
+    except WorkdirError as error:  # The block maps its own errors: this is the lock's.
+        raise SetupError(f"train: {error}") from None
+    except disk.WriteFailed as error:
+        raise WriteFailed(f"train: {error}; nothing else was written") from None
+
+
+def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -> None:
+    """Refuses to resume a run saved with other settings; prints the notes of an allowed change.
+
+    Raises:
+      default.ConfigMismatch: the settings that differ, one line each
+        (:func:`mobilenet.infra.resume_check.check_resume`).
+      WorkdirError: ``config.json`` cannot be read.
+    """
+    saved = work.saved_config()
+    if saved is not None:
+        for line in resume_check.check_resume(saved, config, num_train=num_train, step=step):
+            notice(line)

@@ -4,6 +4,9 @@ The recipe (models, input pipeline, train step, loop, configuration) lives in
 :mod:`mobilenet`; what keeps a long run safe lives here, and nothing here knows
 about the model or the training:
 
+- :mod:`~mobilenet.infra.lifecycle`: a run's lifecycle around the loop (work
+  directory checks and lock, restore, saves, preemption, background threads) and
+  the one-line errors that stop it.
 - :mod:`~mobilenet.infra.workdir`: the work directory's layout, its checks and
   its lock (one run at a time).
 - :mod:`~mobilenet.infra.checkpoints`: orbax checkpoints with per-array

@@ -123,7 +123,8 @@ def torch_device() -> str | None:
     return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -142,7 +143,7 @@ def machine_info() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": device.device_kind,
         "device_count": jax.device_count(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -76,17 +76,6 @@ def child(steps: int, settings: dict[str, object]) -> dict[str, float]:
     return {"step_ms": 1000 * statistics.median(times), "faults": statistics.median(faults)}
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +100,11 @@ def main(argv: list[str] | None = None) -> None:
                                    str(args.steps), "--set", *args.set], env=cases[name],
                                   capture_output=True, text=True, check=True)
             results[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"train step of the default configuration{' with ' + ' '.join(args.set) if args.set else ''}, {_cpu()}, {os.cpu_count()} CPUs, load average "
+    import _harness  # The benchmarks' folder is on sys.path (this script's own).
+
+    settings = f" with {' '.join(args.set)}" if args.set else ""
+    print(f"train step of the default configuration{settings}, {_harness.cpu_model()}, "
+          f"{os.cpu_count()} CPUs, load average "
           f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}; {args.rounds} processes per case, "
           f"median of {args.steps} steps each")
     medians = {}

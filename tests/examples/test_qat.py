@@ -212,8 +212,6 @@ def test_the_model_refuses_settings_it_cannot_build(fields, message):
 
 
 @pytest.mark.parametrize("overrides, field", [
-    (dict(bn_freeze_step=3), "bn_freeze_step"),
-    (dict(weight_granularity="per_tensor"), "weight_granularity"),
     (dict(weight_bits=8, bn_freeze_step=3, batch_norm=False), "bn_freeze_step"),
     (dict(weight_bits=8, quant_scheme="fixed_point"), "weight_bits"),
     (dict(weight_bits=17), "weight_bits"),

@@ -248,12 +248,7 @@ class Config:
 
 def _check_qat(config: Config) -> None:
     """The quantization-aware-training settings that need one another (issue 16)."""
-    if config.weight_bits is None:
-        if config.bn_freeze_step is not None:
-            raise InvalidSetting("bn_freeze_step", "needs --weight-bits (batch norm is folded "
-                                 "only in quantization-aware training)")
-        if config.weight_granularity != "per_channel":
-            raise InvalidSetting("weight_granularity", "needs --weight-bits")
+    if config.weight_bits is None:  # --weight-granularity, --bn-freeze-step: no effect.
         return
     if config.bn_freeze_step is not None and not config.batch_norm:
         raise InvalidSetting("bn_freeze_step", "needs batch norm (--batch-norm)")

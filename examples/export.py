@@ -155,7 +155,8 @@ def _qat_int8(run, args) -> int:
           f"{pinned.weights_equal:,} of {pinned.weights_total:,}; "
           f"{len(pinned.tensors)} activation tensors on their trained grid")
     if args.check:
-        results = [qat_export.parity(run, data, pinned, run.dataset.test_images, "test split")]
+        results = [qat_export.parity(run, data, pinned, run.dataset.test_images, "test split",
+                                     labels=run.dataset.test_labels)]
         if args.check_inputs > 0:
             results.append(qat_export.parity(
                 run, data, pinned, qat_export.augmented_inputs(run, args.check_inputs),

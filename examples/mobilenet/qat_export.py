@@ -409,10 +409,11 @@ class Parity(NamedTuple):
     max_logit_steps: float
     within_one_step: float
     rows: list[tuple[str, float, float, float]]
+    accuracy: tuple[float, float] | None = None  # (file, JAX) with labels.
 
 
 def parity(run, data: bytes, pinned: Pinned, images: np.ndarray, name: str, *,
-           table_images: int = 200) -> Parity:
+           table_images: int = 200, labels: np.ndarray | None = None) -> Parity:
     """Top-1 agreement, logit differences in output steps and a per-tensor table.
 
     The table maps each pinned LiteRT tensor to the JAX tensor it carries and gives the
@@ -428,7 +429,7 @@ def parity(run, data: bytes, pinned: Pinned, images: np.ndarray, name: str, *,
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     logits_scale = next((s for n, s, _ in pinned.tensors.values() if n == "logits_range"), None)
-    agree, steps, within = 0, 0.0, 0
+    agree, steps, within, correct, jax_correct = 0, 0.0, 0, 0, 0
     counts: dict[str, list[int]] = {}
     for start in range(0, images.shape[0], 256):
         x = normalize(images[start:start + 256])
@@ -439,6 +440,9 @@ def parity(run, data: bytes, pinned: Pinned, images: np.ndarray, name: str, *,
             interpreter.invoke()
             got = np.asarray(interpreter.get_tensor(out["index"]))[0]
             agree += int(got.argmax() == want[i].argmax())
+            if labels is not None:
+                correct += int(got.argmax() == labels[start + i])
+                jax_correct += int(want[i].argmax() == labels[start + i])
             diff = np.abs(got - want[i]) / (logits_scale or 1.0)
             steps = max(steps, float(diff.max()))
             within += int(np.sum(diff <= 1.0 + 1e-3))
@@ -462,7 +466,8 @@ def parity(run, data: bytes, pinned: Pinned, images: np.ndarray, name: str, *,
     n = images.shape[0]
     rows = [(tensor, e / (e + o + w), o / (e + o + w), w / (e + o + w))
             for tensor, (e, o, w) in counts.items()]
-    return Parity(name, n, agree / n, steps, within / (n * want.shape[-1]), rows)
+    return Parity(name, n, agree / n, steps, within / (n * want.shape[-1]), rows,
+                  None if labels is None else (correct / n, jax_correct / n))
 
 
 def _intermediate(inter: Mapping[tuple, Any], tensor: str) -> tuple | None:
@@ -480,7 +485,9 @@ def format_parity(results: Sequence[Parity]) -> str:
     for r in results:
         lines.append(f"{r.name}: {r.count} inputs, top-1 agreement {r.agreement:.4%}, "
                      f"largest logit difference {r.max_logit_steps:.2f} output steps, "
-                     f"{r.within_one_step:.4%} of logits within one step")
+                     f"{r.within_one_step:.4%} of logits within one step"
+                     + ("" if r.accuracy is None else
+                        f"; accuracy: file {r.accuracy[0]:.4f}, QAT JAX {r.accuracy[1]:.4f}"))
     lines.append(f"{'LiteRT tensor <- JAX tensor':40s} {'equal':>8s} {'off by 1':>9s} "
                  f"{'worse':>7s}")
     for tensor, e, o, w in results[0].rows:

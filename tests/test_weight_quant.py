@@ -183,8 +183,11 @@ def test_weights_other_axis():
 def test_weights_gradient_is_the_identity_including_each_channels_largest():
     w = _kernel((1, 1, 64, 128))
     for axis in (-1, None):
-        grad = jax.jit(jax.grad(lambda w: jnp.sum(jrelu6.fake_quant_weights(w, axis=axis)
-                                                  * jnp.arange(w.size, dtype=jnp.float32).reshape(w.shape))))(w)
+        def weighted_sum(w, axis=axis):
+            ramp = jnp.arange(w.size, dtype=jnp.float32).reshape(w.shape)
+            return jnp.sum(jrelu6.fake_quant_weights(w, axis=axis) * ramp)
+
+        grad = jax.jit(jax.grad(weighted_sum))(w)
         np.testing.assert_array_equal(np.asarray(grad),
                                       np.arange(w.size, dtype=F32).reshape(w.shape))
 

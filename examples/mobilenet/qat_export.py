@@ -124,7 +124,7 @@ def trained_ranges(variables: Mapping[str, Any], num_bits: int = 8) -> dict[tupl
         lo = float(stats[key])
         hi = max(float(stats[(*key[:-1], "max")]), lo + quantization.MIN_RANGE)
         grid = _quant.nudge(jnp.float32(lo), jnp.float32(hi), 0, 2**num_bits - 1, jnp.float32)
-        out[key[:-1]] = Range(key[:-1], float(grid.scale), int(round(-float(grid.offset))) - 128)
+        out[key[:-1]] = Range(key[:-1], float(grid.scale), round(-float(grid.offset)) - 128)
     return out
 
 

@@ -143,7 +143,7 @@ def init_from(state: TrainState, workdir: str, *, config: Config, mesh: Mesh) ->
         if logits and have.get(logits[0], (0,))[-1] != want[logits[0]][-1]:
             raise InitFromError(f"{where}: that run has {have.get(logits[0], ('?',))[-1]} "
                                 f"classes, this one {want[logits[0]][-1]}")
-        first = sorted(set(have.items()) ^ set(want.items()))[0][0]
+        first = min(set(have.items()) ^ set(want.items()))[0]
         raise InitFromError(f"{where}: its parameters differ from this model's (first: "
                             f"{first}); same --model, --width, --small-input, --batch-norm?")
     params = jax.tree.map(jnp.asarray, run.variables["params"])

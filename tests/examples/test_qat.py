@@ -3,6 +3,7 @@ fine-tuning from a float run (--weight-bits, --bn-freeze-step, --init-from)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
@@ -87,7 +88,7 @@ def test_per_channel_weights_have_one_scale_per_output_channel_per_tensor_one():
                                   offset=p["bn"]["bias"], mean=s["bn"]["mean"],
                                   var=s["bn"]["var"], epsilon=1e-3)
     for axis, count in ((-1, 6), (None, 1)):
-        q, scale = jrelu6.quantize_weights(w, axis=axis)
+        _, scale = jrelu6.quantize_weights(w, axis=axis)
         assert scale.shape == (count,)
         levels = np.asarray(jrelu6.fake_quant_weights(w, axis=axis)).reshape(-1, 6)
         ratios = levels / np.asarray(scale)
@@ -256,7 +257,7 @@ def test_the_train_step_freezes_batch_norm_from_the_chosen_step():
             sharding.batch_sharding(mesh))
         state, _ = step(state, batch)
         means.append(_bn_means(state))
-    changed = [any(not np.array_equal(a[k], b[k]) for k in a) for a, b in zip(means, means[1:])]
+    changed = [any(not np.array_equal(a[k], b[k]) for k in a) for a, b in itertools.pairwise(means)]
     assert changed == [True, True, False, False]  # Steps 0 and 1 update; from step 2, frozen.
 
 

@@ -300,12 +300,13 @@ def set_trained_grid(data: bytes, layers: Sequence[Layer], ranges: Mapping[tuple
     # power of two of a folded division) and biases at input scale x weight scale.
     for op, layer in matched:
         weight = graph.tensors[op.inputs[1]]
-        channels = graph.tensors[op.inputs[1]].shape[0]
+        depthwise = opname(op) == "DEPTHWISE_CONV_2D"
+        channels = graph.tensors[op.inputs[1]].shape[3 if depthwise else 0]
         ours = np.asarray(layer.scale, np.float64) * np.ones(channels)
         weight.quantization.scale = [float(s) for s in
                                      (ours * factors[id(op)]).astype(np.float32)]
         weight.quantization.zeroPoint = [0] * channels
-        weight.quantization.quantizedDimension = 0 if opname(op) != "DEPTHWISE_CONV_2D" else 3
+        weight.quantization.quantizedDimension = 3 if depthwise else 0
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             bias = graph.tensors[op.inputs[2]]
             in_scale = float(graph.tensors[op.inputs[0]].quantization.scale[0])

@@ -325,7 +325,8 @@ def test_cli_exports_a_trained_checkpoint(request, capsys):
 
 
 class _ConvBNReLU6Net(models.MobileNet):
-    """Conv-BN-ReLU6, a linear Conv-BN, global pooling, logits: the QAT export's core."""
+    """Conv-BN-ReLU6, depthwise Conv-BN-ReLU6, a linear 1x1 Conv-BN, global pooling,
+    logits: the QAT export's core."""
 
     default_dropout_rate = 0.0
 
@@ -333,6 +334,8 @@ class _ConvBNReLU6Net(models.MobileNet):
     def _forward(self, x, cfg, rate, *, train):
         x = self._quantize_input(x, cfg)
         x = models.ConvBN(8, 3, 2, cfg, "relu6", name="stem")(x, train=train)
+        x = models.ConvBN(8, 3, 1, cfg, "relu6", depthwise=True, name="depthwise")(
+            x, train=train)
         x = models.ConvBN(8, 1, 1, cfg, None, name="project")(x, train=train)
         return self._classify(x, cfg, rate, train=train)
 
@@ -361,7 +364,7 @@ def test_a_qat_conv_bn_relu6_exports_its_trained_int8_model(granularity):
     data, pinned = qat_export.to_int8(run, calibration_images=16)
     # Per channel, the converter's own int8 weights already equal the trained ones; per
     # tensor it would quantize per channel: the file is given the trained integers.
-    assert pinned.weights_total == 3 * 3 * 3 * 8 + 8 * 8 + 8 * 10
+    assert pinned.weights_total == 3 * 3 * 3 * 8 + 3 * 3 * 8 + 8 * 8 + 8 * 10
     if granularity == "per_channel":
         assert pinned.weights_equal == pinned.weights_total
     interpreter = _interpreter(data)
@@ -373,9 +376,10 @@ def test_a_qat_conv_bn_relu6_exports_its_trained_int8_model(granularity):
     layers = qat_export.trained_layers(run.model, run.variables)
     scales = {len(layer.scale) for layer in layers}
     assert scales == ({8, 10} if granularity == "per_channel" else {1})
+    assert [layer.depthwise for layer in layers].count(True) == 1
     names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
-    assert {"input_range", "stem relu6", "project/out_range", "pool_range",
-            "logits_range"} <= names
+    assert {"input_range", "stem relu6", "depthwise relu6", "project/out_range",
+            "pool_range", "logits_range"} <= names
     result = qat_export.parity(run, data, pinned, run.dataset.test_images, "test")
     # Same class on every image; every int8 value equal or (rarely: rounding at a tie of
     # float32 sums against exact integer ones) one level apart.

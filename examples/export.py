@@ -14,6 +14,17 @@ accuracies of the file, of the float JAX model and, for a run trained with
     python examples/train.py --activation-bits 8 --workdir runs/qat8
     python examples/export.py --workdir runs/qat8 --format tflite --int8   # ReLU6 on [0, 6]
 
+A run trained with ``--weight-bits`` (quantization-aware training, docs/qat.md) is
+written on its trained grid: its int8 weights, weight scales and activation scales
+and zero points, not calibrated ones; that file reads normalized images. ``--check``
+then compares it with the QAT model in JAX, on the test split and on
+``--check-inputs`` augmented training images: top-1 agreement, the largest logit
+difference in output quantization steps and a per-tensor table::
+
+    python examples/train.py --weight-bits 8 --activation-bits 8 --init-from runs/v2 \
+        --workdir runs/v2_w8a8
+    python examples/export.py --workdir runs/v2_w8a8 --format tflite --int8 --check
+
 Needs the export extra: ``pip install -e ".[export]"``.
 """
 
@@ -49,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "trained with --activation-bits 8, calibrated otherwise)")
     parser.add_argument("--calibration-images", type=int, default=256,
                         help="training images that calibrate --int8 (default: %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --int8 of a --weight-bits run: the parity check of the "
+                             "int8 file against the QAT model in JAX")
+    parser.add_argument("--check-inputs", type=int, default=10000,
+                        help="--check's augmented training inputs (default: %(default)s)")
     parser.add_argument("--out", default=None,
                         help="the file to write (one --format only; default: "
                              "<workdir>/export/model[_int8].<suffix>)")
@@ -79,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     except export.ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.int8 and run.model.weight_bits is not None:
+        return _qat_int8(run, args)
+    if args.check:
+        parser.error("--check needs --int8 of a run trained with --weight-bits")
     bits = run.config.activation_bits
     print(f"{run.config.model} x{run.config.width} from {args.workdir}, step {run.step}"
           f"{f' (trained with {bits}-bit activations)' if bits else ''}; "
@@ -108,6 +128,41 @@ def main(argv: list[str] | None = None) -> int:
               f"test accuracy {report.accuracy:.4f} (float JAX {report.jax_accuracy:.4f}{qat}), "
               f"same class as float JAX on {report.agreement:.2%}")
     return status
+
+
+def _qat_int8(run, args) -> int:
+    """The int8 file of a quantization-aware-trained run, on its trained grid; --check."""
+    import time
+
+    from mobilenet import export, qat_export
+
+    start = time.perf_counter()
+    try:
+        data, pinned = qat_export.to_int8(run, calibration_images=min(args.calibration_images,
+                                                                      64))
+    except ImportError as error:
+        print(f"tflite int8: needs the export extra (pip install -e \".[export]\"): {error}",
+              file=sys.stderr)
+        return 1
+    path = args.out or export.default_path(args.workdir, "tflite", int8=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    print(f"{run.config.model} x{run.config.width} from {args.workdir}, step {run.step}, "
+          f"trained W{run.model.weight_bits}A{run.model.activation_bits or 'float'} "
+          f"({run.model.weight_granularity}): wrote {path} ({len(data) / 1024:.0f} KiB) in "
+          f"{time.perf_counter() - start:.1f} s; int8 weights equal to the trained ones: "
+          f"{pinned.weights_equal:,} of {pinned.weights_total:,}; "
+          f"{len(pinned.tensors)} activation tensors on their trained grid")
+    if args.check:
+        results = [qat_export.parity(run, data, pinned, run.dataset.test_images, "test split",
+                                     labels=run.dataset.test_labels)]
+        if args.check_inputs > 0:
+            results.append(qat_export.parity(
+                run, data, pinned, qat_export.augmented_inputs(run, args.check_inputs),
+                "augmented training inputs", table_images=0))
+        print(qat_export.format_parity(results))
+    return 0
 
 
 if __name__ == "__main__":

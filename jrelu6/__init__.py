@@ -17,9 +17,13 @@ from jrelu6._functions import relu6 as relu6
 from jrelu6._functions import relu6_derivative as relu6_derivative
 from jrelu6._functions import relu6_inplace as relu6_inplace
 from jrelu6._quant import fake_quant as fake_quant
+from jrelu6._quant import fake_quant_per_channel as fake_quant_per_channel
+from jrelu6._quant import fake_quant_weights as fake_quant_weights
+from jrelu6._quant import fold_batch_norm as fold_batch_norm
 from jrelu6._quant import quantized_hard_sigmoid as quantized_hard_sigmoid
 from jrelu6._quant import quantized_hard_swish as quantized_hard_swish
 from jrelu6._quant import quantized_relu6 as quantized_relu6
+from jrelu6._quant import quantize_weights as quantize_weights
 
 __version__ = "0.1.0"
 
@@ -29,10 +33,14 @@ __all__ = (
     "boundary_hits",
     "capped_relu",
     "fake_quant",
+    "fake_quant_per_channel",
+    "fake_quant_weights",
+    "fold_batch_norm",
     "format_boundary_hits",
     "hard_sigmoid",
     "hard_silu",
     "hard_swish",
+    "quantize_weights",
     "quantized_hard_sigmoid",
     "quantized_hard_swish",
     "quantized_relu6",

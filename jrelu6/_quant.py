@@ -102,8 +102,12 @@ def _nudge_traced(lo: jax.Array, hi: jax.Array, qmin: int, qmax: int, dtype) -> 
     # Barriers keep XLA from rewriting the divisions (a division by a constant
     # into a product by its reciprocal, a / (b / c) into a * c / b), which
     # would change the last bit of the grid.
-    steps = lax.optimization_barrier(qmax_f - qmin_f)
-    scale = lax.optimization_barrier((hi - lo) / steps)
+    # The step count is broadcast to the range's shape first: a vector divided by a
+    # broadcast scalar is compiled as a product by its reciprocal even behind a barrier
+    # (per-channel ranges), an elementwise vector division is not.
+    width = hi - lo
+    steps = lax.optimization_barrier(jnp.full(width.shape, qmax - qmin, dtype))
+    scale = lax.optimization_barrier(width / steps)
     zero_point = lax.round(
         jnp.clip(qmin_f - lo / scale, qmin_f, qmax_f), lax.RoundingMethod.AWAY_FROM_ZERO
     )
@@ -138,7 +142,9 @@ def fake_quant_core(x: jax.Array, lo: ArrayLike, hi: ArrayLike, grid: Grid) -> j
     """Fake-quantizes floating ``x`` onto ``grid``, the nudged ``[lo, hi]``."""
     del lo, hi  # Used by the derivative rule only.
     wide = _cast(x, _compute_dtype(x.dtype))
-    grid = Grid(*(_core.like(wide, v) for v in grid))  # Weakly typed where x is.
+    # Scalars weakly typed where x is; per-channel vectors (shaped to broadcast) as they are.
+    grid = Grid(*(_core.like(wide, v) if jnp.ndim(v) == 0 else _cast(v, wide.dtype)
+                  for v in grid))
     clamped = jnp.clip(wide, grid.nudged_min, grid.nudged_max)
     # (x - m) * (1/s), as TensorFlow's fake_quant_with_min_max_args computes
     # it; its _vars form divides by s, which XLA compiles as this product.
@@ -471,3 +477,340 @@ def quantized_hard_swish(
         "quantized_hard_swish", x, num_bits, narrow_range, scheme, grad_at_zero,
         grad_at_six, operator.mul,
     )
+
+
+# ------------------------------------------------------------ per channel, weights
+
+
+def _channel_axis(fn_name: str, axis, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise TypeError(f"{fn_name}: axis must be an int, got {axis!r}.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{fn_name}: axis {axis} is out of range for an array of rank {ndim}.")
+    return axis % ndim
+
+
+def _along(v, axis: int, ndim: int):
+    """A per-channel vector ``v`` shaped to broadcast along ``axis`` of a rank-``ndim`` array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return jnp.reshape(v, shape) if isinstance(v, jax.Array) else np.reshape(v, shape)
+
+
+def _nudge_host_channels(lo, hi, qmin: int, qmax: int, dtype) -> Grid:
+    """:func:`_nudge_host` for NumPy vectors of ends (TensorFlow's Nudge per channel)."""
+    f = np.dtype(dtype).type
+    lo, hi = np.asarray(lo, dtype), np.asarray(hi, dtype)
+    qmin_f, qmax_f = f(qmin), f(qmax)
+    scale = (hi - lo) / (qmax_f - qmin_f)
+    z = np.clip(qmin_f - lo / scale, qmin_f, qmax_f)
+    zero_point = (np.floor(z) + (z - np.floor(z) >= f(0.5))).astype(dtype)
+    return Grid((qmin_f - zero_point) * scale, (qmax_f - zero_point) * scale, scale,
+                f(1) / scale, qmin_f - zero_point)
+
+
+def _check_channel_range(fn_name, name, value, channels, dtype):
+    if isinstance(value, (list, tuple)):
+        raise TypeError(f"{fn_name}: {name} must be an array, got {type(value).__name__}; "
+                        "wrap it in jnp.asarray.")
+    value = check_array(fn_name, value)
+    if value.shape != (channels,):
+        raise ValueError(f"{fn_name}: {name} must have shape ({channels},) (one value per "
+                         f"channel), got {value.shape}.")
+    return value.astype(dtype)
+
+
+def fake_quant_per_channel(
+    x: ArrayLike,
+    *,
+    min: ArrayLike,  # noqa: A002  (TensorFlow's name)
+    max: ArrayLike,  # noqa: A002
+    num_bits: int = 8,
+    narrow_range: bool = False,
+    axis: int = -1,
+) -> jax.Array:
+    r""":func:`fake_quant` with one range per channel along ``axis``.
+
+    TensorFlow's ``fake_quant_with_min_max_vars_per_channel`` (which takes the
+    last axis): channel :math:`c` is quantized onto the nudged grid of
+    :math:`[\min_c, \max_c]`, exactly as :func:`fake_quant` quantizes a whole
+    tensor onto that of :math:`[\min, \max]`; with
+    :math:`s_c = (\max_c - \min_c) / (q_{\max} - q_{\min})` and the nudged
+    ends :math:`m_c, M_c`,
+
+    .. math::
+        y_{\ldots c} = \left\lfloor \frac{\mathrm{clip}(x_{\ldots c}, m_c, M_c)
+        - m_c}{s_c} + \frac{1}{2} \right\rfloor s_c + m_c .
+
+    The gradient is TensorFlow's straight-through estimator per channel: 1
+    where :math:`m_c \le x \le M_c`, 0 outside; :math:`\partial/\partial\min_c`
+    (:math:`\partial/\partial\max_c`) sums the cotangent of channel :math:`c`
+    below (above) its range.
+
+    Args:
+      x: a real floating array.
+      min: the lower ends, shape ``(x.shape[axis],)`` (may be traced).
+      max: the upper ends, shape ``(x.shape[axis],)``, each greater than its ``min``.
+      num_bits: the bit width :math:`b`, an int in [2, 16].
+      narrow_range: if True, use levels 1 to :math:`2^b - 1`.
+      axis: the channel axis (TensorFlow's op: the last, the default).
+
+    Returns:
+      An array of the shape and dtype of ``x``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> x = jnp.array([[0.3, 0.3], [1.0, 1.0]])
+      >>> jrelu6.fake_quant_per_channel(x, min=jnp.array([0.0, 0.0]),
+      ...                               max=jnp.array([1.5, 3.0]), num_bits=2)
+      Array([[0.5, 0. ],
+             [1. , 1. ]], dtype=float32)
+
+    See also:
+      :func:`fake_quant`, :func:`fake_quant_weights`.
+    """
+    fn_name = "fake_quant_per_channel"
+    x = _check_floating(fn_name, x)
+    axis = _channel_axis(fn_name, axis, x.ndim) if x.ndim else None
+    if axis is None:
+        raise ValueError(f"{fn_name}: x must have at least one axis, got a scalar.")
+    num_bits = _check_num_bits(fn_name, num_bits)
+    narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
+    dtype = _compute_dtype(x.dtype)
+    channels = x.shape[axis]
+    lo = _check_channel_range(fn_name, "min", min, channels, dtype)
+    hi = _check_channel_range(fn_name, "max", max, channels, dtype)
+    traced = isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer)
+    if not traced:
+        lo_np, hi_np = np.asarray(lo), np.asarray(hi)
+        if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
+            raise ValueError(f"{fn_name}: min and max must be finite.")
+        bad = np.flatnonzero(~(lo_np < hi_np))
+        if bad.size:
+            c = int(bad[0])
+            raise ValueError(f"{fn_name}: min must be less than max in every channel, got "
+                             f"min={float(lo_np[c])}, max={float(hi_np[c])} in channel {c}.")
+    return _per_channel(x, lo, hi, *_levels(num_bits, narrow_range), axis)
+
+
+def _per_channel(x, lo, hi, qmin, qmax, axis, *, in_graph=False):
+    """The core of :func:`fake_quant_per_channel` (validated arguments).
+
+    ``in_graph``: nudge in XLA even for a known range, so that the grid is the
+    same eagerly and under ``jit`` (weights' ranges, computed from the weights).
+    """
+    dtype = _compute_dtype(x.dtype)
+    if in_graph or isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+        grid = _nudge_traced(lo, hi, qmin, qmax, dtype)
+    else:
+        grid = _nudge_host_channels(np.asarray(lo), np.asarray(hi), qmin, qmax, dtype)
+    grid = Grid(*(_along(jnp.asarray(v, dtype), axis, x.ndim) for v in grid))
+    return fake_quant_core(x, _along(lo, axis, x.ndim), _along(hi, axis, x.ndim), grid)
+
+
+def _weight_ranges(fn_name, w, num_bits, axis):
+    """Validated ``(w, num_bits, axis or None, m)``: ``m`` the largest magnitude per
+    channel (a vector, or a 1-vector per tensor), 1 where it is 0, without gradient."""
+    if isinstance(w, (list, tuple)):
+        raise TypeError(f"{fn_name}: w must be an array, got {type(w).__name__}; wrap it "
+                        "in jnp.asarray.")
+    w = _check_floating(fn_name, w)
+    num_bits = _check_num_bits(fn_name, num_bits)
+    if axis is not None:
+        if not w.ndim:
+            raise ValueError(f"{fn_name}: per-channel quantization needs an array with an "
+                             "axis, got a scalar; pass axis=None for per tensor.")
+        axis = _channel_axis(fn_name, axis, w.ndim)
+    wide = lax.stop_gradient(_cast(w, _compute_dtype(w.dtype)))
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    m = jnp.max(jnp.abs(wide), axis=others) if axis is not None else jnp.max(jnp.abs(wide))
+    m = jnp.reshape(m, (-1,))
+    # An all-zero channel has no range: any positive one quantizes it to 0.
+    m = jnp.where(m > 0, m, jnp.ones_like(m))
+    return w, num_bits, axis, m
+
+
+def fake_quant_weights(
+    w: ArrayLike,
+    *,
+    num_bits: int = 8,
+    axis: int | None = -1,
+) -> jax.Array:
+    r"""Symmetric weight fake quantization, per output channel: LiteRT's int8 weights.
+
+    LiteRT's (TFLite's) int8 specification stores convolution and dense
+    weights as integers in :math:`[-(2^{b-1} - 1), 2^{b-1} - 1]` (:math:`[-127,
+    127]` for 8 bits) with zero point 0 and one scale per output channel
+    (TFLite's Conv2D axis 0, DepthwiseConv2D axis 3: the *last* axis of a flax
+    kernel, HWIO, ``(kh, kw, 1, C)`` or ``(in, out)``, hence the default). With
+    :math:`m_c = \max |w_{\ldots c}|` (over every axis but ``axis``; over the
+    whole tensor with ``axis=None``) and :math:`n = 2^{b-1} - 1`,
+
+    .. math::
+        s_c = m_c / n, \quad
+        q = \left\lfloor \frac{w}{s_c} + \frac{1}{2} \right\rfloor \in [-n, n],
+        \quad \mathrm{fake\_quant\_weights}(w) = q\, s_c ,
+
+    which is :func:`fake_quant_per_channel` with :math:`\min_c = -m_c`,
+    :math:`\max_c = m_c` and ``narrow_range=True`` (TensorFlow's grid: the
+    zero point lands on level :math:`2^{b-1}`, so the grid is symmetric and 0 is
+    a level). :func:`quantize_weights` gives :math:`q` and :math:`s_c`; the
+    dequantized :math:`q s_c` equals this function's output bit for bit. An
+    all-zero channel gets :math:`m_c = 1` (its values stay 0).
+
+    The range follows the weights and is not differentiated; the gradient is
+    the straight-through estimator, the identity (every weight lies inside
+    its channel's range).
+
+    Args:
+      w: a real floating array (a kernel).
+      num_bits: :math:`b`, an int in [2, 16].
+      axis: the output-channel axis (default: the last), or ``None`` for one
+        scale for the whole tensor.
+
+    Returns:
+      An array of the shape and dtype of ``w``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jrelu6
+      >>> w = jnp.array([[1.0, 0.09], [-0.4, -0.2], [0.26, 0.0]])
+      >>> jrelu6.fake_quant_weights(w, num_bits=3)
+      Array([[ 1.        ,  0.06666667],
+             [-0.33333334, -0.20000002],
+             [ 0.33333334,  0.        ]], dtype=float32)
+      >>> jrelu6.fake_quant_weights(w, num_bits=3, axis=None)[:, 1]
+      Array([ 0.        , -0.33333334,  0.        ], dtype=float32)
+      >>> jax.grad(lambda w: jrelu6.fake_quant_weights(w).sum())(w)[0]
+      Array([1., 1.], dtype=float32)
+
+    See also:
+      :func:`quantize_weights`, :func:`fake_quant_per_channel`, :func:`fold_batch_norm`.
+    """
+    w, num_bits, axis, _ = _weight_ranges("fake_quant_weights", w, num_bits, axis)
+    return _fake_quant_weights(w, num_bits, axis)
+
+
+# The straight-through estimator of a range that follows the weights: the
+# identity. (fake_quant's rule would give 0 to a channel's largest weight
+# wherever m_c / n * n rounds below m_c, leaving it outside the nudged range.)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _fake_quant_weights(w, num_bits, axis):
+    m = jnp.max(jnp.abs(_cast(w, _compute_dtype(w.dtype))),
+                axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=False)
+    m = jnp.reshape(m, (-1,))
+    m = jnp.where(m > 0, m, jnp.ones_like(m))
+    if axis is None:
+        flat = jnp.reshape(w, (-1, 1))
+        return jnp.reshape(_per_channel(flat, -m, m, 1, 2**num_bits - 1, 1, in_graph=True),
+                           w.shape)
+    return _per_channel(w, -m, m, 1, 2**num_bits - 1, axis, in_graph=True)
+
+
+@_fake_quant_weights.defjvp
+def _fake_quant_weights_jvp(num_bits, axis, primals, tangents):
+    (w,), (w_dot,) = primals, tangents
+    return _fake_quant_weights(w, num_bits, axis), w_dot
+
+
+def quantize_weights(
+    w: ArrayLike,
+    *,
+    num_bits: int = 8,
+    axis: int | None = -1,
+) -> tuple[jax.Array, jax.Array]:
+    r"""The integers and scales of :func:`fake_quant_weights`: what an int8 file stores.
+
+    Args:
+      w: a real floating array (a kernel).
+      num_bits: :math:`b`, an int in [2, 16].
+      axis: the output-channel axis, or ``None`` for per tensor.
+
+    Returns:
+      ``(q, scale)``: ``q`` int32 of ``w``'s shape, in :math:`[-(2^{b-1} - 1),
+      2^{b-1} - 1]`; ``scale`` float32 (the compute dtype), shape
+      ``(w.shape[axis],)`` or ``(1,)`` per tensor. ``q * scale`` (broadcast
+      along ``axis``) equals ``fake_quant_weights(w, ...)`` exactly.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> q, scale = jrelu6.quantize_weights(jnp.array([[1.0, 0.1], [-0.4, -0.2]]))
+      >>> q
+      Array([[ 127,   64],
+             [ -51, -127]], dtype=int32)
+      >>> scale * 127
+      Array([1. , 0.2], dtype=float32)
+    """
+    w, num_bits, axis, m = _weight_ranges("quantize_weights", w, num_bits, axis)
+    out = fake_quant_weights(w, num_bits=num_bits, axis=axis)
+    dtype = _compute_dtype(w.dtype)
+    # The grid's step, as fake_quant_core's grid holds it (see _per_channel).
+    scale = _nudge_traced(-m, m, 1, 2**num_bits - 1, dtype).scale
+    along = axis if axis is not None else 0
+    scale_b = _along(scale, along, max(w.ndim, 1)) if axis is not None else scale[0]
+    q = jnp.round(_cast(out, dtype) / scale_b).astype(jnp.int32)
+    return q, scale
+
+
+def fold_batch_norm(
+    kernel: ArrayLike,
+    bias: ArrayLike | None = None,
+    *,
+    scale: ArrayLike,
+    offset: ArrayLike,
+    mean: ArrayLike,
+    var: ArrayLike,
+    epsilon: float,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Folds batch normalization into the layer before it (per output channel, last axis).
+
+    A linear layer :math:`y = x * w + b` followed by batch normalization
+    with :math:`\gamma` (``scale``), :math:`\beta` (``offset``) and statistics
+    :math:`\mu, \sigma^2` is the one linear layer
+
+    .. math::
+        w' = w \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}, \qquad
+        b' = \beta + (b - \mu) \frac{\gamma}{\sqrt{\sigma^2 + \epsilon}}
+
+    (:math:`b = 0` without a bias). The output channels are the kernel's last
+    axis, as in flax's ``Conv`` (HWIO), depthwise ``(kh, kw, 1, C)`` and
+    ``Dense`` ``(in, out)`` kernels.
+
+    Args:
+      kernel: the layer's kernel, output channels last.
+      bias: its bias, shape ``(C,)``, or ``None``.
+      scale: :math:`\gamma`, shape ``(C,)``.
+      offset: :math:`\beta`, shape ``(C,)``.
+      mean: :math:`\mu`, shape ``(C,)``.
+      var: :math:`\sigma^2`, shape ``(C,)``, non-negative.
+      epsilon: :math:`\epsilon`, a positive float.
+
+    Returns:
+      ``(kernel', bias')`` in the kernel's dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> w, b = jrelu6.fold_batch_norm(
+      ...     jnp.array([[1.0, 2.0]]), scale=jnp.array([2.0, 1.0]),
+      ...     offset=jnp.array([0.5, 0.0]), mean=jnp.array([1.0, 4.0]),
+      ...     var=jnp.array([4.0, 1.0]), epsilon=0.0)
+      >>> w, b
+      (Array([[1., 2.]], dtype=float32), Array([-0.5, -4. ], dtype=float32))
+    """
+    fn_name = "fold_batch_norm"
+    kernel = _check_floating(fn_name, kernel)
+    if not kernel.ndim:
+        raise ValueError(f"{fn_name}: kernel must have an output-channel axis, got a scalar.")
+    channels = kernel.shape[-1]
+    eps = check_scalar(fn_name, "epsilon", epsilon, positive=False)
+    if not isinstance(eps, float) or eps < 0:
+        raise ValueError(f"{fn_name}: epsilon must be a non-negative Python float, "
+                         f"got {epsilon!r}.")
+    vectors = {}
+    for name, value in (("scale", scale), ("offset", offset), ("mean", mean), ("var", var),
+                        ("bias", bias)):
+        if value is None and name == "bias":
+            continue
+        vectors[name] = _check_channel_range(fn_name, name, value, channels, kernel.dtype)
+    factor = vectors["scale"] * lax.rsqrt(vectors["var"] + jnp.asarray(eps, kernel.dtype))
+    shift = vectors["bias"] - vectors["mean"] if "bias" in vectors else -vectors["mean"]
+    return kernel * factor, vectors["offset"] + shift * factor

@@ -51,12 +51,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+import jrelu6
 import jrelu6.linen
 
 from mobilenet import quantization
-from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.batch_norm import BatchNorm, batch_norm
+from mobilenet.depthwise import (IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype,
+                                 depthwise_conv)
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
 POINTWISE = ("matmul", "conv")
@@ -102,6 +105,28 @@ class _Layers(NamedTuple):
     activation_bits: int | None = None
     quant_scheme: str = "affine"
     calibration: str = "max"
+    # Quantization-aware training (None: float weights; see ConvBN and mobilenet.quantization).
+    weight_bits: int | None = None
+    weight_granularity: str = "per_channel"
+    bn_frozen: Any = False  # Training with the running statistics (a traced bool).
+
+    @property
+    def tensor_bits(self) -> int | None:
+        """The bits of every activation tensor: ``activation_bits`` in full QAT, else None."""
+        return self.activation_bits if self.weight_bits is not None else None
+
+    def tensor_range(self, name: str | None = None) -> Callable[[jax.Array], jax.Array]:
+        """A :class:`~mobilenet.quantization.MovingRange` in full QAT, else the identity."""
+        if self.tensor_bits is None:
+            return lambda x: x
+        return quantization.MovingRange(self.tensor_bits, name=name)
+
+    def dense(self, features: int, name: str) -> Callable[[jax.Array], jax.Array]:
+        """``nn.Dense``, or its weight-quantized twin with ``weight_bits``."""
+        if self.weight_bits is None:
+            return nn.Dense(features, dtype=self.dtype, name=name)
+        return quantization.QuantDense(features, self.weight_bits, self.weight_granularity,
+                                       dtype=self.dtype, name=name)
 
     def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
         """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
@@ -124,8 +149,16 @@ class _Layers(NamedTuple):
         references: it has no cap, so no relu6 to configure.
 
         Another ``nonlinearity`` or ``activation_bits`` picks the modules of
-        :func:`mobilenet.quantization.activation` instead.
+        :func:`mobilenet.quantization.activation` instead. In QAT (``weight_bits``)
+        hard-swish and ReLU are float, then quantized on a moving range, as LiteRT's
+        HARD_SWISH and RELU ops quantize their outputs.
         """
+        if self.weight_bits is not None and kind in ("hard_swish", "relu"):
+            base = jax.nn.relu if kind == "relu" else jrelu6.linen.HardSwish(
+                grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
+            if self.tensor_bits is None:
+                return base
+            return nn.Sequential([base, quantization.MovingRange(self.tensor_bits)])
         if self.nonlinearity != "relu6" or self.activation_bits is not None:
             module = quantization.activation(
                 kind, nonlinearity=self.nonlinearity, cap=self.cap,
@@ -166,6 +199,10 @@ class ConvBN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         cfg = self.layers
+        if cfg.weight_bits is not None:
+            x = self._folded(x, train=train)
+            return cfg.act(self.act)(x) if self.act is not None else cfg.tensor_range(
+                "out_range")(x)
         k = (self.kernel_size, self.kernel_size)
         if self.depthwise:
             conv = DepthwiseConv(self.features, k, strides=self.strides,
@@ -192,6 +229,102 @@ class ConvBN(nn.Module):
             x = cfg.act(self.act)(x)
         return x
 
+    def _folded(self, x: jax.Array, *, train: bool) -> jax.Array:
+        r"""The convolution with batch norm folded in and fake-quantized weights (QAT).
+
+        With the running statistics :math:`\mu, \sigma^2` and
+        :math:`f = \gamma / \sqrt{\sigma^2 + \epsilon}`, the layer's int8 form is
+        ``conv(x, Q(w f)) + (beta - mu f)`` (:func:`jrelu6.fold_batch_norm`,
+        :func:`jrelu6.fake_quant_weights`): evaluation, and training once
+        ``bn_frozen`` (PyTorch's ``freeze_bn_stats``), compute exactly that. Before,
+        training normalizes ``conv(x, Q(w f)) / f`` with the batch's statistics and
+        updates the running ones (PyTorch's ``ConvBnReLU2d``): the weights are
+        quantized as they will be exported while batch norm still sees its batches.
+        """
+        cfg = self.layers
+        channels = x.shape[-1]
+        shape = ((self.kernel_size, self.kernel_size, 1, self.features) if self.depthwise
+                 else (self.kernel_size, self.kernel_size, channels, self.features))
+        kernel, bias = _ConvParams(shape, not cfg.batch_norm, name="conv")()
+        axis = quantization.weight_axis(cfg.weight_granularity)
+        if not cfg.batch_norm:
+            w = jrelu6.fake_quant_weights(kernel, num_bits=cfg.weight_bits, axis=axis)
+            return self._conv(x, w.astype(cfg.dtype)) + bias.astype(cfg.dtype)
+        bn = _BatchNormVariables(self.features, name="bn")
+        gamma, beta, mean, var = bn()
+        factor = gamma * lax.rsqrt(var + cfg.bn_epsilon)
+        w = jrelu6.fake_quant_weights(kernel * factor, num_bits=cfg.weight_bits, axis=axis)
+        c = self._conv(x, w.astype(cfg.dtype)).astype(jnp.float32)
+        folded_bias = beta - mean * factor
+
+        def frozen(c):
+            return c + folded_bias, mean, var
+
+        def batch(c):
+            return batch_norm(c / factor, gamma, beta, epsilon=cfg.bn_epsilon)
+
+        if not train:
+            return frozen(c)[0].astype(cfg.dtype)
+        if isinstance(cfg.bn_frozen, bool):
+            y, batch_mean, batch_var = (frozen if cfg.bn_frozen else batch)(c)
+        else:
+            y, batch_mean, batch_var = lax.cond(cfg.bn_frozen, frozen, batch, c)
+        if not self.is_initializing():
+            m = cfg.bn_momentum
+            bn.update(jnp.where(cfg.bn_frozen, mean, m * mean + (1 - m) * batch_mean),
+                      jnp.where(cfg.bn_frozen, var, m * var + (1 - m) * batch_var))
+        return y.astype(cfg.dtype)
+
+    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+        """The layer's convolution with a given kernel (as the float layer computes it)."""
+        cfg = self.layers
+        padding = cfg.padding(self.kernel_size)
+        if self.depthwise:
+            return depthwise_conv(x, kernel, strides=self.strides, padding=padding,
+                                  impl=cfg.depthwise)
+        if self.kernel_size == 1 and self.strides == 1 and cfg.pointwise == "matmul":
+            channels = x.shape[-1]
+            y = jnp.matmul(x.reshape(-1, channels), kernel.reshape(channels, self.features))
+            return y.reshape(*x.shape[:-1], self.features)
+        return lax.conv_general_dilated(x, kernel, (self.strides, self.strides), padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class _ConvParams(nn.Module):
+    """A convolution's parameters alone (``kernel``, ``bias``), named as ``nn.Conv``'s."""
+
+    shape: tuple[int, ...]
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), self.shape, jnp.float32)
+        bias = (self.param("bias", nn.initializers.zeros_init(), (self.shape[-1],),
+                           jnp.float32) if self.use_bias else None)
+        return kernel, bias
+
+
+class _BatchNormVariables(nn.Module):
+    """Batch norm's variables alone, named and initialised as :class:`BatchNorm`'s."""
+
+    features: int
+
+    def setup(self) -> None:
+        self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,),
+                                  jnp.float32)
+        self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,), jnp.float32)
+        self.scale = self.param("scale", nn.initializers.ones_init(), (self.features,),
+                                jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                               jnp.float32)
+
+    def __call__(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        return self.scale, self.bias, self.mean.value, self.var.value
+
+    def update(self, mean: jax.Array, var: jax.Array) -> None:
+        self.mean.value = mean
+        self.var.value = var
+
 
 class SqueezeExcite(nn.Module):
     """Squeeze-and-excite: global pool, 1x1 down + ReLU, 1x1 up + hard-sigmoid gate.
@@ -209,10 +342,10 @@ class SqueezeExcite(nn.Module):
         cfg = self.layers
         # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
         # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
-        s = _global_pool(x)
-        s = cfg.act("relu")(nn.Dense(self.squeeze, dtype=cfg.dtype, name="reduce")(s))
-        s = cfg.act("hard_sigmoid")(nn.Dense(x.shape[-1], dtype=cfg.dtype, name="expand")(s))
-        return x * s[:, None, None, :]
+        s = cfg.tensor_range("pool_range")(_global_pool(x))
+        s = cfg.act("relu")(cfg.dense(self.squeeze, name="reduce")(s))
+        s = cfg.act("hard_sigmoid")(cfg.dense(x.shape[-1], name="expand")(s))
+        return cfg.tensor_range("scale_range")(x * s[:, None, None, :])
 
 
 class InvertedResidual(nn.Module):
@@ -250,7 +383,7 @@ class InvertedResidual(nn.Module):
             x = SqueezeExcite(self.squeeze, cfg, name="se")(x)
         x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train)
         if self.strides == 1 and inputs.shape[-1] == self.features:
-            x = x + inputs
+            x = cfg.tensor_range("add_range")(x + inputs)
         return x
 
 
@@ -310,6 +443,13 @@ class MobileNet(nn.Module):
       quant_scheme: relu6's grid, ``"affine"`` or ``"fixed_point"`` (3 integer bits).
       calibration: the range statistic of a quantized ReLU, ``"max"`` or
         ``"percentile"`` (99.99th).
+      weight_bits: quantization-aware training of LiteRT's int8 model: batch norm
+        folded into the convolutions and the weights fake-quantized to this many
+        bits (:class:`ConvBN`); with ``activation_bits`` every activation tensor
+        too. ``None``: float weights.
+      weight_granularity: ``"per_channel"`` (LiteRT's) or ``"per_tensor"`` weight scales.
+      bn_freeze_step: the training step from which folded batch norm uses its
+        running statistics (the train step passes ``bn_frozen``); ``None``: never.
     """
 
     num_classes: int = 1000
@@ -331,6 +471,9 @@ class MobileNet(nn.Module):
     activation_bits: int | None = None
     quant_scheme: str = "affine"
     calibration: str = "max"
+    weight_bits: int | None = None
+    weight_granularity: str = "per_channel"
+    bn_freeze_step: int | None = None
 
     # The reference's defaults, per subclass.
     default_bn_epsilon: ClassVar[float] = 1e-5
@@ -338,7 +481,7 @@ class MobileNet(nn.Module):
     # PyTorch's symmetric padding (torchvision's models) or TensorFlow's "SAME" (Keras').
     symmetric_padding: ClassVar[bool] = True
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool, bn_frozen: Any = False) -> jax.Array:
         """Logits (float32) of an NHWC batch of images.
 
         Args:
@@ -346,6 +489,8 @@ class MobileNet(nn.Module):
           train: batch statistics and dropout (``True``; pass ``mutable=
             ["batch_stats"]`` and a ``"dropout"`` rng to ``apply``) or running
             statistics and no dropout (``False``).
+          bn_frozen: with ``weight_bits``, train with the running statistics, left
+            unchanged (a bool, or a traced one: ``step >= bn_freeze_step``).
 
         Returns:
           ``(N, num_classes)`` float32 logits.
@@ -355,9 +500,14 @@ class MobileNet(nn.Module):
                       self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
                       self.depthwise, self.pointwise, self.activation, self.grad_at_zero,
                       self.grad_at_six, self.symmetric_padding, self.nonlinearity, self.cap,
-                      self.activation_bits, self.quant_scheme, self.calibration)
+                      self.activation_bits, self.quant_scheme, self.calibration,
+                      self.weight_bits, self.weight_granularity, bn_frozen)
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
+
+    def _quantize_input(self, x: jax.Array, cfg: _Layers) -> jax.Array:
+        """The int8 file's input QUANTIZE, in full QAT (call from ``_forward``)."""
+        return cfg.tensor_range("input_range")(x)
 
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -376,6 +526,11 @@ class MobileNet(nn.Module):
                            activation_bits=self.activation_bits,
                            quant_scheme=self.quant_scheme, statistic=self.calibration,
                            activation=self.activation)
+        quantization.check_qat(name, weight_bits=self.weight_bits,
+                               granularity=self.weight_granularity,
+                               bn_freeze_step=self.bn_freeze_step, batch_norm=self.batch_norm,
+                               nonlinearity=self.nonlinearity, quant_scheme=self.quant_scheme,
+                               activation=self.activation)
         if not self.width_multiplier > 0:
             raise ValueError(f"{name}: width_multiplier must be > 0, "
                              f"got {self.width_multiplier!r}")
@@ -401,11 +556,11 @@ class MobileNet(nn.Module):
 
     def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
         """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
-        x = _global_pool(x)
+        x = cfg.tensor_range("pool_range")(_global_pool(x))
         if hidden is not None:
-            x = cfg.act("hard_swish")(nn.Dense(hidden, dtype=cfg.dtype, name="pre_logits")(x))
+            x = cfg.act("hard_swish")(cfg.dense(hidden, name="pre_logits")(x))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        x = nn.Dense(self.num_classes, dtype=cfg.dtype, name="logits")(x)
+        x = cfg.tensor_range("logits_range")(cfg.dense(self.num_classes, name="logits")(x))
         return x.astype(jnp.float32)
 
 
@@ -432,6 +587,7 @@ class MobileNetV1(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
+        x = self._quantize_input(x, cfg)
         x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
                    name="stem")(x, train=train)
         strides = self._block_strides([stride for _, stride in self.BLOCKS])
@@ -457,6 +613,7 @@ class MobileNetV2(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
+        x = self._quantize_input(x, cfg)
         x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
                    name="stem")(x, train=train)
         # One (expansion, channels, stride) per block: a stage's later blocks have stride 1.
@@ -507,6 +664,7 @@ class _MobileNetV3(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
+        x = self._quantize_input(x, cfg)
         x = ConvBN(self._channels(16), 3, self._stem_stride(), cfg, "hard_swish",
                    name="stem")(x, train=train)
         strides = self._block_strides([block.stride for block in self.BLOCKS])
@@ -560,6 +718,7 @@ class TinyMobileNet(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
+        x = self._quantize_input(x, cfg)
         width = self._channels
         x = ConvBN(width(16), 3, self._stem_stride(), cfg, "relu6", name="stem")(x, train=train)
         x = InvertedResidual(width(48), width(24), 3, self._block_strides([2])[0], "hard_swish",

@@ -202,3 +202,110 @@ def set_ranges(batch_stats: Mapping[str, Any], ranges: Mapping[str, Any]) -> dic
     merged = traverse_util.flatten_dict(dict(batch_stats))
     merged.update(traverse_util.flatten_dict(dict(ranges)))
     return traverse_util.unflatten_dict(merged)
+
+
+# --- full quantization-aware training: every tensor the int8 model holds -----------------
+#
+# With ``weight_bits`` a model trains what LiteRT's int8 file computes (see
+# :class:`mobilenet.models.ConvBN` for the convolutions): weights per output channel
+# (:func:`jrelu6.fake_quant_weights`, batch norm folded in first), and, with
+# ``activation_bits`` too, every activation tensor: relu6 outputs on [0, 6], and the
+# input, linear-bottleneck outputs, residual sums, pooled features, logits, ReLU and
+# hard-swish outputs on a moving-average range (:class:`MovingRange`).
+
+#: The decay of a :class:`MovingRange`'s running minimum and maximum.
+MOVING_RANGE_MOMENTUM = 0.9
+WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
+
+
+class MovingRange(nn.Module):
+    """Fake-quantizes a tensor on a running ``[min, max]`` (per tensor, asymmetric).
+
+    In training (``batch_stats`` mutable) the range is a running mean (momentum
+    :data:`MOVING_RANGE_MOMENTUM`; the first batch's values to start) of each batch's
+    minimum and maximum, both widened to include 0, and the batch is quantized on the
+    updated range; in evaluation on the stored one. The range is not differentiated.
+    ``num_bits=None``: the identity (no variables).
+
+    Attributes:
+      num_bits: the bit width, or ``None``.
+    """
+
+    num_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.num_bits is None:
+            return x
+        lo = self.variable("batch_stats", "min", jnp.zeros, (), jnp.float32)
+        hi = self.variable("batch_stats", "max", jnp.zeros, (), jnp.float32)
+        if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+            wide = jax.lax.stop_gradient(x.astype(jnp.float32))
+            batch_lo, batch_hi = jnp.minimum(jnp.min(wide), 0.0), jnp.maximum(jnp.max(wide), 0.0)
+            seen = hi.value > lo.value
+            m = MOVING_RANGE_MOMENTUM
+            lo.value = jnp.where(seen, m * lo.value + (1 - m) * batch_lo, batch_lo)
+            hi.value = jnp.where(seen, m * hi.value + (1 - m) * batch_hi, batch_hi)
+        top = jnp.maximum(hi.value, lo.value + MIN_RANGE)
+        return jrelu6.fake_quant(x, min=lo.value.astype(x.dtype), max=top.astype(x.dtype),
+                                 num_bits=self.num_bits)
+
+
+def weight_axis(granularity: str) -> int | None:
+    """The ``axis`` of :func:`jrelu6.fake_quant_weights`: -1 per channel, ``None`` per tensor."""
+    return -1 if granularity == "per_channel" else None
+
+
+class QuantDense(nn.Module):
+    """``nn.Dense`` (same parameter names, shapes and initialisers) whose kernel is
+    fake-quantized per output channel (or per tensor); the bias stays float (int32 in
+    the int8 file, on a grid far finer than the output's).
+
+    Attributes:
+      features: the outputs.
+      weight_bits: the kernel's bit width.
+      granularity: ``"per_channel"`` or ``"per_tensor"``.
+      dtype: the compute dtype.
+    """
+
+    features: int
+    weight_bits: int
+    granularity: str = "per_channel"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        kernel = jrelu6.fake_quant_weights(kernel, num_bits=self.weight_bits,
+                                           axis=weight_axis(self.granularity))
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return jnp.matmul(x, kernel) + bias
+
+
+def check_qat(name: str, *, weight_bits: int | None, granularity: str,
+              bn_freeze_step: int | None, batch_norm: bool, nonlinearity: str,
+              quant_scheme: str, activation: str) -> None:
+    """Raises ValueError (starting with ``name``) for QAT settings no model can build."""
+    if weight_bits is not None and not (
+            isinstance(weight_bits, int) and not isinstance(weight_bits, bool)
+            and 2 <= weight_bits <= 16):
+        raise ValueError(f"{name}: weight_bits must be None or an int in [2, 16], "
+                         f"got {weight_bits!r}")
+    if granularity not in WEIGHT_GRANULARITIES:
+        raise ValueError(f"{name}: weight_granularity must be one of "
+                         f"{WEIGHT_GRANULARITIES}, got {granularity!r}")
+    if weight_bits is None:
+        if bn_freeze_step is not None:
+            raise ValueError(f"{name}: bn_freeze_step needs weight_bits (batch norm is "
+                             "folded only in quantization-aware training)")
+        return
+    if bn_freeze_step is not None and (not batch_norm or bn_freeze_step < 0):
+        raise ValueError(f"{name}: bn_freeze_step needs batch_norm and must be >= 0, "
+                         f"got {bn_freeze_step!r}")
+    if nonlinearity != "relu6" or quant_scheme != "affine" or activation != "jrelu6":
+        raise ValueError(f"{name}: weight_bits trains LiteRT's int8 model: it needs "
+                         "nonlinearity='relu6', quant_scheme='affine' and "
+                         f"activation='jrelu6', got {nonlinearity!r}, {quant_scheme!r}, "
+                         f"{activation!r}")

@@ -15,12 +15,13 @@ import re
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import export, input_pipeline, models
+from mobilenet import export, input_pipeline, models, qat_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = (16, 16, 3)
@@ -318,3 +319,83 @@ def test_cli_exports_a_trained_checkpoint(request, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"onnx: wrote {out}") and "test accuracy" in line
     assert os.path.exists(out)
+
+
+# --- quantization-aware training: the int8 file is the trained model --------------------------
+
+
+class _ConvBNReLU6Net(models.MobileNet):
+    """Conv-BN-ReLU6, depthwise Conv-BN-ReLU6, a linear 1x1 Conv-BN, global pooling,
+    logits: the QAT export's core."""
+
+    default_dropout_rate = 0.0
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        x = self._quantize_input(x, cfg)
+        x = models.ConvBN(8, 3, 2, cfg, "relu6", name="stem")(x, train=train)
+        x = models.ConvBN(8, 3, 1, cfg, "relu6", depthwise=True, name="depthwise")(
+            x, train=train)
+        x = models.ConvBN(8, 1, 1, cfg, None, name="project")(x, train=train)
+        return self._classify(x, cfg, rate, train=train)
+
+
+@functools.lru_cache(maxsize=None)
+def _qat_run(granularity: str) -> export.Run:
+    """A Conv-BN-ReLU6 network after a few QAT training passes (statistics and ranges set)."""
+    model = _ConvBNReLU6Net(num_classes=10, weight_bits=8, activation_bits=8,
+                            weight_granularity=granularity)
+    dataset = input_pipeline.make_synthetic(num_train=64, num_test=48, image_size=IMAGE[0])
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(0), jnp.zeros((1, *IMAGE)))
+    step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
+    normalize = qat_export.normalizer(export.Run(None, model, variables, 0, dataset))
+    for start in range(0, 64, 16):
+        stats = step(variables, normalize(dataset.train_images[start:start + 16]))
+        variables = {"params": variables["params"], **stats}
+    variables = jax.tree.map(np.asarray, variables)
+    return export.Run(None, model, variables, 0, dataset)
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_a_qat_conv_bn_relu6_exports_its_trained_int8_model(granularity):
+    _require("tflite")
+    run = _qat_run(granularity)
+    data, pinned = qat_export.to_int8(run, calibration_images=16)
+    # Per channel, the converter's own int8 weights already equal the trained ones; per
+    # tensor it would quantize per channel: the file is given the trained integers.
+    assert pinned.weights_total == 3 * 3 * 3 * 8 + 3 * 3 * 8 + 8 * 8 + 8 * 10
+    if granularity == "per_channel":
+        assert pinned.weights_equal == pinned.weights_total
+    interpreter = _interpreter(data)
+    for layer in qat_export.trained_layers(run.model, run.variables):
+        stored = [d for d in interpreter.get_tensor_details()
+                  if d["dtype"] == np.int8 and tuple(d["shape"]) == _tflite_shape(layer)]
+        assert any(np.array_equal(interpreter.get_tensor(d["index"]),
+                                  qat_export._tflite_layout(layer)) for d in stored)
+    layers = qat_export.trained_layers(run.model, run.variables)
+    scales = {len(layer.scale) for layer in layers}
+    assert scales == ({8, 10} if granularity == "per_channel" else {1})
+    assert [layer.depthwise for layer in layers].count(True) == 1
+    names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
+    assert {"input_range", "stem relu6", "depthwise relu6", "project/out_range",
+            "pool_range", "logits_range"} <= names
+    result = qat_export.parity(run, data, pinned, run.dataset.test_images, "test")
+    # Same class on every image; every int8 value equal or (rarely: rounding at a tie of
+    # float32 sums against exact integer ones) one level apart.
+    assert result.agreement == 1.0
+    assert result.max_logit_steps <= 1.0 + 1e-3
+    for tensor, equal, off_by_one, worse in result.rows:
+        assert equal >= 0.95 and worse == 0.0, (tensor, equal, off_by_one, worse)
+
+
+def _interpreter(data: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _tflite_shape(layer) -> tuple[int, ...]:
+    return qat_export._tflite_layout(layer).shape

@@ -54,6 +54,7 @@ DTYPES = ("float32", "bfloat16")
 NONLINEARITIES = ("relu6", "relu", "capped_relu")
 QUANT_SCHEMES = ("affine", "fixed_point")
 CALIBRATIONS = ("max", "percentile")
+QAT_GRANULARITIES = ("per_channel", "per_tensor")  # As mobilenet.quantization's.
 
 # Derived defaults (see `resolve`). The learning rates were measured best on digits.
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
@@ -113,6 +114,25 @@ class Config:
     calibration: str = _field(
         "max", "the range of a quantized relu: a running mean of each training batch's max "
         "or 99.99th percentile", group="model", choices=CALIBRATIONS)
+
+    # --- quantization-aware training (issue 16; docs/qat.md) ---
+    weight_bits: int | None = _field(
+        None, "quantization-aware training of LiteRT's int8 model: batch norm folded into "
+        "the convolutions and every weight fake-quantized to this many bits (symmetric, "
+        "zero point 0); with --activation-bits every activation tensor too (relu6 on "
+        "[0, 6], the rest on moving-average ranges)", group="model", minimum=2, below=17,
+        derived="float weights")
+    weight_granularity: str = _field(
+        "per_channel", "weight scales with --weight-bits: one per output channel (LiteRT's) "
+        "or one per tensor", group="model", choices=QAT_GRANULARITIES)
+    bn_freeze_step: int | None = _field(
+        None, "with --weight-bits: the step from which folded batch norm trains with its "
+        "running statistics, frozen (PyTorch's freeze_bn_stats)", group="model", minimum=0,
+        derived="never")
+    init_from: str | None = _field(
+        None, "fine-tune from the newest checkpoint of this run's --workdir (a run of the "
+        "same model and classes, e.g. a float run): its parameters and batch statistics, "
+        "a fresh optimizer and schedule", group="model")
 
     # --- data ---
     data: str = _field(
@@ -210,7 +230,20 @@ class Config:
           ...     print(error)
           Config: width must be a finite number, got nan.
         """
-        return settings.validate(self)
+        settings.validate(self)
+        _check_qat(self)
+        return self
+
+
+def _check_qat(config: Config) -> None:
+    """The quantization-aware-training settings that need one another."""
+    if config.weight_bits is None:  # --weight-granularity, --bn-freeze-step: no effect.
+        return
+    if config.bn_freeze_step is not None and not config.batch_norm:
+        raise InvalidSetting("bn_freeze_step", "needs batch norm (--batch-norm)")
+    if config.nonlinearity != "relu6" or config.quant_scheme != "affine":
+        raise InvalidSetting("weight_bits", "trains LiteRT's int8 model: it needs "
+                             "--nonlinearity relu6 and --quant-scheme affine")
 
 
 def get_config(**overrides: object) -> Config:

@@ -1,0 +1,496 @@
+"""The int8 file of a quantization-aware-trained run: the trained grid, not a calibrated one.
+
+A run trained with ``--weight-bits`` (and ``--activation-bits``) evaluates, layer by
+layer, what LiteRT's int8 kernels compute: convolutions with batch norm folded in and
+per-channel int8 weights (:func:`jrelu6.quantize_weights`), activations on relu6's
+[0, 6] grid or on their moving-average ranges (:class:`mobilenet.quantization.MovingRange`).
+This module writes that model:
+
+1. :func:`trained_layers` computes, with the library's functions, each weighted layer's
+   int8 weights and scales and its float bias (batch norm folded), in the model's order.
+2. The float model with those dequantized weights goes through the TFLite converter
+   (:func:`mobilenet.export.to_tflite`, a few calibration images: the converter needs
+   some ranges to build the int8 graph).
+3. :func:`set_trained_grid` then overwrites the file: every weight tensor's int8 values
+   and scales with the trained ones (the converter's own are checked to match), every
+   activation tensor's scale and zero point with the trained range, and every int32
+   bias requantized at ``input scale x weight scale``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+from jax import lax
+
+import jrelu6
+from jrelu6 import _quant
+from mobilenet import models, quantization
+
+
+class Layer(NamedTuple):
+    """A weighted layer as the int8 file holds it.
+
+    Attributes:
+      path: its scope in the parameters (``("block2", "expand")``).
+      q: int8 weights (int32 array, the flax layout: output channels last).
+      scale: the weight scales (one per output channel, or one).
+      bias: the float bias (batch norm folded in).
+      depthwise: a depthwise convolution.
+    """
+
+    path: tuple[str, ...]
+    q: np.ndarray
+    scale: np.ndarray
+    bias: np.ndarray
+    depthwise: bool
+
+
+class Range(NamedTuple):
+    """An activation tensor's trained grid: int8 scale and zero point."""
+
+    path: tuple[str, ...]
+    scale: float
+    zero_point: int
+
+
+def _epsilon(model: models.MobileNet) -> float:
+    return type(model).default_bn_epsilon if model.bn_epsilon is None else model.bn_epsilon
+
+
+def trained_layers(model: models.MobileNet, variables: Mapping[str, Any]) -> list[Layer]:
+    """Every convolution and dense layer of a QAT ``model``, in the order they are called.
+
+    Computed as :class:`mobilenet.models.ConvBN` computes them in evaluation (jitted,
+    the same expressions): ``f = gamma * rsqrt(var + eps)``, the weights
+    ``quantize_weights(w * f)``, the bias ``beta - mean * f``.
+    """
+    if model.weight_bits is None:
+        raise ValueError("trained_layers: the model has no weight_bits (a float run)")
+    params = flatten_dict(dict(variables["params"]))
+    stats = flatten_dict(dict(variables.get("batch_stats", {})))
+    axis = quantization.weight_axis(model.weight_granularity)
+    eps = _epsilon(model)
+    bits = model.weight_bits
+
+    @jax.jit
+    def fold(kernel, gamma, beta, mean, var):
+        factor = gamma * lax.rsqrt(var + eps)
+        q, scale = jrelu6.quantize_weights(kernel * factor, num_bits=bits, axis=axis)
+        return q, scale, beta - mean * factor
+
+    @jax.jit
+    def plain(kernel):
+        return jrelu6.quantize_weights(kernel, num_bits=bits, axis=axis)
+
+    layers = []
+    for key in params:
+        if key[-1] != "kernel":
+            continue
+        scope = key[:-2] if key[-2] == "conv" else key[:-1]
+        kernel = jnp.asarray(params[key])
+        if key[-2] == "conv" and (*scope, "bn", "scale") in params:
+            q, scale, bias = fold(kernel, *(jnp.asarray(params[(*scope, "bn", n)])
+                                            for n in ("scale", "bias")),
+                                  *(jnp.asarray(stats[(*scope, "bn", n)])
+                                    for n in ("mean", "var")))
+        else:
+            q, scale = plain(kernel)
+            bias = params.get((*key[:-1], "bias"), np.zeros(kernel.shape[-1], np.float32))
+        depthwise = kernel.ndim == 4 and kernel.shape[2] == 1 and kernel.shape[3] > 1 and (
+            scope[-1] == "depthwise" or "depthwise" in scope[-1])
+        layers.append(Layer(scope, np.asarray(q), np.asarray(scale), np.asarray(bias, np.float32),
+                            depthwise))
+    return layers
+
+
+def trained_ranges(variables: Mapping[str, Any], num_bits: int = 8) -> dict[tuple, Range]:
+    """Every :class:`~mobilenet.quantization.MovingRange`'s int8 grid, by its scope.
+
+    The grid of :func:`jrelu6.fake_quant` on the stored ``[min, max]`` (nudged so that 0
+    is a level): scale ``s`` and the int8 zero point ``z - 128``.
+    """
+    stats = flatten_dict(dict(variables.get("batch_stats", {})))
+    out = {}
+    for key in stats:
+        if key[-1] != "min" or (*key[:-1], "max") not in stats:
+            continue
+        lo = float(stats[key])
+        hi = max(float(stats[(*key[:-1], "max")]), lo + quantization.MIN_RANGE)
+        grid = _quant.nudge(jnp.float32(lo), jnp.float32(hi), 0, 2**num_bits - 1, jnp.float32)
+        out[key[:-1]] = Range(key[:-1], float(grid.scale), round(-float(grid.offset)) - 128)
+    return out
+
+
+def dequantized_params(model: models.MobileNet, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters of the float export model (``batch_norm=False``): each layer's kernel is
+    its int8 weights times their scales (exactly the trained weights) and its bias the
+    folded one."""
+    out = {}
+    for layer in trained_layers(model, variables):
+        kernel = (layer.q.astype(np.float32) * layer.scale.astype(np.float32)).astype(np.float32)
+        is_conv = (*layer.path, "conv", "kernel") in flatten_dict(dict(variables["params"]))
+        where = (*layer.path, "conv") if is_conv else layer.path
+        out[(*where, "kernel")] = kernel
+        out[(*where, "bias")] = layer.bias
+    return unflatten_dict(out)
+
+
+# --- the flatbuffer -------------------------------------------------------------------------
+
+_WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_SAME_SCALE = ("PAD", "PADV2", "RESHAPE", "SQUEEZE")
+
+
+class Pinned(NamedTuple):
+    """What :func:`set_trained_grid` did: tensor name -> the JAX tensor it carries.
+
+    Attributes:
+      tensors: ``{tflite tensor index: (name of the JAX tensor, scale, zero point)}``.
+      weights_equal: the converter's int8 weights equal to the trained ones (the file
+        then holds the trained ones throughout).
+      weights_total: all weight values of the matched layers.
+    """
+
+    tensors: dict[int, tuple[str, float, int]]
+    weights_equal: int
+    weights_total: int
+
+
+def _tflite_layout(layer: Layer) -> np.ndarray:
+    """The layer's int8 weights in TFLite's layout (OHWI, 1HWC, or (out, in))."""
+    q = layer.q
+    if q.ndim == 2:
+        return q.T
+    if layer.depthwise:
+        return np.transpose(q, (2, 0, 1, 3))
+    return np.transpose(q, (3, 0, 1, 2))
+
+
+def _channel_scales(tensor, shape, scale=None) -> np.ndarray:
+    """Per-output-channel scales broadcast against TFLite weights of ``shape``."""
+    values = np.asarray(tensor.quantization.scale if tensor is not None else scale, np.float64)
+    axis = 3 if len(shape) == 4 and shape[0] == 1 and values.size == shape[-1] > 1 else 0
+    view = [1] * len(shape)
+    view[axis] = -1
+    return values.reshape(view) if values.size > 1 else values.reshape([1] * len(shape))
+
+
+def set_trained_grid(data: bytes, layers: Sequence[Layer], ranges: Mapping[tuple, Range]
+                     ) -> tuple[bytes, Pinned]:
+    """The int8 flatbuffer ``data`` with the trained weights, scales and activation grids.
+
+    Args:
+      data: an int8 TFLite model of the float export model (dequantized trained weights).
+      layers: :func:`trained_layers`.
+      ranges: :func:`trained_ranges`.
+
+    Returns:
+      The new flatbuffer and what was pinned.
+
+    Raises:
+      ValueError: a weighted op whose weights match no trained layer.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.subgraphs[0]
+
+    def opname(op) -> str:
+        code = model.operatorCodes[op.opcodeIndex]
+        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+    def values(index: int, dtype) -> np.ndarray:
+        tensor = graph.tensors[index]
+        raw = np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes()
+        return np.frombuffer(raw, dtype).reshape(tensor.shape)
+
+    def pin(index: int, name: str, scale: float, zero_point: int) -> None:
+        tensor = graph.tensors[index]
+        tensor.quantization.scale = [float(scale)]
+        tensor.quantization.zeroPoint = [int(zero_point)]
+        pinned[index] = (name, float(scale), int(zero_point))
+
+    pinned: dict[int, tuple[str, float, int]] = {}
+    factors: dict[int, float] = {}
+    unused = list(layers)
+    equal = total = 0
+    matched: list[tuple[Any, Layer]] = []
+    producer: dict[int, Any] = {}
+    for op in graph.operators:
+        for out in op.outputs:
+            producer[out] = op
+        if opname(op) not in _WEIGHTED:
+            continue
+        got = values(op.inputs[1], np.int8)
+        candidates = [layer for layer in unused if _tflite_layout(layer).shape == got.shape]
+        if not candidates:
+            raise ValueError(f"set_trained_grid: a {opname(op)} with weights {got.shape} "
+                             "matches no trained layer")
+        best = max(candidates, key=lambda layer: int(np.sum(_tflite_layout(layer) == got)))
+        unused.remove(best)
+        want = _tflite_layout(best)
+        # The converter may have folded a constant factor into the weights (a mean's
+        # 1 / count into the next dense layer): a power of two, measured on the values.
+        theirs = np.abs(got.astype(np.float64)) * _channel_scales(graph.tensors[op.inputs[1]],
+                                                                   got.shape)
+        ours = np.abs(want.astype(np.float64)) * _channel_scales(None, want.shape, best.scale)
+        factors[id(op)] = float(np.exp2(np.round(np.log2(theirs.sum() / ours.sum()))))
+        equal += int(np.sum(want == got))
+        total += want.size
+        # The file holds the trained integers (per tensor, the converter's per-channel
+        # quantization would differ); scales follow below.
+        model.buffers[graph.tensors[op.inputs[1]].buffer].data = np.frombuffer(
+            want.astype(np.int8).tobytes(), np.uint8).copy()
+        matched.append((op, best))
+    # Activation grids, in topological order.
+    input_index = graph.inputs[0]
+    first_weighted = next(op for op, _ in matched)
+    for op in graph.operators:
+        name = opname(op)
+        out = op.outputs[0]
+        if graph.tensors[out].type != schema.TensorType.INT8:
+            continue
+        fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
+        layer = next((layer for o, layer in matched if o is op), None)
+        if layer is not None and fused == schema.ActivationFunctionType.RELU6:
+            pin(out, "/".join(layer.path) + " relu6", 6 / 255, -128)
+        elif layer is not None and (*layer.path, "out_range") in ranges:
+            r = ranges[(*layer.path, "out_range")]
+            pin(out, "/".join(r.path), r.scale, r.zero_point)
+        elif layer is not None and layer.path[-1] == "logits" and ("logits_range",) in ranges:
+            r = ranges[("logits_range",)]
+            pin(out, "logits_range", r.scale, r.zero_point)
+        elif name == "ADD":
+            blocks = [layer.path[:-1] for o, layer in matched
+                      if any(o.outputs[0] == i for i in op.inputs)]
+            keys = [(*block, "add_range") for block in blocks if (*block, "add_range") in ranges]
+            if keys:
+                r = ranges[keys[0]]
+                pin(out, "/".join(r.path), r.scale, r.zero_point)
+        elif name in ("MEAN", "SUM") and ("pool_range",) in ranges:
+            r = ranges[("pool_range",)]
+            shape = graph.tensors[op.inputs[0]].shape
+            count = int(np.prod(shape[1:-1])) if name == "SUM" else 1
+            pin(out, "pool_range" + (f" x {count}" if count > 1 else ""), r.scale * count,
+                r.zero_point)
+        elif name in _SAME_SCALE and op.inputs[0] in pinned:
+            source, scale, zero_point = pinned[op.inputs[0]]
+            pin(out, source, scale, zero_point)
+    # The model's input tensor: what the first weighted layer reads (through PAD).
+    if ("input_range",) in ranges:
+        index = first_weighted.inputs[0]
+        while index in producer and opname(producer[index]) in _SAME_SCALE:
+            index = producer[index].inputs[0]
+        r = ranges[("input_range",)]
+        pin(index, "input_range", r.scale, r.zero_point)
+        for op in graph.operators:  # Its PADs again, now that it is pinned.
+            if opname(op) in _SAME_SCALE and op.inputs[0] in pinned:
+                pin(op.outputs[0], pinned[op.inputs[0]][0], *pinned[op.inputs[0]][1:])
+    del input_index
+    # Weight scales (the converter's differ from the trained ones by an ulp, or by the
+    # power of two of a folded division) and biases at input scale x weight scale.
+    for op, layer in matched:
+        weight = graph.tensors[op.inputs[1]]
+        depthwise = opname(op) == "DEPTHWISE_CONV_2D"
+        channels = graph.tensors[op.inputs[1]].shape[3 if depthwise else 0]
+        ours = np.asarray(layer.scale, np.float64) * np.ones(channels)
+        weight.quantization.scale = [float(s) for s in
+                                     (ours * factors[id(op)]).astype(np.float32)]
+        weight.quantization.zeroPoint = [0] * channels
+        weight.quantization.quantizedDimension = 3 if depthwise else 0
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            bias = graph.tensors[op.inputs[2]]
+            in_scale = float(graph.tensors[op.inputs[0]].quantization.scale[0])
+            w_scale = np.asarray(weight.quantization.scale, np.float64)
+            bias_scale = in_scale * w_scale
+            q = np.round(layer.bias.astype(np.float64) / bias_scale)
+            q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+            model.buffers[bias.buffer].data = np.frombuffer(q.tobytes(), np.uint8).copy()
+            bias.quantization.scale = [float(s) for s in bias_scale.astype(np.float32)]
+            bias.quantization.zeroPoint = [0] * len(bias_scale)
+    return (bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+            Pinned(pinned, equal, total))
+
+
+def export_model(model: models.MobileNet, variables: Mapping[str, Any]
+                 ) -> tuple[models.MobileNet, dict[str, Any]]:
+    """The float export model of a QAT run and its (dequantized trained) parameters."""
+    float_model = model.clone(depthwise="grouped", pointwise="conv", batch_norm=False,
+                              activation_bits=None, weight_bits=None, bn_freeze_step=None,
+                              dtype=jnp.float32, activation="jax.nn")
+    return float_model, dequantized_params(model, variables)
+
+
+# --- export and the parity check ------------------------------------------------------------
+
+
+def normalizer(run) -> Any:
+    """The run's input normalization, ``(pixels / 255 - mean) / std``, on the host.
+
+    The int8 file of a QAT run reads *normalized* images: its input QUANTIZE is then
+    the trained input grid itself (with pixels in, TFLite's normalization ops would each
+    round on a grid of their own).
+    """
+    from mobilenet import input_pipeline
+
+    mean, std = tuple(float(m) for m in run.dataset.mean), tuple(float(s) for s in run.dataset.std)
+    normalize = jax.jit(lambda x: input_pipeline.normalize(x, mean=mean, std=std,
+                                                           dtype=jnp.float32))
+    return lambda images: np.asarray(normalize(jnp.asarray(images, jnp.float32)))
+
+
+def to_int8(run, *, calibration_images: int = 64) -> tuple[bytes, Pinned]:
+    """The int8 TFLite file of a QAT ``run`` (a :class:`mobilenet.export.Run`) on its trained
+    grid, and what :func:`set_trained_grid` pinned."""
+    from mobilenet import export
+
+    layers = trained_layers(run.model, run.variables)
+    ranges = trained_ranges(run.variables, run.model.activation_bits or 8)
+    model, params = export_model(run.model, run.variables)
+    normalize = normalizer(run)
+    data = export.to_tflite(lambda x: model.apply({"params": params}, x, train=False),
+                            run.dataset.test_images.shape[1:],
+                            representative=normalize(export.representative_images(
+                                run, calibration_images)))
+    return set_trained_grid(data, layers, ranges)
+
+
+def qat_reference(run) -> Any:
+    """The QAT model in JAX, evaluation mode, on normalized images: (logits, intermediates)
+    of every quantized tensor (:class:`~mobilenet.quantization.MovingRange` and
+    :class:`jrelu6.linen.QuantizedReLU6` outputs)."""
+    import jrelu6.linen
+
+    def keep(module, _):
+        return isinstance(module, (quantization.MovingRange, jrelu6.linen.QuantizedReLU6))
+
+    @jax.jit
+    def apply(variables, x):
+        logits, state = run.model.apply(variables, x, train=False, capture_intermediates=keep,
+                                        mutable=["intermediates"])
+        return logits, {k: v[0] for k, v in flatten_dict(state["intermediates"]).items()}
+
+    return lambda x: apply(run.variables, jnp.asarray(x, jnp.float32))
+
+
+def augmented_inputs(run, count: int, *, seed: int = 0, batch: int = 512) -> np.ndarray:
+    """``count`` training images with the run's random shifts (and flips), as pixels."""
+    from mobilenet import configs, input_pipeline
+
+    shift = configs.default.max_shift(run.config)
+    flip = run.config.augment and run.dataset.flip
+    train = np.asarray(run.dataset.train_images)
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        images = jnp.asarray(train[rng.integers(0, train.shape[0], n)])
+        key = jax.random.fold_in(jax.random.key(seed), start)
+        if shift or flip:
+            images = input_pipeline.augment(images, key, max_shift=shift, flip=flip)
+        out.append(np.asarray(images, np.float32))
+    return np.concatenate(out)
+
+
+class Parity(NamedTuple):
+    """The int8 file against the QAT model in JAX (see :func:`parity`)."""
+
+    name: str
+    count: int
+    agreement: float
+    max_logit_steps: float
+    within_one_step: float
+    rows: list[tuple[str, float, float, float]]
+    accuracy: tuple[float, float] | None = None  # (file, JAX) with labels.
+
+
+def parity(run, data: bytes, pinned: Pinned, images: np.ndarray, name: str, *,
+           table_images: int = 200, labels: np.ndarray | None = None) -> Parity:
+    """Top-1 agreement, logit differences in output steps and a per-tensor table.
+
+    The table maps each pinned LiteRT tensor to the JAX tensor it carries and gives the
+    share of int8 values equal, off by one and worse, over the first ``table_images``
+    images (each network end to end: a difference upstream carries downstream).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    normalize, reference = normalizer(run), qat_reference(run)
+    with warnings.catch_warnings():  # "for debugging purposes only": it is one.
+        warnings.filterwarnings("ignore", ".*experimental_preserve_all_tensors", UserWarning)
+        interpreter = Interpreter(model_content=data, experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    logits_scale = next((s for n, s, _ in pinned.tensors.values() if n == "logits_range"), None)
+    agree, steps, within, correct, jax_correct = 0, 0.0, 0, 0, 0
+    counts: dict[str, list[int]] = {}
+    for start in range(0, images.shape[0], 256):
+        x = normalize(images[start:start + 256])
+        want, inter = reference(x)
+        want = np.asarray(want)
+        for i in range(x.shape[0]):
+            interpreter.set_tensor(inp["index"], x[i:i + 1])
+            interpreter.invoke()
+            got = np.asarray(interpreter.get_tensor(out["index"]))[0]
+            agree += int(got.argmax() == want[i].argmax())
+            if labels is not None:
+                correct += int(got.argmax() == labels[start + i])
+                jax_correct += int(want[i].argmax() == labels[start + i])
+            diff = np.abs(got - want[i]) / (logits_scale or 1.0)
+            steps = max(steps, float(diff.max()))
+            within += int(np.sum(diff <= 1.0 + 1e-3))
+            if start + i >= table_images:
+                continue
+            for index, (tensor, scale, zero_point) in pinned.tensors.items():
+                key = _intermediate(inter, tensor)
+                if key is None:
+                    continue
+                value = np.asarray(inter[key][i])
+                count = int(tensor.split(" x ")[1]) if " x " in tensor else 1
+                expected = np.round(value / scale * count).astype(np.int64) + zero_point
+                actual = interpreter.get_tensor(index).astype(np.int64)
+                if actual.size != expected.size:
+                    continue
+                d = np.abs(actual.reshape(expected.shape) - expected)
+                row = counts.setdefault(tensor, [0, 0, 0])
+                row[0] += int(np.sum(d == 0))
+                row[1] += int(np.sum(d == 1))
+                row[2] += int(np.sum(d > 1))
+    n = images.shape[0]
+    rows = [(tensor, e / (e + o + w), o / (e + o + w), w / (e + o + w))
+            for tensor, (e, o, w) in counts.items()]
+    return Parity(name, n, agree / n, steps, within / (n * want.shape[-1]), rows,
+                  None if labels is None else (correct / n, jax_correct / n))
+
+
+def _intermediate(inter: Mapping[tuple, Any], tensor: str) -> tuple | None:
+    if tensor.endswith(" relu6"):
+        path = tuple(tensor[:-len(" relu6")].split("/"))
+        return next((k for k in inter if k[:len(path)] == path and len(k) > len(path)
+                     and k[len(path)].startswith("QuantizedReLU6")), None)
+    path = tuple(tensor.split(" x ")[0].split("/"))
+    return next((k for k in inter if k[:-1] == path), None)
+
+
+def format_parity(results: Sequence[Parity]) -> str:
+    """The check's printout: one line per input set, then the per-tensor table."""
+    lines = []
+    for r in results:
+        lines.append(f"{r.name}: {r.count} inputs, top-1 agreement {r.agreement:.4%}, "
+                     f"largest logit difference {r.max_logit_steps:.2f} output steps, "
+                     f"{r.within_one_step:.4%} of logits within one step"
+                     + ("" if r.accuracy is None else
+                        f"; accuracy: file {r.accuracy[0]:.4f}, QAT JAX {r.accuracy[1]:.4f}"))
+    lines.append(f"{'LiteRT tensor <- JAX tensor':40s} {'equal':>8s} {'off by 1':>9s} "
+                 f"{'worse':>7s}")
+    for tensor, e, o, w in results[0].rows:
+        lines.append(f"{tensor:40s} {e:8.2%} {o:9.2%} {w:7.2%}")
+    return "\n".join(lines)

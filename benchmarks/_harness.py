@@ -266,7 +266,7 @@ def _json_default(value: Any) -> Any:
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """The command that produced the figures, to quote next to them."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return " ".join(["python", f"benchmarks/{script}"] + argv)
+    return " ".join(["python", f"benchmarks/{script}", *argv])
 
 
 def announce(title: str, script: str, argv: Sequence[str] | None) -> tuple[dict[str, Any], str]:

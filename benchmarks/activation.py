@@ -246,7 +246,7 @@ def _ratios(mode: str, t: dict[str, float]) -> dict[str, float | None]:
 
 
 def goals(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The two standalone goals (docs/performance.md, "Where we stand"), over the arrays of >= 2^22 elements.
+    """The two standalone goals (docs/performance.md, "Where we stand") on arrays >= 2^22 elements.
 
     Each goal reports the worst ratio among the points it covers and whether
     that worst ratio meets the target.

@@ -51,7 +51,8 @@ STEP_VARIANTS = {
 
 def _shifted_autodiff(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The shifted multiply-adds (3x3, stride 1, SAME) without the custom backward pass."""
-    return mstep.depthwise._valid_shifted(mstep.depthwise._pad_input(x, ((1, 1), (1, 1))), kernel, (1, 1))
+    padded = mstep.depthwise._pad_input(x, ((1, 1), (1, 1)))
+    return mstep.depthwise._valid_shifted(padded, kernel, (1, 1))
 
 
 CONV_FORMS = {

@@ -47,6 +47,7 @@ def child(steps: int, settings: dict[str, object]) -> dict[str, float]:
     """Times ``steps`` train steps of the configuration ``settings`` in this process."""
     sys.path.insert(0, _EXAMPLES)
     import jax
+
     from mobilenet import input_pipeline, train, train_state
     from mobilenet.configs import get_config
     from mobilenet.infra import compile_cache

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for a, b in zip(steps["old"][0](x, k, g), steps["new"][0](x, k, g)):
             scale = float(jnp.max(jnp.abs(a))) or 1.0
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
-        cases = {name: harness.Case(lambda _: None, lambda _, s=s: s[0](x, k, g))
+        cases = {name: harness.Case(lambda _: None, lambda _, s=s, x=x, k=k, g=g: s[0](x, k, g))
                  for name, s in steps.items()}
         times = harness.time_interleaved(cases, repeats=repeats, warmup=2)
         rows.append({"shape": "x".join(map(str, shape)), "stride": stride,

@@ -1,4 +1,4 @@
-"""relu6 inside a jitted gradient: 6 conv-BN-relu6 layers with jax.nn, jrelu6 and jrelu6's general rule.
+"""relu6 inside a jitted gradient: 6 conv-BN-relu6 layers, jax.nn against jrelu6 (both rules).
 
 Compiles ``grad(loss)`` of six 3x3 convolution -> batch norm (batch statistics)
 -> relu6 layers three times, identical but for the activation:

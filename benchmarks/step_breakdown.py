@@ -170,7 +170,7 @@ def xla_kernel_times(trace_dir: str, entry_names: Iterable[str]) -> dict[str, li
     kernels nested in a ``while`` or ``call`` are inside their caller's time
     and are not counted again.
     """
-    from jax.profiler import ProfileData  # noqa: PLC0415 - jaxlib's xplane reader
+    from jax.profiler import ProfileData  # jaxlib's xplane reader
 
     entry_names = set(entry_names)
     per_run: dict[Any, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -308,7 +308,7 @@ def classify_torch(event: Any) -> tuple[str, str]:
 
 def torch_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict[str, Any]:
     """PyTorch eager: step time and the time per kind and phase (profiler self times)."""
-    import train_step  # noqa: PLC0415 - the PyTorch model lives there
+    import train_step  # the PyTorch model lives there
 
     step, notes = train_step.torch_step(config, np.asarray(images), np.asarray(labels), "cpu")
     for _ in range(2):
@@ -318,7 +318,7 @@ def torch_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> di
         t0 = time.perf_counter()
         step()
         wall.append(time.perf_counter() - t0)
-    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+    from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):

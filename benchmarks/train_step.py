@@ -70,7 +70,7 @@ if torch is not None:
 
         def __init__(self, cin: int, cout: int, stride: int, expansion: int):
             super().__init__()
-            hidden = int(round(cin * expansion))
+            hidden = round(cin * expansion)
             layers = [TorchConvBN(cin, hidden, 1, 1)] if hidden != cin else []
             layers += [TorchConvBN(hidden, hidden, 3, stride, groups=hidden),
                        TorchConvBN(hidden, cout, 1, 1, act=False)]

@@ -538,7 +538,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="runs/boundary_study",
                         help="output directory for results.md, results.json and the PNG "
                              "(default runs/boundary_study)")
-    parser.add_argument("--model", choices=("convnet",) + EXAMPLE_MODELS, default=None,
+    parser.add_argument("--model", choices=("convnet", *EXAMPLE_MODELS), default=None,
                         help=f"'convnet' (a 3-conv relu6 net defined here, fast on CPU) or a "
                              f"model of examples/mobilenet ('tiny' is its small test "
                              f"MobileNet) (default {d.model}; convnet with --quick)")

@@ -38,8 +38,8 @@ fixed point and ReLU (max)) trains 27 short runs: 429 s wall (596 s of CPU
 time) on a 2-core CPU at load average 2-4, and 1950 s when other jobs kept the
 load at 12-15. Compilation dominates: each distinct model compiles its init,
 train and eval steps once, and the seeds reuse them. The full grid (width 0.5, 300 steps
-of batch 128 with label smoothing 0.1, QAT at all six bit widths for all five rows, 3 seeds) trains 99
-runs: an estimated 2-3 hours on that CPU, minutes on a GPU.
+of batch 128 with label smoothing 0.1, QAT at all six bit widths for all five rows, 3 seeds)
+trains 99 runs: an estimated 2-3 hours on that CPU, minutes on a GPU.
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `import mobilenet`.
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from mobilenet import input_pipeline, quantization, train, train_state  # noqa: E402
-from mobilenet.configs import default  # noqa: E402
-from mobilenet.sharding import batch_sharding, create_mesh  # noqa: E402
+from mobilenet import input_pipeline, quantization, train, train_state
+from mobilenet.configs import default
+from mobilenet.sharding import batch_sharding, create_mesh
 
 ALL_BITS = (8, 6, 5, 4, 3, 2)
 
@@ -322,7 +322,7 @@ def plot_results(results: dict[str, Any], cfg: StudyConfig, path: str) -> None:
                         yerr=[_std(cells["float"])], linestyle="none",
                         color=line[0].get_color(), **style)
     ticks = sorted(set(cfg.bits) | set(cfg.qat_bits))
-    ax.set_xticks(ticks + [float_x], [str(t) for t in ticks] + ["float"])
+    ax.set_xticks([*ticks, float_x], [str(t) for t in ticks] + ["float"])
     ax.set_xlabel("activation bits")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{cfg.model} x{cfg.width:g} on digits, {cfg.seeds} seeds (mean ± std)")

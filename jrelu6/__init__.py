@@ -20,10 +20,10 @@ from jrelu6._quant import fake_quant as fake_quant
 from jrelu6._quant import fake_quant_per_channel as fake_quant_per_channel
 from jrelu6._quant import fake_quant_weights as fake_quant_weights
 from jrelu6._quant import fold_batch_norm as fold_batch_norm
+from jrelu6._quant import quantize_weights as quantize_weights
 from jrelu6._quant import quantized_hard_sigmoid as quantized_hard_sigmoid
 from jrelu6._quant import quantized_hard_swish as quantized_hard_swish
 from jrelu6._quant import quantized_relu6 as quantized_relu6
-from jrelu6._quant import quantize_weights as quantize_weights
 
 __version__ = "0.1.0"
 

@@ -22,6 +22,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+TORCH_OPTIONAL = "PyTorch is optional: the benchmarks time it where installed"
 
 
 def run_benchmark(tmp_path, script: str, *args: str) -> dict:
@@ -203,7 +204,7 @@ def test_breakdown_of_torch_finds_the_kinds(breakdown_result, kind):
 @pytest.mark.parity
 @pytest.mark.parametrize("num_classes, small_input", [(1000, False), (10, True)])
 def test_torch_mobilenet_v2_has_the_flax_parameter_count(num_classes, small_input):
-    pytest.importorskip("torch", reason="PyTorch is optional: the benchmarks time it where installed")
+    pytest.importorskip("torch", reason=TORCH_OPTIONAL)
     import train_step
     from mobilenet import models
 
@@ -218,7 +219,7 @@ def test_torch_mobilenet_v2_has_the_flax_parameter_count(num_classes, small_inpu
 
 @pytest.mark.parity
 def test_torch_step_runs_and_returns_a_finite_loss():
-    pytest.importorskip("torch", reason="PyTorch is optional: the benchmarks time it where installed")
+    pytest.importorskip("torch", reason=TORCH_OPTIONAL)
     import numpy as np
 
     import train_step

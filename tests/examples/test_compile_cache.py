@@ -11,6 +11,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import pytest
+
 from mobilenet.infra import compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from mobilenet import optim
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
@@ -329,11 +330,11 @@ def test_a_bad_flag_exits_2_with_one_line(capsys, args, message):
 def test_the_command_line_refuses_nan_without_jax_or_a_traceback():
     # As `python examples/train.py --width nan`, whose folder Python puts on sys.path.
     code = ("import runpy, sys; sys.argv = ['train.py', '--width', 'nan']\n"
-            "sys.path.insert(0, %r)\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "sys.path.insert(0, {!r})\n"
+            "try:\n    runpy.run_path({!r}, run_name='__main__')\n"
             "except SystemExit as exit:\n"
             "    assert 'jax' not in sys.modules, 'jax imported'\n"
-            "    raise\n") % (EXAMPLES, os.path.join(EXAMPLES, "train.py"))
+            "    raise\n").format(EXAMPLES, os.path.join(EXAMPLES, "train.py"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2, result.stderr
@@ -360,7 +361,8 @@ def _abstract_state(width):
 
 def test_a_model_too_wide_for_memory_is_refused_before_allocation():
     params, opt_state = _abstract_state(1e6)
-    with pytest.raises(state_size.StateTooLarge, match=r"^train: [\d,]+ parameters .* use a smaller"):
+    with pytest.raises(state_size.StateTooLarge,
+                       match=r"^train: [\d,]+ parameters .* use a smaller"):
         state_size.check_state_fits(params, opt_state)
 
 
@@ -368,7 +370,8 @@ def test_a_small_model_fits():
     params, opt_state = _abstract_state(0.5)
     needed = state_size.check_state_fits(params, opt_state)
     # SGD with momentum: one float32 trace per parameter, plus the schedule's step count.
-    assert 0 < 2 * state_size.state_bytes(params) < needed <= 2 * state_size.state_bytes(params) + 16
+    traces = 2 * state_size.state_bytes(params)
+    assert 0 < traces < needed <= traces + 16
 
 
 def test_the_copies_of_a_replicated_state_count():
@@ -389,7 +392,7 @@ TRAJECTORY = [f for f in FIELDS
 
 def _changed(field):
     """A valid config that differs from the default in ``field`` (resolved), and the value."""
-    base, _ = default.field_kind(field)
+    _base, _ = default.field_kind(field)
     if field.name in ("learning_rate", "weight_decay", "max_shift", "warmup_steps"):
         value = {"learning_rate": 0.2, "weight_decay": 1e-3, "max_shift": 3,
                  "warmup_steps": 7}[field.name]
@@ -472,7 +475,8 @@ def test_another_length_with_the_opt_in_says_what_the_schedule_does(step):
 
 
 def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
-    notes = resume_check.check_resume(SAVED, Config(steps=100, allow_schedule_change=True), step=300)
+    config = Config(steps=100, allow_schedule_change=True)
+    notes = resume_check.check_resume(SAVED, config, step=300)
     assert notes[-1] == "the run is at step 300, past the new end: it trains no further"
 
 

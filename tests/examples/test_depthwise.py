@@ -322,7 +322,8 @@ def test_native_gradients_are_bit_identical_with_one_and_two_threads():
     _skip_without_native("native")
     if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs a Linux process allowed on at least two CPUs")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([EXAMPLES, os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([EXAMPLES, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     env.pop("XLA_FLAGS", None)  # One host device, as a user's process has.
     outputs = []
     for threads in (1, 2):

@@ -95,7 +95,7 @@ def _launch(workdir, *, processes: int, log_dir, name: str) -> list[str]:
                 process.kill()
                 process.wait()
     outputs = []
-    for out, err in logs:
+    for out, _ in logs:
         with open(out) as f:
             outputs.append(f.read())
     if codes != [0] * processes:

@@ -22,6 +22,7 @@ import sys
 import time
 
 import pytest
+
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import disk, host_memory, lifecycle, workdir

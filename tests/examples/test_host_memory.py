@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from mobilenet.infra import host_memory
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
 from mobilenet import input_pipeline
 from mobilenet.infra import cifar10
 

@@ -147,7 +147,7 @@ def test_models_registry_and_create_model():
 
 
 def test_create_model_rejects_unknown_name():
-    with pytest.raises(ValueError, match="create_model: unknown model 'resnet'.*mobilenet_v2"):
+    with pytest.raises(ValueError, match=r"create_model: unknown model 'resnet'.*mobilenet_v2"):
         models.create_model("resnet")
 
 

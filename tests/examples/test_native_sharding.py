@@ -74,7 +74,8 @@ def test_sharded_channels_split_the_work_too():
     mesh = sharding.create_mesh()
     x = jnp.ones((2, 6, 6, 2 * mesh.size))
     kernel = jnp.ones((3, 3, 1, 2 * mesh.size))
-    args = _sharded(mesh, x, (None, None, None, "data")), _sharded(mesh, kernel, (None, None, None, "data"))
+    channels = (None, None, None, "data")
+    args = _sharded(mesh, x, channels), _sharded(mesh, kernel, channels)
     hlo = jax.jit(jax.grad(_loss, argnums=(0, 1))).lower(*args).compile().as_text()
     assert "all-gather" not in hlo
     assert {shape for _, shape in _native_calls(hlo)} == {"f32[2,3,3,2]", "f32[2,6,6,2]",

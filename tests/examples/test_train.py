@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from mobilenet import input_pipeline, models, sharding, train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import checkpoints, host_memory, workdir
@@ -247,7 +248,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 def test_a_batch_that_does_not_divide_over_the_devices_is_refused_before_writing(tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(train.SetupError, match="batch_size 12 .* 8 devices"):
+    with pytest.raises(train.SetupError, match=r"batch_size 12 .* 8 devices"):
         train.train_and_evaluate(_config(batch_size=12), str(run_dir))
     assert not run_dir.exists()
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import host_memory, workdir
@@ -228,7 +229,7 @@ def test_a_damaged_line_before_the_last_is_refused_and_the_log_kept(run):
 def test_deleted_checkpoints_with_metrics_left_are_refused_and_nothing_changes(run):
     shutil.rmtree(os.path.join(run, workdir.CHECKPOINT_SUBDIR))
     before = _snapshot(run)
-    with pytest.raises(train.SetupError, match="has metrics.jsonl but no checkpoints/"):
+    with pytest.raises(train.SetupError, match=r"has metrics\.jsonl but no checkpoints/"):
         train.train_and_evaluate(_config(), run)
     assert _snapshot(run) == before
 

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mobilenet import input_pipeline, models, optim, train_state
+from mobilenet import finetune, input_pipeline, models, optim, train_state
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
 from mobilenet.infra import compile_cache
@@ -200,6 +200,8 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> Tr
             state = life.in_background(
                 train_state.create_train_state, config, run.model,
                 image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps).result()
+            if config.init_from is not None:
+                state = finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         start = restored.step if restored else 0
         life.say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
                  f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "

@@ -13,8 +13,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import jrelu6
-from mobilenet import input_pipeline, models, sharding, train, train_state, workdir
+from mobilenet import finetune, input_pipeline, models, sharding, train, train_state
 from mobilenet.configs import default, get_config
+from mobilenet.infra import workdir
 
 IMAGE = (16, 16, 3)
 
@@ -298,8 +299,10 @@ def test_fine_tuning_starts_from_the_float_runs_weights(tmp_path):
     mesh = sharding.create_mesh()
     config = _config(weight_bits=8, activation_bits=8, init_from=float_run)
     model = train_state.create_model(config, num_classes=10)
-    state = train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
-                                           total_steps=config.steps)
+    state = finetune.init_from(
+        train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+                                       total_steps=config.steps),
+        float_run, config=config, mesh=mesh)
     from mobilenet import export
 
     saved = export.restore_variables(os.path.join(float_run, workdir.CHECKPOINT_SUBDIR))[1]

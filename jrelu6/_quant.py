@@ -216,8 +216,8 @@ def _levels(num_bits: int, narrow_range: bool) -> tuple[int, int]:
 def fake_quant(
     x: ArrayLike,
     *,
-    min: ArrayLike,  # noqa: A002  (TensorFlow's name)
-    max: ArrayLike,  # noqa: A002
+    min: ArrayLike,  # TensorFlow's names (shadowing the builtins)
+    max: ArrayLike,
     num_bits: int = 8,
     narrow_range: bool = False,
 ) -> jax.Array:
@@ -523,8 +523,8 @@ def _check_channel_range(fn_name, name, value, channels, dtype):
 def fake_quant_per_channel(
     x: ArrayLike,
     *,
-    min: ArrayLike,  # noqa: A002  (TensorFlow's name)
-    max: ArrayLike,  # noqa: A002
+    min: ArrayLike,  # TensorFlow's names (shadowing the builtins)
+    max: ArrayLike,
     num_bits: int = 8,
     narrow_range: bool = False,
     axis: int = -1,
@@ -571,26 +571,30 @@ def fake_quant_per_channel(
     """
     fn_name = "fake_quant_per_channel"
     x = _check_floating(fn_name, x)
-    axis = _channel_axis(fn_name, axis, x.ndim) if x.ndim else None
-    if axis is None:
+    if x.ndim == 0:
         raise ValueError(f"{fn_name}: x must have at least one axis, got a scalar.")
+    axis = _channel_axis(fn_name, axis, x.ndim)
     num_bits = _check_num_bits(fn_name, num_bits)
     narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
     dtype = _compute_dtype(x.dtype)
-    channels = x.shape[axis]
-    lo = _check_channel_range(fn_name, "min", min, channels, dtype)
-    hi = _check_channel_range(fn_name, "max", max, channels, dtype)
-    traced = isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer)
-    if not traced:
-        lo_np, hi_np = np.asarray(lo), np.asarray(hi)
-        if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
-            raise ValueError(f"{fn_name}: min and max must be finite.")
-        bad = np.flatnonzero(~(lo_np < hi_np))
-        if bad.size:
-            c = int(bad[0])
-            raise ValueError(f"{fn_name}: min must be less than max in every channel, got "
-                             f"min={float(lo_np[c])}, max={float(hi_np[c])} in channel {c}.")
+    lo = _check_channel_range(fn_name, "min", min, x.shape[axis], dtype)
+    hi = _check_channel_range(fn_name, "max", max, x.shape[axis], dtype)
+    _check_channel_order(fn_name, lo, hi)
     return _per_channel(x, lo, hi, *_levels(num_bits, narrow_range), axis)
+
+
+def _check_channel_order(fn_name: str, lo: jax.Array, hi: jax.Array) -> None:
+    """Concrete ranges must be finite with ``min < max`` in every channel (traced: unchecked)."""
+    if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+        return
+    lo_np, hi_np = np.asarray(lo), np.asarray(hi)
+    if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
+        raise ValueError(f"{fn_name}: min and max must be finite.")
+    bad = np.flatnonzero(~(lo_np < hi_np))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(f"{fn_name}: min must be less than max in every channel, got "
+                         f"min={float(lo_np[c])}, max={float(hi_np[c])} in channel {c}.")
 
 
 def _per_channel(x, lo, hi, qmin, qmax, axis, *, in_graph=False):
@@ -782,7 +786,7 @@ def fold_batch_norm(
       offset: :math:`\beta`, shape ``(C,)``.
       mean: :math:`\mu`, shape ``(C,)``.
       var: :math:`\sigma^2`, shape ``(C,)``, non-negative.
-      epsilon: :math:`\epsilon`, a positive float.
+      epsilon: :math:`\epsilon`, a non-negative float.
 
     Returns:
       ``(kernel', bias')`` in the kernel's dtype.
@@ -805,12 +809,9 @@ def fold_batch_norm(
     if not isinstance(eps, float) or eps < 0:
         raise ValueError(f"{fn_name}: epsilon must be a non-negative Python float, "
                          f"got {epsilon!r}.")
-    vectors = {}
-    for name, value in (("scale", scale), ("offset", offset), ("mean", mean), ("var", var),
-                        ("bias", bias)):
-        if value is None and name == "bias":
-            continue
-        vectors[name] = _check_channel_range(fn_name, name, value, channels, kernel.dtype)
+    given = {"scale": scale, "offset": offset, "mean": mean, "var": var, "bias": bias}
+    vectors = {name: _check_channel_range(fn_name, name, value, channels, kernel.dtype)
+               for name, value in given.items() if value is not None or name != "bias"}
     factor = vectors["scale"] * lax.rsqrt(vectors["var"] + jnp.asarray(eps, kernel.dtype))
     shift = vectors["bias"] - vectors["mean"] if "bias" in vectors else -vectors["mean"]
     return kernel * factor, vectors["offset"] + shift * factor

@@ -328,7 +328,8 @@ def test_fine_tuning_refuses_another_model_or_class_count(tmp_path):
              (_config(weight_bits=8, init_from=str(tmp_path / "nothing")), "no config.json")]
     for config, message in cases:
         model = train_state.create_model(config, num_classes=config.num_classes or 10)
+        state = train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
+                                               total_steps=config.steps)
         with pytest.raises(default.ConfigMismatch, match=message) as info:
-            train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
-                                           total_steps=config.steps)
+            finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         assert "\n" not in str(info.value) and str(info.value).startswith("train: --init-from")

@@ -248,6 +248,7 @@ def fake_quant(
 
     PyTorch's ``torch.fake_quantize_per_tensor_affine`` rounds ties to even
     and masks its gradient on the rounded value; see :mod:`jrelu6._quant`.
+    See also :func:`quantized_relu6`.
 
     Args:
       x: a real floating array.
@@ -267,9 +268,6 @@ def fake_quant(
       Array([0. , 0. , 0.5, 1. , 1.5], dtype=float32)
       >>> jax.grad(lambda lo: jrelu6.fake_quant(x, min=lo, max=1.5).sum())(0.0)
       Array(1., dtype=float32, weak_type=True)
-
-    See also:
-      :func:`quantized_relu6`.
     """
     x = _check_floating("fake_quant", x)
     return _fake_quant("fake_quant", x, min, max, num_bits, narrow_range)

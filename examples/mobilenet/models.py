@@ -287,6 +287,7 @@ class ConvBN(nn.Module):
                  else (self.kernel_size, self.kernel_size, channels, self.features))
         kernel, bias = _ConvParams(shape, not cfg.batch_norm, name="conv")()
         axis = quantization.weight_axis(cfg.weight_granularity)
+
         def on_grid(bias, kernel):
             if in_scale is None:
                 return bias
@@ -294,11 +295,15 @@ class ConvBN(nn.Module):
                 kernel, cfg.weight_bits, cfg.weight_granularity))
 
         if not cfg.batch_norm:
+            if not train and in_scale is not None:
+                return self._integer(x, kernel, bias, in_scale)
             w = jrelu6.fake_quant_weights(kernel, num_bits=cfg.weight_bits, axis=axis)
             return self._conv(x, w.astype(cfg.dtype)) + on_grid(bias, kernel).astype(cfg.dtype)
         bn = _BatchNormVariables(self.features, name="bn")
         gamma, beta, mean, var = bn()
         factor = gamma * lax.rsqrt(var + cfg.bn_epsilon)
+        if not train and in_scale is not None:
+            return self._integer(x, kernel * factor, beta - mean * factor, in_scale)
         w = jrelu6.fake_quant_weights(kernel * factor, num_bits=cfg.weight_bits, axis=axis)
         c = self._conv(x, w.astype(cfg.dtype)).astype(jnp.float32)
         folded_bias = on_grid(beta - mean * factor, kernel * factor)
@@ -320,6 +325,24 @@ class ConvBN(nn.Module):
             bn.update(jnp.where(cfg.bn_frozen, mean, m * mean + (1 - m) * batch_mean),
                       jnp.where(cfg.bn_frozen, var, m * var + (1 - m) * batch_var))
         return y.astype(cfg.dtype)
+
+    def _integer(self, x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                 in_scale: jax.Array) -> jax.Array:
+        """Evaluation given the input's scale, in the int8 file's integer arithmetic.
+
+        ``x`` is on its grid (``(level - z) * in_scale``): the convolution of the integers
+        ``level - z`` and the int8 weights, plus the int32 bias, is exact in float32 (its
+        partial sums stay below 2**24), and is scaled once, by ``in_scale x weight scale``.
+        The same values as ``conv(x, Q(w)) + fake_quant_bias(b)``, without the float sum's
+        rounding errors, which move a value near a level's midpoint to the next level.
+        """
+        cfg = self.layers
+        q, w_scale = jrelu6.quantize_weights(
+            kernel, num_bits=cfg.weight_bits, axis=quantization.weight_axis(cfg.weight_granularity))
+        step = jnp.asarray(in_scale, jnp.float32) * w_scale
+        levels = jnp.round(x.astype(jnp.float32) / jnp.asarray(in_scale, jnp.float32))
+        accumulator = self._conv(levels, q.astype(jnp.float32))
+        return ((accumulator + jnp.round(bias.astype(jnp.float32) / step)) * step).astype(cfg.dtype)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer's convolution with a given kernel (as the float layer computes it)."""

@@ -92,12 +92,13 @@ def test_given_its_input_scale_the_folded_bias_is_on_the_int32_accumulator_grid(
                                   var=s["bn"]["var"], epsilon=1e-3)
     q, w_scale = jrelu6.quantize_weights(w, axis=axis)
     step = in_scale * w_scale  # LiteRT's int32 bias scale.
-    bias = jnp.round(b / step) * step
-    want = jrelu6.quantized_relu6(_conv(x, q.astype(jnp.float32) * w_scale) + bias, num_bits=8)
+    # Evaluation: the file's integers, (conv(x levels, q) + int32 bias) * step, exactly.
+    accumulator = _conv(jnp.round(x / in_scale), q.astype(jnp.float32))
+    want = jrelu6.quantized_relu6((accumulator + jnp.round(b / step)) * step, num_bits=8)
     apply = jax.jit(lambda v, x, s: module.apply(v, x, train=False, in_scale=s))
-    np.testing.assert_allclose(np.asarray(apply(variables, x, in_scale)), np.asarray(want),
-                               rtol=0, atol=1e-6)
-    # Frozen training computes the same, and the bias's gradient passes straight through.
+    np.testing.assert_array_equal(np.asarray(apply(variables, x, in_scale)), np.asarray(want))
+    # Frozen training computes it in float (the same values, bar float32 rounding near a
+    # level's midpoint), and the bias's gradient passes straight through.
     frozen = _conv_bn_relu6(weight_granularity=granularity, bn_frozen=True)
 
     def loss(params, in_scale):
@@ -106,7 +107,8 @@ def test_given_its_input_scale_the_folded_bias_is_on_the_int32_accumulator_grid(
         return jnp.sum(y * jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)), y
 
     (_, y), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], in_scale)
-    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=0, atol=6 / 255 + 1e-6)
+    assert np.mean(np.abs(np.asarray(y) - np.asarray(want)) < 1e-6) >= 0.99
     (_, _), float_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], None)
     np.testing.assert_allclose(np.asarray(grads["bn"]["bias"]),
                                np.asarray(float_grads["bn"]["bias"]), rtol=1e-5)

@@ -541,7 +541,7 @@ def fake_quant_per_channel(
     The gradient is TensorFlow's straight-through estimator per channel: 1
     where :math:`m_c \le x \le M_c`, 0 outside; :math:`\partial/\partial\min_c`
     (:math:`\partial/\partial\max_c`) sums the cotangent of channel :math:`c`
-    below (above) its range.
+    below (above) its range. See also :func:`fake_quant`, :func:`fake_quant_weights`.
 
     Args:
       x: a real floating array.
@@ -561,9 +561,6 @@ def fake_quant_per_channel(
       ...                               max=jnp.array([1.5, 3.0]), num_bits=2)
       Array([[0.5, 0. ],
              [1. , 1. ]], dtype=float32)
-
-    See also:
-      :func:`fake_quant`, :func:`fake_quant_weights`.
     """
     fn_name = "fake_quant_per_channel"
     x = _check_floating(fn_name, x)
@@ -576,17 +573,23 @@ def fake_quant_per_channel(
     channels = x.shape[axis]
     lo = _check_channel_range(fn_name, "min", min, channels, dtype)
     hi = _check_channel_range(fn_name, "max", max, channels, dtype)
-    traced = isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer)
-    if not traced:
-        lo_np, hi_np = np.asarray(lo), np.asarray(hi)
-        if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
-            raise ValueError(f"{fn_name}: min and max must be finite.")
-        bad = np.flatnonzero(~(lo_np < hi_np))
-        if bad.size:
-            c = int(bad[0])
-            raise ValueError(f"{fn_name}: min must be less than max in every channel, got "
-                             f"min={float(lo_np[c])}, max={float(hi_np[c])} in channel {c}.")
+    _check_channel_order(fn_name, lo, hi)
     return _per_channel(x, lo, hi, *_levels(num_bits, narrow_range), axis)
+
+
+def _check_channel_order(fn_name: str, lo, hi) -> None:
+    """Raises ValueError unless known per-channel ranges are finite with ``min < max``
+    (traced ones cannot be checked)."""
+    if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+        return
+    lo_np, hi_np = np.asarray(lo), np.asarray(hi)
+    if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
+        raise ValueError(f"{fn_name}: min and max must be finite.")
+    bad = np.flatnonzero(~(lo_np < hi_np))
+    if bad.size:
+        c = int(bad[0])
+        raise ValueError(f"{fn_name}: min must be less than max in every channel, got "
+                         f"min={float(lo_np[c])}, max={float(hi_np[c])} in channel {c}.")
 
 
 def _per_channel(x, lo, hi, qmin, qmax, axis, *, in_graph=False):
@@ -778,7 +781,7 @@ def fold_batch_norm(
       offset: :math:`\beta`, shape ``(C,)``.
       mean: :math:`\mu`, shape ``(C,)``.
       var: :math:`\sigma^2`, shape ``(C,)``, non-negative.
-      epsilon: :math:`\epsilon`, a positive float.
+      epsilon: :math:`\epsilon`, a non-negative float.
 
     Returns:
       ``(kernel', bias')`` in the kernel's dtype.
@@ -801,12 +804,9 @@ def fold_batch_norm(
     if not isinstance(eps, float) or eps < 0:
         raise ValueError(f"{fn_name}: epsilon must be a non-negative Python float, "
                          f"got {epsilon!r}.")
-    vectors = {}
-    for name, value in (("scale", scale), ("offset", offset), ("mean", mean), ("var", var),
-                        ("bias", bias)):
-        if value is None and name == "bias":
-            continue
-        vectors[name] = _check_channel_range(fn_name, name, value, channels, kernel.dtype)
+    given = (("scale", scale), ("offset", offset), ("mean", mean), ("var", var), ("bias", bias))
+    vectors = {name: _check_channel_range(fn_name, name, value, channels, kernel.dtype)
+               for name, value in given if name != "bias" or value is not None}
     factor = vectors["scale"] * lax.rsqrt(vectors["var"] + jnp.asarray(eps, kernel.dtype))
     shift = vectors["bias"] - vectors["mean"] if "bias" in vectors else -vectors["mean"]
     return kernel * factor, vectors["offset"] + shift * factor

@@ -250,6 +250,7 @@ def fake_quant(
 
     PyTorch's ``torch.fake_quantize_per_tensor_affine`` rounds ties to even
     and masks its gradient on the rounded value; see :mod:`jrelu6._quant`.
+    See also :func:`quantized_relu6`.
 
     Args:
       x: a real floating array.
@@ -269,9 +270,6 @@ def fake_quant(
       Array([0. , 0. , 0.5, 1. , 1.5], dtype=float32)
       >>> jax.grad(lambda lo: jrelu6.fake_quant(x, min=lo, max=1.5).sum())(0.0)
       Array(1., dtype=float32, weak_type=True)
-
-    See also:
-      :func:`quantized_relu6`.
     """
     x = _check_floating("fake_quant", x)
     return _fake_quant("fake_quant", x, min, max, num_bits, narrow_range)
@@ -545,7 +543,7 @@ def fake_quant_per_channel(
     The gradient is TensorFlow's straight-through estimator per channel: 1
     where :math:`m_c \le x \le M_c`, 0 outside; :math:`\partial/\partial\min_c`
     (:math:`\partial/\partial\max_c`) sums the cotangent of channel :math:`c`
-    below (above) its range.
+    below (above) its range. See also :func:`fake_quant`, :func:`fake_quant_weights`.
 
     Args:
       x: a real floating array.
@@ -565,9 +563,6 @@ def fake_quant_per_channel(
       ...                               max=jnp.array([1.5, 3.0]), num_bits=2)
       Array([[0.5, 0. ],
              [1. , 1. ]], dtype=float32)
-
-    See also:
-      :func:`fake_quant`, :func:`fake_quant_weights`.
     """
     fn_name = "fake_quant_per_channel"
     x = _check_floating(fn_name, x)

@@ -121,12 +121,38 @@ class _Layers(NamedTuple):
             return lambda x: x
         return quantization.MovingRange(self.tensor_bits, name=name)
 
-    def dense(self, features: int, name: str) -> Callable[[jax.Array], jax.Array]:
-        """``nn.Dense``, or its weight-quantized twin with ``weight_bits``."""
+    def quantize(self, x: jax.Array, name: str) -> tuple[jax.Array, jax.Array | None]:
+        """``tensor_range(name)(x)`` and the scale of its grid (``None`` outside full QAT)."""
+        if self.tensor_bits is None:
+            return x, None
+        quantizer = quantization.MovingRange(self.tensor_bits, name=name)
+        return quantizer(x), quantizer.scale()
+
+    def dense(self, x: jax.Array, features: int, name: str,
+              in_scale: jax.Array | None = None) -> jax.Array:
+        """``nn.Dense`` of ``x``, or its weight-quantized twin with ``weight_bits`` (its
+        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given)."""
         if self.weight_bits is None:
-            return nn.Dense(features, dtype=self.dtype, name=name)
+            return nn.Dense(features, dtype=self.dtype, name=name)(x)
         return quantization.QuantDense(features, self.weight_bits, self.weight_granularity,
-                                       dtype=self.dtype, name=name)
+                                       dtype=self.dtype, name=name)(x, in_scale)
+
+    def act_q(self, kind: str, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """``act(kind)(x)`` and the scale of the output's grid (``None`` outside full QAT,
+        and for hard-sigmoid, whose output only gates a product).
+
+        In QAT hard-swish and ReLU are float, then quantized on a moving range named
+        ``"{kind}_range"``, as LiteRT's HARD_SWISH and RELU ops quantize their outputs.
+        """
+        if self.tensor_bits is None:
+            return self.act(kind)(x), None
+        if kind in ("hard_swish", "relu"):
+            base = jax.nn.relu if kind == "relu" else jrelu6.linen.HardSwish(
+                grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
+            return self.quantize(base(x), f"{kind}_range")
+        y = self.act(kind)(x)
+        return y, (quantization.grid_scale(0.0, 6.0, self.tensor_bits) if kind == "relu6"
+                   else None)
 
     def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
         """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
@@ -150,15 +176,13 @@ class _Layers(NamedTuple):
 
         Another ``nonlinearity`` or ``activation_bits`` picks the modules of
         :func:`mobilenet.quantization.activation` instead. In QAT (``weight_bits``)
-        hard-swish and ReLU are float, then quantized on a moving range, as LiteRT's
-        HARD_SWISH and RELU ops quantize their outputs.
+        hard-swish and ReLU are float (quantized on a moving range by :meth:`act_q`).
         """
         if self.weight_bits is not None and kind in ("hard_swish", "relu"):
-            base = jax.nn.relu if kind == "relu" else jrelu6.linen.HardSwish(
-                grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
-            if self.tensor_bits is None:
-                return base
-            return nn.Sequential([base, quantization.MovingRange(self.tensor_bits)])
+            if kind == "relu":
+                return jax.nn.relu
+            return jrelu6.linen.HardSwish(grad_at_zero=self.grad_at_zero,
+                                          grad_at_six=self.grad_at_six)
         if self.nonlinearity != "relu6" or self.activation_bits is not None:
             module = quantization.activation(
                 kind, nonlinearity=self.nonlinearity, cap=self.cap,
@@ -197,12 +221,16 @@ class ConvBN(nn.Module):
     depthwise: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool,
+                 in_scale: jax.Array | None = None) -> jax.Array:
+        """The layer's output; ``in_scale``: the scale of ``x``'s grid in full QAT, which
+        puts the folded bias on the int8 file's int32 grid (float bias without it)."""
         cfg = self.layers
         if cfg.weight_bits is not None:
-            x = self._folded(x, train=train)
-            return cfg.act(self.act)(x) if self.act is not None else cfg.tensor_range(
-                "out_range")(x)
+            x = self._folded(x, train=train, in_scale=in_scale)
+            if self.act is None:
+                return cfg.quantize(x, "out_range")[0]
+            return cfg.act_q(self.act, x)[0]
         k = (self.kernel_size, self.kernel_size)
         if self.depthwise:
             conv = DepthwiseConv(self.features, k, strides=self.strides,
@@ -229,7 +257,17 @@ class ConvBN(nn.Module):
             x = cfg.act(self.act)(x)
         return x
 
-    def _folded(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def out_scale(self) -> jax.Array | None:
+        """The scale of the last call's output grid (``None`` outside full QAT)."""
+        cfg = self.layers
+        if cfg.tensor_bits is None:
+            return None
+        if self.act == "relu6":
+            return quantization.grid_scale(0.0, 6.0, cfg.tensor_bits)
+        return _range_scale(self.variables, "out_range" if self.act is None
+                            else f"{self.act}_range", bits=cfg.tensor_bits)
+
+    def _folded(self, x: jax.Array, *, train: bool, in_scale: jax.Array | None) -> jax.Array:
         r"""The convolution with batch norm folded in and fake-quantized weights (QAT).
 
         With the running statistics :math:`\mu, \sigma^2` and
@@ -240,6 +278,8 @@ class ConvBN(nn.Module):
         training normalizes ``conv(x, Q(w f)) / f`` with the batch's statistics and
         updates the running ones (PyTorch's ``ConvBnReLU2d``): the weights are
         quantized as they will be exported while batch norm still sees its batches.
+        With ``in_scale`` the deployed form's bias is on the accumulator's int32 grid,
+        ``in_scale x weight scale`` (:func:`mobilenet.quantization.fake_quant_bias`).
         """
         cfg = self.layers
         channels = x.shape[-1]
@@ -247,15 +287,26 @@ class ConvBN(nn.Module):
                  else (self.kernel_size, self.kernel_size, channels, self.features))
         kernel, bias = _ConvParams(shape, not cfg.batch_norm, name="conv")()
         axis = quantization.weight_axis(cfg.weight_granularity)
+
+        def on_grid(bias, kernel):
+            if in_scale is None:
+                return bias
+            return quantization.fake_quant_bias(bias, in_scale, quantization.weight_scale(
+                kernel, cfg.weight_bits, cfg.weight_granularity))
+
         if not cfg.batch_norm:
+            if not train and in_scale is not None:
+                return self._integer(x, kernel, bias, in_scale)
             w = jrelu6.fake_quant_weights(kernel, num_bits=cfg.weight_bits, axis=axis)
-            return self._conv(x, w.astype(cfg.dtype)) + bias.astype(cfg.dtype)
+            return self._conv(x, w.astype(cfg.dtype)) + on_grid(bias, kernel).astype(cfg.dtype)
         bn = _BatchNormVariables(self.features, name="bn")
         gamma, beta, mean, var = bn()
         factor = gamma * lax.rsqrt(var + cfg.bn_epsilon)
+        if not train and in_scale is not None:
+            return self._integer(x, kernel * factor, beta - mean * factor, in_scale)
         w = jrelu6.fake_quant_weights(kernel * factor, num_bits=cfg.weight_bits, axis=axis)
         c = self._conv(x, w.astype(cfg.dtype)).astype(jnp.float32)
-        folded_bias = beta - mean * factor
+        folded_bias = on_grid(beta - mean * factor, kernel * factor)
 
         def frozen(c):
             return c + folded_bias, mean, var
@@ -274,6 +325,24 @@ class ConvBN(nn.Module):
             bn.update(jnp.where(cfg.bn_frozen, mean, m * mean + (1 - m) * batch_mean),
                       jnp.where(cfg.bn_frozen, var, m * var + (1 - m) * batch_var))
         return y.astype(cfg.dtype)
+
+    def _integer(self, x: jax.Array, kernel: jax.Array, bias: jax.Array,
+                 in_scale: jax.Array) -> jax.Array:
+        """Evaluation given the input's scale, in the int8 file's integer arithmetic.
+
+        ``x`` is on its grid (``(level - z) * in_scale``): the convolution of the integers
+        ``level - z`` and the int8 weights, plus the int32 bias, is exact in float32 (its
+        partial sums stay below 2**24), and is scaled once, by ``in_scale x weight scale``.
+        The same values as ``conv(x, Q(w)) + fake_quant_bias(b)``, without the float sum's
+        rounding errors, which move a value near a level's midpoint to the next level.
+        """
+        cfg = self.layers
+        q, w_scale = jrelu6.quantize_weights(
+            kernel, num_bits=cfg.weight_bits, axis=quantization.weight_axis(cfg.weight_granularity))
+        step = jnp.asarray(in_scale, jnp.float32) * w_scale
+        levels = jnp.round(x.astype(jnp.float32) / jnp.asarray(in_scale, jnp.float32))
+        accumulator = self._conv(levels, q.astype(jnp.float32))
+        return ((accumulator + jnp.round(bias.astype(jnp.float32) / step)) * step).astype(cfg.dtype)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer's convolution with a given kernel (as the float layer computes it)."""
@@ -342,10 +411,15 @@ class SqueezeExcite(nn.Module):
         cfg = self.layers
         # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
         # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
-        s = cfg.tensor_range("pool_range")(_global_pool(x))
-        s = cfg.act("relu")(cfg.dense(self.squeeze, name="reduce")(s))
-        s = cfg.act("hard_sigmoid")(cfg.dense(x.shape[-1], name="expand")(s))
-        return cfg.tensor_range("scale_range")(x * s[:, None, None, :])
+        s, scale = cfg.quantize(_global_pool(x), "pool_range")
+        s, scale = cfg.act_q("relu", cfg.dense(s, self.squeeze, "reduce", scale))
+        s, _ = cfg.act_q("hard_sigmoid", cfg.dense(s, x.shape[-1], "expand", scale))
+        return cfg.quantize(x * s[:, None, None, :], "scale_range")[0]
+
+    def out_scale(self) -> jax.Array | None:
+        """The scale of the last call's output grid (``None`` outside full QAT)."""
+        bits = self.layers.tensor_bits
+        return None if bits is None else _range_scale(self.variables, "scale_range", bits=bits)
 
 
 class InvertedResidual(nn.Module):
@@ -373,18 +447,39 @@ class InvertedResidual(nn.Module):
     squeeze: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        cfg, inputs = self.layers, x
+    def __call__(self, x: jax.Array, *, train: bool,
+                 in_scale: jax.Array | None = None) -> jax.Array:
+        cfg, inputs, scale = self.layers, x, in_scale
         if self.expanded != x.shape[-1]:
-            x = ConvBN(self.expanded, 1, 1, cfg, self.act, name="expand")(x, train=train)
-        x = ConvBN(self.expanded, self.kernel_size, self.strides, cfg, self.act,
-                   depthwise=True, name="depthwise")(x, train=train)
+            expand = ConvBN(self.expanded, 1, 1, cfg, self.act, name="expand")
+            x, scale = expand(x, train=train, in_scale=scale), expand.out_scale()
+        depthwise = ConvBN(self.expanded, self.kernel_size, self.strides, cfg, self.act,
+                           depthwise=True, name="depthwise")
+        x, scale = depthwise(x, train=train, in_scale=scale), depthwise.out_scale()
         if self.squeeze is not None:
-            x = SqueezeExcite(self.squeeze, cfg, name="se")(x)
-        x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train)
+            se = SqueezeExcite(self.squeeze, cfg, name="se")
+            x, scale = se(x), se.out_scale()
+        x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train,
+                                                                   in_scale=scale)
         if self.strides == 1 and inputs.shape[-1] == self.features:
             x = cfg.tensor_range("add_range")(x + inputs)
         return x
+
+    def out_scale(self) -> jax.Array | None:
+        """The scale of the last call's output grid (``None`` outside full QAT)."""
+        bits = self.layers.tensor_bits
+        if bits is None:
+            return None
+        stats = self.variables["batch_stats"]
+        return _range_scale(stats if "add_range" in stats else stats["project"],
+                            "add_range" if "add_range" in stats else "out_range", bits=bits)
+
+
+def _range_scale(variables: Mapping[str, Any], name: str, *, bits: int) -> jax.Array:
+    """The grid scale of the :class:`~mobilenet.quantization.MovingRange` ``name`` in a
+    module's ``variables`` (or in a ``batch_stats`` tree)."""
+    stats = variables.get("batch_stats", variables)[name]
+    return quantization.grid_scale(stats["min"], stats["max"], bits)
 
 
 def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
@@ -392,6 +487,16 @@ def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
     mean = jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2),
                     keepdims=keepdims)
     return mean.astype(x.dtype)
+
+
+def _chain(layers: Sequence[Any], x: jax.Array, scale: jax.Array | None, *, train: bool
+           ) -> tuple[jax.Array, jax.Array | None]:
+    """``x`` through ``layers`` (:class:`ConvBN` or :class:`InvertedResidual`), each given
+    the previous one's output scale; returns the output and its scale."""
+    for layer in layers:
+        x = layer(x, train=train, in_scale=scale)
+        scale = layer.out_scale()
+    return x, scale
 
 
 # --- the models -------------------------------------------------------------------
@@ -505,9 +610,9 @@ class MobileNet(nn.Module):
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
-    def _quantize_input(self, x: jax.Array, cfg: _Layers) -> jax.Array:
-        """The int8 file's input QUANTIZE, in full QAT (call from ``_forward``)."""
-        return cfg.tensor_range("input_range")(x)
+    def _quantize_input(self, x: jax.Array, cfg: _Layers) -> tuple[jax.Array, jax.Array | None]:
+        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``)."""
+        return cfg.quantize(x, "input_range")
 
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -556,11 +661,11 @@ class MobileNet(nn.Module):
 
     def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
         """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
-        x = cfg.tensor_range("pool_range")(_global_pool(x))
+        x, scale = cfg.quantize(_global_pool(x), "pool_range")
         if hidden is not None:
-            x = cfg.act("hard_swish")(cfg.dense(hidden, name="pre_logits")(x))
+            x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        x = cfg.tensor_range("logits_range")(cfg.dense(self.num_classes, name="logits")(x))
+        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale), "logits_range")[0]
         return x.astype(jnp.float32)
 
 
@@ -587,15 +692,16 @@ class MobileNetV1(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        x = self._quantize_input(x, cfg)
-        x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
-                   name="stem")(x, train=train)
+        x, scale = self._quantize_input(x, cfg)
+        layers = [ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6", name="stem")]
         strides = self._block_strides([stride for _, stride in self.BLOCKS])
         for i, ((features, _), stride) in enumerate(zip(self.BLOCKS, strides)):
-            x = ConvBN(x.shape[-1], 3, stride, cfg, "relu6", depthwise=True,
-                       name=f"block{i + 1}_depthwise")(x, train=train)
-            x = ConvBN(self._channels(features), 1, 1, cfg, "relu6",
-                       name=f"block{i + 1}_pointwise")(x, train=train)
+            channels = self.BLOCKS[i - 1][0] if i else 32
+            layers += [ConvBN(self._channels(channels), 3, stride, cfg, "relu6", depthwise=True,
+                              name=f"block{i + 1}_depthwise"),
+                       ConvBN(self._channels(features), 1, 1, cfg, "relu6",
+                              name=f"block{i + 1}_pointwise")]
+        x = _chain(layers, x, scale, train=train)[0]
         return self._classify(x, cfg, rate, train=train)
 
 
@@ -613,17 +719,18 @@ class MobileNetV2(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        x = self._quantize_input(x, cfg)
-        x = ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
-                   name="stem")(x, train=train)
+        x, scale = self._quantize_input(x, cfg)
+        x, scale = _chain([ConvBN(self._channels(32), 3, self._stem_stride(), cfg, "relu6",
+                                  name="stem")], x, scale, train=train)
         # One (expansion, channels, stride) per block: a stage's later blocks have stride 1.
         blocks = [(t, c, s if i == 0 else 1) for t, c, n, s in self.BLOCKS for i in range(n)]
         strides = self._block_strides([s for _, _, s in blocks])
         for index, ((t, c, _), stride) in enumerate(zip(blocks, strides)):
-            x = InvertedResidual(int(round(x.shape[-1] * t)), self._channels(c), 3, stride,
-                                 "relu6", cfg, name=f"block{index + 1}")(x, train=train)
+            x, scale = _chain([InvertedResidual(int(round(x.shape[-1] * t)), self._channels(c),
+                                                3, stride, "relu6", cfg,
+                                                name=f"block{index + 1}")], x, scale, train=train)
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
-        x = ConvBN(last, 1, 1, cfg, "relu6", name="head")(x, train=train)
+        x = _chain([ConvBN(last, 1, 1, cfg, "relu6", name="head")], x, scale, train=train)[0]
         return self._classify(x, cfg, rate, train=train)
 
 
@@ -664,17 +771,19 @@ class _MobileNetV3(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        x = self._quantize_input(x, cfg)
-        x = ConvBN(self._channels(16), 3, self._stem_stride(), cfg, "hard_swish",
-                   name="stem")(x, train=train)
+        x, scale = self._quantize_input(x, cfg)
+        layers: list[nn.Module] = [ConvBN(self._channels(16), 3, self._stem_stride(), cfg,
+                                          "hard_swish", name="stem")]
         strides = self._block_strides([block.stride for block in self.BLOCKS])
         for i, (block, stride) in enumerate(zip(self.BLOCKS, strides)):
             expanded = self._channels(block.expanded)
-            x = InvertedResidual(
+            layers.append(InvertedResidual(
                 expanded, self._channels(block.out), block.kernel, stride, block.act, cfg,
                 squeeze=make_divisible(expanded // 4) if block.se else None,
-                name=f"block{i + 1}")(x, train=train)
-        x = ConvBN(6 * x.shape[-1], 1, 1, cfg, "hard_swish", name="head")(x, train=train)
+                name=f"block{i + 1}"))
+        layers.append(ConvBN(6 * self._channels(self.BLOCKS[-1].out), 1, 1, cfg, "hard_swish",
+                             name="head"))
+        x = _chain(layers, x, scale, train=train)[0]
         return self._classify(x, cfg, rate, train=train,
                               hidden=self._channels(self.LAST_CHANNEL))
 
@@ -718,14 +827,15 @@ class TinyMobileNet(MobileNet):
 
     @nn.compact
     def _forward(self, x, cfg, rate, *, train):
-        x = self._quantize_input(x, cfg)
+        x, scale = self._quantize_input(x, cfg)
         width = self._channels
-        x = ConvBN(width(16), 3, self._stem_stride(), cfg, "relu6", name="stem")(x, train=train)
-        x = InvertedResidual(width(48), width(24), 3, self._block_strides([2])[0], "hard_swish",
-                             cfg, squeeze=width(16), name="block1")(x, train=train)
-        x = InvertedResidual(width(72), width(24), 3, 1, "relu6", cfg,
-                             name="block2")(x, train=train)
-        x = ConvBN(width(64), 1, 1, cfg, "hard_swish", name="head")(x, train=train)
+        x = _chain([
+            ConvBN(width(16), 3, self._stem_stride(), cfg, "relu6", name="stem"),
+            InvertedResidual(width(48), width(24), 3, self._block_strides([2])[0], "hard_swish",
+                             cfg, squeeze=width(16), name="block1"),
+            InvertedResidual(width(72), width(24), 3, 1, "relu6", cfg, name="block2"),
+            ConvBN(width(64), 1, 1, cfg, "hard_swish", name="head"),
+        ], x, scale, train=train)[0]
         return self._classify(x, cfg, rate, train=train)
 
 

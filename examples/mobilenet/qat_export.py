@@ -370,8 +370,9 @@ def qat_reference(run) -> Any:
     :class:`jrelu6.linen.QuantizedReLU6` outputs)."""
     import jrelu6.linen
 
-    def keep(module, _):
-        return isinstance(module, (quantization.MovingRange, jrelu6.linen.QuantizedReLU6))
+    def keep(module, method):
+        return method == "__call__" and isinstance(
+            module, (quantization.MovingRange, jrelu6.linen.QuantizedReLU6))
 
     @jax.jit
     def apply(variables, x):

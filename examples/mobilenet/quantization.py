@@ -34,6 +34,7 @@ from flax import traverse_util
 
 import jrelu6
 import jrelu6.linen
+from jrelu6 import _quant
 
 NONLINEARITIES = ("relu6", "relu", "capped_relu")
 SCHEMES = ("affine", "fixed_point")
@@ -250,6 +251,43 @@ class MovingRange(nn.Module):
         return jrelu6.fake_quant(x, min=lo.value.astype(x.dtype), max=top.astype(x.dtype),
                                  num_bits=self.num_bits)
 
+    def scale(self) -> jax.Array:
+        """The step of the grid the last call quantized on (float32, not differentiated)."""
+        return grid_scale(self.get_variable("batch_stats", "min"),
+                          self.get_variable("batch_stats", "max"), self.num_bits)
+
+
+def grid_scale(lo: Any, hi: Any, num_bits: int) -> jax.Array:
+    """The step of :func:`jrelu6.fake_quant`'s grid on ``[lo, hi]`` (float32, as exported).
+
+    ``hi`` is raised to ``lo + MIN_RANGE`` as :class:`MovingRange` does; relu6's grid is
+    ``grid_scale(0, 6, bits)``.
+    """
+    lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+    hi = jnp.maximum(hi, lo + MIN_RANGE)
+    grid = _quant.nudge(lo, hi, 0, 2**num_bits - 1, jnp.float32)
+    return jax.lax.stop_gradient(jnp.asarray(grid.scale, jnp.float32))
+
+
+def fake_quant_bias(bias: jax.Array, in_scale: jax.Array, weight_scale: jax.Array
+                    ) -> jax.Array:
+    """``bias`` on LiteRT's int32 bias grid, ``in_scale * weight_scale`` (per channel).
+
+    The int8 file stores ``round(bias / (in_scale * weight_scale))`` (half to even, as the
+    exporter's ``np.round``), added to the integer accumulator: the layer then computes
+    exactly the accumulator's grid. The gradient is the identity (straight through).
+    """
+    step = jax.lax.stop_gradient(jnp.asarray(in_scale, jnp.float32) * weight_scale)
+    wide = bias.astype(jnp.float32)
+    return wide + jax.lax.stop_gradient(jnp.round(wide / step) * step - wide)
+
+
+def weight_scale(kernel: jax.Array, num_bits: int, granularity: str) -> jax.Array:
+    """The scales of :func:`jrelu6.fake_quant_weights`' grid (per output channel, or one)."""
+    _, scale = jrelu6.quantize_weights(jax.lax.stop_gradient(kernel), num_bits=num_bits,
+                                       axis=weight_axis(granularity))
+    return scale
+
 
 def weight_axis(granularity: str) -> int | None:
     """The ``axis`` of :func:`jrelu6.fake_quant_weights`: -1 per channel, ``None`` per tensor."""
@@ -258,8 +296,9 @@ def weight_axis(granularity: str) -> int | None:
 
 class QuantDense(nn.Module):
     """``nn.Dense`` (same parameter names, shapes and initialisers) whose kernel is
-    fake-quantized per output channel (or per tensor); the bias stays float (int32 in
-    the int8 file, on a grid far finer than the output's).
+    fake-quantized per output channel (or per tensor); given its input's scale
+    (``in_scale``), the bias is put on the int8 file's int32 grid (:func:`fake_quant_bias`),
+    else it stays float.
 
     Attributes:
       features: the outputs.
@@ -274,10 +313,13 @@ class QuantDense(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, in_scale: jax.Array | None = None) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if in_scale is not None:
+            bias = fake_quant_bias(
+                bias, in_scale, weight_scale(kernel, self.weight_bits, self.granularity))
         kernel = jrelu6.fake_quant_weights(kernel, num_bits=self.weight_bits,
                                            axis=weight_axis(self.granularity))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)

@@ -80,6 +80,44 @@ def test_evaluation_is_the_folded_int8_form(granularity, axis):
     assert not np.allclose(np.asarray(got), np.asarray(other), atol=1e-6)
 
 
+@pytest.mark.parametrize("granularity, axis", [("per_channel", -1), ("per_tensor", None)])
+def test_given_its_input_scale_the_folded_bias_is_on_the_int32_accumulator_grid(
+        granularity, axis):
+    module = _conv_bn_relu6(weight_granularity=granularity)
+    in_scale = jnp.float32(0.05)
+    x = jnp.round(_x() / in_scale) * in_scale  # An input on its grid, as in the model.
+    variables = _variables(module, x)
+    p, s = variables["params"], variables["batch_stats"]
+    w, b = jrelu6.fold_batch_norm(p["conv"]["kernel"], scale=p["bn"]["scale"],
+                                  offset=p["bn"]["bias"], mean=s["bn"]["mean"],
+                                  var=s["bn"]["var"], epsilon=1e-3)
+    q, w_scale = jrelu6.quantize_weights(w, axis=axis)
+    step = in_scale * w_scale  # LiteRT's int32 bias scale.
+    # Evaluation: the file's integers, (conv(x levels, q) + int32 bias) * step, exactly.
+    accumulator = _conv(jnp.round(x / in_scale), q.astype(jnp.float32))
+    want = jrelu6.quantized_relu6((accumulator + jnp.round(b / step)) * step, num_bits=8)
+    apply = jax.jit(lambda v, x, s: module.apply(v, x, train=False, in_scale=s))
+    np.testing.assert_array_equal(np.asarray(apply(variables, x, in_scale)), np.asarray(want))
+    # Frozen training computes it in float (the same values, bar float32 rounding near a
+    # level's midpoint), and the bias's gradient passes straight through.
+    frozen = _conv_bn_relu6(weight_granularity=granularity, bn_frozen=True)
+
+    def loss(params, in_scale):
+        y, _ = frozen.apply({**variables, "params": params}, x, train=True,
+                            in_scale=in_scale, mutable=["batch_stats"])
+        return jnp.sum(y * jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)), y
+
+    (_, y), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], in_scale)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=0, atol=6 / 255 + 1e-6)
+    assert np.mean(np.abs(np.asarray(y) - np.asarray(want)) < 1e-6) >= 0.99
+    (_, _), float_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], None)
+    np.testing.assert_allclose(np.asarray(grads["bn"]["bias"]),
+                               np.asarray(float_grads["bn"]["bias"]), rtol=1e-5)
+    # Without the input scale the bias stays float: another output.
+    float_bias = apply(variables, x, None)
+    assert not np.allclose(np.asarray(float_bias), np.asarray(want), atol=1e-6)
+
+
 def test_per_channel_weights_have_one_scale_per_output_channel_per_tensor_one():
     module = _conv_bn_relu6()
     x = _x()

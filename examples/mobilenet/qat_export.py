@@ -182,6 +182,44 @@ def _channel_scales(tensor, shape, scale=None) -> np.ndarray:
     return values.reshape(view) if values.size > 1 else values.reshape([1] * len(shape))
 
 
+class _Flatbuffer:
+    """An int8 TFLite model being edited: its operators' names, tensor values, pinned grids."""
+
+    def __init__(self, data: bytes):
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        self.schema = schema
+        self._utils = flatbuffer_utils
+        self.model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+        self._names = {v: k for k, v in vars(schema.BuiltinOperator).items()
+                       if not k.startswith("_")}
+        self.graph = self.model.subgraphs[0]
+        self.pinned: dict[int, tuple[str, float, int]] = {}
+
+    def opname(self, op) -> str:
+        code = self.model.operatorCodes[op.opcodeIndex]
+        return self._names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+    def values(self, index: int, dtype) -> np.ndarray:
+        tensor = self.graph.tensors[index]
+        raw = np.asarray(self.model.buffers[tensor.buffer].data, np.uint8).tobytes()
+        return np.frombuffer(raw, dtype).reshape(tensor.shape)
+
+    def set_values(self, index: int, values: np.ndarray) -> None:
+        buffer = self.model.buffers[self.graph.tensors[index].buffer]
+        buffer.data = np.frombuffer(values.tobytes(), np.uint8).copy()
+
+    def pin(self, index: int, name: str, scale: float, zero_point: int) -> None:
+        tensor = self.graph.tensors[index]
+        tensor.quantization.scale = [float(scale)]
+        tensor.quantization.zeroPoint = [int(zero_point)]
+        self.pinned[index] = (name, float(scale), int(zero_point))
+
+    def to_bytes(self) -> bytes:
+        return bytes(self._utils.convert_object_to_bytearray(self.model))
+
+
 def set_trained_grid(data: bytes, layers: Sequence[Layer], ranges: Mapping[tuple, Range]
                      ) -> tuple[bytes, Pinned]:
     """The int8 flatbuffer ``data`` with the trained weights, scales and activation grids.
@@ -197,128 +235,123 @@ def set_trained_grid(data: bytes, layers: Sequence[Layer], ranges: Mapping[tuple
     Raises:
       ValueError: a weighted op whose weights match no trained layer.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    fb = _Flatbuffer(data)
+    matched, factors, equal, total = _put_trained_weights(fb, layers)
+    _pin_activations(fb, matched, ranges)
+    _pin_input(fb, matched, ranges)
+    _set_scales_and_biases(fb, matched, factors)
+    return fb.to_bytes(), Pinned(fb.pinned, equal, total)
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    graph = model.subgraphs[0]
 
-    def opname(op) -> str:
-        code = model.operatorCodes[op.opcodeIndex]
-        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-
-    def values(index: int, dtype) -> np.ndarray:
-        tensor = graph.tensors[index]
-        raw = np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes()
-        return np.frombuffer(raw, dtype).reshape(tensor.shape)
-
-    def pin(index: int, name: str, scale: float, zero_point: int) -> None:
-        tensor = graph.tensors[index]
-        tensor.quantization.scale = [float(scale)]
-        tensor.quantization.zeroPoint = [int(zero_point)]
-        pinned[index] = (name, float(scale), int(zero_point))
-
-    pinned: dict[int, tuple[str, float, int]] = {}
+def _put_trained_weights(fb: _Flatbuffer, layers: Sequence[Layer]
+                         ) -> tuple[list[tuple[Any, Layer]], dict[int, float], int, int]:
+    """Each weighted op's int8 weights replaced by its trained layer's (matched by shape and
+    values): ``(matched ops, each op's folded factor, weights equal, weights total)``."""
     factors: dict[int, float] = {}
     unused = list(layers)
     equal = total = 0
     matched: list[tuple[Any, Layer]] = []
-    producer: dict[int, Any] = {}
-    for op in graph.operators:
-        for out in op.outputs:
-            producer[out] = op
-        if opname(op) not in _WEIGHTED:
+    for op in fb.graph.operators:
+        if fb.opname(op) not in _WEIGHTED:
             continue
-        got = values(op.inputs[1], np.int8)
+        got = fb.values(op.inputs[1], np.int8)
         candidates = [layer for layer in unused if _tflite_layout(layer).shape == got.shape]
         if not candidates:
-            raise ValueError(f"set_trained_grid: a {opname(op)} with weights {got.shape} "
+            raise ValueError(f"set_trained_grid: a {fb.opname(op)} with weights {got.shape} "
                              "matches no trained layer")
         best = max(candidates, key=lambda layer: int(np.sum(_tflite_layout(layer) == got)))
         unused.remove(best)
         want = _tflite_layout(best)
         # The converter may have folded a constant factor into the weights (a mean's
         # 1 / count into the next dense layer): a power of two, measured on the values.
-        theirs = np.abs(got.astype(np.float64)) * _channel_scales(graph.tensors[op.inputs[1]],
-                                                                   got.shape)
+        theirs = np.abs(got.astype(np.float64)) * _channel_scales(
+            fb.graph.tensors[op.inputs[1]], got.shape)
         ours = np.abs(want.astype(np.float64)) * _channel_scales(None, want.shape, best.scale)
         factors[id(op)] = float(np.exp2(np.round(np.log2(theirs.sum() / ours.sum()))))
         equal += int(np.sum(want == got))
         total += want.size
         # The file holds the trained integers (per tensor, the converter's per-channel
-        # quantization would differ); scales follow below.
-        model.buffers[graph.tensors[op.inputs[1]].buffer].data = np.frombuffer(
-            want.astype(np.int8).tobytes(), np.uint8).copy()
+        # quantization would differ); scales follow in _set_scales_and_biases.
+        fb.set_values(op.inputs[1], want.astype(np.int8))
         matched.append((op, best))
-    # Activation grids, in topological order.
-    input_index = graph.inputs[0]
-    first_weighted = next(op for op, _ in matched)
-    for op in graph.operators:
-        name = opname(op)
+    return matched, factors, equal, total
+
+
+def _pin_activations(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
+                     ranges: Mapping[tuple, Range]) -> None:
+    """Every int8 activation on its trained grid, in topological order."""
+    schema = fb.schema
+    for op in fb.graph.operators:
+        name = fb.opname(op)
         out = op.outputs[0]
-        if graph.tensors[out].type != schema.TensorType.INT8:
+        if fb.graph.tensors[out].type != schema.TensorType.INT8:
             continue
         fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
         layer = next((layer for o, layer in matched if o is op), None)
         if layer is not None and fused == schema.ActivationFunctionType.RELU6:
-            pin(out, "/".join(layer.path) + " relu6", 6 / 255, -128)
+            fb.pin(out, "/".join(layer.path) + " relu6", 6 / 255, -128)
         elif layer is not None and (*layer.path, "out_range") in ranges:
             r = ranges[(*layer.path, "out_range")]
-            pin(out, "/".join(r.path), r.scale, r.zero_point)
+            fb.pin(out, "/".join(r.path), r.scale, r.zero_point)
         elif layer is not None and layer.path[-1] == "logits" and ("logits_range",) in ranges:
             r = ranges[("logits_range",)]
-            pin(out, "logits_range", r.scale, r.zero_point)
+            fb.pin(out, "logits_range", r.scale, r.zero_point)
         elif name == "ADD":
             blocks = [layer.path[:-1] for o, layer in matched
                       if any(o.outputs[0] == i for i in op.inputs)]
             keys = [(*block, "add_range") for block in blocks if (*block, "add_range") in ranges]
             if keys:
                 r = ranges[keys[0]]
-                pin(out, "/".join(r.path), r.scale, r.zero_point)
+                fb.pin(out, "/".join(r.path), r.scale, r.zero_point)
         elif name in ("MEAN", "SUM") and ("pool_range",) in ranges:
             r = ranges[("pool_range",)]
-            shape = graph.tensors[op.inputs[0]].shape
+            shape = fb.graph.tensors[op.inputs[0]].shape
             count = int(np.prod(shape[1:-1])) if name == "SUM" else 1
-            pin(out, "pool_range" + (f" x {count}" if count > 1 else ""), r.scale * count,
-                r.zero_point)
-        elif name in _SAME_SCALE and op.inputs[0] in pinned:
-            source, scale, zero_point = pinned[op.inputs[0]]
-            pin(out, source, scale, zero_point)
-    # The model's input tensor: what the first weighted layer reads (through PAD).
-    if ("input_range",) in ranges:
-        index = first_weighted.inputs[0]
-        while index in producer and opname(producer[index]) in _SAME_SCALE:
-            index = producer[index].inputs[0]
-        r = ranges[("input_range",)]
-        pin(index, "input_range", r.scale, r.zero_point)
-        for op in graph.operators:  # Its PADs again, now that it is pinned.
-            if opname(op) in _SAME_SCALE and op.inputs[0] in pinned:
-                pin(op.outputs[0], pinned[op.inputs[0]][0], *pinned[op.inputs[0]][1:])
-    del input_index
-    # Weight scales (the converter's differ from the trained ones by an ulp, or by the
-    # power of two of a folded division) and biases at input scale x weight scale.
+            fb.pin(out, "pool_range" + (f" x {count}" if count > 1 else ""), r.scale * count,
+                   r.zero_point)
+        elif name in _SAME_SCALE and op.inputs[0] in fb.pinned:
+            fb.pin(out, *fb.pinned[op.inputs[0]])
+
+
+def _pin_input(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
+               ranges: Mapping[tuple, Range]) -> None:
+    """The model's input tensor, what the first weighted layer reads (through PAD), on the
+    trained input range; then its PADs again."""
+    if ("input_range",) not in ranges:
+        return
+    producer = {out: op for op in fb.graph.operators for out in op.outputs}
+    index = matched[0][0].inputs[0]
+    while index in producer and fb.opname(producer[index]) in _SAME_SCALE:
+        index = producer[index].inputs[0]
+    r = ranges[("input_range",)]
+    fb.pin(index, "input_range", r.scale, r.zero_point)
+    for op in fb.graph.operators:
+        if fb.opname(op) in _SAME_SCALE and op.inputs[0] in fb.pinned:
+            fb.pin(op.outputs[0], *fb.pinned[op.inputs[0]])
+
+
+def _set_scales_and_biases(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
+                           factors: dict[int, float]) -> None:
+    """Weight scales (the converter's differ from the trained ones by an ulp, or by the power
+    of two of a folded division) and biases on the int32 grid of input x weight scale."""
     for op, layer in matched:
-        weight = graph.tensors[op.inputs[1]]
-        depthwise = opname(op) == "DEPTHWISE_CONV_2D"
-        channels = graph.tensors[op.inputs[1]].shape[3 if depthwise else 0]
+        weight = fb.graph.tensors[op.inputs[1]]
+        depthwise = fb.opname(op) == "DEPTHWISE_CONV_2D"
+        channels = weight.shape[3 if depthwise else 0]
         ours = np.asarray(layer.scale, np.float64) * np.ones(channels)
         weight.quantization.scale = [float(s) for s in
                                      (ours * factors[id(op)]).astype(np.float32)]
         weight.quantization.zeroPoint = [0] * channels
         weight.quantization.quantizedDimension = 3 if depthwise else 0
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            bias = graph.tensors[op.inputs[2]]
-            in_scale = float(graph.tensors[op.inputs[0]].quantization.scale[0])
-            w_scale = np.asarray(weight.quantization.scale, np.float64)
-            bias_scale = in_scale * w_scale
+            bias = fb.graph.tensors[op.inputs[2]]
+            in_scale = float(fb.graph.tensors[op.inputs[0]].quantization.scale[0])
+            bias_scale = in_scale * np.asarray(weight.quantization.scale, np.float64)
             q = np.round(layer.bias.astype(np.float64) / bias_scale)
             q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-            model.buffers[bias.buffer].data = np.frombuffer(q.tobytes(), np.uint8).copy()
+            fb.set_values(op.inputs[2], q)
             bias.quantization.scale = [float(s) for s in bias_scale.astype(np.float32)]
             bias.quantization.zeroPoint = [0] * len(bias_scale)
-    return (bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-            Pinned(pinned, equal, total))
 
 
 def export_model(model: models.MobileNet, variables: Mapping[str, Any]

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             status = 1
             continue
-        except Exception as error:  # A converter's or runtime's own error: report, go on.
+        except Exception as error:  # noqa: BLE001 - a converter's or runtime's own error
+            # (report it, go on).
             print(f"{name}: failed: {type(error).__name__}: {str(error)[:500]}", file=sys.stderr)
             status = 1
             continue

@@ -363,7 +363,7 @@ def pin_relu6_ranges(data: bytes, *, low: float = 0.0, high: float = 6.0) -> byt
     names = {value: name for name, value in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
     scale = (high - low) / 255.0
-    zero_point = int(round(-128 - low / scale))
+    zero_point = round(float(-128 - low / scale))
 
     def opname(op) -> str:
         code = model.operatorCodes[op.opcodeIndex]
@@ -409,7 +409,7 @@ def run_tflite(data: bytes) -> Predict:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        Interpreter = _import_tensorflow().lite.Interpreter  # noqa: N806
+        Interpreter = _import_tensorflow().lite.Interpreter
     interpreter = Interpreter(model_content=data)
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()

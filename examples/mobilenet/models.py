@@ -55,11 +55,15 @@ from jax import lax
 
 import jrelu6
 import jrelu6.linen
-
 from mobilenet import quantization
 from mobilenet.batch_norm import BatchNorm, batch_norm
-from mobilenet.depthwise import (IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype,
-                                 depthwise_conv)
+from mobilenet.depthwise import (
+    IMPLS,
+    DepthwiseConv,
+    PointwiseConv,
+    accumulator_dtype,
+    depthwise_conv,
+)
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
 POINTWISE = ("matmul", "conv")
@@ -726,7 +730,7 @@ class MobileNetV2(MobileNet):
         blocks = [(t, c, s if i == 0 else 1) for t, c, n, s in self.BLOCKS for i in range(n)]
         strides = self._block_strides([s for _, _, s in blocks])
         for index, ((t, c, _), stride) in enumerate(zip(blocks, strides)):
-            x, scale = _chain([InvertedResidual(int(round(x.shape[-1] * t)), self._channels(c),
+            x, scale = _chain([InvertedResidual(round(x.shape[-1] * t), self._channels(c),
                                                 3, stride, "relu6", cfg,
                                                 name=f"block{index + 1}")], x, scale, train=train)
         last = make_divisible(1280 * max(1.0, self.width_multiplier))

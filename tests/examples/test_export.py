@@ -45,7 +45,7 @@ def _require(fmt: str) -> None:
                                                f"'.[export]'")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _run(name: str) -> export.Run:
     """A randomly initialised ``name`` with non-trivial batch statistics, on synthetic data."""
     model = models.create_model(name, num_classes=10, depthwise="grouped", **MODELS[name])
@@ -60,12 +60,12 @@ def _run(name: str) -> export.Run:
     return export.Run(None, model, variables, 0, dataset)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name: str) -> export.Predict:
     return export.reference_function(_run(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _exported(name: str, fmt: str, int8: bool = False) -> export.Predict:
     data = export.export_bytes(_run(name), fmt, int8=int8, calibration_images=16)
     return export.RUNNERS[fmt](data)
@@ -172,7 +172,7 @@ def test_int8_tflite_stays_close_to_float():
     assert np.max(np.abs(got - want)) < 0.1 * np.ptp(want) + 1e-3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pinned_tiny() -> bytes:
     return export.export_bytes(_run("tiny"), "tflite", int8=True, calibration_images=16,
                                int8_ranges="relu6")
@@ -222,12 +222,12 @@ def test_pinned_relu6_ranges_are_zero_to_six():
 @pytest.mark.parametrize("fmt,options", [("onnx", dict(int8=True)), ("nope", {}),
                                          ("tflite", dict(int8=True, int8_ranges="max"))])
 def test_export_bytes_rejects_bad_settings(fmt, options):
-    with pytest.raises(ValueError, match="^export_bytes: "):
+    with pytest.raises(ValueError, match=r"^export_bytes: "):
         export.export_bytes(_run("tiny"), fmt, **options)
 
 
 def test_load_run_rejects_a_directory_without_a_run(tmp_path):
-    with pytest.raises(export.ExportError, match="^load_run: no config.json"):
+    with pytest.raises(export.ExportError, match=r"^load_run: no config\.json"):
         export.load_run(str(tmp_path))
 
 
@@ -341,7 +341,7 @@ class _ConvBNReLU6Net(models.MobileNet):
         return self._classify(x, cfg, rate, train=train)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _qat_run(granularity: str) -> export.Run:
     """A Conv-BN-ReLU6 network after a few QAT training passes (statistics and ranges set)."""
     model = _ConvBNReLU6Net(num_classes=10, weight_bits=8, activation_bits=8,

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.core
@@ -488,10 +488,16 @@ def _channel_axis(fn_name: str, axis, ndim: int) -> int:
     return axis % ndim
 
 
-def _along(v, axis: int, ndim: int):
-    """A per-channel vector ``v`` shaped to broadcast along ``axis`` of a rank-``ndim`` array."""
+def _along_shape(axis: int, ndim: int) -> list[int]:
+    """The shape that makes a per-channel vector broadcast along ``axis`` of rank ``ndim``."""
     shape = [1] * ndim
     shape[axis] = -1
+    return shape
+
+
+def _along(v, axis: int, ndim: int):
+    """A per-channel vector ``v`` shaped to broadcast along ``axis`` of a rank-``ndim`` array."""
+    shape = _along_shape(axis, ndim)
     return jnp.reshape(v, shape) if isinstance(v, jax.Array) else np.reshape(v, shape)
 
 
@@ -603,11 +609,12 @@ def _per_channel(x, lo, hi, qmin, qmax, axis, *, in_graph=False):
         grid = _nudge_traced(lo, hi, qmin, qmax, dtype)
     else:
         grid = _nudge_host_channels(np.asarray(lo), np.asarray(hi), qmin, qmax, dtype)
-    grid = Grid(*(_along(jnp.asarray(v, dtype), axis, x.ndim) for v in grid))
+    grid = Grid(*(jnp.reshape(jnp.asarray(v, dtype), _along_shape(axis, x.ndim)) for v in grid))
     return fake_quant_core(x, _along(lo, axis, x.ndim), _along(hi, axis, x.ndim), grid)
 
 
-def _weight_ranges(fn_name, w, num_bits, axis):
+def _weight_ranges(fn_name: str, w: Any, num_bits: Any, axis: Any
+                   ) -> tuple[jax.Array, int, int | None, jax.Array]:
     """Validated ``(w, num_bits, axis or None, m)``: ``m`` the largest magnitude per
     channel (a vector, or a 1-vector per tensor), 1 where it is 0, without gradient."""
     if isinstance(w, (list, tuple)):

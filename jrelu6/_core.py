@@ -13,8 +13,6 @@ in :mod:`jrelu6._functions`.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -110,24 +108,29 @@ def capped(x: jax.Array, cap, grad_at_zero, grad_at_cap) -> jax.Array:
     return (capped_relu_flat_kinks if flat else capped_relu)(x, cap, grad_at_zero, grad_at_cap)
 
 
+def _jvp_rule(function, x_tangent):
+    """The JVP rule of ``function`` (:data:`capped_relu` or its flat-kinks twin): the
+    tangent ``x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot)`` plus the cap's. The
+    boundary slopes themselves get no tangent: the output does not depend on them."""
+
+    def rule(primals, tangents):
+        x, cap, grad_at_zero, grad_at_cap = primals
+        x_dot, cap_dot, _, _ = tangents
+        y = function(x, cap, grad_at_zero, grad_at_cap)
+        y_dot = jnp.zeros_like(y)
+        if not isinstance(x_dot, SymbolicZero):
+            y_dot = x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot)
+        if not isinstance(cap_dot, SymbolicZero):
+            y_dot = y_dot + _cap_tangent(x, cap, grad_at_cap, cap_dot)
+        return y, y_dot
+
+    return rule
+
+
 # The rule (cf. relu/relu6 in jax/_src/nn/functions.py): the slope is chosen by
 # comparing the *input* with the kinks, never by comparing the output. Kinks:
 # d/dx = grad_at_zero at x == 0 and grad_at_cap at x == cap (both 0 by default,
-# the jax.nn / PyTorch / TensorFlow convention). The boundary slopes themselves
-# get no tangent: the output does not depend on them.
-@functools.partial(capped_relu.defjvp, symbolic_zeros=True)
-def _capped_relu_jvp(primals, tangents):
-    x, cap, grad_at_zero, grad_at_cap = primals
-    x_dot, cap_dot, _, _ = tangents
-    y = capped_relu(x, cap, grad_at_zero, grad_at_cap)
-    y_dot = jnp.zeros_like(y)
-    if not isinstance(x_dot, SymbolicZero):
-        y_dot = _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot)
-    if not isinstance(cap_dot, SymbolicZero):
-        y_dot = y_dot + _cap_tangent(x, cap, grad_at_cap, cap_dot)
-    return y, y_dot
-
-
+# the jax.nn / PyTorch / TensorFlow convention).
 # Jitted so that eager differentiation dispatches once, not once per operation.
 @jax.jit
 def _x_tangent(x, cap, grad_at_zero, grad_at_cap, x_dot):
@@ -139,29 +142,24 @@ def _cap_tangent(x, cap, grad_at_cap, cap_dot):
     return scale_tangent(_cap_slope(x, cap, grad_at_cap), jnp.asarray(cap_dot, x.dtype))
 
 
+capped_relu.defjvp(_jvp_rule(capped_relu, _x_tangent), symbolic_zeros=True)
+
+
 # The rule at zero kink slopes: x_dot on (0, cap), 0 elsewhere (even for an infinite
 # x_dot), NaN at a NaN input; jax.nn.relu6's select, widened to NaN inputs. Linear in
 # x_dot, and it transposes to the same rule for cotangents: the factor that makes
 # NaN is 1 wherever x is not NaN, so transposed it multiplies nothing else.
-@functools.partial(capped_relu_flat_kinks.defjvp, symbolic_zeros=True)
-def _capped_relu_flat_kinks_jvp(primals, tangents):
-    x, cap, grad_at_zero, grad_at_cap = primals
-    x_dot, cap_dot, _, _ = tangents
-    y = capped_relu_flat_kinks(x, cap, grad_at_zero, grad_at_cap)
-    y_dot = jnp.zeros_like(y)
-    if not isinstance(x_dot, SymbolicZero):
-        y_dot = _x_tangent_flat_kinks(x, cap, x_dot)
-    if not isinstance(cap_dot, SymbolicZero):
-        y_dot = y_dot + _cap_tangent(x, cap, grad_at_cap, cap_dot)
-    return y, y_dot
-
-
 @jax.jit
-def _x_tangent_flat_kinks(x, cap, x_dot):
+def _x_tangent_flat_kinks(x, cap, grad_at_zero, grad_at_cap, x_dot):
+    del grad_at_zero, grad_at_cap  # Both 0: the select below is the whole rule.
     nan = jnp.isnan(x)
     keep = (x > like(x, 0)) & (x < like(x, cap)) | nan
     factor = jnp.where(nan, like(x_dot, jnp.nan), like(x_dot, 1))
     return jnp.where(keep, x_dot * factor, jnp.zeros_like(x_dot))
+
+
+capped_relu_flat_kinks.defjvp(_jvp_rule(capped_relu_flat_kinks, _x_tangent_flat_kinks),
+                              symbolic_zeros=True)
 
 
 @jax.jit

@@ -51,19 +51,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 import jrelu6
 import jrelu6.linen
 from mobilenet import quantization
-from mobilenet.batch_norm import BatchNorm, batch_norm
-from mobilenet.depthwise import (
-    IMPLS,
-    DepthwiseConv,
-    PointwiseConv,
-    accumulator_dtype,
-    depthwise_conv,
-)
+from mobilenet.batch_norm import BatchNorm
+from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.qat_layers import QATConvBN, QATInvertedResidual, QATLayers, QATSqueezeExcite
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
 POINTWISE = ("matmul", "conv")
@@ -91,7 +85,7 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 # --- building blocks ----------------------------------------------------------
 
 
-class _Layers(NamedTuple):
+class _LayerFields(NamedTuple):
     """The layer options every block shares (a model's fields, passed down)."""
 
     dtype: Dtype
@@ -114,49 +108,12 @@ class _Layers(NamedTuple):
     weight_granularity: str = "per_channel"
     bn_frozen: Any = False  # Training with the running statistics (a traced bool).
 
-    @property
-    def tensor_bits(self) -> int | None:
-        """The bits of every activation tensor: ``activation_bits`` in full QAT, else None."""
-        return self.activation_bits if self.weight_bits is not None else None
 
-    def tensor_range(self, name: str | None = None) -> Callable[[jax.Array], jax.Array]:
-        """A :class:`~mobilenet.quantization.MovingRange` in full QAT, else the identity."""
-        if self.tensor_bits is None:
-            return lambda x: x
-        return quantization.MovingRange(self.tensor_bits, name=name)
+class _Layers(_LayerFields, QATLayers):
+    """The layer options, with the methods of the float layers here and of the quantized
+    ones in :class:`~mobilenet.qat_layers.QATLayers`."""
 
-    def quantize(self, x: jax.Array, name: str) -> tuple[jax.Array, jax.Array | None]:
-        """``tensor_range(name)(x)`` and the scale of its grid (``None`` outside full QAT)."""
-        if self.tensor_bits is None:
-            return x, None
-        quantizer = quantization.MovingRange(self.tensor_bits, name=name)
-        return quantizer(x), quantizer.scale()
-
-    def dense(self, x: jax.Array, features: int, name: str,
-              in_scale: jax.Array | None = None) -> jax.Array:
-        """``nn.Dense`` of ``x``, or its weight-quantized twin with ``weight_bits`` (its
-        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given)."""
-        if self.weight_bits is None:
-            return nn.Dense(features, dtype=self.dtype, name=name)(x)
-        return quantization.QuantDense(features, self.weight_bits, self.weight_granularity,
-                                       dtype=self.dtype, name=name)(x, in_scale)
-
-    def act_q(self, kind: str, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """``act(kind)(x)`` and the scale of the output's grid (``None`` outside full QAT,
-        and for hard-sigmoid, whose output only gates a product).
-
-        In QAT hard-swish and ReLU are float, then quantized on a moving range named
-        ``"{kind}_range"``, as LiteRT's HARD_SWISH and RELU ops quantize their outputs.
-        """
-        if self.tensor_bits is None:
-            return self.act(kind)(x), None
-        if kind in ("hard_swish", "relu"):
-            base = jax.nn.relu if kind == "relu" else jrelu6.linen.HardSwish(
-                grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
-            return self.quantize(base(x), f"{kind}_range")
-        y = self.act(kind)(x)
-        return y, (quantization.grid_scale(0.0, 6.0, self.tensor_bits) if kind == "relu6"
-                   else None)
+    __slots__ = ()
 
     def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
         """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
@@ -176,25 +133,11 @@ class _Layers(NamedTuple):
         (named layers, so their boundary hits can be recorded per layer); with
         ``"jax.nn"`` the jax.nn functions. ReLU (MobileNetV3's early layers
         and squeeze-excite) is plain ``jax.nn.relu`` in both, as in the
-        references: it has no cap, so no relu6 to configure.
-
-        Another ``nonlinearity`` or ``activation_bits`` picks the modules of
-        :func:`mobilenet.quantization.activation` instead. In QAT (``weight_bits``)
-        hard-swish and ReLU are float (quantized on a moving range by :meth:`act_q`).
+        references: it has no cap, so no relu6 to configure. A quantization field
+        may pick another (:meth:`~mobilenet.qat_layers.QATLayers.quantized_act`).
         """
-        if self.weight_bits is not None and kind in ("hard_swish", "relu"):
-            if kind == "relu":
-                return jax.nn.relu
-            return jrelu6.linen.HardSwish(grad_at_zero=self.grad_at_zero,
-                                          grad_at_six=self.grad_at_six)
-        if self.nonlinearity != "relu6" or self.activation_bits is not None:
-            module = quantization.activation(
-                kind, nonlinearity=self.nonlinearity, cap=self.cap,
-                activation_bits=self.activation_bits, quant_scheme=self.quant_scheme,
-                statistic=self.calibration, grad_at_zero=self.grad_at_zero,
-                grad_at_six=self.grad_at_six)
-            if module is not None:
-                return module
+        if (module := self.quantized_act(kind)) is not None:
+            return module
         if kind == "relu":
             return jax.nn.relu
         if self.activation == "jax.nn":
@@ -205,7 +148,7 @@ class _Layers(NamedTuple):
         return module(grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
 
 
-class ConvBN(nn.Module):
+class ConvBN(QATConvBN):
     """Convolution, then BatchNorm (or a conv bias without it), then an activation.
 
     Attributes:
@@ -261,145 +204,8 @@ class ConvBN(nn.Module):
             x = cfg.act(self.act)(x)
         return x
 
-    def out_scale(self) -> jax.Array | None:
-        """The scale of the last call's output grid (``None`` outside full QAT)."""
-        cfg = self.layers
-        if cfg.tensor_bits is None:
-            return None
-        if self.act == "relu6":
-            return quantization.grid_scale(0.0, 6.0, cfg.tensor_bits)
-        return _range_scale(self.variables, "out_range" if self.act is None
-                            else f"{self.act}_range", bits=cfg.tensor_bits)
 
-    def _folded(self, x: jax.Array, *, train: bool, in_scale: jax.Array | None) -> jax.Array:
-        r"""The convolution with batch norm folded in and fake-quantized weights (QAT).
-
-        With the running statistics :math:`\mu, \sigma^2` and
-        :math:`f = \gamma / \sqrt{\sigma^2 + \epsilon}`, the layer's int8 form is
-        ``conv(x, Q(w f)) + (beta - mu f)`` (:func:`jrelu6.fold_batch_norm`,
-        :func:`jrelu6.fake_quant_weights`): evaluation, and training once
-        ``bn_frozen`` (PyTorch's ``freeze_bn_stats``), compute exactly that. Before,
-        training normalizes ``conv(x, Q(w f)) / f`` with the batch's statistics and
-        updates the running ones (PyTorch's ``ConvBnReLU2d``): the weights are
-        quantized as they will be exported while batch norm still sees its batches.
-        With ``in_scale`` the deployed form's bias is on the accumulator's int32 grid,
-        ``in_scale x weight scale`` (:func:`mobilenet.quantization.fake_quant_bias`).
-        """
-        cfg = self.layers
-        channels = x.shape[-1]
-        shape = ((self.kernel_size, self.kernel_size, 1, self.features) if self.depthwise
-                 else (self.kernel_size, self.kernel_size, channels, self.features))
-        kernel, bias = _ConvParams(shape, not cfg.batch_norm, name="conv")()
-        axis = quantization.weight_axis(cfg.weight_granularity)
-
-        def on_grid(bias, kernel):
-            if in_scale is None:
-                return bias
-            return quantization.fake_quant_bias(bias, in_scale, quantization.weight_scale(
-                kernel, cfg.weight_bits, cfg.weight_granularity))
-
-        if not cfg.batch_norm:
-            if not train and in_scale is not None:
-                return self._integer(x, kernel, bias, in_scale)
-            w = jrelu6.fake_quant_weights(kernel, num_bits=cfg.weight_bits, axis=axis)
-            return self._conv(x, w.astype(cfg.dtype)) + on_grid(bias, kernel).astype(cfg.dtype)
-        bn = _BatchNormVariables(self.features, name="bn")
-        gamma, beta, mean, var = bn()
-        factor = gamma * lax.rsqrt(var + cfg.bn_epsilon)
-        if not train and in_scale is not None:
-            return self._integer(x, kernel * factor, beta - mean * factor, in_scale)
-        w = jrelu6.fake_quant_weights(kernel * factor, num_bits=cfg.weight_bits, axis=axis)
-        c = self._conv(x, w.astype(cfg.dtype)).astype(jnp.float32)
-        folded_bias = on_grid(beta - mean * factor, kernel * factor)
-
-        def frozen(c):
-            return c + folded_bias, mean, var
-
-        def batch(c):
-            return batch_norm(c / factor, gamma, beta, epsilon=cfg.bn_epsilon)
-
-        if not train:
-            return frozen(c)[0].astype(cfg.dtype)
-        if isinstance(cfg.bn_frozen, bool):
-            y, batch_mean, batch_var = (frozen if cfg.bn_frozen else batch)(c)
-        else:
-            y, batch_mean, batch_var = lax.cond(cfg.bn_frozen, frozen, batch, c)
-        if not self.is_initializing():
-            m = cfg.bn_momentum
-            bn.update(jnp.where(cfg.bn_frozen, mean, m * mean + (1 - m) * batch_mean),
-                      jnp.where(cfg.bn_frozen, var, m * var + (1 - m) * batch_var))
-        return y.astype(cfg.dtype)
-
-    def _integer(self, x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                 in_scale: jax.Array) -> jax.Array:
-        """Evaluation given the input's scale, in the int8 file's integer arithmetic.
-
-        ``x`` is on its grid (``(level - z) * in_scale``): the convolution of the integers
-        ``level - z`` and the int8 weights, plus the int32 bias, is exact in float32 (its
-        partial sums stay below 2**24), and is scaled once, by ``in_scale x weight scale``.
-        The same values as ``conv(x, Q(w)) + fake_quant_bias(b)``, without the float sum's
-        rounding errors, which move a value near a level's midpoint to the next level.
-        """
-        cfg = self.layers
-        q, w_scale = jrelu6.quantize_weights(
-            kernel, num_bits=cfg.weight_bits, axis=quantization.weight_axis(cfg.weight_granularity))
-        step = jnp.asarray(in_scale, jnp.float32) * w_scale
-        levels = jnp.round(x.astype(jnp.float32) / jnp.asarray(in_scale, jnp.float32))
-        accumulator = self._conv(levels, q.astype(jnp.float32))
-        return ((accumulator + jnp.round(bias.astype(jnp.float32) / step)) * step).astype(cfg.dtype)
-
-    def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
-        """The layer's convolution with a given kernel (as the float layer computes it)."""
-        cfg = self.layers
-        padding = cfg.padding(self.kernel_size)
-        if self.depthwise:
-            return depthwise_conv(x, kernel, strides=self.strides, padding=padding,
-                                  impl=cfg.depthwise)
-        if self.kernel_size == 1 and self.strides == 1 and cfg.pointwise == "matmul":
-            channels = x.shape[-1]
-            y = jnp.matmul(x.reshape(-1, channels), kernel.reshape(channels, self.features))
-            return y.reshape(*x.shape[:-1], self.features)
-        return lax.conv_general_dilated(x, kernel, (self.strides, self.strides), padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-class _ConvParams(nn.Module):
-    """A convolution's parameters alone (``kernel``, ``bias``), named as ``nn.Conv``'s."""
-
-    shape: tuple[int, ...]
-    use_bias: bool
-
-    @nn.compact
-    def __call__(self) -> tuple[jax.Array, jax.Array | None]:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), self.shape, jnp.float32)
-        bias = (self.param("bias", nn.initializers.zeros_init(), (self.shape[-1],),
-                           jnp.float32) if self.use_bias else None)
-        return kernel, bias
-
-
-class _BatchNormVariables(nn.Module):
-    """Batch norm's variables alone, named and initialised as :class:`BatchNorm`'s."""
-
-    features: int
-
-    def setup(self) -> None:
-        self.mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,),
-                                  jnp.float32)
-        self.var = self.variable("batch_stats", "var", jnp.ones, (self.features,), jnp.float32)
-        self.scale = self.param("scale", nn.initializers.ones_init(), (self.features,),
-                                jnp.float32)
-        self.bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
-                               jnp.float32)
-
-    def __call__(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        return self.scale, self.bias, self.mean.value, self.var.value
-
-    def update(self, mean: jax.Array, var: jax.Array) -> None:
-        self.mean.value = mean
-        self.var.value = var
-
-
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(QATSqueezeExcite):
     """Squeeze-and-excite: global pool, 1x1 down + ReLU, 1x1 up + hard-sigmoid gate.
 
     Attributes:
@@ -420,13 +226,8 @@ class SqueezeExcite(nn.Module):
         s, _ = cfg.act_q("hard_sigmoid", cfg.dense(s, x.shape[-1], "expand", scale))
         return cfg.quantize(x * s[:, None, None, :], "scale_range")[0]
 
-    def out_scale(self) -> jax.Array | None:
-        """The scale of the last call's output grid (``None`` outside full QAT)."""
-        bits = self.layers.tensor_bits
-        return None if bits is None else _range_scale(self.variables, "scale_range", bits=bits)
 
-
-class InvertedResidual(nn.Module):
+class InvertedResidual(QATInvertedResidual):
     """MobileNetV2/V3 block: 1x1 expand, depthwise, [squeeze-excite], 1x1 linear project.
 
     A residual connection is added when the stride is 1 and the channels are
@@ -468,22 +269,6 @@ class InvertedResidual(nn.Module):
         if self.strides == 1 and inputs.shape[-1] == self.features:
             x = cfg.tensor_range("add_range")(x + inputs)
         return x
-
-    def out_scale(self) -> jax.Array | None:
-        """The scale of the last call's output grid (``None`` outside full QAT)."""
-        bits = self.layers.tensor_bits
-        if bits is None:
-            return None
-        stats = self.variables["batch_stats"]
-        return _range_scale(stats if "add_range" in stats else stats["project"],
-                            "add_range" if "add_range" in stats else "out_range", bits=bits)
-
-
-def _range_scale(variables: Mapping[str, Any], name: str, *, bits: int) -> jax.Array:
-    """The grid scale of the :class:`~mobilenet.quantization.MovingRange` ``name`` in a
-    module's ``variables`` (or in a ``batch_stats`` tree)."""
-    stats = variables.get("batch_stats", variables)[name]
-    return quantization.grid_scale(stats["min"], stats["max"], bits)
 
 
 def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
@@ -543,22 +328,9 @@ class MobileNet(nn.Module):
       activation: ``"jrelu6"`` (jrelu6.linen modules with the settable kink
         derivatives) or ``"jax.nn"`` (jax.nn.relu6 / hard_swish /
         hard_sigmoid, for comparison; ``grad_at_*`` are then ignored).
-      nonlinearity: what the relu6 layers compute: ``"relu6"``, ``"relu"``
-        (unbounded) or ``"capped_relu"`` (``min(max(x, 0), cap)``); see
-        :mod:`mobilenet.quantization`.
-      cap: the bound of ``"capped_relu"``.
-      activation_bits: fake-quantize every relu6-family output (and ReLU's
-        with ``nonlinearity="relu"``) to this many bits; ``None``: float.
-      quant_scheme: relu6's grid, ``"affine"`` or ``"fixed_point"`` (3 integer bits).
-      calibration: the range statistic of a quantized ReLU, ``"max"`` or
-        ``"percentile"`` (99.99th).
-      weight_bits: quantization-aware training of LiteRT's int8 model: batch norm
-        folded into the convolutions and the weights fake-quantized to this many
-        bits (:class:`ConvBN`); with ``activation_bits`` every activation tensor
-        too. ``None``: float weights.
-      weight_granularity: ``"per_channel"`` (LiteRT's) or ``"per_tensor"`` weight scales.
-      bn_freeze_step: the training step from which folded batch norm uses its
-        running statistics (the train step passes ``bn_frozen``); ``None``: never.
+      nonlinearity, cap, activation_bits, quant_scheme, calibration: quantized
+        activations; weight_bits, weight_granularity, bn_freeze_step: quantization-aware
+        training. All off by default; :mod:`mobilenet.qat_layers` says what each does.
     """
 
     num_classes: int = 1000

@@ -26,5 +26,6 @@ about the model or the training:
 - :mod:`~mobilenet.infra.settings`: the settings' machinery (metadata, validation,
   ``--help`` text); :mod:`~mobilenet.infra.resume_check`: whether a run may resume;
   :mod:`~mobilenet.infra.state_size`: the state checked against memory;
+  :mod:`~mobilenet.infra.datasets`: the data sets (digits, CIFAR-10, synthetic) and
   :mod:`~mobilenet.infra.cifar10`: CIFAR-10's files, each checked.
 """

@@ -1,37 +1,20 @@
 """MobileNetV1, V2 and V3 (Small, Large) in flax.linen, with jrelu6 activations.
 
-The architectures follow the papers and the reference definitions exactly:
-at 1000 classes and width 1.0 the trainable parameter counts equal Keras'
-``MobileNet`` (V1: 4,231,976) and torchvision's ``mobilenet_v2`` (3,504,872),
-``mobilenet_v3_small`` (2,542,856) and ``mobilenet_v3_large`` (5,483,032),
-counting BatchNorm's scale and bias as trainable, its running statistics not.
-With torchvision's weights copied in, V2 and V3 compute torchvision's logits
-(``tests/examples/test_models.py``, where torchvision is installed).
+The architectures follow the papers and the reference definitions exactly: V1 as
+Keras' ``MobileNet``, V2 and V3 as torchvision's ``mobilenet_v2`` and
+``mobilenet_v3_*`` (each class says what it builds). At 1000 classes and width 1.0
+the trainable parameter counts equal the references' (V1: 4,231,976; V2: 3,504,872;
+V3 Small: 2,542,856; Large: 5,483,032), counting BatchNorm's scale and bias as
+trainable, its running statistics not; with torchvision's weights copied in, V2 and
+V3 compute torchvision's logits (``tests/examples/test_models.py``). V2 and V3 round
+every channel count with :func:`make_divisible` and pad by ``(k - 1) // 2`` as
+torchvision does; V1 pads like TensorFlow's "SAME", as Keras does.
 
-* V1 (Howard et al. 2017; Keras): a 3x3 stem, 13 depthwise-separable blocks,
-  ReLU6, global pooling, dropout 1e-3 and a dense classifier. Channels are
-  ``int(c * width)`` as in Keras.
-* V2 (Sandler et al. 2018; torchvision): inverted residual blocks with linear
-  bottlenecks, ReLU6, a 1x1 head to 1280 channels, dropout 0.2.
-* V3 (Howard et al. 2019; torchvision): inverted residuals with squeeze-and-
-  excite (ReLU, then a hard-sigmoid gate), ReLU in the early layers and
-  hard-swish in the later ones, a 1x1 head, a hidden dense layer (1024 /
-  1280) with hard-swish and dropout 0.2. Its relu6 family is hard-swish and
-  hard-sigmoid, which is where ``grad_at_zero`` / ``grad_at_six`` act (at
-  their kinks, -3 and 3).
-
-V2 and V3 round every channel count with :func:`make_divisible` (multiples
-of 8) and pad convolutions symmetrically by ``(k - 1) // 2``, as torchvision
-does; V1 pads like TensorFlow's "SAME", as Keras does (for odd sizes Keras
-pads its strided depthwise layers by (0, 1), "SAME" by (1, 1)).
-
-All models share the options of :class:`MobileNet`: width, classes, a
-small-input variant for 32x32 images (downsampling by 8 instead of 32, as
-CIFAR MobileNets do: the stem and the first strided block keep stride 1),
-the relu6 derivative at its kinks, mixed precision (compute ``dtype``,
-float32 parameters, float32 logits), BatchNorm on or off, the depthwise and
-1x1 convolutions' implementations (fast on CPU by default) and jrelu6 vs
-jax.nn activations.
+All models share the options of :class:`MobileNet`: width, classes, a small-input
+variant for 32x32 images (downsampling by 8 instead of 32, as CIFAR MobileNets do),
+the relu6 derivative at its kinks (for V3, at hard-swish's and hard-sigmoid's kinks,
+-3 and 3), mixed precision, BatchNorm on or off, and the fast convolutions of
+:mod:`mobilenet.depthwise`. The quantized layers are in :mod:`mobilenet.qat_layers`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -54,10 +37,15 @@ import numpy as np
 
 import jrelu6
 import jrelu6.linen
-from mobilenet import quantization
 from mobilenet.batch_norm import BatchNorm
 from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
-from mobilenet.qat_layers import QATConvBN, QATInvertedResidual, QATLayers, QATSqueezeExcite
+from mobilenet.qat_layers import (
+    QATConvBN,
+    QATInvertedResidual,
+    QATLayers,
+    QATSqueezeExcite,
+    check_quantization,
+)
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
 POINTWISE = ("matmul", "conv")
@@ -403,15 +391,7 @@ class MobileNet(nn.Module):
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, "
                              f"got {self.activation!r}")
-        quantization.check(name, nonlinearity=self.nonlinearity, cap=self.cap,
-                           activation_bits=self.activation_bits,
-                           quant_scheme=self.quant_scheme, statistic=self.calibration,
-                           activation=self.activation)
-        quantization.check_qat(name, weight_bits=self.weight_bits,
-                               granularity=self.weight_granularity,
-                               bn_freeze_step=self.bn_freeze_step, batch_norm=self.batch_norm,
-                               nonlinearity=self.nonlinearity, quant_scheme=self.quant_scheme,
-                               activation=self.activation)
+        check_quantization(name, self)
         if not self.width_multiplier > 0:
             raise ValueError(f"{name}: width_multiplier must be > 0, "
                              f"got {self.width_multiplier!r}")

@@ -279,3 +279,16 @@ def _range_scale(variables: Mapping[str, Any], name: str, *, bits: int) -> jax.A
     module's ``variables`` (or in a ``batch_stats`` tree)."""
     stats = variables.get("batch_stats", variables)[name]
     return quantization.grid_scale(stats["min"], stats["max"], bits)
+
+
+def check_quantization(name: str, model: Any) -> None:
+    """Checks a model's quantization fields; a ``ValueError`` names ``name`` and the field."""
+    quantization.check(name, nonlinearity=model.nonlinearity, cap=model.cap,
+                       activation_bits=model.activation_bits,
+                       quant_scheme=model.quant_scheme, statistic=model.calibration,
+                       activation=model.activation)
+    quantization.check_qat(name, weight_bits=model.weight_bits,
+                           granularity=model.weight_granularity,
+                           bn_freeze_step=model.bn_freeze_step, batch_norm=model.batch_norm,
+                           nonlinearity=model.nonlinearity, quant_scheme=model.quant_scheme,
+                           activation=model.activation)

@@ -13,7 +13,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import jrelu6
-from mobilenet import finetune, input_pipeline, models, sharding, train, train_state
+from mobilenet import finetune, input_pipeline, models, quantization, sharding, train, train_state
 from mobilenet.configs import default, get_config
 from mobilenet.infra import workdir
 
@@ -226,7 +226,7 @@ def test_a_qat_model_has_the_float_models_parameters_and_quantizes_every_tensor(
 
 
 def test_moving_range_starts_from_the_first_batch_and_includes_zero():
-    layer = models.quantization.MovingRange(8)
+    layer = quantization.MovingRange(8)
     x = jnp.linspace(1.0, 3.0, 16)
     variables = layer.init(jax.random.key(0), x)
     y, updates = layer.apply(variables, x, mutable=["batch_stats"])

@@ -38,6 +38,7 @@ import math
 from collections.abc import Mapping
 
 from mobilenet.infra import settings
+from mobilenet.infra.run_settings import RunSettings
 
 # Re-exported: the command line and the training loop use them under this module's name.
 from mobilenet.infra.settings import ConfigMismatch as ConfigMismatch
@@ -45,16 +46,12 @@ from mobilenet.infra.settings import InvalidSetting as InvalidSetting
 from mobilenet.infra.settings import default_text as default_text
 from mobilenet.infra.settings import field_kind as field_kind
 from mobilenet.infra.settings import flag as flag
+from mobilenet.quantization_settings import QuantizationSettings, check_qat
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")
 DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16")
-# As mobilenet.quantization's (this module imports no JAX).
-NONLINEARITIES = ("relu6", "relu", "capped_relu")
-QUANT_SCHEMES = ("affine", "fixed_point")
-CALIBRATIONS = ("max", "percentile")
-QAT_GRANULARITIES = ("per_channel", "per_tensor")  # As mobilenet.quantization's.
 
 # Derived defaults (see `resolve`). The learning rates were measured best on digits.
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
@@ -71,10 +68,9 @@ def _per_optimizer(values: Mapping[str, float]) -> str:
     return ", ".join(f"{value:g} for {name}" for name, value in values.items())
 
 
-@settings.documented
 @dataclasses.dataclass
-class Config:
-    """Every setting of a training run (the attributes below come from the fields' metadata)."""
+class _FloatRecipe:
+    """The float recipe's settings: model, data and training."""
 
     # --- model ---
     model: str = _field("mobilenet_v2", "architecture ('tiny' is a small test network)",
@@ -97,42 +93,6 @@ class Config:
                         group="model", choices=DTYPES)
     grad_at_zero: float = _field(0.0, "the derivative relu6 uses at exactly 0", group="model")
     grad_at_six: float = _field(0.0, "the derivative relu6 uses at exactly 6", group="model")
-    nonlinearity: str = _field(
-        "relu6", "what every relu6 layer computes: relu6, relu (unbounded; quantized over a "
-        "range measured on training batches) or capped_relu (min(max(x, 0), --cap))",
-        group="model", choices=NONLINEARITIES)
-    cap: float = _field(6.0, "the bound of --nonlinearity capped_relu (6 computes relu6)",
-                        group="model", above=0)
-    activation_bits: int | None = _field(
-        None, "fake-quantize every relu6 output (for MobileNetV3 the relu6 inside hard-swish "
-        "and hard-sigmoid; with --nonlinearity relu every ReLU) to this many bits during "
-        "training and evaluation", group="model", minimum=2, below=17, derived="float")
-    quant_scheme: str = _field(
-        "affine", "relu6's grid with --activation-bits: affine (2^B levels on [0, 6]) or "
-        "fixed_point (3 integer bits, B-3 fractional: steps of 2^-(B-3))", group="model",
-        choices=QUANT_SCHEMES)
-    calibration: str = _field(
-        "max", "the range of a quantized relu: a running mean of each training batch's max "
-        "or 99.99th percentile", group="model", choices=CALIBRATIONS)
-
-    # --- quantization-aware training (issue 16; docs/qat.md) ---
-    weight_bits: int | None = _field(
-        None, "quantization-aware training of LiteRT's int8 model: batch norm folded into "
-        "the convolutions and every weight fake-quantized to this many bits (symmetric, "
-        "zero point 0); with --activation-bits every activation tensor too (relu6 on "
-        "[0, 6], the rest on moving-average ranges)", group="model", minimum=2, below=17,
-        derived="float weights")
-    weight_granularity: str = _field(
-        "per_channel", "weight scales with --weight-bits: one per output channel (LiteRT's) "
-        "or one per tensor", group="model", choices=QAT_GRANULARITIES)
-    bn_freeze_step: int | None = _field(
-        None, "with --weight-bits: the step from which folded batch norm trains with its "
-        "running statistics, frozen (PyTorch's freeze_bn_stats)", group="model", minimum=0,
-        derived="never")
-    init_from: str | None = _field(
-        None, "fine-tune from the newest checkpoint of this run's --workdir (a run of the "
-        "same model and classes, e.g. a float run): its parameters and batch statistics, "
-        "a fresh optimizer and schedule", group="model")
 
     # --- data ---
     data: str = _field(
@@ -185,35 +145,15 @@ class Config:
     seed: int = _field(0, "seeds initialization, data order, augmentation and dropout",
                        group="training", minimum=0)
 
-    # --- run ---
-    log_every: int = _field(
-        25, "steps between metric fetches from the devices and metrics.jsonl lines",
-        group="run", minimum=1,
-        # The sums are fetched and reset; the parameters and the data order do not see it.
-        neutral="fetching the metric sums does not touch the parameters")
-    eval_every: int = _field(
-        150, "steps between test evaluations; 0: only at the end", group="run", minimum=0,
-        neutral="evaluation reads the state without changing it")
-    checkpoint_every: int = _field(
-        150, "steps between checkpoints; 0: only at the end", group="run", minimum=0,
-        neutral="saving reads the state without changing it")
-    keep_checkpoints: int = _field(2, "checkpoints kept in the work directory", group="run",
-                                   minimum=1, neutral="only how many checkpoints stay on disk")
-    progress: bool = _field(True, "a progress bar and status lines (the last line is printed "
-                            "either way)", group="run", neutral="output only")
-    plot: bool = _field(True, "write metrics.png (training curves) at the end", group="run",
-                        neutral="output only")
-    distributed: bool = _field(
-        False, "multi-process launch: call jax.distributed.initialize() first (cluster "
-        "found under SLURM, Open MPI, Cloud TPU; else from JAX_COORDINATOR_ADDRESS, "
-        "JAX_NUM_PROCESSES, JAX_PROCESS_ID)", group="run",
-        # Batch norm and the loss are computed over the global batch, so the number of
-        # devices (and of hosts) does not change the result beyond rounding.
-        neutral="the global batch, not the device count, decides the result")
-    allow_schedule_change: bool = _field(
-        False, "on resume, accept another --steps/--epochs: the learning-rate schedule is "
-        "recomputed for the new length from the restored step on", group="run",
-        neutral="it only permits a schedule change, which is checked on its own")
+
+
+@settings.documented
+@dataclasses.dataclass
+class Config(RunSettings, QuantizationSettings, _FloatRecipe):
+    """Every setting of a training run: the float recipe's (:class:`_FloatRecipe`), the
+    quantized layers' (:mod:`mobilenet.quantization_settings`) and the run's operation
+    (:mod:`mobilenet.infra.run_settings`); the attributes below come from the fields'
+    metadata, in that order."""
 
     def validate(self) -> Config:
         """Checks every field against its type, choices and bounds; returns ``self``.
@@ -231,19 +171,8 @@ class Config:
           Config: width must be a finite number, got nan.
         """
         settings.validate(self)
-        _check_qat(self)
+        check_qat(self)
         return self
-
-
-def _check_qat(config: Config) -> None:
-    """The quantization-aware-training settings that need one another."""
-    if config.weight_bits is None:  # --weight-granularity, --bn-freeze-step: no effect.
-        return
-    if config.bn_freeze_step is not None and not config.batch_norm:
-        raise InvalidSetting("bn_freeze_step", "needs batch norm (--batch-norm)")
-    if config.nonlinearity != "relu6" or config.quant_scheme != "affine":
-        raise InvalidSetting("weight_bits", "trains LiteRT's int8 model: it needs "
-                             "--nonlinearity relu6 and --quant-scheme affine")
 
 
 def get_config(**overrides: object) -> Config:

@@ -195,40 +195,25 @@ def get_config(**overrides: object) -> Config:
     return Config(**overrides).validate()  # type: ignore[arg-type]
 
 
-# --- derived defaults ----------------------------------------------------------------------
+# --- derived defaults (the examples of `resolve` show each) ---------------------------------
 
 
 def learning_rate(config: Config) -> float:
-    """The peak learning rate: ``config.learning_rate``, else the optimizer's default.
-
-    Examples:
-      >>> learning_rate(Config()), learning_rate(Config(optimizer="adamw"))
-      (0.05, 0.01)
-    """
+    """The peak learning rate: ``config.learning_rate``, else the optimizer's default."""
     if config.learning_rate is not None:
         return float(config.learning_rate)
     return DEFAULT_LEARNING_RATE[config.optimizer]
 
 
 def weight_decay(config: Config) -> float:
-    """The weight decay: ``config.weight_decay``, else the optimizer's default.
-
-    Examples:
-      >>> weight_decay(Config()), weight_decay(Config(optimizer="adamw"))
-      (5e-05, 0.05)
-    """
+    """The weight decay: ``config.weight_decay``, else the optimizer's default."""
     if config.weight_decay is not None:
         return float(config.weight_decay)
     return DEFAULT_WEIGHT_DECAY[config.optimizer]
 
 
 def warmup_steps(config: Config, *, total_steps: int) -> int:
-    """``config.warmup_steps``, else ``total_steps // 10``.
-
-    Examples:
-      >>> warmup_steps(Config(), total_steps=300), warmup_steps(Config(), total_steps=9)
-      (30, 0)
-    """
+    """``config.warmup_steps``, else ``total_steps // 10``."""
     if config.warmup_steps is not None:
         return config.warmup_steps
     return total_steps // WARMUP_DIVISOR
@@ -237,10 +222,6 @@ def warmup_steps(config: Config, *, total_steps: int) -> int:
 def max_shift(config: Config) -> int:
     """The augmentation's largest shift in pixels: 0 without ``augment``, else
     ``config.max_shift``, else 2 on digits and 4 on other data.
-
-    Examples:
-      >>> max_shift(Config()), max_shift(Config(data="cifar10")), max_shift(Config(augment=False))
-      (2, 4, 0)
     """
     if not config.augment:
         return 0

@@ -44,6 +44,7 @@ class QATLayers:
     (a base of its ``_Layers``, whose fields these methods read)."""
 
     __slots__ = ()
+
     @property
     def tensor_bits(self) -> int | None:
         """The bits of every activation tensor: ``activation_bits`` in full QAT, else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -101,3 +102,14 @@ def test_the_command_prints_its_fixed_cost(tmp_path):
     total, steps, fixed = (float(match[i]) for i in (1, 2, 3))
     assert abs(total - steps - fixed) <= 0.11 and steps > 0
     assert int(match[4]) >= 3  # init, train and eval steps at least
+
+
+def test_the_benchmark_sums_the_steps_as_the_run_timed_them(tmp_path):
+    import startup as benchmark  # benchmarks/startup.py
+
+    (tmp_path / "config.json").write_text('{"batch_size": 64}')
+    records = [{"step": 25, "images_per_second": 1600.0}, {"step": 50, "test_loss": 1.0},
+               {"step": 50, "images_per_second": 800.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    # Steps 2-25 (the first compiles) at 1600 images/s, 26-50 at 800.
+    assert benchmark.steps_seconds(str(tmp_path)) == pytest.approx(24 * 64 / 1600 + 25 * 64 / 800)

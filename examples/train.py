@@ -199,14 +199,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.progress:
-        print(f"test loss {metrics['test_loss']:.4f}, train loss {metrics['train_loss']:.4f}, "
-              f"{metrics['steps']} steps, {metrics['seconds']:.1f} s wall, "
-              f"{metrics['images_per_second']:.0f} images/s")
         counts = compiles.counts()
         print(startup.fixed_cost_line(
             total=startup.process_seconds(), steps=metrics["step_seconds"],
             compile_seconds=counts["compile_seconds"], programs=counts["compiles"],
             cache_hits=counts["cache_hits"], native_build_seconds=native.build_seconds()))
+        print(f"test loss {metrics['test_loss']:.4f}, train loss {metrics['train_loss']:.4f}, "
+              f"{metrics['steps']} steps, {metrics['seconds']:.1f} s wall, "
+              f"{metrics['images_per_second']:.0f} images/s")
     print(f"final test accuracy: {metrics['test_accuracy']:.4f}")
     return 0
 

@@ -94,7 +94,7 @@ def test_the_command_prints_its_fixed_cost(tmp_path):
          "--workdir", str(tmp_path / "run")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    line = result.stdout.splitlines()[-2]
+    line = result.stdout.splitlines()[-3]  # Before the results' two lines.
     match = re.fullmatch(r"([\d.]+) s since the process started: ([\d.]+) s in training steps, "
                          r"([\d.]+) s fixed cost; XLA's compiler [\d.]+ s \(summed over threads\) "
                          r"for (\d+) programs, (\d+) from the persistent cache.*", line)

@@ -68,23 +68,32 @@ def _case(fn, *args) -> harness.Case:
     return harness.Case(setup=lambda _: None, run=lambda _: fn(*args))
 
 
-def conv_rows(shape: Sequence[int], repeats: int) -> list[dict[str, Any]]:
-    """Forward and forward+backward times of the depthwise forms at ``shape``."""
+def conv_rows(shape: Sequence[int], repeats: int, dtype: Any = jnp.float32
+              ) -> list[dict[str, Any]]:
+    """Forward and forward+backward times of the depthwise forms at ``shape``.
+
+    In a 16-bit ``dtype`` a last row times the native kernels on float32 copies of
+    the same inputs (made outside the timing): what the casts around them cost.
+    """
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1]), dtype=np.float32))
+    x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32), dtype)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1]), dtype=np.float32), dtype)
+    candidates = {name: (form, (x, kernel)) for name, form in CONV_FORMS.items()}
+    if jnp.dtype(dtype).itemsize < 4:
+        candidates["native on float32 copies"] = (
+            CONV_FORMS["native"], (x.astype(jnp.float32), kernel.astype(jnp.float32)))
     forward, backward, rows = {}, {}, {}
-    for name, form in CONV_FORMS.items():
-        if name == "native" and not mstep.depthwise.native.available():
-            print(f"native: left out ({mstep.depthwise.native.unavailable_reason()})")
+    for name, (form, inputs) in candidates.items():
+        if name.startswith("native") and not mstep.depthwise.native.available():
+            print(f"{name}: left out ({mstep.depthwise.native.unavailable_reason()})")
             continue
         grad = jax.jit(jax.grad(lambda x, k, form=form: jnp.sum(jnp.sin(form(x, k))),
                                 argnums=(0, 1)))
-        compiled = grad.lower(x, kernel).compile()
+        compiled = grad.lower(*inputs).compile()
         rows[name] = {"form": name, "grad_fusions": compiled.as_text().count(" fusion("),
                       "grad_temp_mib": compiled.memory_analysis().temp_size_in_bytes / 2**20}
-        forward[name] = _case(jax.jit(form), x, kernel)
-        backward[name] = _case(compiled, x, kernel)
+        forward[name] = _case(jax.jit(form), *inputs)
+        backward[name] = _case(compiled, *inputs)
     for key, cases in (("fwd_ms", forward), ("fwd_bwd_ms", backward)):
         times = harness.time_interleaved(cases, repeats=repeats, warmup=2)
         for name in cases:
@@ -144,6 +153,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small-input", action=argparse.BooleanOptionalAction, default=True,
                         help="MobileNetV2's small-input variant (downsampling by 8, the "
                              "default) or the ImageNet one (by 32: 1x1 maps at 32x32)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the single convolution's dtype (bfloat16 adds the native "
+                             "kernels on float32 copies: the casts' cost)")
     parser.add_argument("--skip-step", action="store_true",
                         help="time the single convolution only")
     return parser.parse_args(argv)
@@ -159,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info, command = harness.announce("depthwise convolution", "depthwise.py", argv)
     print("medians of interleaved samples; on a shared machine read the ratios")
 
-    conv = conv_rows(shape, args.repeats or (2 if quick else 20))
-    print(f"\n3x3 depthwise conv, float32 {'x'.join(map(str, shape))}, stride 1, SAME")
+    conv = conv_rows(shape, args.repeats or (2 if quick else 20), jnp.dtype(args.dtype))
+    print(f"\n3x3 depthwise conv, {args.dtype} {'x'.join(map(str, shape))}, stride 1, SAME")
     print(harness.format_table(conv, [
         ("form", "form", ""), ("fwd_ms", "fwd ms", ".2f"), ("fwd_bwd_ms", "fwd+bwd ms", ".2f"),
         ("fwd_speedup", "fwd speedup", ".1f"), ("fwd_bwd_speedup", "fwd+bwd speedup", ".1f"),
@@ -180,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     path = harness.write_json(args, NAME, {
         "benchmark": NAME, "command": command,
-        "machine": info, "conv_shape": list(shape), "conv": conv,
+        "machine": info, "conv_shape": list(shape), "conv_dtype": args.dtype, "conv": conv,
         "step_config": {"model": "mobilenet_v2", "batch": batch, "size": size,
                         "width": width, "small_input": args.small_input,
                         "num_classes": 10},

@@ -167,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     config, options = parse(argv)
 
-    from mobilenet import input_pipeline, optim, train  # JAX loads here.
-    from mobilenet.infra import compile_cache
+    from mobilenet import input_pipeline, native, optim, train  # JAX loads here.
+    from mobilenet.infra import compile_cache, startup
 
     if options["compilation_cache"]:
         compile_cache.enable(options["compilation_cache_dir"])
@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     workdir = options["workdir"] or os.path.join("runs", config.model)
     try:
-        metrics = train.train_and_evaluate(config, workdir)
+        with compile_cache.CompileStats() as compiles:
+            metrics = train.train_and_evaluate(config, workdir)
     except (input_pipeline.DataError, train.SetupError, default.ConfigMismatch,
             optim.StateTooLarge) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -198,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.progress:
+        counts = compiles.counts()
+        print(startup.fixed_cost_line(
+            total=startup.process_seconds(), steps=metrics["step_seconds"],
+            compile_seconds=counts["compile_seconds"], programs=counts["compiles"],
+            cache_hits=counts["cache_hits"], native_build_seconds=native.build_seconds()))
         print(f"test loss {metrics['test_loss']:.4f}, train loss {metrics['train_loss']:.4f}, "
               f"{metrics['steps']} steps, {metrics['seconds']:.1f} s wall, "
               f"{metrics['images_per_second']:.0f} images/s")

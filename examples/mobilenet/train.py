@@ -94,9 +94,10 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
 
     Returns:
       ``{"test_accuracy", "test_loss", "train_loss", "train_accuracy", "steps",
-      "resumed_from", "seconds", "images_per_second"}``: the final test metrics,
-      the training loss and accuracy averaged over the last ``log_every`` steps
-      (augmented, label-smoothed), and the number of steps.
+      "resumed_from", "seconds", "images_per_second", "step_seconds"}``: the final
+      test metrics, the training loss and accuracy averaged over the last
+      ``log_every`` steps (augmented, label-smoothed), the number of steps, and the
+      timed training steps' own seconds (the first, compiling step left out).
 
     Raises:
       input_pipeline.DataError: the data directory is missing or corrupt
@@ -238,6 +239,7 @@ class _Window:
     start: float
     step: int
     images_per_second: float = float("nan")
+    seconds: float = 0.0  # The timed steps' own time so far (the fixed cost's complement).
     last_train: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -301,6 +303,7 @@ def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: 
     now = time.perf_counter()
     if done > window.step:
         window.images_per_second = (done - window.step) * config.batch_size / (now - window.start)
+        window.seconds += now - window.start
     window.start, window.step = now, done
     count = max(int(sums["count"]), 1)
     window.last_train = {"train_loss": float(sums["loss_sum"]) / count,
@@ -361,7 +364,7 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
     return {**results, "train_loss": window.last_train.get("train_loss", float("nan")),
             "train_accuracy": window.last_train.get("train_accuracy", float("nan")),
             "steps": run.steps, "resumed_from": start,
-            "images_per_second": window.images_per_second}
+            "images_per_second": window.images_per_second, "step_seconds": window.seconds}
 
 
 def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:

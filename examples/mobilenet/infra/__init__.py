@@ -26,6 +26,9 @@ about the model or the training:
 - :mod:`~mobilenet.infra.settings`: the settings' machinery (metadata, validation,
   ``--help`` text); :mod:`~mobilenet.infra.resume_check`: whether a run may resume;
   :mod:`~mobilenet.infra.state_size`: the state checked against memory;
-  :mod:`~mobilenet.infra.datasets`: the data sets (digits, CIFAR-10, synthetic) and
-  :mod:`~mobilenet.infra.cifar10`: CIFAR-10's files, each checked.
+  :mod:`~mobilenet.infra.datasets`: the data sets (digits, CIFAR-10, synthetic);
+  :mod:`~mobilenet.infra.cifar10`: CIFAR-10's files, each checked;
+  :mod:`~mobilenet.infra.digits`: scikit-learn's digits, cached as a small file.
+- :mod:`~mobilenet.infra.startup`: the run's wall time against its training steps'
+  (the fixed cost the command prints).
 """

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from mobilenet.infra import cifar10
+from mobilenet.infra import cifar10, digits
 from mobilenet.infra.cifar10 import DataError as DataError  # Every loader's one-line error.
 
 
@@ -103,20 +103,15 @@ def load_digits() -> Dataset:
     The 1,797 8x8 images (values 0-16) are upsampled 4x by pixel repetition to
     32x32, scaled to 0-255 and repeated over three channels (so the models keep
     their standard three-channel stem). The split is fixed: a stratified 80/20
-    split with ``random_state=0`` (1,437 training and 360 test images).
+    split with ``random_state=0`` (1,437 training and 360 test images), cached
+    after the first run (:mod:`mobilenet.infra.digits`).
 
     Returns:
       The :class:`Dataset`, 10 classes.
     """
-    from sklearn.datasets import load_digits as sklearn_digits  # Bundled: nothing downloaded.
-    from sklearn.model_selection import train_test_split
-
-    digits = sklearn_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    images = images.repeat(4, axis=1).repeat(4, axis=2)
-    images = np.repeat(images[..., None], 3, axis=-1)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=0.2, random_state=0, stratify=digits.target)
+    x_train, y_train, x_test, y_test = digits.load()
+    x_train, x_test = (np.repeat(x.repeat(4, axis=1).repeat(4, axis=2)[..., None], 3, axis=-1)
+                       for x in (x_train, x_test))
     return _make("digits", x_train, y_train, x_test, y_test, num_classes=10, flip=False)
 
 

@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 
 import jax
@@ -79,8 +80,12 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
-def _build(compiler: str) -> str:
-    """Compiles ``depthwise.cc`` (once per source, compiler, flags and jaxlib); its path."""
+def _build(compiler: str) -> tuple[str, bool]:
+    """Compiles ``depthwise.cc`` (once per source, compiler, flags and jaxlib).
+
+    Returns:
+      The library's path, and whether this call compiled it (``False``: cached).
+    """
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=False, timeout=60).stdout.splitlines()[:1]
     with open(SOURCE, "rb") as source:
@@ -91,7 +96,7 @@ def _build(compiler: str) -> str:
     folder = os.path.join(cache_directory(), key.hexdigest()[:16])
     library = os.path.join(folder, "depthwise.so")
     if os.path.exists(library):
-        return library
+        return library, False
     os.makedirs(folder, exist_ok=True)
     handle, partial = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
     os.close(handle)
@@ -108,7 +113,7 @@ def _build(compiler: str) -> str:
         first = next((line for line in lines if "error:" in line), lines[-1])
         raise RuntimeError(f"{compiler} failed (exit {result.returncode}): {first.strip()}")
     os.replace(partial, library)
-    return library
+    return library, True
 
 
 def _load() -> None:
@@ -120,14 +125,17 @@ def _load() -> None:
         _state.update(ok=False, reason="no C++ compiler found ($CXX, c++, g++, clang++)")
         return
     try:
-        library = ctypes.CDLL(_build(compiler))
+        start = time.perf_counter()
+        path, built = _build(compiler)
+        seconds = time.perf_counter() - start if built else 0.0
+        library = ctypes.CDLL(path)
         for target, symbol in TARGETS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                         platform="cpu")
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         _state.update(ok=False, reason=f"building the kernels failed: {error}")
         return
-    _state.update(ok=True, reason="", library=library)
+    _state.update(ok=True, reason="", library=library, build_seconds=seconds)
 
 
 def available() -> bool:
@@ -144,6 +152,12 @@ def available() -> bool:
                               "convolutions use their XLA form (slower on CPU)",
                               RuntimeWarning, stacklevel=2)
         return bool(_state["ok"])
+
+
+def build_seconds() -> float:
+    """Seconds this process spent compiling the kernels (0 when they came from the cache,
+    were never needed, or could not be built)."""
+    return float(_state.get("build_seconds", 0.0))  # type: ignore[arg-type]
 
 
 def unavailable_reason() -> str:

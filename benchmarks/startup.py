@@ -1,0 +1,164 @@
+"""The default command's fixed cost, cold and warm, each run a fresh process.
+
+A run's fixed cost is its wall time minus its training steps' own time, as
+``metrics.jsonl`` records them (``(step - previous step) * batch / images_per_second``
+summed over the training records; the first, compiling step is not among them).
+This script runs ``python examples/train.py`` (plus ``--args``) as a user does:
+
+- **cold**: a fresh ``$XDG_CACHE_HOME`` (no compiled programs, no native kernels,
+  no cached data) and a fresh work directory;
+- **warm**: the same cache home again, a fresh work directory each time
+  (``--repeats`` runs; the figure is their median).
+
+With ``--against DIR`` (another checkout, e.g. ``git worktree add /tmp/old <rev>``)
+it runs that tree's command too, interleaved with this one's, each with its own
+cache home, and prints both. Then it times the imports a warm run pays, one
+package after another in a fresh process, and prints where the fixed cost goes.
+
+    python benchmarks/startup.py                       # the default command
+    python benchmarks/startup.py --against /tmp/old --repeats 3
+    python benchmarks/startup.py --quick               # a tiny model, 12 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import _harness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_ARGS = ("--model tiny --data synthetic --synthetic-examples 64 --image-size 16 "
+              "--batch-size 16 --eval-batch-size 32 --steps 12 --log-every 3")
+# What a warm run imports, in the order it does (each line's time is on top of the
+# lines before it).
+IMPORTS = (("python start and exit", "pass"), ("numpy", "import numpy"),
+           ("ml_dtypes (numpy dtypes for jax)", "import ml_dtypes"), ("jax", "import jax"),
+           ("flax.linen", "import flax.linen"), ("optax", "import optax"),
+           ("orbax.checkpoint", "import orbax.checkpoint"),
+           ("the example (mobilenet.train)", "from mobilenet import train"),
+           ("matplotlib.pyplot (the plot)", "import matplotlib.pyplot"),
+           ("sklearn.datasets, model_selection (uncached digits)",
+            "import sklearn.datasets, sklearn.model_selection"))
+
+
+def steps_seconds(workdir: str) -> float:
+    """The training steps' own time, summed from ``metrics.jsonl``."""
+    with open(os.path.join(workdir, "config.json")) as file:
+        batch = json.load(file)["batch_size"]
+    seconds, previous = 0.0, 1  # A fresh run times the steps after its first.
+    with open(os.path.join(workdir, "metrics.jsonl")) as file:
+        for record in map(json.loads, file):
+            if "images_per_second" in record:
+                seconds += (record["step"] - previous) * batch / record["images_per_second"]
+                previous = record["step"]
+    return seconds
+
+
+def run_once(tree: str, cache_home: str, extra: list[str]) -> dict[str, float | None]:
+    """Runs the command of checkout ``tree`` in a fresh work directory (in ``cache_home``'s
+    folder, removed with it); its figures."""
+    workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(cache_home))
+    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
+    env.pop("PYTHONPATH", None)  # The script finds its own `mobilenet` package.
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, os.path.join(tree, "examples", "train.py"),
+                           "--workdir", workdir, *extra], cwd=tree, env=env,
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"startup: {tree}'s command failed ({done.returncode}):\n"
+                         f"{done.stderr[-2000:]}")
+    steps = steps_seconds(workdir)
+    text = done.stdout + done.stderr
+
+    def number(pattern: str) -> float | None:
+        found = re.search(pattern, text)
+        return float(found[1]) if found else None
+
+    return {"wall": wall, "steps": steps, "fixed": wall - steps,
+            "init_compile": number(r"initialized and compiled in ([\d.]+) s"),
+            "compiler": number(r"XLA's compiler ([\d.]+) s"),
+            # A tree without the fixed-cost line (older) says nothing of its native build.
+            "native_build": ((number(r"native kernels built in ([\d.]+) s") or 0.0)
+                             if "fixed cost" in text else None),
+            "fixed_printed": number(r"([\d.]+) s fixed cost")}
+
+
+def import_times(tree: str, *, skip_sklearn: bool) -> list[tuple[str, float]]:
+    """Seconds each of :data:`IMPORTS` adds, in one fresh process, in order."""
+    lines = ["import sys, time", f"sys.path.insert(0, {os.path.join(tree, 'examples')!r})",
+             "t = time.perf_counter()"]
+    for name, statement in IMPORTS:
+        if skip_sklearn and name.startswith("sklearn"):
+            continue
+        lines += [statement, f"print({name!r}, time.perf_counter() - t)",
+                  "t = time.perf_counter()"]
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
+                         text=True, check=True).stdout
+    rows = [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1])) for line in out.splitlines()]
+    rows[0] = ("python start and exit", time.perf_counter() - start - sum(s for _, s in rows[1:]))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="warm runs per tree (default: 3)")
+    parser.add_argument("--against", metavar="DIR", help="another checkout to run side by side")
+    parser.add_argument("--args", default="", help="extra flags for examples/train.py")
+    _harness.add_output_arguments(parser, "startup")
+    args = parser.parse_args(argv)
+    extra = shlex.split(args.args) + (shlex.split(QUICK_ARGS) if args.quick else [])
+    info, command = _harness.announce("start-up of python examples/train.py", "startup.py", argv)
+    trees = {"this tree": ROOT, **({"against": os.path.abspath(args.against)}
+                                   if args.against else {})}
+    scratch = tempfile.mkdtemp(prefix="startup-")  # Cache homes and work directories.
+    homes = {name: os.path.join(scratch, f"cache-{index}")
+             for index, name in enumerate(trees)}
+    results: dict[str, dict[str, list]] = {name: {"cold": [], "warm": []} for name in trees}
+    try:
+        for name, tree in trees.items():
+            results[name]["cold"].append(run_once(tree, homes[name], extra))
+        for repeat in range(args.repeats):
+            for name in (list(trees) if repeat % 2 == 0 else list(reversed(trees))):
+                results[name]["warm"].append(run_once(trees[name], homes[name], extra))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    rows = []
+    for name, kinds in results.items():
+        for kind, runs in kinds.items():
+            row = {"tree": name, "run": f"{kind} (median of {len(runs)})" if len(runs) > 1
+                   else kind}
+            for key in ("wall", "steps", "fixed", "init_compile", "compiler", "native_build"):
+                values = [r[key] for r in runs if r[key] is not None]
+                row[key] = statistics.median(values) if values else None
+            rows.append(row)
+    print(_harness.format_table(rows, [
+        ("tree", "tree", "s"), ("run", "run", "s"), ("wall", "wall s", ".1f"),
+        ("steps", "steps s", ".1f"), ("fixed", "fixed s", ".1f"),
+        ("init_compile", "init+compile s", ".1f"), ("compiler", "compiler s", ".1f"),
+        ("native_build", "native build s", ".1f")]))
+    imports = import_times(ROOT, skip_sklearn=False)
+    print("\nimports, one after another in a fresh process (seconds each adds):")
+    for name, seconds in imports:
+        print(f"  {name:52s} {seconds:6.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    path = _harness.write_json(args, "startup", {
+        "machine": info, "command": command, "runs": results, "table": rows,
+        "imports": imports})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,7 +49,7 @@ from mobilenet.infra.settings import flag as flag
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")
 DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 # As mobilenet.quantization's (this module imports no JAX).
 NONLINEARITIES = ("relu6", "relu", "capped_relu")
 QUANT_SCHEMES = ("affine", "fixed_point")
@@ -93,7 +93,8 @@ class Config:
     batch_norm: bool = _field(
         True, "batch normalization after every convolution (else convolutions get a bias)",
         group="model")
-    dtype: str = _field("float32", "compute dtype; parameters and the loss stay float32",
+    dtype: str = _field("float32", "compute dtype; parameters and the loss stay float32 "
+                        "(float16 trains with dynamic loss scaling)",
                         group="model", choices=DTYPES)
     grad_at_zero: float = _field(0.0, "the derivative relu6 uses at exactly 0", group="model")
     grad_at_six: float = _field(0.0, "the derivative relu6 uses at exactly 6", group="model")
@@ -201,6 +202,10 @@ class Config:
                                    minimum=1, neutral="only how many checkpoints stay on disk")
     progress: bool = _field(True, "a progress bar and status lines (the last line is printed "
                             "either way)", group="run", neutral="output only")
+    count_kinks: bool = _field(
+        False, "count, at every step, the inputs of every relu6 exactly on 0 and on 6 "
+        "(hard-swish/hard-sigmoid: on -3 and 3) per layer, summed over the run (in the "
+        "returned summary's boundary_hits)", group="run")
     plot: bool = _field(True, "write metrics.png (training curves) at the end", group="run",
                         neutral="output only")
     distributed: bool = _field(

@@ -69,8 +69,8 @@ class Design:
       activations: The activations trained and compared.
       activation_bits: The activation-only arms' bit widths under PTQ.
       qat_activation_bits: Those also fine-tuned (QAT).
-      pairs: ``(w, a)`` of the integer model's PTQ arms (both granularities) and
-        per-channel QAT arms.
+      pairs: ``(w, a)`` of the integer model's per-channel arms (PTQ and QAT).
+      per_tensor_ptq: The pairs also evaluated with per-tensor weights (PTQ).
       per_tensor_qat: The pairs also fine-tuned with per-tensor weights.
       calibration_batches: Training batches the PTQ ranges are measured on.
       seeds: Seeds ``0 .. seeds - 1``.
@@ -84,9 +84,10 @@ class Design:
     qat_learning_rate: float = 0.01
     cap: float = 3.0
     activations: tuple[str, ...] = ACTIVATIONS
-    activation_bits: tuple[int, ...] = (8, 4, 3, 2)
+    activation_bits: tuple[int, ...] = (8, 4, 2)
     qat_activation_bits: tuple[int, ...] = (4,)
     pairs: tuple[tuple[int, int], ...] = PAIRS
+    per_tensor_ptq: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
     per_tensor_qat: tuple[tuple[int, int], ...] = ((8, 8),)
     calibration_batches: int = 8
     seeds: int = 5
@@ -107,10 +108,11 @@ class Design:
         keys = [key("float", act) for act in self.activations]
         for arm, bits in (("ptq", self.activation_bits), ("qat", self.qat_activation_bits)):
             keys += [key(arm, act, None, a) for a in bits for act in self.activations]
+            per_tensor = self.per_tensor_ptq if arm == "ptq" else self.per_tensor_qat
             if "relu6" in self.activations:
                 keys += [key(arm, "relu6", w, a, gran) for w, a in self.pairs
-                         for gran in GRANULARITIES if arm == "ptq" or gran == "per_channel"
-                         or (w, a) in self.per_tensor_qat]
+                         for gran in GRANULARITIES
+                         if gran == "per_channel" or (w, a) in per_tensor]
         return keys
 
     def cells(self) -> list[study.Cell]:
@@ -118,7 +120,7 @@ class Design:
 
 
 QUICK = Design(activations=("relu6", "relu"), activation_bits=(4,), pairs=((8, 4),),
-               per_tensor_qat=(), seeds=2, quick=True)
+               per_tensor_ptq=((8, 4),), per_tensor_qat=(), seeds=2, quick=True)
 
 
 # --- the runs ---------------------------------------------------------------------------
@@ -297,9 +299,10 @@ def arm_tables(results: study.Results, design: Design) -> str:
     first = study.markdown_table(
         ["activation", "mode", "float"] + [f"a{a}" for a in bits], rows, numeric_from=2)
     pairs = design.pairs
+    keys = design.keys()
     rows = [[ARMS[arm], GRAN[gran]] + [cell(key(arm, "relu6", w, a, gran)) for w, a in pairs]
             for arm in ARMS for gran in GRANULARITIES
-            if arm == "ptq" or gran == "per_channel" or design.per_tensor_qat]
+            if any(key(arm, "relu6", w, a, gran) in keys for w, a in pairs)]
     second = study.markdown_table(
         ["mode", "weights"] + [f"w{w}/a{a}" for w, a in pairs], rows, numeric_from=2)
     return (f"Activations quantized, weights float (test accuracy %, mean ± 95% interval "
@@ -322,7 +325,7 @@ def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any
              key("qat", "relu6", w, a, "per_channel"), key("ptq", "relu6", w, a, "per_channel"))
             for w, a in design.pairs]
     out += [(f"per channel - per tensor, PTQ w{w}/a{a}", key("ptq", "relu6", w, a, "per_channel"),
-             key("ptq", "relu6", w, a, "per_tensor")) for w, a in design.pairs]
+             key("ptq", "relu6", w, a, "per_tensor")) for w, a in design.per_tensor_ptq]
     out += [(f"per channel - per tensor, QAT w{w}/a{a}", key("qat", "relu6", w, a, "per_channel"),
              key("qat", "relu6", w, a, "per_tensor")) for w, a in design.per_tensor_qat]
     keys = design.keys()
@@ -371,8 +374,9 @@ def report(results: study.Results, design: Design, meta: dict[str, Any],
     failed = results.diverged()
     lines = [
         f"Configuration: {describe(design, meta['seeds'])}", "",
-        f"Machine: {study.describe_machine(meta['machine'])}; wall time "
-        f"{meta['seconds']:.0f} s this invocation (command: `{meta['command']}`).", "",
+        f"Machine: {study.describe_machine(meta['machine'])}; this invocation: "
+        f"{meta['seconds']:.0f} s wall, {meta['cpu_seconds']:.0f} s of CPU (command: "
+        f"`{meta['command']}`).", "",
         arm_tables(results, design), "",
         "Paired differences (A - B over the seeds both finished; one test image is "
         f"{100 * study.resolution():.2f} points):", "", difference_table(rows), ""]
@@ -470,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     command = "python examples/precision_study.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
+    used = os.times()
     meta = {"seconds": time.perf_counter() - start, "machine": study.machine(),
+            "cpu_seconds": used.user + used.system,
             "seeds": design.seeds, "command": command.strip()}
     rows = differences(results, design)
     text = report(results, design, meta, rows)

@@ -13,7 +13,8 @@ from mobilenet import study
 TINY = precision_study.Design(model="tiny", float_steps=3, qat_steps=2,
                               activations=("relu6", "relu"), activation_bits=(4,),
                               qat_activation_bits=(4,), pairs=((8, 4),),
-                              per_tensor_qat=((8, 4),), calibration_batches=1, seeds=2)
+                              per_tensor_ptq=((8, 4),), per_tensor_qat=((8, 4),),
+                              calibration_batches=1, seeds=2)
 
 
 def test_each_seed_runs_its_float_runs_first_then_ptq_then_qat():
@@ -68,15 +69,17 @@ def test_differences_pair_the_arms_by_seed(tmp_path):
 
 @pytest.mark.slow
 def test_a_tiny_study_end_to_end_resumes_and_pairs_the_seeds(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(precision_study, "QUICK", TINY)
+    # ReLU6 only: each distinct model compiles (seconds each); the second seed reuses them.
+    monkeypatch.setattr(precision_study, "QUICK", dataclasses.replace(TINY, activations=("relu6",)))
     out = tmp_path / "study"
     assert precision_study.main(["--quick", "--out", str(out), "--no-plot"]) == 0
     runs = [json.loads(line) for line in (out / study.RUNS_FILE).read_text().splitlines()]
-    assert len(runs) == len(TINY.cells())
+    assert len(runs) == 2 * 7  # Per seed: float, 3 PTQ, 3 QAT.
     assert all(r["status"] == "ok" and 0 <= r["test_accuracy"] <= 1 for r in runs)
     report = json.loads((out / "results.json").read_text())
     rows = {r["what"]: r for r in report["differences"]}
     assert rows["QAT - PTQ, ReLU6 a4"]["n"] == 2
+    assert rows["QAT - PTQ, integer ReLU6 w8/a4 per channel"]["n"] == 2
     assert rows["per channel - per tensor, QAT w8/a4"]["n"] == 2
     assert "| QAT | per channel |" in (out / "results.md").read_text()
     capsys.readouterr()

@@ -47,6 +47,11 @@ class StudyError(RuntimeError):
     """A study cannot go on (a results file of another grid, say); one line."""
 
 
+class Skip(Exception):
+    """Raised by ``run_one``: the cell cannot run (its float run diverged, say); recorded
+    as ``{"status": "skipped", "reason": str(error)}`` and the grid goes on."""
+
+
 class GridStopped(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the grid; the finished cells are kept."""
 
@@ -153,7 +158,8 @@ class Results:
                 if r["key"] == want and r.get("status") == "ok" and field in r}
 
     def diverged(self) -> list[dict[str, Any]]:
-        return [r for r in self.records.values() if r.get("status") == "diverged"]
+        """The records of the diverged and the skipped cells."""
+        return [r for r in self.records.values() if r.get("status") != "ok"]
 
 
 def _diverged_step(error: BaseException) -> int | None:
@@ -169,13 +175,15 @@ def _finite(result: Mapping[str, Any]) -> bool:
 def run_one_cell(cell: Cell, run_one: Callable[[Cell], Mapping[str, Any]]) -> dict[str, Any]:
     """``run_one(cell)`` as a record: ``{"status": "ok", **result, "seconds"}``, or
     ``{"status": "diverged", "step", "error", "seconds"}`` for a diverged run or a
-    non-finite float in the result."""
+    non-finite float in the result, or ``{"status": "skipped", "reason"}`` (:class:`Skip`)."""
     start = time.perf_counter()
     try:
         result = dict(run_one(cell))
     except TrainingDiverged as error:
         return {"status": "diverged", "step": _diverged_step(error), "error": str(error),
                 "seconds": time.perf_counter() - start}
+    except Skip as error:
+        return {"status": "skipped", "reason": str(error), "seconds": 0.0}
     seconds = time.perf_counter() - start
     if not _finite(result):
         return {"status": "diverged", "step": None, "error": "non-finite result",

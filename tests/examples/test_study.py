@@ -76,13 +76,15 @@ def test_a_file_of_another_grid_configuration_is_refused(tmp_path):
         study.Results(str(tmp_path), {**CONFIG, "steps": 4})
 
 
-def test_a_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):
+def test_diverged_and_skipped_cells_are_recorded_and_the_grid_goes_on(tmp_path):
     def diverging(cell):
         if cell.key["arm"] == 1 and cell.seed == 0:
             raise TrainingDiverged("train: the loss or gradient became NaN/inf at step 67; "
                                    "stopped")
         if cell.key["arm"] == 1 and cell.seed == 1:
             return {"test_accuracy": math.nan}
+        if cell.key["arm"] == 0 and cell.seed == 2:
+            raise study.Skip("its float run diverged")
         return fake_run(cell)
 
     results = study.run_grid(cells(), diverging, results=study.Results(str(tmp_path), CONFIG),
@@ -91,8 +93,10 @@ def test_a_diverged_cell_is_recorded_and_the_grid_goes_on(tmp_path):
     first, second = (results.get(study.Cell({"arm": 1}, s)) for s in (0, 1))
     assert (first["status"], first["step"]) == ("diverged", 67)
     assert (second["status"], second["step"]) == ("diverged", None)
+    skipped = results.get(study.Cell({"arm": 0}, 2))
+    assert (skipped["status"], skipped["reason"]) == ("skipped", "its float run diverged")
     assert results.values({"arm": 1}, "test_accuracy") == pytest.approx({2: 0.62})
-    assert len(results.diverged()) == 2
+    assert len(results.diverged()) == 3
 
 
 def test_a_signal_stops_the_grid_with_the_finished_cells_kept(tmp_path):

@@ -249,11 +249,11 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                                  for g in jax.tree.leaves(grads)))
         (params, opt_state, batch_stats), finite = _skip_overflow(
-            state, loss, jnp.isfinite(grad_norm), (params, opt_state, batch_stats))
+            state, loss, grad_norm, (params, opt_state, batch_stats))
         sums = state.metrics
         first = sums["first_nonfinite"]
         metrics = {
-            **_tracked(sums, recorded, jnp.isfinite(grad_norm)),
+            **_tracked(sums, recorded, grad_norm),
             "loss_sum": sums["loss_sum"] + loss,
             "accuracy_sum": sums["accuracy_sum"] + accuracy,
             "count": sums["count"] + 1,
@@ -268,7 +268,7 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
                    donate_argnums=(0,) if donate else ())
 
 
-def _skip_overflow(state: TrainState, loss: jax.Array, grads_finite: jax.Array,
+def _skip_overflow(state: TrainState, loss: jax.Array, grad_norm: jax.Array,
                    updated: tuple[Any, Any, Any]) -> tuple[tuple[Any, Any, Any], jax.Array]:
     """The step's (params, opt_state, batch_stats), and whether it stays finite.
 
@@ -276,7 +276,7 @@ def _skip_overflow(state: TrainState, loss: jax.Array, grads_finite: jax.Array,
     as it was; :func:`loss_scale.adjust` lowers the scale), not a divergence;
     only a non-finite loss is.
     """
-    finite = jnp.isfinite(loss) & grads_finite
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     if "loss_scale" not in state.metrics:
         return updated, finite
     unchanged = (state.params, state.opt_state, state.batch_stats)
@@ -284,7 +284,7 @@ def _skip_overflow(state: TrainState, loss: jax.Array, grads_finite: jax.Array,
 
 
 def _tracked(sums: dict[str, Any], recorded: dict[str, Any],
-             grads_finite: jax.Array) -> dict[str, Any]:
+             grad_norm: jax.Array) -> dict[str, Any]:
     """The optional entries of the metrics after a step: kink counts, the loss scale."""
     tracked = {}
     if "kinks" in sums:  # Hits summed over the steps; `total` stays one step's inputs.
@@ -294,7 +294,7 @@ def _tracked(sums: dict[str, Any], recorded: dict[str, Any],
             sums["kinks"], recorded.get(KINKS, {}),
             is_leaf=lambda node: isinstance(node, jrelu6.BoundaryHits))
     if "loss_scale" in sums:
-        tracked["loss_scale"] = loss_scale.adjust(sums["loss_scale"], grads_finite)
+        tracked["loss_scale"] = loss_scale.adjust(sums["loss_scale"], jnp.isfinite(grad_norm))
     return tracked
 
 

@@ -176,3 +176,30 @@ def _table_after(report, heading):
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_probe_gradients_differ_exactly_where_a_layer_sits_on_the_kink(dtype):
+    # A zero stem kernel feeds batch norm zeros, which it maps to its bias, 0: the
+    # stem's relu6 then sees only exact zeros, so the stem kernel's gradient is 0
+    # with relu6'(0) = 0 and not with relu6'(0) = 1.
+    data = boundary_study.input_pipeline.load_digits()
+    images, labels = boundary_study._probe_batch(data, 8, dtype)
+    grads = []
+    for g in (0.0, 1.0):
+        config = boundary_study.run_config("tiny", dtype, (g, g), 0, steps=3)
+        model = boundary_study.train_state.create_model(config, num_classes=10)
+        variables = model.init(jax.random.key(0), images[:1], train=False)
+        stem = variables["params"]["stem"]
+        variables["params"]["stem"] = {**stem, "conv": {"kernel": np.zeros_like(
+            stem["conv"]["kernel"])}}
+        grads.append(boundary_study.gradients(model, variables, images, labels,
+                                              np.float32(1.0)))
+    (g0, hits), (g1, _) = grads
+    stem_hits = [r for r in boundary_study.jrelu6.summarize_boundary_hits(hits)
+                 if r.layer.startswith("stem")]
+    assert stem_hits and stem_hits[0].at_zero == stem_hits[0].n
+    assert not np.any(np.asarray(g0["stem"]["conv"]["kernel"]))
+    assert np.any(np.asarray(g1["stem"]["conv"]["kernel"]))
+    diff = boundary_study.gradient_difference(g0, g1)
+    assert diff["rel_l2"] > 0 and diff["cosine"] < 1

@@ -1,54 +1,44 @@
-"""Is ReLU6 better at low precision? Quantized activations, measured on real training runs.
+"""Low precision on the default recipe: ReLU6 against ReLU, PTQ against QAT fine-tuning.
 
-ReLU6 is said to be "robust when used with low-precision computation"
-(MobileNetV2): its range [0, 6] is known in advance (no calibration) and needs
-only 3 integer bits. This script measures it with the example's own training
-loop (:func:`mobilenet.train.fit`) on the bundled digits data, MobileNetV2:
+Per seed, on the example's default MobileNetV2 x0.5 (digits, ~99% float), run in
+this process with :func:`mobilenet.train.fit`:
 
-* activations: ReLU6 on [0, 6] (affine: ``2**B`` levels, steps of
-  ``6 / (2**B - 1)``; and fixed point: 3 integer bits, steps of
-  ``2**-(B - 3)``); ReLU, unbounded, quantized on [0, r] with ``r`` per layer
-  the maximum or the 99.99th percentile of its outputs; a capped ReLU
-  ``min(max(x, 0), cap)`` on [0, cap] (``--cap``, 3 by default);
-* activation bits: float, 8, 6, 5, 4, 3, 2 (only activations: weights stay
-  float32, as the question is about the activation's range);
-* PTQ (post-training quantization): train in float once per (activation,
-  seed), then evaluate with every bit width. ReLU's ranges come from a
-  calibration pass over the first ``--calibration-batches`` training batches
-  (eval mode, unquantized): the largest batch maximum, or the mean of the
-  batches' 99.99th percentiles, per layer;
-* QAT (quantization-aware training): one run per (activation, bits, seed),
-  forward quantized during training (straight-through gradient). ReLU's range
-  is a running mean of each training batch's maximum (or percentile), kept
-  beside batch norm's statistics (see :mod:`mobilenet.quantization`).
+1. **Float**: one run per activation: ReLU6, ReLU, and a capped ReLU on
+   ``[0, --cap]`` (3 by default), with the recipe's settings.
+2. **The activation's question** (weights float, the relu6-family outputs quantized
+   to ``a`` bits): ReLU6 on its fixed ``[0, 6]`` grid, the capped ReLU on
+   ``[0, cap]``, ReLU on ``[0, r]`` with ``r`` per layer: calibrated (the largest
+   batch maximum over the calibration batches) for PTQ, a running mean of the
+   batch maxima in QAT. PTQ evaluates the float run so quantized; QAT fine-tunes
+   the float run (``--init-from``) quantized.
+3. **The integer model** (ReLU6 only, as LiteRT's int8 file; docs/qat.md): batch
+   norm folded, weights fake-quantized to ``w`` bits per output channel or per
+   tensor, every activation tensor to ``a`` bits, at ``w/a`` = 8/8, 8/4, 4/8,
+   4/4, 3/3, 8/2. PTQ: the float run's weights, its activation ranges calibrated
+   on training batches (the moving ranges QAT uses, updated with batch norm
+   frozen); QAT: fine-tuned from the float run (``--weight-bits``,
+   ``--bn-freeze-step`` half way).
 
-Runs with the same seed share the initialisation and the data order (the
-activations have no parameters). The test accuracy (mean ± std over seeds) is
-written as a markdown table (rows: activation x scheme x mode, columns: bits)
-to ``results.md``, with ``results.json`` (every run) and
-``precision_study.png`` (accuracy against bits, one line per row) in
-``--out``; the table is printed.
+Runs with the same seed share the initialisation and the data order, so the arms
+are compared **paired by seed**: the report gives each arm's mean with its 95%
+t-interval, and the paired differences ReLU6 - ReLU, ReLU6 - capped ReLU,
+QAT - PTQ and per channel - per tensor with their 95% intervals, n, and the
+smallest difference the design detects (:mod:`mobilenet.study`). Every finished
+run is a line of ``--out``/runs.jsonl: rerun the same command to resume after an
+interruption; a diverged run is recorded as diverged and the study goes on.
 
     python examples/precision_study.py --quick
     python examples/precision_study.py --out runs/precision --seeds 5
 
-Cost: ``--quick`` (MobileNetV2 x0.25, 150 steps of batch 64, 3 seeds; PTQ at
-every bit width for all five rows, QAT at 4 and 2 bits for ReLU6 affine /
-fixed point and ReLU (max)) trains 27 short runs: 429 s wall (596 s of CPU
-time) on a 2-core CPU at load average 2-4, and 1950 s when other jobs kept the
-load at 12-15. Compilation dominates: each distinct model compiles its init,
-train and eval steps once, and the seeds reuse them. The full grid (width 0.5, 300 steps
-of batch 128 with label smoothing 0.1, QAT at all six bit widths for all five rows, 3 seeds)
-trains 99 runs: an estimated 2-3 hours on that CPU, minutes on a GPU.
+Writes results.md (MyST markdown, pasteable into docs/precision_study.md),
+results.json and precision_study.png into ``--out``, and prints the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,105 +46,165 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For `import mobilenet`.
 
-import jax
-import numpy as np
+from mobilenet import study
 
-from mobilenet import input_pipeline, quantization, train, train_state
-from mobilenet.configs import default
-from mobilenet.sharding import batch_sharding, create_mesh
-
-ALL_BITS = (8, 6, 5, 4, 3, 2)
+ACTIVATIONS = ("relu6", "relu", "capped_relu")
+#: Weight / activation bits of the integer model.
+PAIRS = ((8, 8), (8, 4), (4, 8), (4, 4), (3, 3), (8, 2))
+GRANULARITIES = ("per_channel", "per_tensor")
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """One row of the table: an activation, its quantization scheme, and the mode.
+class Design:
+    """What the study runs. Everything but ``seeds`` is the grid's configuration:
+    a rerun with more seeds resumes, one with another setting is refused.
 
     Attributes:
-      nonlinearity: ``"relu6"``, ``"relu"`` or ``"capped_relu"`` (the example's
-        ``--nonlinearity``).
-      scheme: ``"affine"``/``"fixed_point"`` (a quantizer) or ``"max"``/
-        ``"percentile"`` (ReLU's range statistic).
+      model: The example's model.
+      width: Its width multiplier.
+      float_steps: Steps of the float runs (the recipe's 550 by default).
+      qat_steps: Steps of each QAT fine-tune (batch norm frozen half way).
+      qat_learning_rate: The fine-tunes' peak learning rate (cosine to 0).
+      cap: The capped ReLU's bound.
+      activations: The activations trained and compared.
+      activation_bits: The activation-only arms' bit widths under PTQ.
+      qat_activation_bits: Those also fine-tuned (QAT).
+      pairs: ``(w, a)`` of the integer model's per-channel arms (PTQ and QAT).
+      per_tensor_ptq: The pairs also evaluated with per-tensor weights (PTQ).
+      per_tensor_qat: The pairs also fine-tuned with per-tensor weights.
+      calibration_batches: Training batches the PTQ ranges are measured on.
+      seeds: Seeds ``0 .. seeds - 1``.
+      quick: ``--quick``'s design.
     """
-
-    nonlinearity: str
-    scheme: str
-
-    @property
-    def key(self) -> str:
-        """``"nonlinearity:scheme"``, as ``--rows`` and ``--qat-rows`` name it."""
-        return f"{self.nonlinearity}:{self.scheme}"
-
-    def settings(self) -> dict[str, str]:
-        """The example's config fields of this row."""
-        if self.nonlinearity == "relu":
-            return {"nonlinearity": "relu", "calibration": self.scheme}
-        return {"nonlinearity": self.nonlinearity, "quant_scheme": self.scheme}
-
-    def label(self, cap: float) -> str:
-        name = {"relu6": "ReLU6 [0, 6]", "relu": "ReLU",
-                "capped_relu": f"capped ReLU [0, {cap:g}]"}[self.nonlinearity]
-        scheme = {"affine": "affine", "fixed_point": "fixed point (3 int bits)",
-                  "max": "range: max", "percentile": f"range: p{quantization.PERCENTILE:g}"}
-        return f"{name}, {scheme[self.scheme]}"
-
-
-ROWS = (Row("relu6", "affine"), Row("relu6", "fixed_point"), Row("relu", "max"),
-        Row("relu", "percentile"), Row("capped_relu", "affine"))
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyConfig:
-    """What the study runs (written into results.md)."""
 
     model: str = "mobilenet_v2"
     width: float = 0.5
-    steps: int = 300
-    batch_size: int = 128
-    seeds: int = 3
+    float_steps: int | None = None
+    qat_steps: int = 100
+    qat_learning_rate: float = 0.01
     cap: float = 3.0
-    bits: tuple[int, ...] = ALL_BITS
-    qat_bits: tuple[int, ...] = ALL_BITS
-    rows: tuple[str, ...] = tuple(r.key for r in ROWS)
-    qat_rows: tuple[str, ...] = tuple(r.key for r in ROWS)
-    calibration_batches: int = 4
+    activations: tuple[str, ...] = ACTIVATIONS
+    activation_bits: tuple[int, ...] = (8, 4, 2)
+    qat_activation_bits: tuple[int, ...] = (4,)
+    pairs: tuple[tuple[int, int], ...] = PAIRS
+    per_tensor_ptq: tuple[tuple[int, int], ...] = ((8, 8), (4, 8), (4, 4))
+    per_tensor_qat: tuple[tuple[int, int], ...] = ((8, 8),)
+    calibration_batches: int = 8
+    seeds: int = 5
     quick: bool = False
 
-    def ptq(self) -> list[Row]:
-        """The rows evaluated after float training."""
-        return [r for r in ROWS if r.key in self.rows]
+    def configuration(self) -> dict[str, Any]:
+        """The grid's configuration (all but ``seeds``), for :class:`study.Results`."""
+        fields = dataclasses.asdict(self)
+        fields.pop("seeds")
+        return fields
 
-    def qat(self) -> list[Row]:
-        """The rows trained quantized."""
-        return [r for r in ROWS if r.key in self.qat_rows]
+    def keys(self) -> list[dict[str, Any]]:
+        """Every cell's settings, in the order one seed runs them (float first)."""
+        def key(arm: str, act: str, w: int | None = None, a: int | None = None,
+                gran: str | None = None) -> dict[str, Any]:
+            return {"arm": arm, "act": act, "w": w, "a": a, "gran": gran}
+
+        keys = [key("float", act) for act in self.activations]
+        for arm, bits in (("ptq", self.activation_bits), ("qat", self.qat_activation_bits)):
+            keys += [key(arm, act, None, a) for a in bits for act in self.activations]
+            per_tensor = self.per_tensor_ptq if arm == "ptq" else self.per_tensor_qat
+            if "relu6" in self.activations:
+                keys += [key(arm, "relu6", w, a, gran) for w, a in self.pairs
+                         for gran in GRANULARITIES
+                         if gran == "per_channel" or (w, a) in per_tensor]
+        return keys
+
+    def cells(self) -> list[study.Cell]:
+        return study.grid(self.keys(), range(self.seeds))
 
 
-LABEL_SMOOTHING = 0.1
-QUICK = {"width": 0.25, "steps": 150, "batch_size": 64, "qat_bits": (4, 2),
-         "qat_rows": ("relu6:affine", "relu6:fixed_point", "relu:max")}
+QUICK = Design(activations=("relu6", "relu"), activation_bits=(4,), pairs=((8, 4),),
+               per_tensor_ptq=((8, 4),), per_tensor_qat=(), seeds=2, quick=True)
 
 
-def base_config(cfg: StudyConfig, seed: int, **settings: Any) -> default.Config:
-    """The example's config of one run: quiet, no work directory, one evaluation at the end."""
-    # Label smoothing 0.1 as when docs/precision_study.md's table was measured (the example's
-    # default recipe has none since).
-    return default.get_config(
-        model=cfg.model, width=cfg.width, steps=cfg.steps, batch_size=cfg.batch_size,
-        seed=seed, cap=cfg.cap, label_smoothing=LABEL_SMOOTHING, progress=False, plot=False,
-        eval_every=0, log_every=cfg.steps, checkpoint_every=0, **settings)
+# --- the runs ---------------------------------------------------------------------------
 
 
-class Evaluator:
-    """Evaluates a float-trained state with quantized activations (PTQ), per seed."""
+class Runner:
+    """Runs one cell: a float training run, a PTQ evaluation or a QAT fine-tune.
 
-    def __init__(self, cfg: StudyConfig, seed: int):
-        config = base_config(cfg, seed)
+    Float runs keep their final checkpoint in ``<out>/work/seed<S>/<act>``, which
+    the PTQ and QAT cells of that seed start from.
+    """
+
+    def __init__(self, design: Design, out: str, results: study.Results):
+        self.design, self.out, self.results = design, out, results
+        self._evaluators: dict[int, Any] = {}
+
+    def float_dir(self, seed: int, act: str) -> str:
+        return os.path.join(self.out, "work", f"seed{seed}", act)
+
+    def config(self, cell: study.Cell, **overrides: Any) -> Any:
+        """The example's config of ``cell`` (quiet, one evaluation at the end)."""
+        from mobilenet.configs import default
+
+        d, key = self.design, cell.key
+        settings: dict[str, Any] = {
+            "model": d.model, "width": d.width, "seed": cell.seed,
+            "nonlinearity": key["act"], "progress": False, "plot": False, "eval_every": 0,
+            "checkpoint_every": 0, "keep_checkpoints": 1}
+        if d.float_steps is not None:
+            settings["steps"] = d.float_steps
+        if key["act"] == "capped_relu":
+            settings["cap"] = d.cap
+        if key["arm"] != "float":
+            settings["activation_bits"] = key["a"]
+        if key["w"] is not None:
+            settings.update(weight_bits=key["w"], weight_granularity=key["gran"])
+        return default.get_config(**{**settings, **overrides})
+
+    def __call__(self, cell: study.Cell) -> dict[str, Any]:
+        from mobilenet import train
+
+        if cell.key["arm"] == "float":
+            _, summary = train.fit(self.config(cell), self.float_dir(cell.seed, cell.key["act"]))
+            return {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]}
+        source = self._float_run(cell)
+        if cell.key["arm"] == "ptq":
+            return self._evaluator(cell.seed).ptq(self.config(cell), source)
+        steps = self.design.qat_steps
+        config = self.config(
+            cell, init_from=source, steps=steps, learning_rate=self.design.qat_learning_rate,
+            log_every=steps, **({"bn_freeze_step": steps // 2} if cell.key["w"] else {}))
+        _, summary = train.fit(config, None)
+        return {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]}
+
+    def _float_run(self, cell: study.Cell) -> str:
+        """The work directory of ``cell``'s float run; :class:`study.Skip` if it failed."""
+        record = self.results.get(study.Cell(
+            {"arm": "float", "act": cell.key["act"], "w": None, "a": None, "gran": None},
+            cell.seed))
+        if record is None or record["status"] != "ok":
+            raise study.Skip(f"its float run ({cell.key['act']}, seed {cell.seed}) "
+                             f"{'did not finish' if record is None else record['status']}")
+        return self.float_dir(cell.seed, cell.key["act"])
+
+    def _evaluator(self, seed: int) -> Any:
+        if seed not in self._evaluators:
+            self._evaluators = {seed: PTQ(seed, self.design)}  # One seed's data at a time.
+        return self._evaluators[seed]
+
+
+class PTQ:
+    """Post-training quantization of a float run, evaluated on the test split."""
+
+    def __init__(self, seed: int, design: Design):
+        from mobilenet import input_pipeline, train_state
+        from mobilenet.configs import default
+        from mobilenet.sharding import batch_sharding, create_mesh
+
+        config = default.get_config(seed=seed)
         self.dataset = input_pipeline.load_dataset(config.data, seed=seed)
         self.mesh = create_mesh()
-        sharding = batch_sharding(self.mesh)
         self.test_batches = input_pipeline.eval_batches(
             self.dataset.test_images, self.dataset.test_labels,
-            batch_size=config.eval_batch_size, sharding=sharding)
+            batch_size=config.eval_batch_size, sharding=batch_sharding(self.mesh))
         self.eval_step = train_state.make_eval_step(mesh=self.mesh, mean=self.dataset.mean,
                                                     std=self.dataset.std)
         n = self.dataset.train_images.shape[0]
@@ -162,275 +212,283 @@ class Evaluator:
         self.calibration = [
             input_pipeline.normalize(
                 self.dataset.train_images[input_pipeline.batch_indices(
-                    n, batch_size=cfg.batch_size, seed=seed, step=step)],
+                    n, batch_size=config.batch_size, seed=seed, step=step)],
                 mean=self.dataset.mean, std=self.dataset.std)
-            for step in range(cfg.calibration_batches)]
+            for step in range(design.calibration_batches)]
 
-    def ranges(self, state: train_state.TrainState, model: Any) -> dict[str, Any]:
-        """ReLU's calibrated ranges (``{"max": tree, "percentile": tree}``) for ``state``."""
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return quantization.calibrate(model.apply, variables, self.calibration)
+    def ptq(self, config: Any, workdir: str) -> dict[str, Any]:
+        """Test metrics of the float run in ``workdir`` quantized as ``config`` says."""
+        import jax
 
-    def accuracy(self, state: train_state.TrainState, model: Any,
-                 batch_stats: Any) -> float:
-        quantized = state.replace(model=model, batch_stats=batch_stats)
-        return train_state.evaluate(self.eval_step, quantized,
-                                    self.test_batches)["test_accuracy"]
+        from mobilenet import export, quantization, train_state
 
+        float_run = export.load_run(workdir)
+        model = train_state.create_model(config, num_classes=self.dataset.num_classes)
+        variables = {"params": float_run.variables["params"],
+                     "batch_stats": float_run.variables.get("batch_stats", {})}
+        if config.weight_bits is not None:
+            variables["batch_stats"] = self._moving_ranges(model, variables)
+        elif config.nonlinearity == "relu":
+            ranges = quantization.calibrate(model.apply, variables, self.calibration)["max"]
+            variables["batch_stats"] = quantization.set_ranges(variables["batch_stats"], ranges)
+        state = train_state.TrainState(
+            step=jax.numpy.zeros((), "int32"), params=variables["params"],
+            batch_stats=variables["batch_stats"], opt_state={}, rng=jax.numpy.zeros(2, "uint32"),
+            metrics=train_state.zero_metrics(), model=model, tx=None)  # type: ignore[arg-type]
+        metrics = train_state.evaluate(self.eval_step, state, self.test_batches)
+        return {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
 
-def run_study(cfg: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trains and evaluates the grid; returns every run's test accuracy.
+    def _moving_ranges(self, model: Any, variables: dict[str, Any]) -> Any:
+        """The integer model's activation ranges, calibrated: its moving ranges updated over
+        the calibration batches in training mode, batch norm frozen (running statistics,
+        unchanged), no dropout; the first batch sets them, as in QAT."""
+        import functools
 
-    Returns:
-      ``{"runs": [{"row", "mode", "bits", "seed", "test_accuracy"}, ...],
-      "seconds"}`` with ``bits`` ``None`` for float (mode ``"float"``).
-    """
-    start = time.perf_counter()
-    runs: list[dict[str, Any]] = []
+        import jax
+        import numpy as np
 
-    def record(row: Row | None, mode: str, bits: int | None, seed: int, accuracy: float,
-               nonlinearity: str | None = None) -> None:
-        runs.append({"nonlinearity": row.nonlinearity if row else nonlinearity,
-                     "scheme": row.scheme if row else None, "mode": mode, "bits": bits,
-                     "seed": seed, "test_accuracy": accuracy})
-        what = f"{row.label(cfg.cap)} {mode}" if row else f"{nonlinearity} float"
-        log(f"[{time.perf_counter() - start:5.0f}s] seed {seed} {what}"
-            f"{f' {bits} bits' if bits else ''}: test accuracy {accuracy:.4f}")
+        calibrating = model.clone(dropout_rate=0.0)
 
-    nonlinearities = list(dict.fromkeys(r.nonlinearity for r in cfg.ptq() + cfg.qat()))
-    for seed in range(cfg.seeds):
-        evaluator = Evaluator(cfg, seed)
-        for nonlinearity in nonlinearities:
-            config = base_config(cfg, seed, nonlinearity=nonlinearity)
-            state, summary = train.fit(config, None)
-            record(None, "float", None, seed, summary["test_accuracy"], nonlinearity)
-            ranges = None
-            for row in (r for r in cfg.ptq() if r.nonlinearity == nonlinearity):
-                for bits in cfg.bits:
-                    qconfig = base_config(cfg, seed, activation_bits=bits, **row.settings())
-                    model = train_state.create_model(qconfig,
-                                                     num_classes=evaluator.dataset.num_classes)
-                    batch_stats = state.batch_stats
-                    if nonlinearity == "relu":
-                        if ranges is None:  # Calibration is float: one pass serves all bits.
-                            ranges = evaluator.ranges(state, model)
-                        batch_stats = quantization.set_ranges(batch_stats, ranges[row.scheme])
-                    record(row, "PTQ", bits, seed,
-                           evaluator.accuracy(state, model, batch_stats))
-        for row in cfg.qat():
-            for bits in cfg.qat_bits:
-                config = base_config(cfg, seed, activation_bits=bits, **row.settings())
-                record(row, "QAT", bits, seed,
-                       train.train_and_evaluate(config, None)["test_accuracy"])
-    return {"runs": runs, "seconds": time.perf_counter() - start}
+        @jax.jit
+        def update(variables, x):
+            _, new = calibrating.apply(variables, x, train=True, bn_frozen=True,
+                                       mutable=["batch_stats"])
+            return {**variables, "batch_stats": new["batch_stats"]}
+
+        from flax.traverse_util import flatten_dict, unflatten_dict
+
+        shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                                jax.random.PRNGKey(0), self.calibration[0][:1])
+        # The moving ranges start at 0 (the first batch sets them); the rest is the float run's.
+        saved = flatten_dict(variables["batch_stats"])
+        stats = {k: saved[k] if k in saved else np.zeros(v.shape, v.dtype)
+                 for k, v in flatten_dict(shapes["batch_stats"]).items()}
+        variables = {**variables, "batch_stats": unflatten_dict(stats)}
+        for x in self.calibration:
+            variables = update(variables, x)
+        return variables["batch_stats"]
 
 
-# --- report -----------------------------------------------------------------
+# --- the report -------------------------------------------------------------------------
+
+LABELS = {"relu6": "ReLU6 [0, 6]", "relu": "ReLU (calibrated / learned range)",
+          "capped_relu": "capped ReLU [0, {cap:g}]"}
+ARMS = {"ptq": "PTQ", "qat": "QAT"}
+GRAN = {"per_channel": "per channel", "per_tensor": "per tensor"}
 
 
-def _cells(runs: list[dict[str, Any]], nonlinearity: str, scheme: str | None, mode: str,
-           bits: int | None) -> list[float]:
-    return [r["test_accuracy"] for r in runs if r["nonlinearity"] == nonlinearity
-            and r["mode"] == mode and r["bits"] == bits
-            and (scheme is None or r["scheme"] == scheme)]
+def key(arm: str, act: str, w: int | None = None, a: int | None = None,
+        gran: str | None = None) -> dict[str, Any]:
+    return {"arm": arm, "act": act, "w": w, "a": a, "gran": gran}
 
 
-def table_rows(results: dict[str, Any], cfg: StudyConfig
-               ) -> list[tuple[Row, str, dict[Any, list[float]]]]:
-    """``(row, mode, {"float" or bits: accuracies over seeds})`` for every table row.
+def label(act: str, design: Design) -> str:
+    return LABELS[act].format(cap=design.cap)
 
-    The float column of a row is its activation's float training runs.
-    """
-    runs = results["runs"]
+
+def arm_tables(results: study.Results, design: Design) -> str:
+    """Test accuracy (%) of every arm: mean ± 95% half-width over the seeds (n)."""
+    def cell(k: dict[str, Any]) -> str:
+        interval = study.mean_interval(results.values(k, "test_accuracy").values())
+        return "–" if not interval.n else f"{interval.format(digits=2)} ({interval.n})"
+
+    bits = design.activation_bits
+    rows = [[label(act, design), ARMS[arm], cell(key("float", act))]
+            + [cell(key(arm, act, None, a)) for a in bits]
+            for arm in ARMS for act in design.activations]
+    first = study.markdown_table(
+        ["activation", "mode", "float"] + [f"a{a}" for a in bits], rows, numeric_from=2)
+    pairs = design.pairs
+    keys = design.keys()
+    rows = [[ARMS[arm], GRAN[gran]] + [cell(key(arm, "relu6", w, a, gran)) for w, a in pairs]
+            for arm in ARMS for gran in GRANULARITIES
+            if any(key(arm, "relu6", w, a, gran) in keys for w, a in pairs)]
+    second = study.markdown_table(
+        ["mode", "weights"] + [f"w{w}/a{a}" for w, a in pairs], rows, numeric_from=2)
+    return (f"Activations quantized, weights float (test accuracy %, mean ± 95% interval "
+            f"(seeds)):\n\n{first}\n\nThe integer model, ReLU6 (batch norm folded, weights "
+            f"w bits, every activation tensor a bits):\n\n{second}")
+
+
+def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``(what, arm A, arm B)`` of every paired difference A - B the report gives."""
     out = []
-    for mode, rows, bit_list in (("PTQ", cfg.ptq(), cfg.bits), ("QAT", cfg.qat(), cfg.qat_bits)):
-        for row in rows:
-            cells: dict[Any, list[float]] = {
-                "float": _cells(runs, row.nonlinearity, None, "float", None)}
-            for bits in bit_list:
-                cells[bits] = _cells(runs, row.nonlinearity, row.scheme, mode, bits)
-            out.append((row, mode, cells))
+    for other in ("relu", "capped_relu"):
+        name = "ReLU" if other == "relu" else "capped ReLU"
+        out.append((f"ReLU6 - {name}, float", key("float", "relu6"), key("float", other)))
+        out += [(f"ReLU6 - {name}, {ARMS[arm]} a{a}", key(arm, "relu6", None, a),
+                 key(arm, other, None, a)) for arm in ARMS for a in design.activation_bits]
+    out += [(f"QAT - PTQ, {label(act, design).split(' [')[0].split(' (')[0]} a{a}",
+             key("qat", act, None, a), key("ptq", act, None, a))
+            for a in design.qat_activation_bits for act in ACTIVATIONS]
+    out += [(f"QAT - PTQ, integer ReLU6 w{w}/a{a} per channel",
+             key("qat", "relu6", w, a, "per_channel"), key("ptq", "relu6", w, a, "per_channel"))
+            for w, a in design.pairs]
+    out += [(f"per channel - per tensor, PTQ w{w}/a{a}", key("ptq", "relu6", w, a, "per_channel"),
+             key("ptq", "relu6", w, a, "per_tensor")) for w, a in design.per_tensor_ptq]
+    out += [(f"per channel - per tensor, QAT w{w}/a{a}", key("qat", "relu6", w, a, "per_channel"),
+             key("qat", "relu6", w, a, "per_tensor")) for w, a in design.per_tensor_qat]
+    keys = design.keys()
+    return [(what, a, b) for what, a, b in out if a in keys and b in keys]
+
+
+def differences(results: study.Results, design: Design) -> list[dict[str, Any]]:
+    """Every paired difference (percentage points) with its interval, n and the smallest
+    difference detectable at 80% power given its spread."""
+    out = []
+    for what, a, b in comparisons(design):
+        d = study.paired_difference(results.values(a, "test_accuracy"),
+                                    results.values(b, "test_accuracy"))
+        out.append({"what": what, "mean": 100 * d.mean, "half_width": 100 * d.half_width,
+                    "n": d.n, "detectable": 100 * study.detectable_difference(d.sd, d.n)})
     return out
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{100 * float(np.mean(values)):.1f} ± {100 * std:.1f}"
+def difference_table(rows: list[dict[str, Any]]) -> str:
+    def fmt(x: float) -> str:
+        return "–" if x != x else f"{x:+.2f}"
+
+    return study.markdown_table(
+        ["paired difference (points)", "mean", "95% interval", "n", "detectable (80% power)"],
+        [[r["what"], fmt(r["mean"]),
+          "–" if r["n"] < 2 else f"[{r['mean'] - r['half_width']:+.2f}, "
+          f"{r['mean'] + r['half_width']:+.2f}]", r["n"],
+          "–" if r["detectable"] != r["detectable"] else f"{r['detectable']:.2f}"]
+         for r in rows])
 
 
-def format_table(results: dict[str, Any], cfg: StudyConfig) -> str:
-    """The markdown table: test accuracy (%) mean ± std over seeds; columns float, then bits."""
-    columns = sorted(set(cfg.bits) | set(cfg.qat_bits), reverse=True)
-    header = ["activation, scheme", "mode", "float"] + [f"{b} bits" for b in columns]
-    lines = ["| " + " | ".join(header) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
-    for row, mode, cells in table_rows(results, cfg):
-        values = [_mean_std(cells["float"])] + [_mean_std(cells.get(b, [])) for b in columns]
-        lines.append(f"| {row.label(cfg.cap)} | {mode} | " + " | ".join(values) + " |")
+def describe(design: Design, seeds: int) -> str:
+    steps = "the recipe's 550" if design.float_steps is None else str(design.float_steps)
+    return (f"{'`--quick`: ' if design.quick else ''}{design.model} x{design.width:g} on "
+            f"digits, the example's default recipe ({steps} float steps per activation); "
+            f"QAT fine-tunes {design.qat_steps} steps from the same seed's float run, peak "
+            f"learning rate {design.qat_learning_rate:g} (warm-up 1/10, cosine to 0), batch "
+            f"norm frozen at step {design.qat_steps // 2} in the integer model; PTQ ranges "
+            f"calibrated on {design.calibration_batches} training batches; capped ReLU on "
+            f"[0, {design.cap:g}]; {seeds} seeds (0..{seeds - 1}), paired.")
+
+
+def report(results: study.Results, design: Design, meta: dict[str, Any],
+           rows: list[dict[str, Any]]) -> str:
+    """results.md: MyST markdown to paste into docs/precision_study.md."""
+    failed = results.diverged()
+    lines = [
+        f"Configuration: {describe(design, meta['seeds'])}", "",
+        f"Machine: {study.describe_machine(meta['machine'])}; this invocation: "
+        f"{meta['seconds']:.0f} s wall, {meta['cpu_seconds']:.0f} s of CPU (command: "
+        f"`{meta['command']}`).", "",
+        arm_tables(results, design), "",
+        "Paired differences (A - B over the seeds both finished; one test image is "
+        f"{100 * study.resolution():.2f} points):", "", difference_table(rows), ""]
+    if failed:
+        lines += ["Diverged or skipped runs: " + "; ".join(
+            f"{r['key']} seed {r['seed']}: {r['status']}"
+            + (f" at step {r['step']}" if r.get("step") else "") for r in failed), ""]
     return "\n".join(lines)
 
 
-def describe(cfg: StudyConfig) -> str:
-    qat = ", ".join(r.label(cfg.cap) for r in cfg.qat())
-    return (f"{'--quick: ' if cfg.quick else ''}{cfg.model} x{cfg.width:g} on digits "
-            f"(32x32), {cfg.steps} steps of batch {cfg.batch_size} (SGD, the example's "
-            f"defaults otherwise), {cfg.seeds} seeds; PTQ at {_bits(cfg.bits)} bits "
-            f"(ReLU calibrated on {cfg.calibration_batches} training batches); QAT at "
-            f"{_bits(cfg.qat_bits)} bits for {qat}. Activations only: weights stay float32.")
+def plot(results: study.Results, design: Design, path: str) -> bool:
+    """Accuracy against activation bits: the activation-only arms, float at the right."""
+    bits = sorted(design.activation_bits)
+    float_x = max(bits) + 2
+    series = []
+    for arm in ARMS:
+        for act in design.activations:
+            xs, means, halves = [], [], []
+            for x, k in [(a, key(arm, act, None, a)) for a in bits] + [
+                    (float_x, key("float", act))]:
+                interval = study.mean_interval(results.values(k, "test_accuracy").values())
+                if interval.n:
+                    xs.append(x)
+                    means.append(100 * interval.mean)
+                    halves.append(100 * interval.half_width)
+            series.append(study.Series(f"{label(act, design)}, {ARMS[arm]}", xs, means,
+                                       halves, dashed=arm == "qat"))
+    return study.plot_lines(
+        path, series, xlabel="activation bits (weights float)", ylabel="test accuracy (%)",
+        title=f"{design.model} x{design.width:g} on digits (mean, 95% interval)",
+        xticks={**{b: str(b) for b in bits}, float_x: "float"},
+        log=lambda s: print(s, file=sys.stderr))
 
 
-def _bits(bits: Sequence[int]) -> str:
-    return ", ".join(map(str, bits))
-
-
-def format_results(results: dict[str, Any], cfg: StudyConfig, meta: dict[str, Any]) -> str:
-    return "\n".join([
-        "# Low-precision activations: ReLU6 vs ReLU (jrelu6 precision study)", "",
-        f"Configuration: {describe(cfg)}",
-        f"Machine: {meta['machine']}; wall time {meta['seconds']:.0f} s.", "",
-        f"Test accuracy (%), mean ± std over {cfg.seeds} seeds:", "",
-        format_table(results, cfg), ""])
-
-
-def _std(values: list[float]) -> float:
-    """The sample standard deviation in percent (0 for one value)."""
-    return 100 * float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def plot_results(results: dict[str, Any], cfg: StudyConfig, path: str) -> None:
-    """Accuracy against bits, one line per (activation, mode); float at the right."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    float_x = max(cfg.bits) + 2
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row, mode, cells in table_rows(results, cfg):
-        xs = [b for b in sorted(k for k in cells if k != "float") if cells[b]]
-        if not xs:
-            continue
-        style = {"marker": "o" if mode == "PTQ" else "s", "capsize": 3}
-        line = ax.errorbar(xs, [100 * np.mean(cells[b]) for b in xs],
-                           yerr=[_std(cells[b]) for b in xs],
-                           linestyle="-" if mode == "PTQ" else "--",
-                           label=f"{row.label(cfg.cap)}, {mode}", **style)
-        if cells["float"]:  # The float run, unconnected: no bit widths lie in between.
-            ax.errorbar([float_x], [100 * np.mean(cells["float"])],
-                        yerr=[_std(cells["float"])], linestyle="none",
-                        color=line[0].get_color(), **style)
-    ticks = sorted(set(cfg.bits) | set(cfg.qat_bits))
-    ax.set_xticks([*ticks, float_x], [str(t) for t in ticks] + ["float"])
-    ax.set_xlabel("activation bits")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{cfg.model} x{cfg.width:g} on digits, {cfg.seeds} seeds (mean ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# --- command line -----------------------------------------------------------
-
-
-def _bit_list(text: str) -> tuple[int, ...]:
-    try:
-        bits = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bits are a comma-separated list, e.g. 8,4,2; "
-                                         f"got {text!r}") from None
-    if not bits or any(not 2 <= b <= 16 for b in bits):
-        raise argparse.ArgumentTypeError(f"bits must lie in [2, 16], got {text!r}")
-    return bits
-
-
-def _shown(value: Any) -> str:
-    """A value as its flag takes it: bits comma-separated, rows space-separated."""
-    if isinstance(value, tuple):
-        return ("," if all(isinstance(v, int) for v in value) else " ").join(map(str, value))
-    return str(value)
+# --- command line -----------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python examples/precision_study.py",
-        description="Train MobileNetV2 on the bundled digits with ReLU6, ReLU and a capped "
-                    "ReLU, quantize their outputs to 8..2 bits after training (PTQ) and "
-                    "during training (QAT), and report test accuracy (mean ± std over "
-                    "seeds). Writes results.md, results.json and precision_study.png into "
-                    "--out and prints the table.")
-    d = StudyConfig()
-    quick = ", ".join(f"--{k.replace('_', '-')} {_shown(v)}" for k, v in QUICK.items())
-    parser.add_argument("--quick", action="store_true",
-                        help=f"the configuration for a 2-core CPU (about 7 minutes): "
-                             f"{quick}; flags given explicitly still win")
-    parser.add_argument("--out", default="runs/precision_study",
-                        help="output directory (default runs/precision_study)")
-    parser.add_argument("--model", choices=default.MODELS, default=None,
-                        help=f"the example's model (default {d.model})")
-    parser.add_argument("--width", type=float, default=None,
-                        help=f"width multiplier (default {d.width})")
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"training steps per run (default {d.steps})")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"training batch size (default {d.batch_size})")
-    parser.add_argument("--seeds", type=int, default=None,
-                        help=f"seeds 0..N-1 per cell (default {d.seeds})")
+        description="Train the default MobileNetV2 in float with ReLU6, ReLU and a capped "
+                    "ReLU, quantize it after training (PTQ) and fine-tune it quantized "
+                    "(QAT), paired by seed; writes results.md, results.json and "
+                    "precision_study.png into --out (runs.jsonl: rerun to resume).")
+    study.add_common_args(
+        parser, out="runs/precision_study", seeds=Design.seeds,
+        quick=f"a small grid for a 2-core CPU (about 10 minutes): activations at "
+              f"{QUICK.activation_bits} bits, the integer model at "
+              f"{', '.join(f'w{w}/a{a}' for w, a in QUICK.pairs)}, QAT {QUICK.qat_steps} "
+              f"steps, {QUICK.seeds} seeds unless --seeds")
+    parser.add_argument("--model", default=None, help="the example's model (default "
+                        f"{Design.model}; tests use tiny)")
+    parser.add_argument("--float-steps", type=int, default=None,
+                        help="float training steps (default: the recipe's)")
+    parser.add_argument("--qat-steps", type=int, default=None,
+                        help=f"steps of each QAT fine-tune (default {Design.qat_steps})")
+    parser.add_argument("--qat-learning-rate", type=float, default=None,
+                        help=f"peak learning rate of the fine-tunes "
+                             f"(default {Design.qat_learning_rate:g})")
     parser.add_argument("--cap", type=float, default=None,
-                        help=f"the capped ReLU's bound (default {d.cap:g})")
-    parser.add_argument("--bits", type=_bit_list, default=None,
-                        help=f"PTQ bit widths (default {_bits(d.bits)})")
-    parser.add_argument("--qat-bits", type=_bit_list, default=None,
-                        help=f"QAT bit widths (default {_bits(d.qat_bits)})")
-    parser.add_argument("--rows", nargs="+", default=None, choices=[r.key for r in ROWS],
-                        metavar="ROW",
-                        help=f"the rows evaluated with PTQ: "
-                             f"{', '.join(r.key for r in ROWS)} (default all)")
-    parser.add_argument("--qat-rows", nargs="+", default=None, choices=[r.key for r in ROWS],
-                        metavar="ROW",
-                        help="the rows trained with QAT (default all)")
-    parser.add_argument("--calibration-batches", type=int, default=None,
-                        help=f"training batches ReLU's PTQ ranges are measured on "
-                             f"(default {d.calibration_batches})")
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+                        help=f"the capped ReLU's bound (default {Design.cap:g})")
     return parser.parse_args(argv)
 
 
-def config_from_args(args: argparse.Namespace) -> StudyConfig:
-    values: dict[str, Any] = dict(QUICK, quick=True) if args.quick else {}
-    for field in dataclasses.fields(StudyConfig):
-        given = getattr(args, field.name, None)
-        if field.name != "quick" and given is not None:
-            values[field.name] = tuple(given) if isinstance(given, list) else given
-    cfg = StudyConfig(**values)
-    if cfg.steps < 1 or cfg.seeds < 1 or cfg.batch_size < 1 or cfg.calibration_batches < 1:
-        raise SystemExit("precision_study: --steps, --seeds, --batch-size and "
-                         "--calibration-batches must be >= 1")
-    return cfg
+def design_from_args(args: argparse.Namespace) -> Design:
+    base = QUICK if args.quick else Design()
+    changes = {name: getattr(args, name) for name in
+               ("model", "float_steps", "qat_steps", "qat_learning_rate", "cap", "seeds")
+               if getattr(args, name) is not None}
+    design = dataclasses.replace(base, **changes)
+    if design.seeds < 1 or design.qat_steps < 2 or (design.float_steps or 1) < 1:
+        raise SystemExit("precision_study: --seeds must be >= 1, --qat-steps >= 2 and "
+                         "--float-steps >= 1")
+    return design
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = config_from_args(args)
-    os.makedirs(args.out, exist_ok=True)
-    results = run_study(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    meta = {"seconds": results["seconds"],
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (load average "
-                       f"{load:.1f} at the end), jax {jax.__version__} on "
-                       f"{jax.default_backend()} ({jax.device_count()} device(s))"}
-    report = format_results(results, cfg, meta)
+    design = design_from_args(args)
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        results = study.Results(args.out, design.configuration())
+    except study.StudyError as error:
+        log(f"error: {error}")
+        return 2
+    from mobilenet.infra import compile_cache
+
+    compile_cache.enable(None)  # As the example's CLI: a resumed or repeated grid skips compiling.
+    start = time.perf_counter()
+    try:
+        study.run_grid(design.cells(), Runner(design, args.out, results), results=results,
+                       log=log)
+    except study.GridStopped as error:
+        log(f"precision_study: {error}")
+        return 130
+    command = "python examples/precision_study.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    used = os.times()
+    meta = {"seconds": time.perf_counter() - start, "machine": study.machine(),
+            "cpu_seconds": used.user + used.system,
+            "seeds": design.seeds, "command": command.strip()}
+    rows = differences(results, design)
+    text = report(results, design, meta, rows)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(report)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "meta": meta, **results}, f, indent=1)
+        f.write(text)
+    study.write_json(os.path.join(args.out, "results.json"), {
+        "design": dataclasses.asdict(design), "meta": meta, "differences": rows,
+        "runs": list(results.records.values())})
     if not args.no_plot:
-        plot_results(results, cfg, os.path.join(args.out, "precision_study.png"))
-    print(report)
-    print(f"Wrote {os.path.join(args.out, 'results.md')}", file=sys.stderr)
+        plot(results, design, os.path.join(args.out, "precision_study.png"))
+    print(text)
+    log(f"wrote {os.path.join(args.out, 'results.md')}")
     return 0
 
 

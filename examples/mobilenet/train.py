@@ -97,7 +97,10 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       "resumed_from", "seconds", "images_per_second", "step_seconds"}``: the final
       test metrics, the training loss and accuracy averaged over the last
       ``log_every`` steps (augmented, label-smoothed), the number of steps, and the
-      timed training steps' own seconds (the first, compiling step left out).
+      timed training steps' own seconds (the first, compiling step left out). With
+      ``config.count_kinks``, also ``"boundary_hits"``: the relu6 inputs exactly on
+      each kink, per layer, over all steps (:func:`train_state.kink_counts`); with
+      float16 compute, ``"loss_scale"`` (the final scale) and ``"skipped_steps"``.
 
     Raises:
       input_pipeline.DataError: the data directory is missing or corrupt
@@ -320,7 +323,8 @@ def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: 
 
 @jax.jit
 def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return train_state.zero_metrics(metrics["first_nonfinite"])
+    # The sums restart; what the state tracks across the run (kink counts, loss scale) stays.
+    return {**metrics, **train_state.zero_metrics(metrics["first_nonfinite"])}
 
 
 def _diverged(life: Lifecycle, step: int) -> TrainingDiverged:
@@ -364,7 +368,19 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
     return {**results, "train_loss": window.last_train.get("train_loss", float("nan")),
             "train_accuracy": window.last_train.get("train_accuracy", float("nan")),
             "steps": run.steps, "resumed_from": start,
-            "images_per_second": window.images_per_second, "step_seconds": window.seconds}
+            "images_per_second": window.images_per_second, "step_seconds": window.seconds,
+            **_tracked_summary(state)}
+
+
+def _tracked_summary(state: TrainState) -> dict[str, Any]:
+    """``boundary_hits`` (``count_kinks`` runs) and the float16 loss scale, if tracked."""
+    summary: dict[str, Any] = {}
+    if "kinks" in state.metrics:
+        summary["boundary_hits"] = train_state.kink_counts(state)
+    if "loss_scale" in state.metrics:
+        scale = jax.device_get(state.metrics["loss_scale"])
+        summary.update(loss_scale=float(scale["scale"]), skipped_steps=int(scale["skipped"]))
+    return summary
 
 
 def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:

@@ -16,15 +16,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from mobilenet import input_pipeline, models, optim
+import jrelu6
+from mobilenet import input_pipeline, loss_scale, models, optim
 from mobilenet.configs.default import Config
 from mobilenet.sharding import batch_sharding, replicated
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+KINKS = "boundary_hits"  # The collection jrelu6's modules record their kink hits in.
 
 
 class TrainState(struct.PyTreeNode):
@@ -38,7 +41,12 @@ class TrainState(struct.PyTreeNode):
       rng: PRNG key data (uint32); step ``s`` uses ``fold_in(rng, s)``.
       metrics: Sums since the last fetch (``loss_sum``, ``accuracy_sum``,
         ``count``) and ``first_nonfinite``, the first step whose loss or
-        gradient was not finite (-1 while none).
+        gradient was not finite (-1 while none). Two optional entries switch
+        on features of the train step: ``kinks`` (with ``config.count_kinks``),
+        the kink hits of every relu6 layer summed over the steps (a
+        ``"boundary_hits"`` collection whose ``total`` is the count of one
+        step's inputs); ``loss_scale`` (float16 compute), the dynamic loss
+        scale of :mod:`mobilenet.loss_scale`.
       model: The Flax module (static; compared by value, so equal configurations
         share compiled steps).
       tx: The optax transformation (static).
@@ -103,7 +111,8 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
       The :class:`TrainState` at step 0.
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
-    return _init_function(model, tx, tuple(image_shape), mesh)(*_init_keys(config.seed))
+    return _init_function(model, tx, tuple(image_shape), mesh, *_options(config))(
+        *_init_keys(config.seed))
 
 
 def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
@@ -114,8 +123,8 @@ def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple
     (``train_step.lower(abstract_state, batch_spec).compile()``).
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
-    shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh),
-                            *_init_keys(config.seed))
+    shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh,
+                                           *_options(config)), *_init_keys(config.seed))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
 
@@ -128,18 +137,31 @@ def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
             jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
 
+def _options(config: Config) -> tuple[bool, bool]:
+    """What the state tracks besides the metric sums: kink counts, a loss scale."""
+    return config.count_kinks, config.dtype == "float16"
+
+
 @functools.lru_cache(maxsize=16)
 def _init_function(model: nn.Module, tx: optax.GradientTransformation,
-                   image_shape: tuple[int, ...], mesh: Mesh) -> Callable[..., TrainState]:
+                   image_shape: tuple[int, ...], mesh: Mesh, count_kinks: bool = False,
+                   loss_scaling: bool = False) -> Callable[..., TrainState]:
     def init(init_key: jax.Array, state_key: jax.Array) -> TrainState:
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         variables = model.init({"params": init_key, "dropout": init_key}, dummy, train=False)
         params = variables["params"]
         with jax.numpy_dtype_promotion("standard"):  # optax's state init is not strict-clean.
             opt_state = tx.init(params)
+        metrics = zero_metrics()
+        if count_kinks:  # Zeros shaped as one step's counts (the same layers record).
+            _, recorded = model.apply(variables, dummy, train=True, rngs={"dropout": init_key},
+                                      mutable=["batch_stats", KINKS])
+            metrics["kinks"] = jax.tree.map(jnp.zeros_like, recorded.get(KINKS, {}))
+        if loss_scaling:
+            metrics["loss_scale"] = loss_scale.initial_state()
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
-                          rng=state_key, metrics=zero_metrics(), model=model, tx=tx)
+                          rng=state_key, metrics=metrics, model=model, tx=tx)
 
     return jax.jit(init, out_shardings=replicated(mesh))
 
@@ -203,16 +225,22 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         freeze = getattr(state.model, "bn_freeze_step", None)
         frozen = {} if freeze is None else {"bn_frozen": state.step >= freeze}
 
-        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-            logits, updates = state.apply_fn(_variables(state, params), images, train=True,
-                                             mutable=["batch_stats"],
-                                             rngs={"dropout": dropout_key}, **frozen)
+        scaler = state.metrics.get("loss_scale")  # float16: differentiate a scaled loss.
+        mutable = ["batch_stats", KINKS] if "kinks" in state.metrics else ["batch_stats"]
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
+            logits, recorded = state.apply_fn(_variables(state, params), images, train=True,
+                                              mutable=mutable,
+                                              rngs={"dropout": dropout_key}, **frozen)
             logits = logits.astype(jnp.float32)
             loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-            return loss, (logits, updates.get("batch_stats", state.batch_stats))
+            objective = loss if scaler is None else loss_scale.scale(loss, scaler)
+            return objective, (loss, logits, recorded)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (_, (loss, logits, recorded)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
+        grads = grads if scaler is None else loss_scale.unscale(grads, scaler)
+        batch_stats = recorded.get("batch_stats", state.batch_stats)
         with jax.numpy_dtype_promotion("standard"):  # optax's update is not strict-clean.
             updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -220,10 +248,12 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                                  for g in jax.tree.leaves(grads)))
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        (params, opt_state, batch_stats), finite = _skip_overflow(
+            state, loss, grad_norm, (params, opt_state, batch_stats))
         sums = state.metrics
         first = sums["first_nonfinite"]
         metrics = {
+            **_tracked(sums, recorded, grad_norm),
             "loss_sum": sums["loss_sum"] + loss,
             "accuracy_sum": sums["accuracy_sum"] + accuracy,
             "count": sums["count"] + 1,
@@ -236,6 +266,56 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
     return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
+
+
+def _skip_overflow(state: TrainState, loss: jax.Array, grad_norm: jax.Array,
+                   updated: tuple[Any, Any, Any]) -> tuple[tuple[Any, Any, Any], jax.Array]:
+    """The step's (params, opt_state, batch_stats), and whether it stays finite.
+
+    With a loss scale, gradients that overflowed are a skipped step (the state
+    as it was; :func:`loss_scale.adjust` lowers the scale), not a divergence;
+    only a non-finite loss is.
+    """
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if "loss_scale" not in state.metrics:
+        return updated, finite
+    unchanged = (state.params, state.opt_state, state.batch_stats)
+    return loss_scale.select(finite, updated, unchanged), jnp.isfinite(loss)
+
+
+def _tracked(sums: dict[str, Any], recorded: dict[str, Any],
+             grad_norm: jax.Array) -> dict[str, Any]:
+    """The optional entries of the metrics after a step: kink counts, the loss scale."""
+    tracked = {}
+    if "kinks" in sums:  # Hits summed over the steps; `total` stays one step's inputs.
+        tracked["kinks"] = jax.tree.map(
+            lambda old, new: jrelu6.BoundaryHits(old.at_zero + new.at_zero,
+                                                 old.at_cap + new.at_cap, new.total),
+            sums["kinks"], recorded.get(KINKS, {}),
+            is_leaf=lambda node: isinstance(node, jrelu6.BoundaryHits))
+    if "loss_scale" in sums:
+        tracked["loss_scale"] = loss_scale.adjust(sums["loss_scale"], jnp.isfinite(grad_norm))
+    return tracked
+
+
+def kink_counts(state: TrainState) -> list[dict[str, Any]]:
+    """The kink hits per layer over every step so far, on the host (``count_kinks`` runs).
+
+    Returns:
+      One dict per relu6 layer (sorted by name, as :func:`jrelu6.summarize_boundary_hits`):
+      ``layer``, ``n`` (its inputs over all steps), ``at_zero`` and ``at_cap`` (how many
+      were exactly 0 and 6; -3 and 3 for hard-swish and hard-sigmoid), ``frac_zero``,
+      ``frac_cap``. Empty when the state counts no kinks.
+    """
+    if "kinks" not in state.metrics:
+        return []
+    steps = int(jax.device_get(state.step))
+    counts = jax.tree.map(
+        lambda hits: jrelu6.BoundaryHits(hits.at_zero, hits.at_cap,
+                                         np.asarray(hits.total, np.int64) * steps),
+        jax.device_get(state.metrics["kinks"]),
+        is_leaf=lambda node: isinstance(node, jrelu6.BoundaryHits))
+    return [row._asdict() for row in jrelu6.summarize_boundary_hits(counts)]
 
 
 def make_eval_step(*, mesh: Mesh, mean: Iterable[float], std: Iterable[float],

@@ -1,4 +1,4 @@
-"""examples/boundary_study.py: the metric, the flags, and a micro study end to end."""
+"""examples/boundary_study.py: the metric, the flags, the pairing, and a micro grid end to end."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,42 +41,134 @@ def test_help_explains_every_flag(capsys):
         boundary_study.parse_args(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--quick", "--out", "--model", "--steps", "--seeds", "--settings", "--dtypes",
-                 "--batch-norm", "--optimizers", "--probe-batch"):
+    for flag in ("--quick", "--out", "--seeds", "--arms", "--settings", "--steps",
+                 "--probe-batch", "--no-plot"):
         assert flag in text
 
 
-def test_bad_setting_is_a_usage_error(capsys):
+@pytest.mark.parametrize("argv,message", [
+    (["--settings", "1"], "grad_at_zero,grad_at_six"),
+    (["--arms", "mobilenet_v2"], "an arm is MODEL:DTYPE"),
+    (["--arms", "mobilenet_v2:float64"], "an arm is MODEL:DTYPE"),
+])
+def test_bad_flags_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        boundary_study.parse_args(["--settings", "1"])
+        boundary_study.parse_args(argv)
     assert exit_info.value.code == 2
-    assert "grad_at_zero,grad_at_six" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_quick_defaults_yield_to_explicit_flags():
-    cfg = boundary_study.config_from_args(
-        boundary_study.parse_args(["--quick", "--steps", "7", "--settings", "0,0", "0,1"])
-    )
-    assert cfg.quick and cfg.model == "convnet" and cfg.seeds == boundary_study.QUICK["seeds"]
-    assert cfg.steps == 7 and cfg.settings == ((0.0, 0.0), (0.0, 1.0))
+    cfg = boundary_study.config_from_args(boundary_study.parse_args(
+        ["--quick", "--steps", "7", "--settings", "0,0", "0,1", "--arms", "tiny:float16"]))
+    assert cfg.quick and cfg.seeds == boundary_study.QUICK.seeds
+    assert cfg.steps_of("mobilenet_v2") == 7 and cfg.steps_of("tiny") == 7
+    assert cfg.settings == ((0.0, 0.0), (0.0, 1.0)) and cfg.arms == (("tiny", "float16"),)
+
+
+@pytest.mark.parametrize("cfg", [boundary_study.QUICK, boundary_study.StudyConfig()],
+                         ids=["quick", "full"])
+def test_the_grid_is_every_arm_setting_and_seed_seed_major(cfg):
+    cells = boundary_study.cells(cfg)
+    assert len(cells) == len(cfg.arms) * len(cfg.settings) * cfg.seeds
+    assert len({c.id for c in cells}) == len(cells)
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)  # Whole seeds first.
+    first = cells[0].key
+    assert (first["g0"], first["g6"]) == cfg.settings[0] == boundary_study.REFERENCE
+
+
+def test_the_full_grid_covers_the_issue():
+    cfg = boundary_study.StudyConfig()
+    assert cfg.seeds >= 5
+    assert set(cfg.settings) == {(0, 0), (1, 1), (0.5, 0.5), (1, 0), (0, 1)}
+    assert {m for m, _ in cfg.arms} == {"mobilenet_v2", "mobilenet_v3_small"}
+    assert {d for _, d in cfg.arms} == {"float32", "bfloat16", "float16"}
+
+
+def test_runs_of_one_seed_start_from_the_same_parameters():
+    def initial(setting, seed):
+        config = boundary_study.run_config("tiny", "float32", setting, seed, steps=3)
+        return boundary_study._initial_variables(config)
+
+    reference = initial((0.0, 0.0), 0)
+    for leaf_a, leaf_b in zip(jax.tree.leaves(reference), jax.tree.leaves(initial((1.0, 1.0), 0))):
+        np.testing.assert_array_equal(leaf_a, leaf_b)
+    other_seed = jax.tree.leaves(initial((0.0, 0.0), 1)["params"])
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(reference["params"]), other_seed))
+
+
+def test_a_run_is_the_default_recipe_with_its_setting_and_kink_counts():
+    config = boundary_study.run_config("mobilenet_v3_small", "float16", (1.0, 0.5), 3, 40)
+    recipe = boundary_study.get_config()
+    assert (config.model, config.dtype, config.seed, config.steps) == (
+        "mobilenet_v3_small", "float16", 3, 40)
+    assert (config.grad_at_zero, config.grad_at_six, config.count_kinks) == (1.0, 0.5, True)
+    for field in ("width", "optimizer", "batch_size", "augment", "label_smoothing", "data"):
+        assert getattr(config, field) == getattr(recipe, field), field
+
+
+@pytest.mark.parametrize("low,high,expected", [
+    (-0.004, 0.006, "no effect larger than 0.60 points"),
+    (0.001, 0.009, "effect: +0.50 points (95% interval excludes 0)"),
+])
+def test_the_verdict_names_the_interval(low, high, expected):
+    interval = boundary_study.study.Interval((low + high) / 2, (high - low) / 2, 5, 0.01)
+    assert boundary_study._verdict(interval) == expected
+
+
+MICRO = ["--arms", "tiny:float32", "tiny:float16", "--settings", "0,0", "1,1", "--seeds", "2",
+         "--steps", "3", "--probe-batch", "16"]
 
 
 @pytest.fixture(scope="module")
 def micro_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("boundary")
-    argv = ["--quick", "--steps", "3", "--seeds", "2", "--probe-batch", "16",
-            "--optimizers", "sgd", "--dtypes", "bfloat16", "--out", str(out)]
-    assert boundary_study.main(argv) == 0
+    assert boundary_study.main([*MICRO, "--out", str(out)]) == 0
     return out
 
 
-def test_micro_study_writes_report_plot_and_json(micro_study):
+def _runs(out):
+    return [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+
+
+def test_micro_study_records_every_run_with_its_kink_counts(micro_study):
+    runs = _runs(micro_study)
+    assert len(runs) == 2 * 2 * 2 and all(r["status"] == "ok" for r in runs)
+    for r in runs:
+        assert r["kinks"] and all(0 <= k["at_zero"] <= k["n"] and k["n"] > 0 for k in r["kinks"])
+        reference = (r["key"]["g0"], r["key"]["g6"]) == (0.0, 0.0)
+        assert ("gradients" in r) == reference
+    layers = {k["layer"] for k in runs[0]["kinks"]}
+    assert any("head" in name for name in layers)  # tiny's hard-swish layer is counted.
+
+
+def test_micro_study_writes_pasteable_tables_and_a_plot(micro_study):
     assert (micro_study / "boundary_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    results = json.loads((micro_study / "results.json").read_text())
-    assert results["config"]["steps"] == 3 and results["config"]["quick"]
-    # 1 optimizer x 2 batch-norm x 1 dtype x 3 settings, 2 seeds each.
-    assert len(results["accuracy"]) == 6
-    assert all(len(cell["accuracies"]) == 2 for cell in results["accuracy"])
+    report = (micro_study / "results.md").read_text()
+    outcome = _table_after(report, "## Final test accuracy")
+    assert outcome[0][:3] == ["model", "dtype", "(g0, g6)"] and len(outcome) == 2 + 4
+    assert outcome[2][-1] == "reference" and outcome[3][-1].startswith(("no effect", "effect"))
+    kinks = _table_after(report, "## Kink hits per layer, tiny")
+    assert kinks[0] == ["layer", "float32: on 0 / on 6", "float16: on 0 / on 6"]
+    assert kinks[-1][0] == "**all layers**"
+    gradients = _table_after(report, "## Gradient differences")
+    assert len(gradients) == 2 + 2 * 2 * 2  # arms x (init, final) x settings
+
+
+def test_micro_study_control_rows_are_exactly_equal(micro_study):
+    for r in _runs(micro_study):
+        for probes in r.get("gradients", {}).values():
+            control = probes[0]
+            assert control["setting"] == [0.0, 0.0]
+            assert (control["rel_l2"], control["frac_differ"], control["cosine"]) == (0, 0, 1)
+
+
+def test_micro_study_resumes_without_training_again(micro_study, capsys):
+    before = (micro_study / "runs.jsonl").read_text()
+    assert boundary_study.main([*MICRO, "--out", str(micro_study), "--no-plot"]) == 0
+    assert "resuming: 8 of 8 cells" in capsys.readouterr().err
+    assert (micro_study / "runs.jsonl").read_text() == before
 
 
 def _table_after(report, heading):
@@ -87,106 +178,28 @@ def _table_after(report, heading):
     return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:end]]
 
 
-def test_micro_study_tables_have_the_expected_shape(micro_study):
-    report = (micro_study / "results.md").read_text()
-    assert "--quick" in report and "3 steps of batch 64" in report  # Says what was run.
-    accuracy = _table_after(report, "## Test accuracy")
-    assert accuracy[0][:3] == ["optimizer", "batch-norm", "dtype"]
-    assert len(accuracy[0]) == 6 and len(accuracy) == 2 + 2
-    assert all(" ± " in cell for row in accuracy[2:] for cell in row[3:])
-    hits = _table_after(report, "## Exact boundary hits")
-    assert len(hits) == 2 + 2 * 2  # batch-norm x (init, trained)
-    for row in hits[2:]:
-        n, at_zero, at_six = int(row[3]), int(row[4]), int(row[5])
-        assert 0 <= at_zero <= n and 0 <= at_six <= n
-        assert float(row[6]) == pytest.approx(at_zero / n, rel=1e-2)
-    gradients = _table_after(report, "## Gradient difference")
-    assert len(gradients) == 2 + 2 * 2 * 3  # batch-norm x (init, trained) x settings
-
-
-def test_micro_study_control_rows_are_exactly_equal(micro_study):
-    results = json.loads((micro_study / "results.json").read_text())
-    controls = [g for g in results["gradients"] if g["setting"] == [0.0, 0.0]]
-    assert controls and all(
-        (g["rel_l2"], g["frac_differ"], g["cosine"]) == (0.0, 0.0, 1.0) for g in controls
-    )
-
-
-def test_micro_study_no_hits_means_identical_gradients(micro_study):
-    # The hits are counted in the forward pass of the gradients: where there
-    # are none, the boundary setting cannot change a single bit.
-    results = json.loads((micro_study / "results.json").read_text())
-    for h in results["hits"]:
-        if h["at_zero"] == 0 and h["at_six"] == 0:
-            rows = [g for g in results["gradients"] if (g["dtype"], g["batch_norm"],
-                    g["params"]) == (h["dtype"], h["batch_norm"], h["params"])]
-            assert rows and all(g["rel_l2"] == 0 and g["frac_differ"] == 0 for g in rows)
-
-
-def test_runs_of_one_seed_share_their_initialization():
-    cfg = boundary_study.StudyConfig(model="convnet", steps=3)
-
-    def initial(setting, seed):
-        config = boundary_study.run_config(cfg, optimizer="sgd", batch_norm=True,
-                                           dtype="float32", setting=setting, seed=seed)
-        return boundary_study._initial_variables(config, boundary_study.convnet)
-
-    reference = initial((0.0, 0.0), 0)
-    other = initial((1.0, 0.5), 0)
-    assert boundary_study._identical(other["params"], reference["params"])
-    assert other["batch_stats"][boundary_study.BOUNDARY].tolist() == [1.0, 0.5]
-    assert not boundary_study._identical(initial((0.0, 0.0), 1)["params"], reference["params"])
-
-
-@pytest.mark.parametrize("batch_norm", [True, False])
-def test_without_kink_hits_every_setting_gives_the_same_gradient(batch_norm):
-    # A setting must not change the compiled program: with 1.0 as a constant, XLA
-    # simplified around it and float32 gradients differed in 77% of their entries
-    # with batch-norm, although no input was on a kink.
-    data = boundary_study.input_pipeline.load_digits()
-    x = boundary_study.input_pipeline.normalize(data.train_images[:64], mean=data.mean,
-                                                std=data.std)
-    y = jnp.asarray(data.train_labels[:64])
-    results = []
-    for g in (0.0, 1.0, 0.5):
-        model = boundary_study.TinyConvNet(batch_norm=batch_norm, grad_at_zero=g, grad_at_six=g)
-        variables = model.init(jax.random.key(0), x[:1], train=False)
-        results.append(boundary_study.gradients(model, variables["params"],
-                                                variables["batch_stats"], x, y))
-    rows = boundary_study.jrelu6.summarize_boundary_hits(results[0][1])
-    assert sum(r.at_zero + r.at_cap for r in rows) == 0
-    for grads, _ in results[1:]:
-        assert boundary_study.gradient_difference(results[0][0], grads)["frac_differ"] == 0
-
-
-def test_a_run_uses_the_example_configuration():
-    cfg = boundary_study.StudyConfig(model="convnet", steps=5, batch_size=16)
-    config = boundary_study.run_config(cfg, optimizer="adamw", batch_norm=False,
-                                       dtype="bfloat16", setting=(1.0, 0.5), seed=3)
-    assert (config.optimizer, config.learning_rate, config.weight_decay) == (
-        "adamw", cfg.adamw_lr, cfg.weight_decay)
-    assert (config.grad_at_zero, config.grad_at_six, config.seed) == (1.0, 0.5, 3)
-    assert not config.augment and config.label_smoothing == 0 and config.data == "digits"
-    model = boundary_study.model_fn(cfg)(config, num_classes=10)
-    assert isinstance(model, boundary_study.TinyConvNet)
-    assert (model.grad_at_zero, model.grad_at_six, model.batch_norm) == (1.0, 0.5, False)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_gradients_differ_exactly_where_a_layer_sits_on_the_kink(dtype):
-    # Zero the first convolution: its relu6 then sees only exact zeros, so its
-    # kernel's gradient is exactly 0 with relu6'(0) = 0 and not with relu6'(0) = 1.
-    models = [boundary_study.TinyConvNet(batch_norm=False, dtype=getattr(jnp, dtype),
-                                         grad_at_zero=g, grad_at_six=g) for g in (0.0, 1.0)]
-    x = np.linspace(-1, 1, 8 * 32 * 32 * 3, dtype=np.float32).reshape(8, 32, 32, 3)
-    y = np.arange(8, dtype=np.int32) % 10
-    params = models[0].init(jax.random.key(0), x[:1], train=False)["params"]
-    params["Conv_0"] = {k: np.zeros_like(v) for k, v in params["Conv_0"].items()}
-    (g0, hits), (g1, _) = (boundary_study.gradients(m, params, {}, x.astype(dtype), y)
-                           for m in models)
-    first = boundary_study.jrelu6.summarize_boundary_hits(hits)[0]
-    assert first.layer == "ReLU6_0" and first.at_zero == first.n == 8 * 16 * 16 * 16
-    assert not np.any(np.asarray(g0["Conv_0"]["kernel"]))
-    assert np.any(np.asarray(g1["Conv_0"]["kernel"]))
+def test_the_probe_gradients_differ_exactly_where_a_layer_sits_on_the_kink(dtype):
+    # A zero stem kernel feeds batch norm zeros, which it maps to its bias, 0: the
+    # stem's relu6 then sees only exact zeros, so the stem kernel's gradient is 0
+    # with relu6'(0) = 0 and not with relu6'(0) = 1.
+    data = boundary_study.input_pipeline.load_digits()
+    images, labels = boundary_study._probe_batch(data, 8, dtype)
+    grads = []
+    for g in (0.0, 1.0):
+        config = boundary_study.run_config("tiny", dtype, (g, g), 0, steps=3)
+        model = boundary_study.train_state.create_model(config, num_classes=10)
+        variables = model.init(jax.random.key(0), images[:1], train=False)
+        stem = variables["params"]["stem"]
+        variables["params"]["stem"] = {**stem, "conv": {"kernel": np.zeros_like(
+            stem["conv"]["kernel"])}}
+        grads.append(boundary_study.gradients(model, variables, images, labels,
+                                              np.float32(1.0)))
+    (g0, hits), (g1, _) = grads
+    stem_hits = [r for r in boundary_study.jrelu6.summarize_boundary_hits(hits)
+                 if r.layer.startswith("stem")]
+    assert stem_hits and stem_hits[0].at_zero == stem_hits[0].n
+    assert not np.any(np.asarray(g0["stem"]["conv"]["kernel"]))
+    assert np.any(np.asarray(g1["stem"]["conv"]["kernel"]))
     diff = boundary_study.gradient_difference(g0, g1)
-    assert diff["rel_l2"] > 0 and diff["frac_differ"] > 0 and diff["cosine"] < 1
+    assert diff["rel_l2"] > 0 and diff["cosine"] < 1

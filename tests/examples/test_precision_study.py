@@ -1,66 +1,87 @@
-"""examples/precision_study.py: the flags, the table, and a micro study end to end."""
+"""examples/precision_study.py: the grid, the flags, the paired report, a tiny study end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 
 import pytest
 
 import precision_study
+from mobilenet import study
+
+TINY = precision_study.Design(model="tiny", float_steps=3, qat_steps=2,
+                              activations=("relu6", "relu"), activation_bits=(4,),
+                              qat_activation_bits=(4,), pairs=((8, 4),),
+                              per_tensor_ptq=((8, 4),), per_tensor_qat=((8, 4),),
+                              calibration_batches=1, seeds=2)
 
 
-def test_quick_sets_its_configuration_and_explicit_flags_win():
-    cfg = precision_study.config_from_args(precision_study.parse_args(["--quick"]))
-    assert cfg.quick and cfg.width == precision_study.QUICK["width"]
-    assert cfg.qat_bits == precision_study.QUICK["qat_bits"]
-    assert cfg.bits == precision_study.ALL_BITS
-    cfg = precision_study.config_from_args(
-        precision_study.parse_args(["--quick", "--steps", "7", "--qat-bits", "3"]))
-    assert (cfg.steps, cfg.qat_bits) == (7, (3,))
+def test_each_seed_runs_its_float_runs_first_then_ptq_then_qat():
+    keys = TINY.keys()
+    assert [k["arm"] for k in keys] == ["float"] * 2 + ["ptq"] * 4 + ["qat"] * 4
+    assert [k["act"] for k in keys[:2]] == ["relu6", "relu"]
+    integer = [(k["arm"], k["w"], k["a"], k["gran"]) for k in keys if k["w"]]
+    assert integer == [("ptq", 8, 4, "per_channel"), ("ptq", 8, 4, "per_tensor"),
+                       ("qat", 8, 4, "per_channel"), ("qat", 8, 4, "per_tensor")]
+    cells = TINY.cells()
+    assert len(cells) == 2 * len(keys) and {c.seed for c in cells[:len(keys)]} == {0}
 
 
-@pytest.mark.parametrize("text", ["1", "4,x", "17"])
-def test_bad_bit_lists_are_refused(text, capsys):
-    with pytest.raises(SystemExit):
-        precision_study.parse_args(["--bits", text])
-    assert "--bits" in capsys.readouterr().err
+def test_the_full_design_has_the_issues_bit_widths_and_five_seeds():
+    design = precision_study.Design()
+    assert design.seeds == 5 and design.activations == ("relu6", "relu", "capped_relu")
+    assert design.pairs == ((8, 8), (8, 4), (4, 8), (4, 4), (3, 3), (8, 2))
+    qat = [(k["w"], k["a"]) for k in design.keys() if k["arm"] == "qat" and k["w"]]
+    assert set(design.pairs) <= set(qat)
 
 
-def test_the_table_has_a_row_per_activation_and_mode_and_a_column_per_width():
-    cfg = precision_study.StudyConfig(seeds=2, bits=(8, 4), qat_bits=(4,),
-                                      rows=("relu6:affine",), qat_rows=("relu6:affine",))
-    runs = [{"nonlinearity": "relu6", "scheme": None, "mode": "float", "bits": None,
-             "seed": s, "test_accuracy": 0.9} for s in range(2)]
-    runs += [{"nonlinearity": "relu6", "scheme": "affine", "mode": mode, "bits": b, "seed": s,
-              "test_accuracy": 0.5 + 0.1 * s} for mode, bits in (("PTQ", (8, 4)), ("QAT", (4,)))
-             for b in bits for s in range(2)]
-    lines = precision_study.format_table({"runs": runs}, cfg).splitlines()
-    assert lines[0] == "| activation, scheme | mode | float | 8 bits | 4 bits |"
-    assert lines[2] == "| ReLU6 [0, 6], affine | PTQ | 90.0 ± 0.0 | 55.0 ± 7.1 | 55.0 ± 7.1 |"
-    assert lines[3] == "| ReLU6 [0, 6], affine | QAT | 90.0 ± 0.0 | – | 55.0 ± 7.1 |"
+def test_more_seeds_resume_the_same_grid_and_other_settings_are_refused():
+    assert (dataclasses.replace(TINY, seeds=7).configuration() == TINY.configuration())
+    assert (dataclasses.replace(TINY, qat_steps=3).configuration() != TINY.configuration())
+
+
+def test_quick_and_explicit_flags():
+    args = precision_study.parse_args(["--quick", "--qat-steps", "7"])
+    design = precision_study.design_from_args(args)
+    assert design.quick and design.qat_steps == 7 and design.seeds == precision_study.QUICK.seeds
+    with pytest.raises(SystemExit, match="--seeds"):
+        precision_study.design_from_args(precision_study.parse_args(["--seeds", "0"]))
+
+
+def test_differences_pair_the_arms_by_seed(tmp_path):
+    results = study.Results(str(tmp_path), TINY.configuration())
+    relu6, relu = precision_study.key("float", "relu6"), precision_study.key("float", "relu")
+    for seed, (a, b) in enumerate([(0.99, 0.98), (0.98, 0.98), (0.97, 0.95)]):
+        results.add(study.Cell(relu6, seed), {"status": "ok", "test_accuracy": a})
+        if seed != 2:
+            results.add(study.Cell(relu, seed), {"status": "ok", "test_accuracy": b})
+    results.add(study.Cell(relu, 2), {"status": "diverged", "step": 3})
+    rows = {r["what"]: r for r in precision_study.differences(results, TINY)}
+    row = rows["ReLU6 - ReLU, float"]
+    # Seed 2 diverged for ReLU: dropped from both arms. Differences 1 and 0 points:
+    # mean 0.5, sd sqrt(0.5), half width t(0.975, 1) * sd / sqrt(2) = 12.706205 * 0.5.
+    assert row["n"] == 2 and row["mean"] == pytest.approx(0.5)
+    assert row["half_width"] == pytest.approx(12.706205 * 0.5, rel=1e-6)
+    table = precision_study.difference_table(list(rows.values()))
+    assert "| ReLU6 - ReLU, float | +0.50 | [-5.85, +6.85] | 2 |" in table
 
 
 @pytest.mark.slow
-def test_a_micro_study_writes_the_table_the_json_and_the_plot(tmp_path, capsys):
+def test_a_tiny_study_end_to_end_resumes_and_pairs_the_seeds(tmp_path, monkeypatch, capsys):
+    # ReLU6 only: each distinct model compiles (seconds each); the second seed reuses them.
+    monkeypatch.setattr(precision_study, "QUICK", dataclasses.replace(TINY, activations=("relu6",)))
     out = tmp_path / "study"
-    code = precision_study.main([
-        "--model", "tiny", "--steps", "2", "--batch-size", "32", "--seeds", "2",
-        "--bits", "4", "--qat-bits", "4", "--rows", "relu6:affine", "relu:max",
-        "--qat-rows", "relu6:affine", "--calibration-batches", "1", "--out", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    table = [line for line in printed.splitlines() if line.startswith("| ")]
-    assert table[0] == "| activation, scheme | mode | float | 4 bits |"
-    assert [line.split(" | ")[:2] for line in table[2:]] == [
-        ["| ReLU6 [0, 6], affine", "PTQ"], ["| ReLU, range: max", "PTQ"],
-        ["| ReLU6 [0, 6], affine", "QAT"]]
-    for cell in re.findall(r"(\d+\.\d) ± (\d+\.\d)", "\n".join(table[2:])):
-        assert 0 <= float(cell[0]) <= 100 and float(cell[1]) >= 0
-    results = json.loads((out / "results.json").read_text())
-    runs = results["runs"]
-    # 2 seeds x (2 float runs + 2 PTQ evaluations + 1 QAT run).
-    assert len(runs) == 10
-    assert all(0 <= r["test_accuracy"] <= 1 for r in runs)
-    assert (out / "precision_study.png").stat().st_size > 0
-    assert (out / "results.md").read_text().count("| ReLU") == 3
+    assert precision_study.main(["--quick", "--out", str(out), "--no-plot"]) == 0
+    runs = [json.loads(line) for line in (out / study.RUNS_FILE).read_text().splitlines()]
+    assert len(runs) == 2 * 7  # Per seed: float, 3 PTQ, 3 QAT.
+    assert all(r["status"] == "ok" and 0 <= r["test_accuracy"] <= 1 for r in runs)
+    report = json.loads((out / "results.json").read_text())
+    rows = {r["what"]: r for r in report["differences"]}
+    assert rows["QAT - PTQ, ReLU6 a4"]["n"] == 2
+    assert rows["QAT - PTQ, integer ReLU6 w8/a4 per channel"]["n"] == 2
+    assert rows["per channel - per tensor, QAT w8/a4"]["n"] == 2
+    assert "| QAT | per channel |" in (out / "results.md").read_text()
+    capsys.readouterr()
+    assert precision_study.main(["--quick", "--out", str(out), "--no-plot"]) == 0
+    assert f"resuming: {len(runs)} of {len(runs)} cells" in capsys.readouterr().err

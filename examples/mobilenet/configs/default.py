@@ -51,7 +51,7 @@ from mobilenet.quantization_settings import QuantizationSettings, check_qat
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")
 DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 # Derived defaults (see `resolve`). The learning rates were measured best on digits.
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
@@ -89,7 +89,8 @@ class _FloatRecipe:
     batch_norm: bool = _field(
         True, "batch normalization after every convolution (else convolutions get a bias)",
         group="model")
-    dtype: str = _field("float32", "compute dtype; parameters and the loss stay float32",
+    dtype: str = _field("float32", "compute dtype; parameters and the loss stay float32 "
+                        "(float16 trains with dynamic loss scaling)",
                         group="model", choices=DTYPES)
     grad_at_zero: float = _field(0.0, "the derivative relu6 uses at exactly 0", group="model")
     grad_at_six: float = _field(0.0, "the derivative relu6 uses at exactly 6", group="model")

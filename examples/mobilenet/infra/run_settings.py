@@ -35,6 +35,10 @@ class RunSettings:
                                    minimum=1, neutral="only how many checkpoints stay on disk")
     progress: bool = _field(True, "a progress bar and status lines (the last line is printed "
                             "either way)", group="run", neutral="output only")
+    count_kinks: bool = _field(
+        False, "count, at every step, the inputs of every relu6 exactly on 0 and on 6 "
+        "(hard-swish/hard-sigmoid: on -3 and 3) per layer, summed over the run (in the "
+        "returned summary's boundary_hits)", group="run")
     plot: bool = _field(True, "write metrics.png (training curves) at the end", group="run",
                         neutral="output only")
     distributed: bool = _field(

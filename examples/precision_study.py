@@ -381,13 +381,14 @@ def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any
 
 def differences(results: study.Results, design: Design) -> list[dict[str, Any]]:
     """Every paired difference (percentage points) with its interval, n and the smallest
-    difference detectable at 80% power given its spread."""
+    difference detectable at 80% power given its spread, never below one test image."""
     out = []
     for what, a, b in comparisons(design):
         field = "split_accuracy" if what.endswith("ties split") else "test_accuracy"
         d = study.paired_difference(results.values(a, field), results.values(b, field))
         out.append({"what": what, "mean": 100 * d.mean, "half_width": 100 * d.half_width,
-                    "n": d.n, "detectable": 100 * study.detectable_difference(d.sd, d.n)})
+                    "n": d.n, "detectable": 100 * max(study.detectable_difference(d.sd, d.n),
+                                                      study.resolution())})
     return out
 
 

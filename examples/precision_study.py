@@ -81,7 +81,7 @@ class Design:
     width: float = 0.5
     float_steps: int | None = None
     qat_steps: int = 100
-    qat_learning_rate: float = 0.01
+    qat_learning_rate: float = 0.001
     cap: float = 3.0
     activations: tuple[str, ...] = ACTIVATIONS
     activation_bits: tuple[int, ...] = (8, 4, 2)
@@ -172,8 +172,12 @@ class Runner:
         config = self.config(
             cell, init_from=source, steps=steps, learning_rate=self.design.qat_learning_rate,
             log_every=steps, **({"bn_freeze_step": steps // 2} if cell.key["w"] else {}))
-        _, summary = train.fit(config, None)
-        return {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]}
+        state, summary = train.fit(config, None)
+        out = {"test_accuracy": summary["test_accuracy"], "test_loss": summary["test_loss"]}
+        if cell.key["w"] is not None:  # Quantized logits: count their ties.
+            out.update(self._evaluator(cell.seed).ties(
+                state.model, {"params": state.params, "batch_stats": state.batch_stats}))
+        return out
 
     def _float_run(self, cell: study.Cell) -> str:
         """The work directory of ``cell``'s float run; :class:`study.Skip` if it failed."""
@@ -189,6 +193,18 @@ class Runner:
         if seed not in self._evaluators:
             self._evaluators = {seed: PTQ(seed, self.design)}  # One seed's data at a time.
         return self._evaluators[seed]
+
+
+def _apply(model: Any) -> Any:
+    """``model.apply`` in evaluation mode, jitted once per model."""
+    import jax
+
+    if model not in _APPLY:
+        _APPLY[model] = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+    return _APPLY[model]
+
+
+_APPLY: dict[Any, Any] = {}
 
 
 class PTQ:
@@ -236,7 +252,33 @@ class PTQ:
             batch_stats=variables["batch_stats"], opt_state={}, rng=jax.numpy.zeros(2, "uint32"),
             metrics=train_state.zero_metrics(), model=model, tx=None)  # type: ignore[arg-type]
         metrics = train_state.evaluate(self.eval_step, state, self.test_batches)
-        return {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
+        out = {"test_accuracy": metrics["test_accuracy"], "test_loss": metrics["test_loss"]}
+        if config.weight_bits is not None:
+            out.update(self.ties(model, variables))
+        return out
+
+    def ties(self, model: Any, variables: dict[str, Any]) -> dict[str, float]:
+        """The integer model's logits are on a grid of ``2**a`` levels: at 4 bits and below
+        several classes often share the top level, and argmax takes the first of them.
+
+        Returns:
+          ``{"tied": share of test images whose top logit is shared, "split_accuracy":
+          accuracy with a tie counted as 1/k correct when the label is among the k}``
+          (the expected accuracy with ties broken at random).
+        """
+        import numpy as np
+
+        from mobilenet import input_pipeline
+
+        images = input_pipeline.normalize(self.dataset.test_images, mean=self.dataset.mean,
+                                          std=self.dataset.std)
+        logits = np.asarray(_apply(model)(variables, images))
+        labels = np.asarray(self.dataset.test_labels)
+        top = logits == logits.max(axis=-1, keepdims=True)
+        shared = top.sum(axis=-1)
+        hit = top[np.arange(labels.size), labels]
+        return {"tied": float(np.mean(shared > 1)),
+                "split_accuracy": float(np.mean(hit / shared))}
 
     def _moving_ranges(self, model: Any, variables: dict[str, Any]) -> Any:
         """The integer model's activation ranges, calibrated: its moving ranges updated over
@@ -288,8 +330,8 @@ def label(act: str, design: Design) -> str:
 
 def arm_tables(results: study.Results, design: Design) -> str:
     """Test accuracy (%) of every arm: mean ± 95% half-width over the seeds (n)."""
-    def cell(k: dict[str, Any]) -> str:
-        interval = study.mean_interval(results.values(k, "test_accuracy").values())
+    def cell(k: dict[str, Any], field: str = "test_accuracy") -> str:
+        interval = study.mean_interval(results.values(k, field).values())
         return "–" if not interval.n else f"{interval.format(digits=2)} ({interval.n})"
 
     bits = design.activation_bits
@@ -300,14 +342,19 @@ def arm_tables(results: study.Results, design: Design) -> str:
         ["activation", "mode", "float"] + [f"a{a}" for a in bits], rows, numeric_from=2)
     pairs = design.pairs
     keys = design.keys()
-    rows = [[ARMS[arm], GRAN[gran]] + [cell(key(arm, "relu6", w, a, gran)) for w, a in pairs]
-            for arm in ARMS for gran in GRANULARITIES
+    arms = [(arm, gran) for arm in ARMS for gran in GRANULARITIES
             if any(key(arm, "relu6", w, a, gran) in keys for w, a in pairs)]
-    second = study.markdown_table(
-        ["mode", "weights"] + [f"w{w}/a{a}" for w, a in pairs], rows, numeric_from=2)
+    header = ["mode", "weights"] + [f"w{w}/a{a}" for w, a in pairs]
+    second, split = (study.markdown_table(header, [
+        [ARMS[arm], GRAN[gran]] + [cell(key(arm, "relu6", w, a, gran), field) for w, a in pairs]
+        for arm, gran in arms], numeric_from=2) for field in ("test_accuracy", "split_accuracy"))
     return (f"Activations quantized, weights float (test accuracy %, mean ± 95% interval "
             f"(seeds)):\n\n{first}\n\nThe integer model, ReLU6 (batch norm folded, weights "
-            f"w bits, every activation tensor a bits):\n\n{second}")
+            f"w bits, every activation tensor a bits, the logits too):\n\n{second}\n\n"
+            f"The same with ties split: at a bits the logits take 2^a levels, several classes "
+            f"can share the top one and argmax takes the first; counting such an image as "
+            f"1/k correct when its label is among the k (the expected accuracy with ties "
+            f"broken at random):\n\n{split}")
 
 
 def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -321,9 +368,9 @@ def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any
     out += [(f"QAT - PTQ, {label(act, design).split(' [')[0].split(' (')[0]} a{a}",
              key("qat", act, None, a), key("ptq", act, None, a))
             for a in design.qat_activation_bits for act in ACTIVATIONS]
-    out += [(f"QAT - PTQ, integer ReLU6 w{w}/a{a} per channel",
+    out += [(f"QAT - PTQ, integer ReLU6 w{w}/a{a} per channel{ties}",
              key("qat", "relu6", w, a, "per_channel"), key("ptq", "relu6", w, a, "per_channel"))
-            for w, a in design.pairs]
+            for ties in ("", ", ties split") for w, a in design.pairs]
     out += [(f"per channel - per tensor, PTQ w{w}/a{a}", key("ptq", "relu6", w, a, "per_channel"),
              key("ptq", "relu6", w, a, "per_tensor")) for w, a in design.per_tensor_ptq]
     out += [(f"per channel - per tensor, QAT w{w}/a{a}", key("qat", "relu6", w, a, "per_channel"),
@@ -334,13 +381,14 @@ def comparisons(design: Design) -> list[tuple[str, dict[str, Any], dict[str, Any
 
 def differences(results: study.Results, design: Design) -> list[dict[str, Any]]:
     """Every paired difference (percentage points) with its interval, n and the smallest
-    difference detectable at 80% power given its spread."""
+    difference detectable at 80% power given its spread, never below one test image."""
     out = []
     for what, a, b in comparisons(design):
-        d = study.paired_difference(results.values(a, "test_accuracy"),
-                                    results.values(b, "test_accuracy"))
+        field = "split_accuracy" if what.endswith("ties split") else "test_accuracy"
+        d = study.paired_difference(results.values(a, field), results.values(b, field))
         out.append({"what": what, "mean": 100 * d.mean, "half_width": 100 * d.half_width,
-                    "n": d.n, "detectable": 100 * study.detectable_difference(d.sd, d.n)})
+                    "n": d.n, "detectable": 100 * max(study.detectable_difference(d.sd, d.n),
+                                                      study.resolution())})
     return out
 
 

@@ -41,6 +41,18 @@ def test_more_seeds_resume_the_same_grid_and_other_settings_are_refused():
     assert (dataclasses.replace(TINY, qat_steps=3).configuration() != TINY.configuration())
 
 
+def test_a_difference_without_spread_is_detectable_down_to_one_test_image(tmp_path):
+    results = study.Results(str(tmp_path), TINY.configuration())
+    for seed in range(2):
+        results.add(study.Cell(precision_study.key("float", "relu6"), seed),
+                    {"status": "ok", "test_accuracy": 0.99})
+        results.add(study.Cell(precision_study.key("float", "relu"), seed),
+                    {"status": "ok", "test_accuracy": 0.98})
+    row = {r["what"]: r for r in precision_study.differences(results, TINY)}[
+        "ReLU6 - ReLU, float"]
+    assert row["half_width"] == 0 and row["detectable"] == pytest.approx(100 / 360)
+
+
 def test_quick_and_explicit_flags():
     args = precision_study.parse_args(["--quick", "--qat-steps", "7"])
     design = precision_study.design_from_args(args)
@@ -63,6 +75,8 @@ def test_differences_pair_the_arms_by_seed(tmp_path):
     # mean 0.5, sd sqrt(0.5), half width t(0.975, 1) * sd / sqrt(2) = 12.706205 * 0.5.
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.5)
     assert row["half_width"] == pytest.approx(12.706205 * 0.5, rel=1e-6)
+    # (t(0.975, 1) + t(0.8, 1)) * sd / sqrt(n) with t(0.975, 1) = 12.706205, t(0.8, 1) = 1.376382.
+    assert row["detectable"] == pytest.approx((12.706205 + 1.376382) * 0.5, rel=1e-6)
     table = precision_study.difference_table(list(rows.values()))
     assert "| ReLU6 - ReLU, float | +0.50 | [-5.85, +6.85] | 2 |" in table
 

@@ -55,7 +55,7 @@ from jax import lax
 
 import jrelu6
 import jrelu6.linen
-from mobilenet import quantization
+from mobilenet import int8_emulation, quantization
 from mobilenet.batch_norm import BatchNorm, batch_norm
 from mobilenet.depthwise import (
     IMPLS,
@@ -133,13 +133,14 @@ class _Layers(NamedTuple):
         return quantizer(x), quantizer.scale()
 
     def dense(self, x: jax.Array, features: int, name: str,
-              in_scale: jax.Array | None = None) -> jax.Array:
+              in_scale: jax.Array | None = None, out: Any = None) -> jax.Array:
         """``nn.Dense`` of ``x``, or its weight-quantized twin with ``weight_bits`` (its
-        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given)."""
+        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given; with the
+        output's grid ``out`` too, the int8 file's integer arithmetic)."""
         if self.weight_bits is None:
             return nn.Dense(features, dtype=self.dtype, name=name)(x)
         return quantization.QuantDense(features, self.weight_bits, self.weight_granularity,
-                                       dtype=self.dtype, name=name)(x, in_scale)
+                                       dtype=self.dtype, name=name)(x, in_scale, out)
 
     def act_q(self, kind: str, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """``act(kind)(x)`` and the scale of the output's grid (``None`` outside full QAT,
@@ -346,7 +347,23 @@ class ConvBN(nn.Module):
         step = jnp.asarray(in_scale, jnp.float32) * w_scale
         levels = jnp.round(x.astype(jnp.float32) / jnp.asarray(in_scale, jnp.float32))
         accumulator = self._conv(levels, q.astype(jnp.float32))
-        return ((accumulator + jnp.round(bias.astype(jnp.float32) / step)) * step).astype(cfg.dtype)
+        accumulator = accumulator + jnp.round(bias.astype(jnp.float32) / step)
+        out = self._out_grid()
+        if out is not None:  # The file's requantization (mobilenet.int8_emulation).
+            return int8_emulation.dequantize(int8_emulation.requantize(
+                accumulator, in_scale, w_scale, out, relu=self.act == "relu"), out
+            ).astype(cfg.dtype)
+        return (accumulator * step).astype(cfg.dtype)
+
+    def _out_grid(self) -> int8_emulation.Grid | None:
+        """The output's trained grid, in evaluation of an applied model (else ``None``)."""
+        bits = self.layers.tensor_bits
+        if bits is None or self.is_initializing() or self.act == "hard_swish":
+            return None
+        if self.act == "relu6":
+            return int8_emulation.grid(0.0, 6.0, bits)
+        return _stored_grid(self.variables, "out_range" if self.act is None
+                            else f"{self.act}_range", bits)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer's convolution with a given kernel (as the float layer computes it)."""
@@ -463,10 +480,13 @@ class InvertedResidual(nn.Module):
         if self.squeeze is not None:
             se = SqueezeExcite(self.squeeze, cfg, name="se")
             x, scale = se(x), se.out_scale()
-        x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train,
-                                                                   in_scale=scale)
+        project = ConvBN(self.features, 1, 1, cfg, None, name="project")
+        x = project(x, train=train, in_scale=scale)
         if self.strides == 1 and inputs.shape[-1] == self.features:
-            x = cfg.tensor_range("add_range")(x + inputs)
+            out = _eval_grid(self, "add_range", train=train, given=in_scale)
+            x = (x + inputs if out is None else int8_emulation.add_values(
+                x, inputs, project.out_scale(), in_scale, out).astype(x.dtype))
+            x = cfg.tensor_range("add_range")(x)
         return x
 
     def out_scale(self) -> jax.Array | None:
@@ -477,6 +497,30 @@ class InvertedResidual(nn.Module):
         stats = self.variables["batch_stats"]
         return _range_scale(stats if "add_range" in stats else stats["project"],
                             "add_range" if "add_range" in stats else "out_range", bits=bits)
+
+
+def _relu6_grid(cfg: _Layers) -> int8_emulation.Grid | None:
+    """relu6's ``[0, 6]`` grid in full QAT (else ``None``)."""
+    bits = cfg.tensor_bits
+    return None if bits is None else int8_emulation.grid(0.0, 6.0, bits)
+
+
+def _eval_grid(module: nn.Module, name: str, *, train: bool, given: Any
+               ) -> int8_emulation.Grid | None:
+    """The grid of ``module``'s range ``name`` where evaluation emulates the int8 file
+    (not training, full QAT, ``given`` the input's scale or grid), else ``None``."""
+    bits = module.layers.tensor_bits if hasattr(module, "layers") else None
+    if train or given is None or bits is None or module.is_initializing():
+        return None
+    return _stored_grid(module.variables, name, bits)
+
+
+def _stored_grid(variables: Mapping[str, Any], name: str, bits: int
+                 ) -> int8_emulation.Grid | None:
+    """The grid of the stored :class:`~mobilenet.quantization.MovingRange` ``name`` (or
+    ``None`` before it exists)."""
+    stats = variables.get("batch_stats", {}).get(name)
+    return None if stats is None else int8_emulation.grid(stats["min"], stats["max"], bits)
 
 
 def _range_scale(variables: Mapping[str, Any], name: str, *, bits: int) -> jax.Array:
@@ -663,13 +707,22 @@ class MobileNet(nn.Module):
                 strides[first] = 1
         return strides
 
-    def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
-        """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
-        x, scale = cfg.quantize(_global_pool(x), "pool_range")
+    def _classify(self, x, cfg, rate, *, train, hidden: int | None = None,
+                  in_grid: int8_emulation.Grid | None = None):
+        """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32).
+
+        ``in_grid``: the grid of ``x`` in full QAT; evaluation then computes the pool and
+        the logits as the int8 file does (:mod:`mobilenet.int8_emulation`)."""
+        grid = _eval_grid(self, "pool_range", train=train, given=in_grid)
+        x, scale = cfg.quantize(_global_pool(x) if grid is None else int8_emulation.mean_values(
+            x, in_grid, grid).astype(x.dtype), "pool_range")
         if hidden is not None:
             x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale), "logits_range")[0]
+        out = (_eval_grid(self, "logits_range", train=train, given=scale)
+               if hidden is None else None)
+        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale, out=out),
+                         "logits_range")[0]
         return x.astype(jnp.float32)
 
 
@@ -706,7 +759,7 @@ class MobileNetV1(MobileNet):
                        ConvBN(self._channels(features), 1, 1, cfg, "relu6",
                               name=f"block{i + 1}_pointwise")]
         x = _chain(layers, x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train)
+        return self._classify(x, cfg, rate, train=train, in_grid=_relu6_grid(cfg))
 
 
 class MobileNetV2(MobileNet):
@@ -735,7 +788,7 @@ class MobileNetV2(MobileNet):
                                                 name=f"block{index + 1}")], x, scale, train=train)
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
         x = _chain([ConvBN(last, 1, 1, cfg, "relu6", name="head")], x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train)
+        return self._classify(x, cfg, rate, train=train, in_grid=_relu6_grid(cfg))
 
 
 class _V3Block(NamedTuple):

@@ -209,3 +209,11 @@ def dense_values(x: jax.Array, in_scale: Any, q: jax.Array, weight_scale: Any,
                              preferred_element_type=jnp.int32)
     accumulator = accumulator + jnp.round(bias.astype(jnp.float32) / step).astype(jnp.int32)
     return dequantize(requantize(accumulator, in_scale, weight_scale, out), out)
+
+
+def quantize_values(x: jax.Array, out: Grid) -> jax.Array:
+    """LiteRT's QUANTIZE of float ``x`` (XNNPACK's ``f32_qs8_vcvt``), as values on ``out``:
+    ``rint(x * fl(1 / scale)) + z``, clamped (a product by the reciprocal, not a division)."""
+    inverse = jnp.float32(1.0) / out.scale
+    levels = jnp.round(x.astype(jnp.float32) * inverse).astype(jnp.int32) + out.zero_point
+    return dequantize(_clamp(levels, out, False), out)

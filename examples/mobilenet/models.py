@@ -505,11 +505,12 @@ def _relu6_grid(cfg: _Layers) -> int8_emulation.Grid | None:
     return None if bits is None else int8_emulation.grid(0.0, 6.0, bits)
 
 
-def _eval_grid(module: nn.Module, name: str, *, train: bool, given: Any
+def _eval_grid(module: Any, name: str, *, train: bool, given: Any
                ) -> int8_emulation.Grid | None:
     """The grid of ``module``'s range ``name`` where evaluation emulates the int8 file
     (not training, full QAT, ``given`` the input's scale or grid), else ``None``."""
-    bits = module.layers.tensor_bits if hasattr(module, "layers") else None
+    bits = (module.layers.tensor_bits if isinstance(module, (ConvBN, InvertedResidual))
+            else module.weight_bits and module.activation_bits)
     if train or given is None or bits is None or module.is_initializing():
         return None
     return _stored_grid(module.variables, name, bits)
@@ -659,8 +660,12 @@ class MobileNet(nn.Module):
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
     def _quantize_input(self, x: jax.Array, cfg: _Layers) -> tuple[jax.Array, jax.Array | None]:
-        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``)."""
-        return cfg.quantize(x, "input_range")
+        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``;
+        evaluation rounds as the file does, :func:`mobilenet.int8_emulation.quantize_values`)."""
+        train = self.is_mutable_collection("batch_stats")
+        grid = _eval_grid(self, "input_range", train=train, given=cfg.tensor_bits)
+        return cfg.quantize(x if grid is None else int8_emulation.quantize_values(
+            x, grid).astype(x.dtype), "input_range")
 
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError

@@ -37,6 +37,7 @@ import numpy as np
 
 import jrelu6
 import jrelu6.linen
+from mobilenet import int8_emulation
 from mobilenet.batch_norm import BatchNorm
 from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
 from mobilenet.qat_layers import (
@@ -45,6 +46,8 @@ from mobilenet.qat_layers import (
     QATLayers,
     QATSqueezeExcite,
     check_quantization,
+    eval_grid,
+    relu6_grid,
 )
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -252,10 +255,13 @@ class InvertedResidual(QATInvertedResidual):
         if self.squeeze is not None:
             se = SqueezeExcite(self.squeeze, cfg, name="se")
             x, scale = se(x), se.out_scale()
-        x = ConvBN(self.features, 1, 1, cfg, None, name="project")(x, train=train,
-                                                                   in_scale=scale)
+        project = ConvBN(self.features, 1, 1, cfg, None, name="project")
+        x = project(x, train=train, in_scale=scale)
         if self.strides == 1 and inputs.shape[-1] == self.features:
-            x = cfg.tensor_range("add_range")(x + inputs)
+            out = eval_grid(self, "add_range", train=train, given=in_scale)
+            x = (x + inputs if out is None else int8_emulation.add_values(
+                x, inputs, project.out_scale(), in_scale, out).astype(x.dtype))
+            x = cfg.tensor_range("add_range")(x)
         return x
 
 
@@ -375,8 +381,12 @@ class MobileNet(nn.Module):
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
     def _quantize_input(self, x: jax.Array, cfg: _Layers) -> tuple[jax.Array, jax.Array | None]:
-        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``)."""
-        return cfg.quantize(x, "input_range")
+        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``;
+        evaluation rounds as the file does, :func:`mobilenet.int8_emulation.quantize_values`)."""
+        train = self.is_mutable_collection("batch_stats")
+        grid = eval_grid(self, "input_range", train=train, given=cfg.tensor_bits)
+        return cfg.quantize(x if grid is None else int8_emulation.quantize_values(
+            x, grid).astype(x.dtype), "input_range")
 
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -415,13 +425,22 @@ class MobileNet(nn.Module):
                 strides[first] = 1
         return strides
 
-    def _classify(self, x, cfg, rate, *, train, hidden: int | None = None):
-        """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32)."""
-        x, scale = cfg.quantize(_global_pool(x), "pool_range")
+    def _classify(self, x, cfg, rate, *, train, hidden: int | None = None,
+                  in_grid: int8_emulation.Grid | None = None):
+        """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32).
+
+        ``in_grid``: the grid of ``x`` in full QAT; evaluation then computes the pool and
+        the logits as the int8 file does (:mod:`mobilenet.int8_emulation`)."""
+        grid = eval_grid(self, "pool_range", train=train, given=in_grid)
+        x, scale = cfg.quantize(_global_pool(x) if grid is None else int8_emulation.mean_values(
+            x, in_grid, grid).astype(x.dtype), "pool_range")
         if hidden is not None:
             x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale), "logits_range")[0]
+        out = (eval_grid(self, "logits_range", train=train, given=scale)
+               if hidden is None else None)
+        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale, out=out),
+                         "logits_range")[0]
         return x.astype(jnp.float32)
 
 
@@ -458,7 +477,7 @@ class MobileNetV1(MobileNet):
                        ConvBN(self._channels(features), 1, 1, cfg, "relu6",
                               name=f"block{i + 1}_pointwise")]
         x = _chain(layers, x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train)
+        return self._classify(x, cfg, rate, train=train, in_grid=relu6_grid(cfg))
 
 
 class MobileNetV2(MobileNet):
@@ -487,7 +506,7 @@ class MobileNetV2(MobileNet):
                                                 name=f"block{index + 1}")], x, scale, train=train)
         last = make_divisible(1280 * max(1.0, self.width_multiplier))
         x = _chain([ConvBN(last, 1, 1, cfg, "relu6", name="head")], x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train)
+        return self._classify(x, cfg, rate, train=train, in_grid=relu6_grid(cfg))
 
 
 class _V3Block(NamedTuple):

@@ -345,9 +345,11 @@ def _set_scales_and_biases(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
         weight.quantization.quantizedDimension = 3 if depthwise else 0
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
             bias = fb.graph.tensors[op.inputs[2]]
-            in_scale = float(fb.graph.tensors[op.inputs[0]].quantization.scale[0])
-            bias_scale = in_scale * np.asarray(weight.quantization.scale, np.float64)
-            q = np.round(layer.bias.astype(np.float64) / bias_scale)
+            # In float32, as training rounds it (mobilenet.quantization.fake_quant_bias):
+            # in float64 a bias within float32's error of a half step rounds the other way.
+            in_scale = np.float32(fb.graph.tensors[op.inputs[0]].quantization.scale[0])
+            bias_scale = in_scale * np.asarray(weight.quantization.scale, np.float32)
+            q = np.round(layer.bias.astype(np.float32) / bias_scale)
             q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
             fb.set_values(op.inputs[2], q)
             bias.quantization.scale = [float(s) for s in bias_scale.astype(np.float32)]

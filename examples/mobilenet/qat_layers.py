@@ -34,7 +34,7 @@ from jax import lax
 
 import jrelu6
 import jrelu6.linen
-from mobilenet import quantization
+from mobilenet import int8_emulation, quantization
 from mobilenet.batch_norm import batch_norm
 from mobilenet.depthwise import depthwise_conv
 
@@ -64,13 +64,14 @@ class QATLayers:
         return quantizer(x), quantizer.scale()
 
     def dense(self, x: jax.Array, features: int, name: str,
-              in_scale: jax.Array | None = None) -> jax.Array:
+              in_scale: jax.Array | None = None, out: Any = None) -> jax.Array:
         """``nn.Dense`` of ``x``, or its weight-quantized twin with ``weight_bits`` (its
-        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given)."""
+        bias on the int32 grid of ``in_scale``, the scale of ``x``, when given; with the
+        output's grid ``out`` too, the int8 file's integer arithmetic)."""
         if self.weight_bits is None:
             return nn.Dense(features, dtype=self.dtype, name=name)(x)
         return quantization.QuantDense(features, self.weight_bits, self.weight_granularity,
-                                       dtype=self.dtype, name=name)(x, in_scale)
+                                       dtype=self.dtype, name=name)(x, in_scale, out)
 
     def act_q(self, kind: str, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """``act(kind)(x)`` and the scale of the output's grid (``None`` outside full QAT,
@@ -200,7 +201,23 @@ class QATConvBN(nn.Module):
         step = jnp.asarray(in_scale, jnp.float32) * w_scale
         levels = jnp.round(x.astype(jnp.float32) / jnp.asarray(in_scale, jnp.float32))
         accumulator = self._conv(levels, q.astype(jnp.float32))
-        return ((accumulator + jnp.round(bias.astype(jnp.float32) / step)) * step).astype(cfg.dtype)
+        accumulator = accumulator + jnp.round(bias.astype(jnp.float32) / step)
+        out = self._out_grid()
+        if out is not None:  # The file's requantization (mobilenet.int8_emulation).
+            return int8_emulation.dequantize(int8_emulation.requantize(
+                accumulator, in_scale, w_scale, out, relu=self.act == "relu"), out
+            ).astype(cfg.dtype)
+        return (accumulator * step).astype(cfg.dtype)
+
+    def _out_grid(self) -> int8_emulation.Grid | None:
+        """The output's trained grid, in evaluation of an applied model (else ``None``)."""
+        bits = self.layers.tensor_bits
+        if bits is None or self.is_initializing() or self.act == "hard_swish":
+            return None
+        if self.act == "relu6":
+            return int8_emulation.grid(0.0, 6.0, bits)
+        return stored_grid(self.variables, "out_range" if self.act is None
+                           else f"{self.act}_range", bits)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer's convolution with a given kernel (as the float layer computes it)."""
@@ -273,6 +290,31 @@ class QATInvertedResidual(nn.Module):
         stats = self.variables["batch_stats"]
         return _range_scale(stats if "add_range" in stats else stats["project"],
                             "add_range" if "add_range" in stats else "out_range", bits=bits)
+
+
+def relu6_grid(cfg: QATLayers) -> int8_emulation.Grid | None:
+    """relu6's ``[0, 6]`` grid in full QAT (else ``None``)."""
+    bits = cfg.tensor_bits
+    return None if bits is None else int8_emulation.grid(0.0, 6.0, bits)
+
+
+def eval_grid(module: Any, name: str, *, train: bool, given: Any
+              ) -> int8_emulation.Grid | None:
+    """The grid of ``module``'s range ``name`` where evaluation emulates the int8 file
+    (not training, full QAT, ``given`` the input's scale or grid), else ``None``."""
+    bits = (module.layers.tensor_bits if isinstance(module, (QATConvBN, QATInvertedResidual))
+            else module.weight_bits and module.activation_bits)
+    if train or given is None or bits is None or module.is_initializing():
+        return None
+    return stored_grid(module.variables, name, bits)
+
+
+def stored_grid(variables: Mapping[str, Any], name: str, bits: int
+                ) -> int8_emulation.Grid | None:
+    """The grid of the stored :class:`~mobilenet.quantization.MovingRange` ``name`` (or
+    ``None`` before it exists)."""
+    stats = variables.get("batch_stats", {}).get(name)
+    return None if stats is None else int8_emulation.grid(stats["min"], stats["max"], bits)
 
 
 def _range_scale(variables: Mapping[str, Any], name: str, *, bits: int) -> jax.Array:

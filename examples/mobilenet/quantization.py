@@ -35,6 +35,7 @@ from flax import traverse_util
 import jrelu6
 import jrelu6.linen
 from jrelu6 import _quant
+from mobilenet import int8_emulation
 
 NONLINEARITIES = ("relu6", "relu", "capped_relu")
 SCHEMES = ("affine", "fixed_point")
@@ -313,13 +314,21 @@ class QuantDense(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, in_scale: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, in_scale: jax.Array | None = None,
+                 out: Any = None) -> jax.Array:
+        """``x @ Q(kernel) + bias``; with ``in_scale`` and the output's grid ``out``
+        (a :class:`mobilenet.int8_emulation.Grid`), the int8 file's integer arithmetic."""
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         if in_scale is not None:
             bias = fake_quant_bias(
                 bias, in_scale, weight_scale(kernel, self.weight_bits, self.granularity))
+        if in_scale is not None and out is not None:
+            q, scale = jrelu6.quantize_weights(kernel, num_bits=self.weight_bits,
+                                               axis=weight_axis(self.granularity))
+            return int8_emulation.dense_values(x, in_scale, q, scale, bias, out
+                                               ).astype(self.dtype)
         kernel = jrelu6.fake_quant_weights(kernel, num_bits=self.weight_bits,
                                            axis=weight_axis(self.granularity))
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)

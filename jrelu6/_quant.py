@@ -216,8 +216,7 @@ def _levels(num_bits: int, narrow_range: bool) -> tuple[int, int]:
 def fake_quant(
     x: ArrayLike,
     *,
-    min: ArrayLike,  # TensorFlow's names (shadowing the builtins)
-    max: ArrayLike,
+    min: ArrayLike, max: ArrayLike,  # TensorFlow's names (shadowing the builtins)
     num_bits: int = 8,
     narrow_range: bool = False,
 ) -> jax.Array:
@@ -248,9 +247,8 @@ def fake_quant(
     :math:`x < m`, :math:`\partial/\partial\max` where :math:`x > M`, so a
     learnable range trains.
 
-    PyTorch's ``torch.fake_quantize_per_tensor_affine`` rounds ties to even
-    and masks its gradient on the rounded value; see :mod:`jrelu6._quant`.
-    See also :func:`quantized_relu6`.
+    PyTorch's ``torch.fake_quantize_per_tensor_affine`` rounds ties to even and masks
+    its gradient on the rounded value (:mod:`jrelu6._quant`; see also :func:`quantized_relu6`).
 
     Args:
       x: a real floating array.

@@ -4,9 +4,9 @@ and the recipe short enough to read.
 All read the sources (``ast``, line counts); nothing is imported or run.
 ``python tests/test_layout.py`` prints the example's layout: lines per part and file.
 
-LEAD, AFTER MERGING ALL BRANCHES: empty ``NOT_YET_SPLIT`` (each entry belongs to a
-branch that shortens it: faults, speed), then the rule holds everywhere; and set
-``ENFORCE_RECIPE_BUDGET`` if the merged recipe fits ``RECIPE_BUDGET``.
+The recipe's goal (issue 17) is ``RECIPE_BUDGET`` lines; it is not met yet, so that test
+is skipped and ``RECIPE_CEILING`` (what the recipe measures now, rounded up) is enforced
+instead: the recipe may shrink, not grow. Lower the ceiling as it shrinks.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 MAX_FUNCTION_LINES = 60
 # The source trees the rule covers (tests/ is exempt: a test's table may be long).
 CHECKED = ("jrelu6", "examples", "benchmarks", ".ci", "docs")
-# Functions other branches are shortening when this file was written: "path:name".
-NOT_YET_SPLIT = {
-    "jrelu6/_quant.py:fake_quant",  # the library's (62 lines)
-}
+# Functions exempt from the rule ("path:name"): none.
+NOT_YET_SPLIT: set[str] = set()
 EXAMPLE_PACKAGE = ROOT / "examples" / "mobilenet"
 # The recipe: model, data, training step and loop, optimizer, configuration (paths under
 # examples/mobilenet; a folder counts every .py file in it).
@@ -32,8 +30,9 @@ RECIPE = ("models.py", "input_pipeline.py", "train_state.py", "train.py", "optim
 # The fast operations the model calls: the same values as flax's layers, computed faster
 # (depthwise and 1x1 convolutions, batch norm's backward pass, the C++ kernels).
 FAST_OPS = ("depthwise.py", "batch_norm.py", "native")
-RECIPE_BUDGET = 1500  # Lines, as issue 17 asks ("at most ~1,500").
-ENFORCE_RECIPE_BUDGET = False  # LEAD: True once the merged recipe fits.
+RECIPE_BUDGET = 1500  # Lines, as issue 17 asks ("at most ~1,500"): the goal.
+RECIPE_CEILING = 2150  # Lines: the recipe measured 2,122 on 2026-12-06; it may not grow.
+ENFORCE_RECIPE_BUDGET = False  # True once the recipe fits RECIPE_BUDGET.
 
 
 def _python_files(*roots: str, base: pathlib.Path = ROOT) -> list[pathlib.Path]:
@@ -201,10 +200,16 @@ def test_a_relative_import_resolves_against_its_package():
 
 
 @pytest.mark.skipif(not ENFORCE_RECIPE_BUDGET,
-                    reason="the recipe's budget holds after the branches merge (LEAD: enable)")
+                    reason=f"the recipe is over its goal of {RECIPE_BUDGET} lines (issue 17); "
+                    f"its ceiling of {RECIPE_CEILING} is enforced meanwhile")
 def test_the_recipe_fits_its_budget():
     recipe = layout()["recipe"]
     assert sum(recipe.values()) <= RECIPE_BUDGET, recipe
+
+
+def test_the_recipe_does_not_grow_past_its_ceiling():
+    recipe = layout()["recipe"]
+    assert sum(recipe.values()) <= RECIPE_CEILING, recipe
 
 
 def test_the_layout_sorts_every_file_of_the_example_once():

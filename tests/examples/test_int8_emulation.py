@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import export, input_pipeline, int8_emulation, models, qat_export
+from mobilenet import export, input_pipeline, int8_emulation, models, qat_export, qat_layers
 
 IMAGE = (16, 16, 3)
 
@@ -127,7 +127,7 @@ class _ResidualNet(models.MobileNet):
                            models.InvertedResidual(24, 8, 3, 1, "relu6", cfg, name="block1"),
                            models.ConvBN(32, 1, 1, cfg, "relu6", name="head")],
                           x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train, in_grid=models._relu6_grid(cfg))
+        return self._classify(x, cfg, rate, train=train, in_grid=qat_layers.relu6_grid(cfg))
 
 
 @functools.cache

@@ -173,21 +173,40 @@ def probe(cfg: StudyConfig, model: str, dtype: str, seed: int, variables: Mappin
     """
     dataset = input_pipeline.load_digits()
     images, labels = _probe_batch(dataset, cfg.probe_batch, dtype)
-    scale = jnp.asarray(loss_scale.INITIAL_SCALE if dtype == "float16" else 1.0, jnp.float32)
     steps = cfg.steps_of(model)
 
-    def grads_of(setting: Setting) -> tuple[Any, Any]:
+    def grads_of(setting: Setting, scale: float) -> tuple[Any, Any]:
         config = run_config(model, dtype, setting, seed, steps)
         net = train_state.create_model(config, num_classes=dataset.num_classes)
-        return jax.device_get(gradients(net, dict(variables), images, labels, scale))
+        return jax.device_get(gradients(net, dict(variables), images, labels,
+                                        jnp.asarray(scale, jnp.float32)))
 
-    reference, hits = grads_of(REFERENCE)
+    start = loss_scale.INITIAL_SCALE if dtype == "float16" else 1.0
+    scale, (reference, hits) = finite_scale(lambda s: grads_of(REFERENCE, s), start)
     rows = jrelu6.summarize_boundary_hits(hits)
     found = {"probe_at_zero": sum(r.at_zero for r in rows),
              "probe_at_cap": sum(r.at_cap for r in rows), "probe_n": sum(r.n for r in rows)}
     return [{"setting": list(setting), **found,
-             **gradient_difference(reference, grads_of(setting)[0])}
+             **gradient_difference(reference, grads_of(setting, scale)[0])}
             for setting in cfg.settings]
+
+
+def finite_scale(grads_at: Callable[[float], tuple[Any, Any]], start: float
+                 ) -> tuple[float, tuple[Any, Any]]:
+    """The largest loss scale ``start / 2**k`` (down to 1) whose gradients are all finite,
+    and ``grads_at(scale)``: the loss scaler's rule after an overflow, for the probes (a
+    float16 network at initialisation overflows at the training step's first scale).
+
+    >>> import numpy as np
+    >>> finite_scale(lambda s: (np.array([np.inf if s > 8 else s]), None), 64.0)[0]
+    8.0
+    """
+    scale = float(start)
+    result = grads_at(scale)
+    while scale > 1.0 and not bool(loss_scale.all_finite(result[0])):
+        scale /= 2.0
+        result = grads_at(scale)
+    return scale, result
 
 
 def _initial_variables(config: default.Config) -> dict[str, Any]:

@@ -36,6 +36,24 @@ def test_gradient_difference_rejects_different_sizes():
         boundary_study.gradient_difference([np.zeros(2)], [np.zeros(3)])
 
 
+def test_the_probe_scale_halves_until_the_gradients_are_finite():
+    calls = []
+
+    def grads_at(scale):
+        calls.append(scale)
+        return {"w": np.array([np.inf if scale > 8 else scale])}, None
+
+    scale, (grads, _) = boundary_study.finite_scale(grads_at, 64.0)
+    assert scale == 8.0 and calls == [64.0, 32.0, 16.0, 8.0]
+    assert grads["w"][0] == 8.0
+
+
+def test_the_probe_scale_stops_at_one():
+    scale, (grads, _) = boundary_study.finite_scale(
+        lambda s: ({"w": np.array([np.nan])}, None), 4.0)
+    assert scale == 1.0 and np.isnan(grads["w"][0])
+
+
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as exit_info:
         boundary_study.parse_args(["--help"])

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import qat_runs  # tests/examples/qat_runs.py: a settled QAT network (shared).
 
 from mobilenet import export, input_pipeline, models, qat_export
 
@@ -346,16 +347,7 @@ def _qat_run(granularity: str) -> export.Run:
     """A Conv-BN-ReLU6 network after a few QAT training passes (statistics and ranges set)."""
     model = _ConvBNReLU6Net(num_classes=10, weight_bits=8, activation_bits=8,
                             weight_granularity=granularity)
-    dataset = input_pipeline.make_synthetic(num_train=64, num_test=48, image_size=IMAGE[0])
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(0), jnp.zeros((1, *IMAGE)))
-    step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
-    normalize = qat_export.normalizer(export.Run(None, model, variables, 0, dataset))
-    for start in range(0, 64, 16):
-        stats = step(variables, normalize(dataset.train_images[start:start + 16]))
-        variables = {"params": variables["params"], **stats}
-    variables = jax.tree.map(np.asarray, variables)
-    return export.Run(None, model, variables, 0, dataset)
+    return qat_runs.settled_run(model, image_size=IMAGE[0], num_test=48)
 
 
 @pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])

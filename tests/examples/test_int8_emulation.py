@@ -11,12 +11,12 @@ import functools
 import os
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import qat_runs  # tests/examples/qat_runs.py: a settled QAT network (shared).
 
-from mobilenet import export, input_pipeline, int8_emulation, models, qat_export, qat_layers
+from mobilenet import export, int8_emulation, models, qat_export, qat_layers
 
 IMAGE = (16, 16, 3)
 
@@ -133,16 +133,7 @@ class _ResidualNet(models.MobileNet):
 @functools.cache
 def _residual_run() -> export.Run:
     model = _ResidualNet(num_classes=10, weight_bits=8, activation_bits=8)
-    dataset = input_pipeline.make_synthetic(num_train=64, num_test=64, image_size=IMAGE[0])
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(0), jnp.zeros((1, *IMAGE)))
-    step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1])
-    normalize = qat_export.normalizer(export.Run(None, model, variables, 0, dataset))
-    for start in range(0, 64, 16):
-        stats = step(variables, normalize(dataset.train_images[start:start + 16]))
-        variables = {"params": variables["params"], **stats}
-    variables = jax.tree.map(np.asarray, variables)
-    return export.Run(None, model, variables, 0, dataset)
+    return qat_runs.settled_run(model, image_size=IMAGE[0], num_test=64)
 
 
 def _require_litert() -> None:

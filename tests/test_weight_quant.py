@@ -13,6 +13,16 @@ import jrelu6
 F32 = np.float32
 
 
+def _tf_nudge(lo, hi, num_bits, narrow_range):
+    """TensorFlow's nudged per-channel grid: ``(qmin, zero_point, scale, min, max)``."""
+    qmin, qmax = F32(int(narrow_range)), F32(2**num_bits - 1)
+    lo, hi = np.asarray(lo, F32), np.asarray(hi, F32)
+    scale = (hi - lo) / (qmax - qmin)
+    z = np.clip(qmin - lo / scale, qmin, qmax)
+    zero_point = (np.floor(z) + (z - np.floor(z) >= F32(0.5))).astype(F32)
+    return qmin, zero_point, scale, (qmin - zero_point) * scale, (qmax - zero_point) * scale
+
+
 def _tf_per_channel(x, lo, hi, num_bits, narrow_range):
     """TensorFlow's FakeQuantWithMinMaxVarsPerChannel (last axis), in float32 NumPy.
 
@@ -22,12 +32,8 @@ def _tf_per_channel(x, lo, hi, num_bits, narrow_range):
     multiplies by ``1/s``: the two can choose different levels only within an ulp of a
     half-way point (see ``jrelu6._quant``; ``test_division_form_differs_only_at_halves``).
     """
-    qmin, qmax = F32(int(narrow_range)), F32(2**num_bits - 1)
-    lo, hi, x = np.asarray(lo, F32), np.asarray(hi, F32), np.asarray(x, F32)
-    scale = (hi - lo) / (qmax - qmin)
-    z = np.clip(qmin - lo / scale, qmin, qmax)
-    zero_point = (np.floor(z) + (z - np.floor(z) >= F32(0.5))).astype(F32)
-    nudged_min, nudged_max = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    x = np.asarray(x, F32)
+    qmin, zero_point, scale, nudged_min, nudged_max = _tf_nudge(lo, hi, num_bits, narrow_range)
     clamped = np.minimum(np.maximum(x, nudged_min), nudged_max)
     from_min = np.floor((clamped - nudged_min) * (F32(1) / scale) + F32(0.5))
     return from_min + (qmin - zero_point), from_min * scale + nudged_min, scale
@@ -35,12 +41,8 @@ def _tf_per_channel(x, lo, hi, num_bits, narrow_range):
 
 def _tf_per_channel_gradients(x, lo, hi, num_bits, narrow_range):
     """TensorFlow's FakeQuantWithMinMaxVarsPerChannelGradient for an all-ones cotangent."""
-    qmin, qmax = F32(int(narrow_range)), F32(2**num_bits - 1)
-    lo, hi, x = np.asarray(lo, F32), np.asarray(hi, F32), np.asarray(x, F32)
-    scale = (hi - lo) / (qmax - qmin)
-    z = np.clip(qmin - lo / scale, qmin, qmax)
-    zero_point = (np.floor(z) + (z - np.floor(z) >= F32(0.5))).astype(F32)
-    nudged_min, nudged_max = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    x = np.asarray(x, F32)
+    *_, nudged_min, nudged_max = _tf_nudge(lo, hi, num_bits, narrow_range)
     below, above = x < nudged_min, x > nudged_max
     axes = tuple(range(x.ndim - 1))
     return ((~below & ~above).astype(F32), below.sum(axes).astype(F32),

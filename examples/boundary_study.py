@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import os
 import sys
@@ -253,6 +254,56 @@ def run_study(cfg: StudyConfig, out: str, *, log: Callable[[str], None] = print
     return study.run_grid(cells(cfg), functools.partial(run_one, cfg), results=results, log=log)
 
 
+def config_from_json(payload: Mapping[str, Any]) -> StudyConfig:
+    """The :class:`StudyConfig` a ``results.json`` was written from (JSON has no tuples)."""
+    return StudyConfig(
+        arms=tuple((m, d) for m, d in payload["arms"]),
+        settings=tuple((float(a), float(b)) for a, b in payload["settings"]),
+        seeds=int(payload["seeds"]), steps=tuple((m, int(n)) for m, n in payload["steps"]),
+        probe_batch=int(payload["probe_batch"]), quick=bool(payload["quick"]))
+
+
+def combine(parts: Sequence[str], out: str) -> tuple[StudyConfig, study.Results]:
+    """One grid from grids run apart, one arm (or several) per directory.
+
+    Each of ``parts`` is the ``--out`` of a finished or partial run of this study;
+    they must agree on everything but their arms (settings, seeds, steps, probe
+    batch). Their runs are copied into ``out``'s ``runs.jsonl`` as runs of the
+    grid with all their arms, so rerunning that grid with ``--out out`` resumes
+    it, and the report compares the arms side by side.
+
+    Raises:
+      study.StudyError: a directory without ``results.json``, grids that differ in
+        more than their arms, or one arm in two directories.
+    """
+    configs = []
+    for part in parts:
+        path = os.path.join(part, "results.json")
+        try:
+            with open(path) as f:
+                configs.append(config_from_json(json.load(f)["config"]))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise study.StudyError(f"boundary_study: --combine needs {path}, the report of a "
+                                   f"run of this study ({error})") from None
+    first = dataclasses.replace(configs[0], arms=())
+    for part, cfg in zip(parts, configs):
+        if dataclasses.replace(cfg, arms=()) != first:
+            raise study.StudyError(f"boundary_study: {part} is a grid with other settings, "
+                                   f"seeds, steps or probe batch than {parts[0]}")
+    arms = [arm for cfg in configs for arm in cfg.arms]
+    if len(set(arms)) != len(arms):
+        raise study.StudyError("boundary_study: an arm is in more than one --combine directory")
+    merged = dataclasses.replace(first, arms=tuple(arms))
+    results = study.Results(out, dataclasses.asdict(merged))
+    for part, cfg in zip(parts, configs):
+        for record in study.Results(part, dataclasses.asdict(cfg)).records.values():
+            cell = study.Cell(record["key"], record["seed"])
+            if not results.done(cell):
+                results.add(cell, {k: v for k, v in record.items()
+                                   if k not in ("grid", "key", "seed")})
+    return merged, results
+
+
 # --- report -------------------------------------------------------------------
 
 
@@ -414,7 +465,7 @@ def format_results(results: study.Results, cfg: StudyConfig, meta: Mapping[str, 
              f"Machine: {study.describe_machine(meta['machine'])}. Training runs: "
              f"{meta['runs']} ({meta['diverged']} diverged), {meta['run_seconds'] / 60:.1f} "
              f"min in all (each run's wall time, summed over every invocation that "
-             f"resumed the grid); this invocation: {meta['seconds'] / 60:.1f} min.", "",
+             f"resumed the grid); {_invocation(meta)}.", "",
              "![Paired accuracy differences, kink hits per layer, gradient differences]"
              "(boundary_study.png)", "",
              f"### Final test accuracy and loss, paired differences from {ref}", "",
@@ -435,6 +486,18 @@ def format_results(results: study.Results, cfg: StudyConfig, meta: Mapping[str, 
               "function, so a difference there comes from the compiled programs.", "",
               gradients_table(gradient_rows(results, cfg)), ""]
     return "\n".join(lines)
+
+
+def _invocation(meta: Mapping[str, Any]) -> str:
+    if meta.get("combined"):
+        return (f"combined from {len(meta['combined'])} directories run apart "
+                f"({', '.join(f'`{d}`' for d in meta['combined'])}), with `--combine`")
+    return f"this invocation: {meta['seconds'] / 60:.1f} min"
+
+
+def _color(cfg: StudyConfig, setting: Sequence[float]) -> str:
+    """One colour per setting, the same in every panel."""
+    return f"C{[tuple(s) for s in cfg.settings].index(tuple(setting))}"
 
 
 def plot_results(results: study.Results, cfg: StudyConfig, path: str) -> bool:
@@ -464,7 +527,7 @@ def _plot_differences(ax: Any, rows: Sequence[dict[str, Any]], cfg: StudyConfig)
         d = [r["d_accuracy"] for r in found]
         ax.errorbar(np.arange(len(found)) + k * width, [100 * i.mean for i in d],
                     yerr=[100 * i.half_width if math.isfinite(i.half_width) else 0 for i in d],
-                    fmt="o", capsize=3, label=_fmt_setting(setting))
+                    fmt="o", capsize=3, color=_color(cfg, setting), label=_fmt_setting(setting))
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(cfg.arms)) + width * (len(others) - 1) / 2,
                   [f"{SHORT[m]}\n{d}" for m, d in cfg.arms], fontsize=7)
@@ -474,10 +537,13 @@ def _plot_differences(ax: Any, rows: Sequence[dict[str, Any]], cfg: StudyConfig)
 
 
 def _plot_kinks(ax: Any, results: study.Results, cfg: StudyConfig) -> None:
-    for model, dtype in cfg.arms:
+    styles = {"float32": ":", "bfloat16": "-", "float16": "--"}
+    for model, dtype in cfg.arms:  # Arms by line style and marker, not the settings' colours.
         fractions = kink_fractions(results, cfg, model, dtype)
         ax.plot(range(len(fractions)), [max(z + c, 1e-9) for z, c in fractions.values()],
-                marker=".", label=f"{SHORT[model]} {dtype}")
+                color="0.25" if model == "mobilenet_v2" else "C9", ls=styles.get(dtype, "-"),
+                marker="." if model == "mobilenet_v2" else "x", ms=4,
+                label=f"{SHORT[model]} {dtype}")
     ax.set_yscale("log")
     ax.set_xlabel("relu6-family layer (in the tables' order)")
     ax.set_ylabel("fraction of inputs on a kink, all steps (1e-9: none)")
@@ -491,7 +557,7 @@ def _plot_gradients(ax: Any, rows: Sequence[dict[str, Any]], cfg: StudyConfig) -
         ys = [next((r["rel_l2"] for r in rows if (r["model"], r["dtype"], r["when"]) == g
                     and tuple(r["setting"]) == tuple(setting)), 0.0) for g in groups]
         ax.scatter(np.arange(len(groups)) + 0.12 * k, [max(y, 1e-12) for y in ys],
-                   color=f"C{k + 1}", label=_fmt_setting(setting))
+                   color=_color(cfg, setting), label=_fmt_setting(setting))
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(groups)),
                   [f"{SHORT[m]}\n{d}\n{w}" for m, d, w in groups], fontsize=6)
@@ -545,7 +611,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              f"{', '.join(f'{m} {n}' for m, n in full.steps)})")
     parser.add_argument("--probe-batch", type=int, default=None,
                         help=f"images in the gradient probes' batch (default {full.probe_batch})")
-    return parser.parse_args(argv)
+    parser.add_argument("--combine", nargs="+", default=None, metavar="DIR",
+                        help="train nothing: report the grids in these directories (each "
+                             "the --out of a run of this study with other arms) as one, "
+                             "in --out")
+    args = parser.parse_args(argv)
+    grid_flags = ("quick", "arms", "settings", "seeds", "steps", "probe_batch")
+    if args.combine and any(getattr(args, name) not in (None, False) for name in grid_flags):
+        parser.error("--combine takes the grid from its directories: drop --quick, --arms, "
+                     "--settings, --seeds, --steps and --probe-batch")
+    return args
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -573,11 +648,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     log = functools.partial(print, file=sys.stderr, flush=True)
     try:
-        results = run_study(cfg, args.out, log=log)
+        if args.combine:
+            cfg, results = combine(args.combine, args.out)
+        else:
+            results = run_study(cfg, args.out, log=log)
     except study.GridStopped as error:
         log(f"boundary_study: {error}")
         return 130
+    except study.StudyError as error:
+        log(str(error))
+        return 2
     meta = {"seconds": time.perf_counter() - start, "machine": study.machine(),
+            "combined": list(args.combine or ()),
             "runs": len(results.records), "diverged": len(results.diverged()),
             "run_seconds": sum(r.get("seconds", 0.0) for r in results.records.values())}
     report = format_results(results, cfg, meta)

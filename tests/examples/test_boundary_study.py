@@ -60,7 +60,7 @@ def test_help_explains_every_flag(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--quick", "--out", "--seeds", "--arms", "--settings", "--steps",
-                 "--probe-batch", "--no-plot"):
+                 "--probe-batch", "--no-plot", "--combine"):
         assert flag in text
 
 
@@ -187,6 +187,42 @@ def test_micro_study_resumes_without_training_again(micro_study, capsys):
     assert boundary_study.main([*MICRO, "--out", str(micro_study), "--no-plot"]) == 0
     assert "resuming: 8 of 8 cells" in capsys.readouterr().err
     assert (micro_study / "runs.jsonl").read_text() == before
+
+
+def _micro_arm(tmp_path, arm, *extra):
+    out = tmp_path / arm.replace(":", "-")
+    argv = [*MICRO[:1], arm, *MICRO[3:], *extra, "--no-plot", "--out", str(out)]
+    assert boundary_study.main(argv) == 0
+    return out
+
+
+def test_combine_reports_grids_run_apart_as_one(micro_study, tmp_path, capsys):
+    other = _micro_arm(tmp_path, "tiny:bfloat16")
+    out = tmp_path / "combined"
+    assert boundary_study.main(["--combine", str(micro_study), str(other), "--out", str(out),
+                                "--no-plot"]) == 0
+    assert len(_runs(out)) == 8 + 4
+    outcome = _table_after((out / "results.md").read_text(), "## Final test accuracy")
+    assert [row[1] for row in outcome[2:]] == ["float32"] * 2 + ["float16"] * 2 + ["bfloat16"] * 2
+    capsys.readouterr()
+    whole = ["--arms", "tiny:float32", "tiny:float16", "tiny:bfloat16", *MICRO[3:]]
+    assert boundary_study.main([*whole, "--out", str(out), "--no-plot"]) == 0
+    assert "resuming: 12 of 12 cells" in capsys.readouterr().err  # The combined grid resumes.
+
+
+def test_combine_refuses_grids_that_differ_beyond_their_arms(micro_study, tmp_path, capsys):
+    other = _micro_arm(tmp_path, "tiny:bfloat16", "--seeds", "1")
+    code = boundary_study.main(["--combine", str(micro_study), str(other),
+                                "--out", str(tmp_path / "combined"), "--no-plot"])
+    assert code == 2
+    assert "is a grid with other settings, seeds" in capsys.readouterr().err
+
+
+def test_combine_refuses_grid_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        boundary_study.parse_args(["--combine", "a", "b", "--seeds", "3"])
+    assert exit_info.value.code == 2
+    assert "--combine takes the grid from its directories" in capsys.readouterr().err
 
 
 def _table_after(report, heading):

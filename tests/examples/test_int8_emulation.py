@@ -160,3 +160,47 @@ def test_a_residual_qat_network_evaluates_as_its_int8_file():
     assert {row[0] for row in result.rows} == {name for name, _, _ in pinned.tensors.values()}
     for tensor, equal, off_by_one, worse in result.rows:
         assert equal == 1.0, (tensor, equal, off_by_one, worse)
+
+
+class _V3Net(models.MobileNet):
+    """MobileNetV3's int8 ops in a few layers: a hard-swish stem (CONV_2D, HARD_SWISH),
+    blocks with squeeze-excite after a hard-swish and after a ReLU depthwise layer (SUM,
+    FULLY_CONNECTED with fused ReLU and ReLU6, MUL by 1/6, MUL), a residual ADD, a
+    hard-swish head and the classifier's hard-swish hidden layer."""
+
+    default_dropout_rate = 0.0
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        x, scale = self._quantize_input(x, cfg)
+        layers = [models.ConvBN(8, 3, 2, cfg, "hard_swish", name="stem"),
+                  models.InvertedResidual(24, 8, 3, 1, "hard_swish", cfg, squeeze=8,
+                                          name="block1"),
+                  models.InvertedResidual(16, 16, 3, 2, "relu", cfg, squeeze=8, name="block2"),
+                  models.ConvBN(32, 1, 1, cfg, "hard_swish", name="head")]
+        x = models._chain(layers, x, scale, train=train)[0]
+        return self._classify(x, cfg, rate, train=train, hidden=24,
+                              in_grid=layers[-1].out_grid())
+
+
+@functools.cache
+def _v3_run() -> export.Run:
+    model = _V3Net(num_classes=10, weight_bits=8, activation_bits=8)
+    return qat_runs.settled_run(model, image_size=IMAGE[0], num_test=64)
+
+
+def test_a_v3_style_qat_network_evaluates_as_its_int8_file():
+    _require_litert()
+    run = _v3_run()
+    data, pinned = qat_export.to_int8(run, calibration_images=16)
+    names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
+    print(sorted(names))
+    noise = np.random.default_rng(0).uniform(0, 255, (192, *IMAGE)).astype(np.float32)
+    images = np.concatenate([np.asarray(run.dataset.test_images, np.float32), noise])
+    result = qat_export.parity(run, data, pinned, images, "test", table_images=images.shape[0])
+    print(qat_export.format_parity([result]))
+    assert result.agreement == 1.0
+    assert result.max_logit_steps == 0.0
+    assert {row[0] for row in result.rows} == {name for name, _, _ in pinned.tensors.values()}
+    for tensor, equal, off_by_one, worse in result.rows:
+        assert equal == 1.0, (tensor, equal, off_by_one, worse)

@@ -20,7 +20,7 @@ This module writes that model:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -330,7 +330,8 @@ def _pin_activations(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
             fb.pin(out, *fb.pinned[op.inputs[0]])
 
 
-def _pin_weighted(fb: _Flatbuffer, op: Any, layer: Layer, readers: list[Any], pin) -> None:
+def _pin_weighted(fb: _Flatbuffer, op: Any, layer: Layer, readers: list[Any],
+                  pin: Callable[[int, tuple[str, ...]], None]) -> None:
     """A convolution's or dense layer's output: relu6's grid (a fused ReLU6), the range
     before a HARD_SWISH that reads it, or its ReLU, linear or logits range."""
     out = op.outputs[0]

@@ -17,7 +17,11 @@ which add what a model's quantization fields switch on (all off by default):
   (:class:`~mobilenet.quantization.MovingRange`), each layer handing its output's grid
   scale (``out_scale``) to the next. From ``bn_freeze_step`` on (``None``: never),
   folded batch norm trains with its running statistics (the train step passes
-  ``bn_frozen``).
+  ``bn_frozen``). MobileNetV3's hard-swish layers quantize their input too
+  (:meth:`QATLayers.hard_swish_q`), and squeeze-excite quantizes each tensor of LiteRT's
+  int8 form of it (:meth:`QATSqueezeExcite.quantized`).
+* Evaluation of an applied full-QAT model computes each op as LiteRT's int8 kernel does
+  (:mod:`mobilenet.int8_emulation`), so that it equals the int8 file.
 
 docs/qat.md describes the int8 file this trains for and how it is checked against it.
 """
@@ -30,6 +34,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 import jrelu6
@@ -323,7 +328,7 @@ class FixedRange(nn.Module):
 
 #: LiteRT's MUL by 1/6 after the hard-sigmoid's fused ReLU6: the constant's int8 value 1 on
 #: the scale fl(1/6) (the exporter writes it so; zero point 0).
-GATE_CONSTANT_SCALE = float(jnp.float32(1.0) / jnp.float32(6.0))
+GATE_CONSTANT_SCALE = float(np.float32(1.0) / np.float32(6.0))
 
 
 class QATSqueezeExcite(nn.Module):

@@ -137,7 +137,8 @@ def test_hard_swish_values_looks_up_each_level():
     x_grid, out = _grid(3 / 256, 128), _grid(3 / 256 / 64, 100)
     x = jnp.array([0.0, 1.0, -1.0]) * x_grid.scale
     values = int8_emulation.hard_swish_values(x, x_grid, out)
-    np.testing.assert_array_equal(np.asarray(values), np.array([0, 32, -31]) * np.float32(out.scale))
+    np.testing.assert_array_equal(np.asarray(values),
+                                  np.array([0, 32, -31]) * np.float32(out.scale))
 
 
 # --- against LiteRT ----------------------------------------------------------------------

@@ -16,7 +16,11 @@ computes each requantization as the kernel does, on integer levels held in float
   shifted right by ``shift = 20 - floor(log2(max ratio))`` (:func:`add`);
 * SUM over the spatial axes (TFLite's optimized ``QuantizedMeanOrSum``, float): the sum
   of the raw int8 values times ``fl(s_in / s_out)`` plus ``fl(fl(-z_in x ratio) x n)``,
-  rounded half away from zero (:func:`spatial_sum`).
+  rounded half away from zero (:func:`spatial_sum`);
+* MUL (XNNPACK ``qs8_vmul``, "fp32"): the product of both inputs' differences from their
+  zero points times ``fl(fl(s_a x s_b) / s_out)``, rounded half to even (:func:`multiply`);
+* HARD_SWISH (TFLite's own kernel, in 16-bit fixed point; XNNPACK leaves it): a table
+  of the 256 input levels (:func:`hard_swish_table`).
 
 Levels are unsigned, ``[0, 2**bits - 1]``, with the zero point of
 :func:`jrelu6.fake_quant`'s nudged grid (:func:`grid`); LiteRT's int8 values are the
@@ -29,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jrelu6 import _quant
 
@@ -172,6 +177,100 @@ def spatial_sum(x_offsets: jax.Array, x_grid: Grid, out_scale: Any, out_zero_poi
     return jnp.clip(levels, 0, 2**x_grid.num_bits - 1)
 
 
+def multiply(a: jax.Array, b: jax.Array, a_scale: Any, b_scale: Any, out: Grid) -> jax.Array:
+    """Output levels of LiteRT's int8 MUL (XNNPACK's ``qs8_vmul``, "fp32" requantization).
+
+    Args:
+      a, b: each input's ``level - zero_point`` (int32, broadcasting).
+      a_scale, b_scale: their scales.
+      out: the output's grid.
+
+    Returns:
+      ``rint(fl(a * b) * fl(fl(s_a * s_b) / s_out)) + z``, clamped (int32 levels).
+    """
+    product = jnp.asarray(a_scale, jnp.float32) * jnp.asarray(b_scale, jnp.float32)
+    ratio = product / out.scale
+    scaled = (a.astype(jnp.int32) * b.astype(jnp.int32)).astype(jnp.float32) * ratio
+    return _clamp(jnp.round(scaled).astype(jnp.int32) + out.zero_point, out, False)
+
+
+def _divide(a: Any, b: Any) -> jax.Array:
+    """``fl(a / b)`` in float32, a true division: XLA turns a division by a scalar (or a
+    constant) into a product by its reciprocal, which rounds differently."""
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    a, b = lax.optimization_barrier((jnp.full((2,), a), jnp.full((2,), b)))
+    return (a / b)[0]
+
+
+def _multiplier_q15(real: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """TFLite's ``QuantizeMultiplier`` then ``DownScaleInt32ToInt16Multiplier``: a positive
+    float32 ``real = m * 2**exponent`` (``m`` in [0.5, 1)) as the int16 ``round(m * 2**15)``
+    (via the int32 ``m * 2**31``, exact for a float32) and the exponent."""
+    mantissa, exponent = jnp.frexp(real)
+    q31 = jnp.left_shift((mantissa * 2.0**24).astype(jnp.int32), 7)
+    q15 = jnp.where(q31 >= 2**31 - 1 - 2**15, 2**15 - 1,
+                    jnp.right_shift(q31 + 2**15, 16))
+    return q15, exponent.astype(jnp.int32)
+
+
+def _rounding_doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """gemmlowp's ``SaturatingRoundingDoublingHighMul`` of int16 values (in int32)."""
+    ab = a * b
+    nudge = jnp.where(ab >= 0, 2**14, 1 - 2**14)
+    high = lax.div(ab + nudge, jnp.int32(2**15))  # C's division: toward zero.
+    return jnp.where((a == b) & (a == -(2**15)), 2**15 - 1, high)
+
+
+def _doubling_high_mul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """TFLite's ``SaturatingDoublingHighMul``: the same, truncated instead of rounded."""
+    high = lax.div(a * b, jnp.int32(2**15))
+    return jnp.where((a == b) & (a == -(2**15)), 2**15 - 1, high)
+
+
+def _rounding_divide_by_pot(x: jax.Array, exponent: jax.Array) -> jax.Array:
+    """gemmlowp's ``RoundingDivideByPOT``: ``x / 2**exponent``, ties away from zero."""
+    mask = jnp.left_shift(jnp.int32(1), exponent) - 1
+    threshold = jnp.right_shift(mask, 1) + (x < 0).astype(jnp.int32)
+    return jnp.right_shift(x, exponent) + (jnp.bitwise_and(x, mask) > threshold).astype(jnp.int32)
+
+
+def _saturating_left_shift(x: jax.Array, amount: jax.Array) -> jax.Array:
+    shifted = x * jnp.left_shift(jnp.int32(1), jnp.clip(amount, 0, 15))
+    return jnp.clip(shifted, -(2**15), 2**15 - 1)
+
+
+def hard_swish_table(x_grid: Grid, out: Grid) -> jax.Array:
+    """TFLite's int8 HARD_SWISH (``reference_ops::HardSwish``, in 16-bit fixed point): the
+    output level of each input level.
+
+    LiteRT's XNNPACK delegate leaves the op to TFLite's kernel. ``HardSwishPrepare``:
+    ``hires = s_in / 128``; the output multiplier ``fl(hires / s_out)`` and the "reluish"
+    one ``fl(hires / (3 / 32768))``, each an int16 fixed-point multiplier and an exponent.
+    Per value ``v = (q - z_in) * 128``: ``p = SRDHM(v, m_out)``; ``r`` = ``v`` scaled by
+    the reluish multiplier to [-1, 1] (saturating), then to [0, 1]:
+    ``(r + 2**15) >> 1``; the output is ``RoundingDivideByPOT(SDHM(r, p), -e_out) + z_out``,
+    clamped.
+    """
+    levels = jnp.arange(2**x_grid.num_bits, dtype=jnp.int32)
+    hires = jnp.asarray(x_grid.scale, jnp.float32) * jnp.float32(1.0 / 128.0)
+    out_m, out_e = _multiplier_q15(_divide(hires, out.scale))
+    relu_m, relu_e = _multiplier_q15(_divide(hires, 3.0 / 32768.0))
+    value = (levels - x_grid.zero_point) * 128
+    preshift = _rounding_doubling_high_mul(value, out_m)
+    reluish = jnp.where(relu_e > 0, _saturating_left_shift(value, relu_e - 1), value)
+    reluish = _rounding_doubling_high_mul(reluish, relu_m)
+    reluish = jnp.where(relu_e > 0, _saturating_left_shift(reluish, jnp.int32(1)),
+                        _rounding_divide_by_pot(reluish, jnp.maximum(-relu_e, 0)))
+    reluish = jnp.right_shift(reluish + 2**15, 1)
+    result = _rounding_divide_by_pot(_doubling_high_mul(reluish, preshift), -out_e)
+    return jnp.clip(result + out.zero_point, 0, 2**out.num_bits - 1)
+
+
+def hard_swish(x_levels: jax.Array, x_grid: Grid, out: Grid) -> jax.Array:
+    """Output levels of LiteRT's int8 HARD_SWISH of input levels ``x_levels`` (int32)."""
+    return jnp.take(hard_swish_table(x_grid, out), x_levels)
+
+
 # --- on values: what the QAT model's evaluation calls -----------------------------------
 
 
@@ -217,3 +316,16 @@ def quantize_values(x: jax.Array, out: Grid) -> jax.Array:
     inverse = jnp.float32(1.0) / out.scale
     levels = jnp.round(x.astype(jnp.float32) * inverse).astype(jnp.int32) + out.zero_point
     return dequantize(_clamp(levels, out, False), out)
+
+
+def multiply_values(a: jax.Array, b: jax.Array, a_scale: Any, b_scale: Any, out: Grid
+                    ) -> jax.Array:
+    """:func:`multiply` of two tensors on their grids (broadcasting), as values on ``out``."""
+    return dequantize(multiply(offsets(a, a_scale), offsets(b, b_scale), a_scale, b_scale, out),
+                      out)
+
+
+def hard_swish_values(x: jax.Array, x_grid: Grid, out: Grid) -> jax.Array:
+    """:func:`hard_swish` of ``x`` (on ``x_grid``), as values on ``out`` (float32)."""
+    levels = jnp.clip(offsets(x, x_grid.scale) + x_grid.zero_point, 0, 2**x_grid.num_bits - 1)
+    return dequantize(hard_swish(levels, x_grid, out), out)

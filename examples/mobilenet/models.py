@@ -208,8 +208,10 @@ class SqueezeExcite(QATSqueezeExcite):
     layers: _Layers
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, in_grid: Any = None) -> jax.Array:
         cfg = self.layers
+        if cfg.tensor_bits is not None:  # Full QAT: the int8 file's tensors (qat_layers).
+            return self.quantized(x, in_grid)
         # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
         # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
         s, scale = cfg.quantize(_global_pool(x), "pool_range")
@@ -254,7 +256,7 @@ class InvertedResidual(QATInvertedResidual):
         x, scale = depthwise(x, train=train, in_scale=scale), depthwise.out_scale()
         if self.squeeze is not None:
             se = SqueezeExcite(self.squeeze, cfg, name="se")
-            x, scale = se(x), se.out_scale()
+            x, scale = se(x, depthwise.out_grid()), se.out_scale()
         project = ConvBN(self.features, 1, 1, cfg, None, name="project")
         x = project(x, train=train, in_scale=scale)
         if self.strides == 1 and inputs.shape[-1] == self.features:
@@ -435,10 +437,10 @@ class MobileNet(nn.Module):
         x, scale = cfg.quantize(_global_pool(x) if grid is None else int8_emulation.mean_values(
             x, in_grid, grid).astype(x.dtype), "pool_range")
         if hidden is not None:
-            x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale))
+            grid = eval_grid(self, "hard_swish_in_range", train=train, given=scale)
+            x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale, out=grid))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        out = (eval_grid(self, "logits_range", train=train, given=scale)
-               if hidden is None else None)
+        out = eval_grid(self, "logits_range", train=train, given=scale)
         x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale, out=out),
                          "logits_range")[0]
         return x.astype(jnp.float32)
@@ -559,8 +561,8 @@ class _MobileNetV3(MobileNet):
         layers.append(ConvBN(6 * self._channels(self.BLOCKS[-1].out), 1, 1, cfg, "hard_swish",
                              name="head"))
         x = _chain(layers, x, scale, train=train)[0]
-        return self._classify(x, cfg, rate, train=train,
-                              hidden=self._channels(self.LAST_CHANNEL))
+        return self._classify(x, cfg, rate, train=train, hidden=self._channels(self.LAST_CHANNEL),
+                              in_grid=layers[-1].out_grid())
 
 
 class MobileNetV3Small(_MobileNetV3):

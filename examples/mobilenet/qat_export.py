@@ -20,7 +20,7 @@ This module writes that model:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -31,7 +31,7 @@ from jax import lax
 
 import jrelu6
 from jrelu6 import _quant
-from mobilenet import models, quantization
+from mobilenet import int8_emulation, models, qat_layers, quantization
 
 
 class Layer(NamedTuple):
@@ -277,40 +277,107 @@ def _put_trained_weights(fb: _Flatbuffer, layers: Sequence[Layer]
     return matched, factors, equal, total
 
 
+def _scope(layer: Layer) -> tuple[str, ...]:
+    """Where a layer's activation ranges live: a convolution's own scope (``ConvBN``), a
+    dense layer's parent's (the squeeze-excite block's, or the model's)."""
+    return layer.path if layer.q.ndim == 4 else layer.path[:-1]
+
+
 def _pin_activations(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
                      ranges: Mapping[tuple, Range]) -> None:
     """Every int8 activation on its trained grid, in topological order."""
-    schema = fb.schema
+    producer = {out: op for op in fb.graph.operators for out in op.outputs}
+    consumers: dict[int, list[Any]] = {}
     for op in fb.graph.operators:
-        name = fb.opname(op)
+        for i in op.inputs:
+            consumers.setdefault(i, []).append(op)
+    layer_of = {id(op): layer for op, layer in matched}
+
+    def pin(index: int, key: tuple[str, ...], count: int = 1) -> None:
+        if key in ranges:
+            r = ranges[key]
+            fb.pin(index, "/".join(key) + (f" x {count}" if count > 1 else ""),
+                   r.scale * count, r.zero_point)
+
+    for op in fb.graph.operators:
         out = op.outputs[0]
-        if fb.graph.tensors[out].type != schema.TensorType.INT8:
+        if fb.graph.tensors[out].type != fb.schema.TensorType.INT8:
             continue
-        fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
-        layer = next((layer for o, layer in matched if o is op), None)
-        if layer is not None and fused == schema.ActivationFunctionType.RELU6:
-            fb.pin(out, "/".join(layer.path) + " relu6", 6 / 255, -128)
-        elif layer is not None and (*layer.path, "out_range") in ranges:
-            r = ranges[(*layer.path, "out_range")]
-            fb.pin(out, "/".join(r.path), r.scale, r.zero_point)
-        elif layer is not None and layer.path[-1] == "logits" and ("logits_range",) in ranges:
-            r = ranges[("logits_range",)]
-            fb.pin(out, "logits_range", r.scale, r.zero_point)
+        name, layer = fb.opname(op), layer_of.get(id(op))
+        if layer is not None:
+            _pin_weighted(fb, op, layer, consumers.get(out, []), pin)
+        elif name == "HARD_SWISH" and op.inputs[0] in producer:
+            source = layer_of.get(id(producer[op.inputs[0]]))
+            if source is not None:
+                pin(out, (*_scope(source), "hard_swish_range"))
         elif name == "ADD":
             blocks = [layer.path[:-1] for o, layer in matched
                       if any(o.outputs[0] == i for i in op.inputs)]
             keys = [(*block, "add_range") for block in blocks if (*block, "add_range") in ranges]
             if keys:
-                r = ranges[keys[0]]
-                fb.pin(out, "/".join(r.path), r.scale, r.zero_point)
-        elif name in ("MEAN", "SUM") and ("pool_range",) in ranges:
-            r = ranges[("pool_range",)]
+                pin(out, keys[0])
+        elif name in ("MEAN", "SUM"):
+            # The pool's range is its reader's: the squeeze-excite's reduce layer, or the
+            # classifier (the model's scope).
+            reader = next((layer_of[id(o)] for o in consumers.get(out, [])
+                           if id(o) in layer_of), None)
             shape = fb.graph.tensors[op.inputs[0]].shape
             count = int(np.prod(shape[1:-1])) if name == "SUM" else 1
-            fb.pin(out, "pool_range" + (f" x {count}" if count > 1 else ""), r.scale * count,
-                   r.zero_point)
+            pin(out, (*(() if reader is None else _scope(reader)), "pool_range"), count)
+        elif name == "MUL":
+            _pin_mul(fb, op, producer, ranges)
         elif name in _SAME_SCALE and op.inputs[0] in fb.pinned:
             fb.pin(out, *fb.pinned[op.inputs[0]])
+
+
+def _pin_weighted(fb: _Flatbuffer, op: Any, layer: Layer, readers: list[Any],
+                  pin: Callable[[int, tuple[str, ...]], None]) -> None:
+    """A convolution's or dense layer's output: relu6's grid (a fused ReLU6), the range
+    before a HARD_SWISH that reads it, or its ReLU, linear or logits range."""
+    out = op.outputs[0]
+    fused = getattr(op.builtinOptions, "fusedActivationFunction", None)
+    kinds = fb.schema.ActivationFunctionType
+    scope = _scope(layer)
+    if fused == kinds.RELU6:
+        fb.pin(out, "/".join(scope) + " relu6", 6 / 255, -128)
+    elif any(fb.opname(o) == "HARD_SWISH" for o in readers):
+        pin(out, (*scope, "hard_swish_in_range"))
+    elif fused == kinds.RELU:
+        pin(out, (*scope, "relu_range"))
+    elif layer.path[-1] == "logits":
+        pin(out, ("logits_range",))
+    else:
+        pin(out, (*layer.path, "out_range"))
+
+
+def _pin_mul(fb: _Flatbuffer, op: Any, producer: Mapping[int, Any],
+             ranges: Mapping[tuple, Range]) -> None:
+    """Squeeze-excite's two MULs: hard-sigmoid's ``/ 6`` of the expand layer's ReLU6 output
+    (its constant set to the int8 1 on the scale fl(1/6), the output on the fixed
+    ``gate_range`` [0, 1]), and the product of the block's tensor and that gate
+    (``scale_range``)."""
+    a, b = op.inputs[:2]
+    constant = next((i for i in (a, b) if i not in producer), None)
+    if constant is not None:
+        other = b if constant == a else a
+        source = fb.pinned.get(other)
+        if source is None or not source[0].endswith(" relu6"):
+            return
+        fb.set_values(constant, np.ones(fb.graph.tensors[constant].shape, np.int8))
+        quant = fb.graph.tensors[constant].quantization
+        quant.scale, quant.zeroPoint = [qat_layers.GATE_CONSTANT_SCALE], [0]
+        scope = source[0][:-len(" relu6")]
+        gate = int8_emulation.grid(0.0, 1.0, 8)
+        fb.pin(op.outputs[0], scope + "/gate_range", float(gate.scale),
+               int(gate.zero_point) - 128)
+        return
+    gates = [fb.pinned[i][0] for i in (a, b) if i in fb.pinned
+             and fb.pinned[i][0].endswith("/gate_range")]
+    if gates:
+        key = (*gates[0][:-len("/gate_range")].split("/"), "scale_range")
+        if key in ranges:
+            r = ranges[key]
+            fb.pin(op.outputs[0], "/".join(key), r.scale, r.zero_point)
 
 
 def _pin_input(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
@@ -349,7 +416,12 @@ def _set_scales_and_biases(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
             # in float64 a bias within float32's error of a half step rounds the other way.
             in_scale = np.float32(fb.graph.tensors[op.inputs[0]].quantization.scale[0])
             bias_scale = in_scale * np.asarray(weight.quantization.scale, np.float32)
-            q = np.round(layer.bias.astype(np.float32) / bias_scale)
+            float_bias = layer.bias.astype(np.float32)
+            if layer.path[-2:] == ("se", "expand"):
+                # jax.nn.hard_sigmoid's + 3, which the converter folds into this bias (the
+                # QAT evaluation adds it before rounding too: qat_layers.QATSqueezeExcite).
+                float_bias = float_bias + np.float32(3.0)
+            q = np.round(float_bias / bias_scale)
             q = np.clip(q, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
             fb.set_values(op.inputs[2], q)
             bias.quantization.scale = [float(s) for s in bias_scale.astype(np.float32)]
@@ -407,7 +479,8 @@ def qat_reference(run) -> Any:
 
     def keep(module, method):
         return method == "__call__" and isinstance(
-            module, (quantization.MovingRange, jrelu6.linen.QuantizedReLU6))
+            module, (quantization.MovingRange, jrelu6.linen.QuantizedReLU6,
+                     qat_layers.FixedRange))
 
     @jax.jit
     def apply(variables, x):

@@ -17,7 +17,11 @@ which add what a model's quantization fields switch on (all off by default):
   (:class:`~mobilenet.quantization.MovingRange`), each layer handing its output's grid
   scale (``out_scale``) to the next. From ``bn_freeze_step`` on (``None``: never),
   folded batch norm trains with its running statistics (the train step passes
-  ``bn_frozen``).
+  ``bn_frozen``). MobileNetV3's hard-swish layers quantize their input too
+  (:meth:`QATLayers.hard_swish_q`), and squeeze-excite quantizes each tensor of LiteRT's
+  int8 form of it (:meth:`QATSqueezeExcite.quantized`).
+* Evaluation of an applied full-QAT model computes each op as LiteRT's int8 kernel does
+  (:mod:`mobilenet.int8_emulation`), so that it equals the int8 file.
 
 docs/qat.md describes the int8 file this trains for and how it is checked against it.
 """
@@ -30,6 +34,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 import jrelu6
@@ -78,17 +83,39 @@ class QATLayers:
         and for hard-sigmoid, whose output only gates a product).
 
         In QAT hard-swish and ReLU are float, then quantized on a moving range named
-        ``"{kind}_range"``, as LiteRT's HARD_SWISH and RELU ops quantize their outputs.
+        ``"{kind}_range"``, as LiteRT's HARD_SWISH and RELU ops quantize their outputs;
+        hard-swish's input too, on ``"hard_swish_in_range"`` (:meth:`hard_swish_q`).
         """
         if self.tensor_bits is None:
             return self.act(kind)(x), None
-        if kind in ("hard_swish", "relu"):
-            base = jax.nn.relu if kind == "relu" else jrelu6.linen.HardSwish(
-                grad_at_zero=self.grad_at_zero, grad_at_six=self.grad_at_six)
-            return self.quantize(base(x), f"{kind}_range")
+        if kind == "hard_swish":
+            return self.hard_swish_q(x)
+        if kind == "relu":
+            return self.quantize(jax.nn.relu(x), "relu_range")
         y = self.act(kind)(x)
         return y, (quantization.grid_scale(0.0, 6.0, self.tensor_bits) if kind == "relu6"
                    else None)
+
+    def hard_swish_q(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """LiteRT's int8 HARD_SWISH in full QAT: its input on a moving range of its own
+        (``"hard_swish_in_range"``, the int8 tensor the file holds between the layer and the
+        op), its output on ``"hard_swish_range"``; the scale of the output's grid.
+
+        Evaluation of an applied model computes the op as the file does
+        (:func:`mobilenet.int8_emulation.hard_swish_values`); training is float hard-swish
+        with straight-through fake quantization.
+        """
+        bits = self.tensor_bits
+        before = quantization.MovingRange(bits, name="hard_swish_in_range")
+        after = quantization.MovingRange(bits, name="hard_swish_range")
+        x = before(x)
+        if before.is_mutable_collection("batch_stats") or before.is_initializing():
+            y = jrelu6.linen.HardSwish(grad_at_zero=self.grad_at_zero,
+                                       grad_at_six=self.grad_at_six)(x)
+        else:
+            y = int8_emulation.hard_swish_values(x, module_grid(before), module_grid(after)
+                                                 ).astype(x.dtype)
+        return after(y), after.scale()
 
     def quantized_act(self, kind: str) -> Callable[[jax.Array], jax.Array] | None:
         """The activation ``kind`` a quantization field picks; ``None``: the float one.
@@ -209,15 +236,24 @@ class QATConvBN(nn.Module):
             ).astype(cfg.dtype)
         return (accumulator * step).astype(cfg.dtype)
 
-    def _out_grid(self) -> int8_emulation.Grid | None:
-        """The output's trained grid, in evaluation of an applied model (else ``None``)."""
+    def out_grid(self) -> int8_emulation.Grid | None:
+        """The grid of the last call's output (``None`` outside full QAT or before the
+        ranges exist)."""
         bits = self.layers.tensor_bits
-        if bits is None or self.is_initializing() or self.act == "hard_swish":
+        if bits is None or self.is_initializing():
             return None
         if self.act == "relu6":
             return int8_emulation.grid(0.0, 6.0, bits)
         return stored_grid(self.variables, "out_range" if self.act is None
                            else f"{self.act}_range", bits)
+
+    def _out_grid(self) -> int8_emulation.Grid | None:
+        """The grid the layer's int8 op writes (before a HARD_SWISH, its input's), in
+        evaluation of an applied model (else ``None``)."""
+        if self.act == "hard_swish" and self.layers.tensor_bits is not None:
+            return (None if self.is_initializing() else stored_grid(
+                self.variables, "hard_swish_in_range", self.layers.tensor_bits))
+        return self.out_grid()
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         """The layer's convolution with a given kernel (as the float layer computes it)."""
@@ -270,6 +306,31 @@ class _BatchNormVariables(nn.Module):
         self.var.value = var
 
 
+class FixedRange(nn.Module):
+    """Fake-quantizes on a fixed ``[lo, hi]`` (:func:`jrelu6.fake_quant`); no variables.
+
+    Attributes:
+      lo, hi: the range.
+      num_bits: the bit width.
+    """
+
+    lo: float
+    hi: float
+    num_bits: int
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jrelu6.fake_quant(x, min=self.lo, max=self.hi, num_bits=self.num_bits)
+
+    def grid(self) -> int8_emulation.Grid:
+        """The grid it quantizes on."""
+        return int8_emulation.grid(self.lo, self.hi, self.num_bits)
+
+
+#: LiteRT's MUL by 1/6 after the hard-sigmoid's fused ReLU6: the constant's int8 value 1 on
+#: the scale fl(1/6) (the exporter writes it so; zero point 0).
+GATE_CONSTANT_SCALE = float(np.float32(1.0) / np.float32(6.0))
+
+
 class QATSqueezeExcite(nn.Module):
     """The quantization-aware half of :class:`mobilenet.models.SqueezeExcite`."""
 
@@ -277,6 +338,48 @@ class QATSqueezeExcite(nn.Module):
         """The scale of the last call's output grid (``None`` outside full QAT)."""
         bits = self.layers.tensor_bits
         return None if bits is None else _range_scale(self.variables, "scale_range", bits=bits)
+
+    def quantized(self, x: jax.Array, in_grid: int8_emulation.Grid | None) -> jax.Array:
+        """Squeeze-excite in full QAT, tensor for tensor as LiteRT's int8 file computes it.
+
+        The file holds: the pool (SUM, its 1 / n folded into the next layer) on
+        ``pool_range``; the reduce layer with a fused ReLU on ``relu_range``; the expand
+        layer with hard-sigmoid's ``+ 3`` in its bias and a fused ReLU6, on relu6's
+        ``[0, 6]`` grid; MUL by 1/6 on the fixed ``[0, 1]`` grid (``gate_range``); the
+        product with ``x`` (MUL) on ``scale_range``. Evaluation of an applied model, given
+        ``x``'s grid ``in_grid``, computes each as the file does
+        (:mod:`mobilenet.int8_emulation`); training is float with straight-through fake
+        quantization on the same grids.
+        """
+        cfg, bits = self.layers, self.layers.tensor_bits
+        pool = quantization.MovingRange(bits, name="pool_range")
+        relu = quantization.MovingRange(bits, name="relu_range")
+        gate = FixedRange(0.0, 1.0, bits, name="gate_range")
+        product = quantization.MovingRange(bits, name="scale_range")
+        emulate = not (in_grid is None or self.is_initializing()
+                       or self.is_mutable_collection("batch_stats"))
+        mean = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        s = pool(mean if not emulate else int8_emulation.mean_values(
+            x, in_grid, module_grid(pool))).astype(x.dtype)
+        s = relu(jax.nn.relu(cfg.dense(s, self.squeeze, "reduce", pool.scale(),
+                                       out=module_grid(relu) if emulate else None)))
+        relu6 = cfg.act("relu6")
+        if not emulate:
+            expand = cfg.dense(s, x.shape[-1], "expand", relu.scale())
+            g = gate(relu6(expand + 3.0) / 6.0)
+            return product(x * g[:, None, None, :])
+        six, params = int8_emulation.grid(0.0, 6.0, bits), self.variables["params"]["expand"]
+        q, w_scale = jrelu6.quantize_weights(
+            params["kernel"], num_bits=cfg.weight_bits,
+            axis=quantization.weight_axis(cfg.weight_granularity))
+        h = relu6(int8_emulation.dense_values(s, relu.scale(), q, w_scale,
+                                              params["bias"] + 3.0, six))
+        g = gate(int8_emulation.dequantize(int8_emulation.multiply(
+            int8_emulation.offsets(h, six.scale), jnp.int32(1), six.scale,
+            GATE_CONSTANT_SCALE, gate.grid()), gate.grid()))
+        y = int8_emulation.multiply_values(x, g[:, None, None, :], in_grid.scale,
+                                           gate.grid().scale, module_grid(product))
+        return product(y.astype(x.dtype))
 
 
 class QATInvertedResidual(nn.Module):
@@ -307,6 +410,12 @@ def eval_grid(module: Any, name: str, *, train: bool, given: Any
     if train or given is None or bits is None or module.is_initializing():
         return None
     return stored_grid(module.variables, name, bits)
+
+
+def module_grid(quantizer: quantization.MovingRange) -> int8_emulation.Grid:
+    """The grid of a (bound) :class:`~mobilenet.quantization.MovingRange`'s stored range."""
+    return int8_emulation.grid(quantizer.get_variable("batch_stats", "min"),
+                               quantizer.get_variable("batch_stats", "max"), quantizer.num_bits)
 
 
 def stored_grid(variables: Mapping[str, Any], name: str, bits: int

@@ -1,5 +1,6 @@
 """LiteRT's int8 arithmetic in JAX (mobilenet.int8_emulation): hand-computed values, and a
-small residual QAT network whose evaluation equals its int8 file in LiteRT, value for value.
+small residual QAT network and a MobileNetV3-style one (hard-swish, squeeze-excite) whose
+evaluation equals its int8 file in LiteRT, value for value.
 
 The LiteRT test skips without the export extra (TensorFlow's converter, ``ai_edge_litert``)
 unless ``JRELU6_REQUIRE_EXPORT=1``.
@@ -111,6 +112,35 @@ def test_dense_values_on_hand_values():
     assert values.tolist() == [[1.5, 1.0]]
 
 
+def test_multiply_rounds_half_to_even_and_clamps():
+    # ratio fl(fl(0.5 * 0.5) / 0.5) = 0.5: products 5, 7, -3, 600 -> 2.5, 3.5, -1.5, 300.
+    out = _grid(0.5, 10)
+    a = jnp.array([5, 7, -3, 30], jnp.int32)
+    b = jnp.array([1, 1, 1, 20], jnp.int32)
+    assert int8_emulation.multiply(a, b, 0.5, 0.5, out).tolist() == [12, 14, 8, 255]
+
+
+def test_hard_swish_table_is_tflites_fixed_point_kernel():
+    # s_in = 3/256: the "reluish" multiplier hires / (3/32768) is exactly 1 (0.5 * 2**1);
+    # s_out = s_in / 64: the output multiplier is 0.5 (exponent 0). For an offset k the
+    # kernel then computes trunc(k (k + 256) / 8) output steps (hard-swish is exactly
+    # k (k + 256) / 8 steps): truncated toward zero, not rounded.
+    x_grid = _grid(3 / 256, 128)
+    out = _grid(3 / 256 / 64, 100)
+    table = int8_emulation.hard_swish_table(x_grid, out)
+    assert table.shape == (256,)
+    # k = 0, 1 (32.125), -1 (-31.875), 2 (64.5), 5 (163.1, clamped at 255).
+    assert [int(table[128 + k]) for k in (0, 1, -1, 2, 5)] == [100, 132, 69, 164, 255]
+
+
+def test_hard_swish_values_looks_up_each_level():
+    x_grid, out = _grid(3 / 256, 128), _grid(3 / 256 / 64, 100)
+    x = jnp.array([0.0, 1.0, -1.0]) * x_grid.scale
+    values = int8_emulation.hard_swish_values(x, x_grid, out)
+    np.testing.assert_array_equal(np.asarray(values),
+                                  np.array([0, 32, -31]) * np.float32(out.scale))
+
+
 # --- against LiteRT ----------------------------------------------------------------------
 
 
@@ -152,6 +182,52 @@ def test_a_residual_qat_network_evaluates_as_its_int8_file():
     names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
     assert {"block1/add_range", "pool_range", "logits_range", "head relu6"} <= names
     # The test images, and noise (values near a level's midpoint in every layer).
+    noise = np.random.default_rng(0).uniform(0, 255, (192, *IMAGE)).astype(np.float32)
+    images = np.concatenate([np.asarray(run.dataset.test_images, np.float32), noise])
+    result = qat_export.parity(run, data, pinned, images, "test", table_images=images.shape[0])
+    assert result.agreement == 1.0
+    assert result.max_logit_steps == 0.0
+    assert {row[0] for row in result.rows} == {name for name, _, _ in pinned.tensors.values()}
+    for tensor, equal, off_by_one, worse in result.rows:
+        assert equal == 1.0, (tensor, equal, off_by_one, worse)
+
+
+class _V3Net(models.MobileNet):
+    """MobileNetV3's int8 ops in a few layers: a hard-swish stem (CONV_2D, HARD_SWISH),
+    blocks with squeeze-excite after a hard-swish and after a ReLU depthwise layer (SUM,
+    FULLY_CONNECTED with fused ReLU and ReLU6, MUL by 1/6, MUL), a residual ADD, a
+    hard-swish head and the classifier's hard-swish hidden layer."""
+
+    default_dropout_rate = 0.0
+
+    @nn.compact
+    def _forward(self, x, cfg, rate, *, train):
+        x, scale = self._quantize_input(x, cfg)
+        layers = [models.ConvBN(8, 3, 2, cfg, "hard_swish", name="stem"),
+                  models.InvertedResidual(24, 8, 3, 1, "hard_swish", cfg, squeeze=8,
+                                          name="block1"),
+                  models.InvertedResidual(16, 16, 3, 2, "relu", cfg, squeeze=8, name="block2"),
+                  models.ConvBN(32, 1, 1, cfg, "hard_swish", name="head")]
+        x = models._chain(layers, x, scale, train=train)[0]
+        return self._classify(x, cfg, rate, train=train, hidden=24,
+                              in_grid=layers[-1].out_grid())
+
+
+@functools.cache
+def _v3_run() -> export.Run:
+    model = _V3Net(num_classes=10, weight_bits=8, activation_bits=8)
+    return qat_runs.settled_run(model, image_size=IMAGE[0], num_test=64)
+
+
+def test_a_v3_style_qat_network_evaluates_as_its_int8_file():
+    _require_litert()
+    run = _v3_run()
+    data, pinned = qat_export.to_int8(run, calibration_images=16)
+    names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
+    assert {"stem/hard_swish_in_range", "stem/hard_swish_range", "block1/se/pool_range",
+            "block1/se/relu_range", "block1/se relu6", "block1/se/gate_range",
+            "block1/se/scale_range", "block2/se/scale_range", "hard_swish_in_range",
+            "hard_swish_range", "logits_range"} <= names
     noise = np.random.default_rng(0).uniform(0, 255, (192, *IMAGE)).astype(np.float32)
     images = np.concatenate([np.asarray(run.dataset.test_images, np.float32), noise])
     result = qat_export.parity(run, data, pinned, images, "test", table_images=images.shape[0])

@@ -16,10 +16,12 @@ from jrelu6._functions import hard_swish as hard_swish
 from jrelu6._functions import relu6 as relu6
 from jrelu6._functions import relu6_derivative as relu6_derivative
 from jrelu6._functions import relu6_inplace as relu6_inplace
+from jrelu6._quant import QuantizationParams as QuantizationParams
 from jrelu6._quant import fake_quant as fake_quant
 from jrelu6._quant import fake_quant_per_channel as fake_quant_per_channel
 from jrelu6._quant import fake_quant_weights as fake_quant_weights
 from jrelu6._quant import fold_batch_norm as fold_batch_norm
+from jrelu6._quant import quantization_params as quantization_params
 from jrelu6._quant import quantize_weights as quantize_weights
 from jrelu6._quant import quantized_hard_sigmoid as quantized_hard_sigmoid
 from jrelu6._quant import quantized_hard_swish as quantized_hard_swish
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = (
     "BoundaryHits",
     "BoundaryRow",
+    "QuantizationParams",
     "boundary_hits",
     "capped_relu",
     "fake_quant",
@@ -40,6 +43,7 @@ __all__ = (
     "hard_sigmoid",
     "hard_silu",
     "hard_swish",
+    "quantization_params",
     "quantize_weights",
     "quantized_hard_sigmoid",
     "quantized_hard_swish",

@@ -273,6 +273,78 @@ def fake_quant(
     return _fake_quant("fake_quant", x, min, max, num_bits, narrow_range)
 
 
+class QuantizationParams(NamedTuple):
+    r"""The affine form of a :func:`fake_quant` grid: level ``q`` is ``(q - zero_point) * scale``.
+
+    Attributes:
+      scale: the step :math:`s`, a floating scalar.
+      zero_point: the integer level of 0, :math:`z`, an int32 scalar in
+        :math:`[q_{\min}, q_{\max}]`.
+    """
+
+    scale: jax.Array
+    zero_point: jax.Array
+
+
+def quantization_params(
+    *,
+    min: ArrayLike, max: ArrayLike,  # TensorFlow's names, as in fake_quant
+    num_bits: int = 8,
+    narrow_range: bool = False,
+    dtype: Any = jnp.float32,
+) -> QuantizationParams:
+    r"""The scale and zero point of :func:`fake_quant`'s grid over ``[min, max]``.
+
+    What an integer runtime (LiteRT's int8 tensors, ONNX's ``QuantizeLinear``) needs to
+    hold a tensor that was fake-quantized on ``[min, max]``: with the nudging of
+    :func:`fake_quant`, :math:`s = (\max - \min) / (q_{\max} - q_{\min})` and
+    :math:`z = \mathrm{round}(\mathrm{clip}(q_{\min} - \min / s, q_{\min}, q_{\max}))`,
+    every value :func:`fake_quant` returns is :math:`(q - z)\,s` for an integer
+    :math:`q \in [q_{\min}, q_{\max}]`, computed in the same arithmetic (bit for bit,
+    for a known range and for a traced one). For int8 storage subtract
+    :math:`2^{b-1}` from :math:`q` and :math:`z`.
+
+    Args:
+      min: the lower end of the range, a finite real scalar (may be traced).
+      max: the upper end, a finite real scalar greater than ``min``.
+      num_bits: the bit width :math:`b`, an int in [2, 16].
+      narrow_range: if True, levels 1 to :math:`2^b - 1`, as in :func:`fake_quant`.
+      dtype: the floating dtype the grid is computed in: that of the tensors
+        :func:`fake_quant` is applied to (float32 for 16-bit floats, as there).
+
+    Returns:
+      ``QuantizationParams(scale, zero_point)``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jrelu6
+      >>> jrelu6.quantization_params(min=0.0, max=6.0)
+      QuantizationParams(scale=Array(0.02352941, dtype=float32), zero_point=Array(0, dtype=int32))
+      >>> s, z = jrelu6.quantization_params(min=-1.0, max=1.0)
+      >>> s, z
+      (Array(0.00784314, dtype=float32), Array(127, dtype=int32))
+      >>> q = int(jnp.round(0.5 / s)) + int(z)  # The level an integer runtime stores for 0.5.
+      >>> q, bool(jrelu6.fake_quant(jnp.array(0.5), min=-1.0, max=1.0) == (q - int(z)) * s)
+      (191, True)
+    """
+    fn_name = "quantization_params"
+    num_bits = _check_num_bits(fn_name, num_bits)
+    narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{fn_name}: dtype must be a floating dtype, got {dtype!r}.")
+    dtype = _compute_dtype(dtype)
+    lo = check_scalar(fn_name, "min", min, dtype=dtype)
+    hi = check_scalar(fn_name, "max", max, dtype=dtype)
+    if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
+        if not float(lo) < float(hi):
+            raise ValueError(
+                f"{fn_name}: min must be less than max, got min={float(lo)}, max={float(hi)}."
+            )
+    qmin, qmax = _levels(num_bits, narrow_range)
+    grid = nudge(lo, hi, qmin, qmax, dtype)
+    zero_point = jnp.round(qmin - jnp.asarray(grid.offset, dtype)).astype(jnp.int32)
+    return QuantizationParams(jnp.asarray(grid.scale, dtype), zero_point)
+
+
 def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
     """Validates the range and the grid, then applies the core."""
     num_bits = _check_num_bits(fn_name, num_bits)

@@ -440,3 +440,51 @@ def test_torch_differs_at_ties_as_documented():
     theirs = torch.fake_quantize_per_tensor_affine(torch.tensor(x), 1.0, 0, 0, 3)
     np.testing.assert_array_equal(np.asarray(ours), [1.0, 3.0])
     np.testing.assert_array_equal(theirs.numpy(), [0.0, 2.0])
+
+
+# --- quantization_params: the affine form of the grid ---------------------------------
+
+PARAM_RANGES = [(0.0, 6.0, 8, False), (-1.0, 1.0, 8, False), (-0.3, 2.7, 4, False),
+                (-1.0, 1.0, 8, True), (0.1, 0.9, 2, False), (-5.0, -1.0, 3, False)]
+
+
+@pytest.mark.parametrize("lo,hi,bits,narrow", PARAM_RANGES)
+def test_quantization_params_are_tensorflows_nudged_grid(lo, hi, bits, narrow):
+    scale, zero_point = jrelu6.quantization_params(min=lo, max=hi, num_bits=bits,
+                                                   narrow_range=narrow)
+    nudged_min, _, tf_scale = _tf_nudge(lo, hi, bits, narrow)
+    assert scale.dtype == jnp.float32 and zero_point.dtype == jnp.int32
+    assert float(scale) == tf_scale
+    assert int(zero_point) == int(narrow) - round(float(nudged_min / tf_scale))
+
+
+@pytest.mark.parametrize("lo,hi,bits,narrow", PARAM_RANGES)
+def test_fake_quant_values_are_levels_of_the_params(lo, hi, bits, narrow):
+    x = jax.random.uniform(jax.random.key(0), (4096,), minval=lo - 1, maxval=hi + 1)
+    got = jrelu6.fake_quant(x, min=lo, max=hi, num_bits=bits, narrow_range=narrow)
+    scale, zero_point = jrelu6.quantization_params(min=lo, max=hi, num_bits=bits,
+                                                   narrow_range=narrow)
+    z = zero_point.astype(scale.dtype)
+    levels = jnp.round(got / scale) + z
+    assert float(jnp.min(levels)) >= int(narrow) and float(jnp.max(levels)) <= 2**bits - 1
+    np.testing.assert_array_equal(got, (levels - z) * scale)
+
+
+def test_quantization_params_of_a_traced_range_equal_the_known_ones():
+    traced = jax.jit(lambda lo, hi: jrelu6.quantization_params(min=lo, max=hi))(-0.37, 5.1)
+    known = jrelu6.quantization_params(min=-0.37, max=5.1)
+    assert (float(traced.scale), int(traced.zero_point)) == (float(known.scale),
+                                                            int(known.zero_point))
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"min": 1.0, "max": 1.0}, ValueError, "min must be less than max"),
+    ({"min": 0.0, "max": 6.0, "num_bits": 1}, ValueError, "num_bits must be in [2, 16]"),
+    ({"min": 0.0, "max": float("inf")}, ValueError, "max"),
+    ({"min": 0.0, "max": 6.0, "dtype": jnp.int8}, TypeError, "dtype must be a floating"),
+    ({"min": 0.0, "max": 6.0, "narrow_range": 1}, TypeError, "narrow_range must be a bool"),
+])
+def test_quantization_params_reject_bad_input_naming_themselves(kwargs, error, message):
+    with pytest.raises(error, match=r"^quantization_params: ") as info:
+        jrelu6.quantization_params(**kwargs)
+    assert message in str(info.value)

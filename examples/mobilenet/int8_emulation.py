@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jrelu6 import _quant
+import jrelu6
 
 #: The bits of XNNPACK's ADD multipliers (``shift = MULTIPLIER_BITS - exponent``).
 MULTIPLIER_BITS = 20
@@ -64,10 +64,8 @@ def grid(lo: Any, hi: Any, num_bits: int, *, min_range: float = 1e-6) -> Grid:
     """
     lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
     hi = jnp.maximum(hi, lo + min_range)
-    nudged = _quant.nudge(lo, hi, 0, 2**num_bits - 1, jnp.float32)
-    scale = jax.lax.stop_gradient(jnp.asarray(nudged.scale, jnp.float32))
-    zero_point = jnp.round(-jnp.asarray(nudged.offset, jnp.float32)).astype(jnp.int32)
-    return Grid(scale, jax.lax.stop_gradient(zero_point), num_bits)
+    scale, zero_point = jrelu6.quantization_params(min=lo, max=hi, num_bits=num_bits)
+    return Grid(jax.lax.stop_gradient(scale), jax.lax.stop_gradient(zero_point), num_bits)
 
 
 def offsets(x: jax.Array, scale: jax.Array) -> jax.Array:

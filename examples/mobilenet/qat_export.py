@@ -30,7 +30,6 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax import lax
 
 import jrelu6
-from jrelu6 import _quant
 from mobilenet import int8_emulation, models, qat_layers, quantization
 
 
@@ -121,10 +120,10 @@ def trained_ranges(variables: Mapping[str, Any], num_bits: int = 8) -> dict[tupl
     for key in stats:
         if key[-1] != "min" or (*key[:-1], "max") not in stats:
             continue
-        lo = float(stats[key])
-        hi = max(float(stats[(*key[:-1], "max")]), lo + quantization.MIN_RANGE)
-        grid = _quant.nudge(jnp.float32(lo), jnp.float32(hi), 0, 2**num_bits - 1, jnp.float32)
-        out[key[:-1]] = Range(key[:-1], float(grid.scale), round(-float(grid.offset)) - 128)
+        # The grid the integer evaluation uses (hi raised to lo + MIN_RANGE there too).
+        grid = int8_emulation.grid(stats[key], stats[(*key[:-1], "max")], num_bits,
+                                   min_range=quantization.MIN_RANGE)
+        out[key[:-1]] = Range(key[:-1], float(grid.scale), int(grid.zero_point) - 128)
     return out
 
 

@@ -97,7 +97,7 @@ def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: i
 
     def host_batch(step: int) -> dict[str, np.ndarray]:
         indices = process_share(batch_indices(num_examples, batch_size=batch_size, seed=seed,
-                                               step=step))
+                                              step=step))
         return {"image": dataset.train_images[indices], "label": dataset.train_labels[indices]}
 
     ahead: collections.deque[dict[str, jax.Array]] = collections.deque()

@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 import jrelu6
-from mobilenet import input_pipeline, loss_scale, sharding, study, train, train_state
+from mobilenet import input_pipeline, loss_scale, sharding, study, tracking, train, train_state
 from mobilenet.configs import default, get_config
 
 Setting = tuple[float, float]  # (grad_at_zero, grad_at_six)
@@ -127,10 +127,10 @@ def gradients(model: nn.Module, variables: Any, images: jax.Array, labels: jax.A
     def loss(params: Any) -> tuple[jax.Array, Any]:
         logits, recorded = model.apply(
             {**variables, "params": params}, images, train=True,
-            mutable=["batch_stats", train_state.KINKS], rngs={"dropout": jax.random.key(0)})
+            mutable=["batch_stats", tracking.KINKS], rngs={"dropout": jax.random.key(0)})
         value = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
             logits.astype(jnp.float32), labels))
-        return value * scale, recorded[train_state.KINKS]
+        return value * scale, recorded[tracking.KINKS]
 
     grads, hits = jax.grad(loss, has_aux=True)(variables["params"])
     return jax.tree.map(lambda g: g / scale, grads), hits

@@ -167,20 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     config, options = parse(argv)
 
-    from mobilenet import input_pipeline, native, optim, train  # JAX loads here.
-    from mobilenet.infra import compile_cache, startup
+    from mobilenet import input_pipeline, model_summary, native, train  # JAX loads here.
+    from mobilenet.infra import compile_cache, startup, state_size
 
     if options["compilation_cache"]:
         compile_cache.enable(options["compilation_cache_dir"])
     if options["summary"]:
-        print(train.summarize(config))
+        print(model_summary.summarize(config))
         return 0
     workdir = options["workdir"] or os.path.join("runs", config.model)
     try:
         with compile_cache.CompileStats() as compiles:
             metrics = train.train_and_evaluate(config, workdir)
     except (input_pipeline.DataError, train.SetupError, default.ConfigMismatch,
-            optim.StateTooLarge) as error:
+            state_size.StateTooLarge) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except train.TrainingDiverged as error:

@@ -28,6 +28,7 @@ from mobilenet.infra.datasets import load_cifar10 as load_cifar10
 from mobilenet.infra.datasets import load_dataset as load_dataset
 from mobilenet.infra.datasets import load_digits as load_digits
 from mobilenet.infra.datasets import make_synthetic as make_synthetic
+from mobilenet.infra.distributed import process_share
 
 # --- order and batches ---------------------------------------------------------------------
 
@@ -61,19 +62,11 @@ def batch_indices(num_examples: int, *, batch_size: int, seed: int, step: int) -
     return order[position * batch_size:(position + 1) * batch_size]
 
 
-def _process_slice(array: np.ndarray) -> np.ndarray:
-    """This process's contiguous share of a global batch (all of it on one host)."""
-    count, index = jax.process_count(), jax.process_index()
-    if count == 1:
-        return array
-    share = array.shape[0] // count
-    return array[index * share:(index + 1) * share]
-
-
 def place(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Places a host batch on the devices with ``sharding`` (batch axis split over the mesh).
 
-    Each process passes its own share of the global batch (:func:`_process_slice`);
+    Each process passes its own share of the global batch
+    (:func:`mobilenet.infra.distributed.process_share`);
     on one host that is the whole batch.
     """
     return {key: jax.make_array_from_process_local_data(sharding, value)
@@ -103,8 +96,8 @@ def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: i
     num_examples = dataset.train_images.shape[0]
 
     def host_batch(step: int) -> dict[str, np.ndarray]:
-        indices = _process_slice(batch_indices(num_examples, batch_size=batch_size, seed=seed,
-                                               step=step))
+        indices = process_share(batch_indices(num_examples, batch_size=batch_size, seed=seed,
+                                              step=step))
         return {"image": dataset.train_images[indices], "label": dataset.train_labels[indices]}
 
     ahead: collections.deque[dict[str, jax.Array]] = collections.deque()
@@ -138,7 +131,7 @@ def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
         y = np.concatenate([y, np.zeros(pad, y.dtype)])
         host = {"image": x, "label": y, "mask": mask}
-        batches.append(place({k: _process_slice(v) for k, v in host.items()}, sharding))
+        batches.append(place({k: process_share(v) for k, v in host.items()}, sharding))
     return batches
 
 

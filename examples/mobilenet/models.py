@@ -14,7 +14,9 @@ All models share the options of :class:`MobileNet`: width, classes, a small-inpu
 variant for 32x32 images (downsampling by 8 instead of 32, as CIFAR MobileNets do),
 the relu6 derivative at its kinks (for V3, at hard-swish's and hard-sigmoid's kinks,
 -3 and 3), mixed precision, BatchNorm on or off, and the fast convolutions of
-:mod:`mobilenet.depthwise`. The quantized layers are in :mod:`mobilenet.qat_layers`.
+:mod:`mobilenet.depthwise`. The options reach every layer as one record,
+:class:`~mobilenet.layer_options.LayerOptions`; the quantized layers are in
+:mod:`mobilenet.qat_layers`.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -39,19 +41,15 @@ import jrelu6
 import jrelu6.linen
 from mobilenet import int8_emulation
 from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.depthwise import DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.layer_options import LayerOptions
 from mobilenet.qat_layers import (
     QATConvBN,
     QATInvertedResidual,
-    QATLayers,
     QATSqueezeExcite,
-    check_quantization,
     eval_grid,
     relu6_grid,
 )
-
-ACTIVATIONS = ("jrelu6", "jax.nn")
-POINTWISE = ("matmul", "conv")
 
 Dtype = Any
 
@@ -76,33 +74,9 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 # --- building blocks ----------------------------------------------------------
 
 
-class _LayerFields(NamedTuple):
-    """The layer options every block shares (a model's fields, passed down)."""
-
-    dtype: Dtype
-    batch_norm: bool
-    bn_momentum: float
-    bn_epsilon: float
-    depthwise: str
-    pointwise: str
-    activation: str
-    grad_at_zero: Any
-    grad_at_six: Any
-    symmetric_padding: bool
-    nonlinearity: str = "relu6"
-    cap: float = 6.0
-    activation_bits: int | None = None
-    quant_scheme: str = "affine"
-    calibration: str = "max"
-    # Quantization-aware training (None: float weights; see ConvBN and mobilenet.quantization).
-    weight_bits: int | None = None
-    weight_granularity: str = "per_channel"
-    bn_frozen: Any = False  # Training with the running statistics (a traced bool).
-
-
-class _Layers(_LayerFields, QATLayers):
-    """The layer options, with the methods of the float layers here and of the quantized
-    ones in :class:`~mobilenet.qat_layers.QATLayers`."""
+class _Layers(LayerOptions):
+    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`), with the
+    methods of the float layers."""
 
     __slots__ = ()
 
@@ -314,16 +288,10 @@ class MobileNet(nn.Module):
       dropout_rate: the classifier's dropout; ``None``: the reference's (1e-3
         for V1, 0.2 for V2 and V3). Training with a rate > 0 needs a
         ``"dropout"`` rng.
-      depthwise: the depthwise convolution's implementation: ``"auto"`` (the
-        fast one for the platform), ``"grouped"`` or ``"shifted"`` (see
-        :func:`mobilenet.depthwise.depthwise_conv`).
-      pointwise: the 1x1 convolutions: ``"matmul"`` (one matrix product,
-        :class:`mobilenet.depthwise.PointwiseConv`; ~3x faster training on
-        CPU) or ``"conv"`` (``nn.Conv``). With ``depthwise="grouped"``,
-        ``"conv"`` gives the plain flax model, the baseline of the benchmarks.
-      activation: ``"jrelu6"`` (jrelu6.linen modules with the settable kink
-        derivatives) or ``"jax.nn"`` (jax.nn.relu6 / hard_swish /
-        hard_sigmoid, for comparison; ``grad_at_*`` are then ignored).
+      depthwise, pointwise, activation: the implementations the benchmarks compare,
+        each computing the same values: the depthwise and 1x1 convolutions, and
+        jrelu6's activations (``"jrelu6"``) or jax.nn's; :mod:`mobilenet.layer_options`
+        says what each choice does.
       nonlinearity, cap, activation_bits, quant_scheme, calibration: quantized
         activations; weight_bits, weight_granularity, bn_freeze_step: quantization-aware
         training. All off by default; :mod:`mobilenet.qat_layers` says what each does.
@@ -372,13 +340,7 @@ class MobileNet(nn.Module):
         Returns:
           ``(N, num_classes)`` float32 logits.
         """
-        self._check()
-        cfg = _Layers(self.dtype, self.batch_norm, self.bn_momentum,
-                      self.default_bn_epsilon if self.bn_epsilon is None else self.bn_epsilon,
-                      self.depthwise, self.pointwise, self.activation, self.grad_at_zero,
-                      self.grad_at_six, self.symmetric_padding, self.nonlinearity, self.cap,
-                      self.activation_bits, self.quant_scheme, self.calibration,
-                      self.weight_bits, self.weight_granularity, bn_frozen)
+        cfg = _Layers.of(self, bn_frozen=bn_frozen)  # Checked: a ValueError names the class.
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
@@ -392,24 +354,6 @@ class MobileNet(nn.Module):
 
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError
-
-    def _check(self) -> None:
-        name = type(self).__name__
-        if self.depthwise not in IMPLS:
-            raise ValueError(f"{name}: depthwise must be one of {IMPLS}, got {self.depthwise!r}")
-        if self.pointwise not in POINTWISE:
-            raise ValueError(f"{name}: pointwise must be one of {POINTWISE}, "
-                             f"got {self.pointwise!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, "
-                             f"got {self.activation!r}")
-        check_quantization(name, self)
-        if not self.width_multiplier > 0:
-            raise ValueError(f"{name}: width_multiplier must be > 0, "
-                             f"got {self.width_multiplier!r}")
-        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
-            raise ValueError(f"{name}: num_classes must be a positive int, "
-                             f"got {self.num_classes!r}")
 
     def _channels(self, channels: float) -> int:
         """``channels`` scaled by the width multiplier, rounded as torchvision does."""

@@ -23,11 +23,6 @@ import optax
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
 
-# The memory check lives with the infrastructure; the training loop and the command
-# line still name it here.
-from mobilenet.infra.state_size import StateTooLarge as StateTooLarge
-from mobilenet.infra.state_size import check_state_fits as check_state_fits
-
 
 def warmup_cosine_schedule(*, peak: float, warmup_steps: int, total_steps: int
                            ) -> optax.Schedule:

@@ -64,6 +64,18 @@ class QuantizationSettings:
         "same model and classes, e.g. a float run): its parameters and batch statistics, "
         "a fresh optimizer and schedule", group="model")
 
+    def model_fields(self) -> dict[str, Any]:
+        """The quantized layers' fields of :class:`mobilenet.models.MobileNet`, from these
+        settings (the quantization-aware-training ones only with ``weight_bits``)."""
+        fields = {"nonlinearity": self.nonlinearity, "cap": self.cap,
+                  "activation_bits": self.activation_bits, "quant_scheme": self.quant_scheme,
+                  "calibration": self.calibration}
+        if self.weight_bits is not None:
+            fields.update(weight_bits=self.weight_bits,
+                          weight_granularity=self.weight_granularity,
+                          bn_freeze_step=self.bn_freeze_step)
+        return fields
+
 
 def check_qat(config: Any) -> None:
     """The quantization-aware-training settings that need one another."""

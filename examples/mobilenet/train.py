@@ -36,16 +36,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mobilenet import finetune, input_pipeline, models, optim, train_state
-from mobilenet.configs import default
+from mobilenet import finetune, input_pipeline, models, optim, tracking, train_state
 from mobilenet.configs.default import Config
-from mobilenet.infra import compile_cache
 from mobilenet.infra.checkpoints import Restored
 from mobilenet.infra.lifecycle import Interrupted as Interrupted
-from mobilenet.infra.lifecycle import Lifecycle, SetupError, compile_ahead
+from mobilenet.infra.lifecycle import Lifecycle
 from mobilenet.infra.lifecycle import Preempted as Preempted
+from mobilenet.infra.lifecycle import SetupError as SetupError
 from mobilenet.infra.lifecycle import TrainingDiverged as TrainingDiverged
 from mobilenet.infra.lifecycle import WriteFailed as WriteFailed
+from mobilenet.infra.progress import Progress
+from mobilenet.infra.setup_check import check_setup
+from mobilenet.infra.state_size import check_state_fits
 from mobilenet.sharding import batch_sharding, create_mesh
 from mobilenet.train_state import TrainState
 
@@ -99,7 +101,7 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       ``log_every`` steps (augmented, label-smoothed), the number of steps, and the
       timed training steps' own seconds (the first, compiling step left out). With
       ``config.count_kinks``, also ``"boundary_hits"``: the relu6 inputs exactly on
-      each kink, per layer, over all steps (:func:`train_state.kink_counts`); with
+      each kink, per layer, over all steps (:func:`mobilenet.tracking.kink_counts`); with
       float16 compute, ``"loss_scale"`` (the final scale) and ``"skipped_steps"``.
 
     Raises:
@@ -110,7 +112,8 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
         a run with other settings (:func:`mobilenet.infra.resume_check.check_resume`)
         or another model; or ``config.distributed`` finds no cluster
         (:func:`mobilenet.infra.distributed.initialize`).
-      optim.StateTooLarge: the parameters and optimizer state cannot fit in memory.
+      mobilenet.infra.state_size.StateTooLarge: the parameters and optimizer state
+        cannot fit in memory.
       TrainingDiverged: the loss became NaN or infinite.
       WriteFailed: a checkpoint, ``metrics.jsonl`` or ``config.json`` could not be
         written (a full disk); the newest complete checkpoint is kept.
@@ -144,25 +147,14 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     Raises:
       input_pipeline.DataError: from :func:`input_pipeline.load_dataset`.
       SetupError: too few classes, a batch that does not divide over the devices,
-        or settings that do not fit the data.
-      optim.StateTooLarge: from :func:`optim.check_state_fits`.
+        or settings that do not fit the data (:func:`check_setup`).
+      mobilenet.infra.state_size.StateTooLarge: from :func:`check_state_fits`.
     """
     dataset = input_pipeline.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
-    num_classes = config.num_classes or dataset.num_classes
-    if int(dataset.train_labels.max()) >= num_classes:
-        raise SetupError(f"train: num_classes {num_classes} is too small for {dataset.name}'s "
-                         f"{dataset.num_classes} classes.")
     mesh = create_mesh()
-    if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-        raise SetupError(
-            f"train: batch_size {config.batch_size} and eval_batch_size "
-            f"{config.eval_batch_size} must be multiples of the {mesh.size} devices.")
-    try:
-        resolved = default.resolve(config, num_train=dataset.train_images.shape[0])
-    except ValueError as error:
-        raise SetupError(f"train: {error}") from None
+    num_classes, resolved = check_setup(config, dataset, devices=mesh.size)
     model = (model_fn or train_state.create_model)(config, num_classes=num_classes)
     dtype = train_state.DTYPES[config.dtype]
     train_step = train_state.make_train_step(
@@ -176,28 +168,22 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
         sharding=batch_sharding(mesh))
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
                                                 mesh=mesh, total_steps=resolved.total_steps)
-    optim.check_state_fits(abstract.params, abstract.opt_state)
+    check_state_fits(abstract.params, abstract.opt_state)
     return Prepared(config=config, dataset=dataset, mesh=mesh, steps=resolved.total_steps,
                     model=model, train_step=train_step, eval_step=eval_step,
                     test_batches=test_batches, abstract=abstract)
 
 
 def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> TrainState:
-    """The restored or a new train state, with the train and eval steps compiled.
-
-    XLA compiles on one core: the two steps compile in threads while a third
-    initializes the state. The main thread only waits for them, so Ctrl-C
-    reaches it at once, even during compilation.
-    """
+    """The restored or a new train state, initialized while the train and eval steps compile
+    (:meth:`~mobilenet.infra.lifecycle.Lifecycle.compiling`)."""
     config, mesh, dataset = run.config, run.mesh, run.dataset
-    compile_start = time.perf_counter()
-    with compile_cache.CompileStats() as stats:
-        compiling = [
-            life.in_background(compile_ahead, run.train_step, run.abstract,
-                               _train_batch_spec(mesh, config.batch_size, dataset.image_shape)),
-            life.in_background(compile_ahead, run.eval_step, run.abstract, jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                run.test_batches[0]))]
+    eval_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                             run.test_batches[0])
+    with life.compiling(
+            (run.train_step, (run.abstract, _train_batch_spec(mesh, config.batch_size,
+                                                              dataset.image_shape))),
+            (run.eval_step, (run.abstract, eval_spec))):
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:
@@ -212,12 +198,6 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> Tr
                  f"{dataset.test_images.shape[0]} test), {mesh.size} "
                  f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "
                  f"{run.steps} steps" + (f"; resuming from step {start}" if start else ""))
-        for task in compiling:
-            task.result()
-    counts = stats.counts()
-    life.say(f"initialized and compiled in {time.perf_counter() - compile_start:.1f} s "
-             f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
-             "programs from the persistent cache)")
     return state
 
 
@@ -235,17 +215,6 @@ def _saved_tree(state: TrainState) -> dict[str, Any]:
             "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
 
 
-@dataclasses.dataclass
-class _Window:
-    """The training metrics since the last fetch, and the speed over it."""
-
-    start: float
-    step: int
-    images_per_second: float = float("nan")
-    seconds: float = 0.0  # The timed steps' own time so far (the fixed cost's complement).
-    last_train: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
 def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None
            ) -> tuple[TrainState, dict[str, Any]]:
     """The training loop proper, from the restored step to the end; then the evaluation.
@@ -254,14 +223,11 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
       TrainingDiverged: a NaN/inf loss or gradient.
       Preempted: SIGTERM: the step then running finished and was saved.
     """
-    from tqdm import tqdm
-
     config, steps = run.config, run.steps
     start = restored.step if restored else 0
-    last_train = restored.meta.get("last_train", {}) if restored else {}
-    window = _Window(time.perf_counter(), start, last_train=dict(last_train))
-    bar = tqdm(total=steps, initial=start, disable=not life.verbose, unit="step",
-               dynamic_ncols=True, desc="train")
+    last_train = dict(restored.meta.get("last_train", {})) if restored else {}
+    progress = Progress(total=steps, start=start, batch_size=config.batch_size,
+                        enabled=life.verbose)
     batches = input_pipeline.train_batches(
         run.dataset, batch_size=config.batch_size, seed=config.seed, start_step=start,
         sharding=batch_sharding(run.mesh))
@@ -272,53 +238,47 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
                 raise life.preempted(None)
             state, _ = run.train_step(state, next(batches))
             done = step + 1
-            bar.update(1)
-            if done == start + 1:  # The first call compiles: time the steps after it.
-                jax.block_until_ready(state.step)
-                window.start, window.step = time.perf_counter(), done
+            progress.stepped(done, state.step)
             if done % config.log_every == 0 or done == steps:
-                state = _log_train_metrics(run, life, state, done, window, bar)
+                state, last_train = _log_train_metrics(run, life, state, done, progress)
             if config.eval_every and done % config.eval_every == 0 and done != steps:
                 life.log.write({"step": done, **evaluate(run, state)})
             preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
-                _save(run, life, state, done, window.last_train, wait=preempted or done == steps)
+                _save(run, life, state, done, last_train, wait=preempted or done == steps)
             if preempted:
                 raise life.preempted(done)
     finally:
-        bar.close()
-    return state, _finish(run, life, state, start=start, window=window)
+        progress.close()
+    return state, _finish(run, life, state, start=start, progress=progress,
+                          last_train=last_train)
 
 
 def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: int,
-                       window: _Window, bar: Any) -> TrainState:
+                       progress: Progress) -> tuple[TrainState, dict[str, float]]:
     """Fetches the summed metrics, logs their means and resets the sums.
+
+    Returns:
+      The state with its sums reset, and the means (``train_loss``, ``train_accuracy``).
 
     Raises:
       TrainingDiverged: a step since the last fetch saw a NaN/inf.
     """
-    config = run.config
     sums = jax.device_get(state.metrics)
     state = state.replace(metrics=_reset_sums(state.metrics))
     if sums["first_nonfinite"] >= 0:
-        raise _diverged(life, int(sums["first_nonfinite"]) + 1)
-    now = time.perf_counter()
-    if done > window.step:
-        window.images_per_second = (done - window.step) * config.batch_size / (now - window.start)
-        window.seconds += now - window.start
-    window.start, window.step = now, done
+        raise life.diverged(int(sums["first_nonfinite"]) + 1)
+    images_per_second = progress.fetched(done)
     count = max(int(sums["count"]), 1)
-    window.last_train = {"train_loss": float(sums["loss_sum"]) / count,
-                         "train_accuracy": float(sums["accuracy_sum"]) / count}
-    schedule = optim.learning_rate_schedule(config, total_steps=run.steps)
-    life.log.write({"step": done, **window.last_train,
-                    "learning_rate": float(schedule(done - 1)),
-                    "images_per_second": window.images_per_second})
-    bar.set_postfix(loss=f"{window.last_train['train_loss']:.4f}",
-                    acc=f"{window.last_train['train_accuracy']:.3f}",
-                    img_s=f"{window.images_per_second:.0f}")
-    return state
+    means = {"train_loss": float(sums["loss_sum"]) / count,
+             "train_accuracy": float(sums["accuracy_sum"]) / count}
+    schedule = optim.learning_rate_schedule(run.config, total_steps=run.steps)
+    life.log.write({"step": done, **means, "learning_rate": float(schedule(done - 1)),
+                    "images_per_second": images_per_second})
+    progress.show(loss=f"{means['train_loss']:.4f}", acc=f"{means['train_accuracy']:.3f}",
+                  img_s=f"{images_per_second:.0f}")
+    return state, means
 
 
 @jax.jit
@@ -327,17 +287,11 @@ def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {**metrics, **train_state.zero_metrics(metrics["first_nonfinite"])}
 
 
-def _diverged(life: Lifecycle, step: int) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"train: the loss or gradient became NaN/inf at step {step}; stopped "
-        f"({life.kept()}). Try a lower --lr or --dtype float32.")
-
-
 def _check_finite(life: Lifecycle, state: TrainState) -> None:
     """Raises :class:`TrainingDiverged` if any step so far saw a NaN/inf."""
     first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
     if first_bad >= 0:
-        raise _diverged(life, first_bad + 1)
+        raise life.diverged(first_bad + 1)
 
 
 def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
@@ -359,49 +313,19 @@ def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
 
 
 def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
-            window: _Window) -> dict[str, Any]:
+            progress: Progress, last_train: dict[str, float]) -> dict[str, Any]:
     """The final evaluation (logged if this run trained) and the summary."""
     _check_finite(life, state)
     results = evaluate(run, state)
     if start < run.steps:
         life.log.write({"step": run.steps, **results})
-    return {**results, "train_loss": window.last_train.get("train_loss", float("nan")),
-            "train_accuracy": window.last_train.get("train_accuracy", float("nan")),
+    return {**results, "train_loss": last_train.get("train_loss", float("nan")),
+            "train_accuracy": last_train.get("train_accuracy", float("nan")),
             "steps": run.steps, "resumed_from": start,
-            "images_per_second": window.images_per_second, "step_seconds": window.seconds,
-            **_tracked_summary(state)}
-
-
-def _tracked_summary(state: TrainState) -> dict[str, Any]:
-    """``boundary_hits`` (``count_kinks`` runs) and the float16 loss scale, if tracked."""
-    summary: dict[str, Any] = {}
-    if "kinks" in state.metrics:
-        summary["boundary_hits"] = train_state.kink_counts(state)
-    if "loss_scale" in state.metrics:
-        scale = jax.device_get(state.metrics["loss_scale"])
-        summary.update(loss_scale=float(scale["scale"]), skipped_steps=int(scale["skipped"]))
-    return summary
+            "images_per_second": progress.images_per_second, "step_seconds": progress.seconds,
+            **tracking.summary(state)}
 
 
 def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:
     """Test loss and accuracy of ``state`` (:func:`train_state.evaluate` on the test split)."""
     return train_state.evaluate(run.eval_step, state, run.test_batches)
-
-
-def summarize(config: Config) -> str:
-    """The model's layer table (``flax`` tabulate) and its trainable parameter count.
-
-    Nothing is computed: shapes come from :func:`jax.eval_shape`. The input is
-    32x32x3 with ``small_input`` and 224x224x3 without.
-
-    Returns:
-      The table, then a last line ``trainable parameters: N``.
-    """
-    num_classes = config.num_classes or 10
-    model = train_state.create_model(config, num_classes=num_classes)
-    size = 32 if config.small_input else 224
-    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
-    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
-    table = model.tabulate(rngs, dummy, train=False, console_kwargs={"width": 160})
-    variables = jax.eval_shape(lambda: model.init(rngs, dummy, train=False))
-    return f"{table}\ntrainable parameters: {models.count_params(variables):,}"

@@ -16,18 +16,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
 
-import jrelu6
-from mobilenet import input_pipeline, loss_scale, models, optim
+from mobilenet import input_pipeline, models, optim, tracking
 from mobilenet.configs.default import Config
 from mobilenet.sharding import batch_sharding, replicated
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-KINKS = "boundary_hits"  # The collection jrelu6's modules record their kink hits in.
 
 
 class TrainState(struct.PyTreeNode):
@@ -41,12 +38,8 @@ class TrainState(struct.PyTreeNode):
       rng: PRNG key data (uint32); step ``s`` uses ``fold_in(rng, s)``.
       metrics: Sums since the last fetch (``loss_sum``, ``accuracy_sum``,
         ``count``) and ``first_nonfinite``, the first step whose loss or
-        gradient was not finite (-1 while none). Two optional entries switch
-        on features of the train step: ``kinks`` (with ``config.count_kinks``),
-        the kink hits of every relu6 layer summed over the steps (a
-        ``"boundary_hits"`` collection whose ``total`` is the count of one
-        step's inputs); ``loss_scale`` (float16 compute), the dynamic loss
-        scale of :mod:`mobilenet.loss_scale`.
+        gradient was not finite (-1 while none); and what :mod:`mobilenet.tracking`
+        tracks (``kinks``: kink counts, ``loss_scale``: float16's loss scale).
       model: The Flax module (static; compared by value, so equal configurations
         share compiled steps).
       tx: The optax transformation (static).
@@ -68,22 +61,13 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_model(config: Config, *, num_classes: int) -> nn.Module:
-    """The configured model from :mod:`mobilenet.models`."""
+    """The configured model from :mod:`mobilenet.models` (its quantized layers' fields:
+    :meth:`~mobilenet.quantization_settings.QuantizationSettings.model_fields`)."""
     return models.create_model(
         config.model, num_classes=num_classes, width_multiplier=config.width,
         small_input=config.small_input, dtype=DTYPES[config.dtype],
         grad_at_zero=config.grad_at_zero, grad_at_six=config.grad_at_six,
-        batch_norm=config.batch_norm, nonlinearity=config.nonlinearity, cap=config.cap,
-        activation_bits=config.activation_bits, quant_scheme=config.quant_scheme,
-        calibration=config.calibration, **qat_fields(config))
-
-
-def qat_fields(config: Config) -> dict[str, Any]:
-    """The model's quantization-aware-training fields (none for a float run)."""
-    if config.weight_bits is None:
-        return {}
-    return {"weight_bits": config.weight_bits, "weight_granularity": config.weight_granularity,
-            "bn_freeze_step": config.bn_freeze_step}
+        batch_norm=config.batch_norm, **config.model_fields())
 
 
 def zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -111,7 +95,7 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
       The :class:`TrainState` at step 0.
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
-    return _init_function(model, tx, tuple(image_shape), mesh, *_options(config))(
+    return _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))(
         *_init_keys(config.seed))
 
 
@@ -124,7 +108,7 @@ def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
     shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh,
-                                           *_options(config)), *_init_keys(config.seed))
+                                           *tracking.options(config)), *_init_keys(config.seed))
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
 
@@ -137,11 +121,6 @@ def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
             jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
 
-def _options(config: Config) -> tuple[bool, bool]:
-    """What the state tracks besides the metric sums: kink counts, a loss scale."""
-    return config.count_kinks, config.dtype == "float16"
-
-
 @functools.lru_cache(maxsize=16)
 def _init_function(model: nn.Module, tx: optax.GradientTransformation,
                    image_shape: tuple[int, ...], mesh: Mesh, count_kinks: bool = False,
@@ -152,13 +131,9 @@ def _init_function(model: nn.Module, tx: optax.GradientTransformation,
         params = variables["params"]
         with jax.numpy_dtype_promotion("standard"):  # optax's state init is not strict-clean.
             opt_state = tx.init(params)
-        metrics = zero_metrics()
-        if count_kinks:  # Zeros shaped as one step's counts (the same layers record).
-            _, recorded = model.apply(variables, dummy, train=True, rngs={"dropout": init_key},
-                                      mutable=["batch_stats", KINKS])
-            metrics["kinks"] = jax.tree.map(jnp.zeros_like, recorded.get(KINKS, {}))
-        if loss_scaling:
-            metrics["loss_scale"] = loss_scale.initial_state()
+        metrics = {**zero_metrics(), **tracking.initial(
+            model, variables, dummy, init_key, count_kinks=count_kinks,
+            loss_scaling=loss_scaling)}
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           batch_stats=variables.get("batch_stats", {}), opt_state=opt_state,
                           rng=state_key, metrics=metrics, model=model, tx=tx)
@@ -225,21 +200,18 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         freeze = getattr(state.model, "bn_freeze_step", None)
         frozen = {} if freeze is None else {"bn_frozen": state.step >= freeze}
 
-        scaler = state.metrics.get("loss_scale")  # float16: differentiate a scaled loss.
-        mutable = ["batch_stats", KINKS] if "kinks" in state.metrics else ["batch_stats"]
-
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
             logits, recorded = state.apply_fn(_variables(state, params), images, train=True,
-                                              mutable=mutable,
+                                              mutable=tracking.mutable(state.metrics),
                                               rngs={"dropout": dropout_key}, **frozen)
             logits = logits.astype(jnp.float32)
             loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-            objective = loss if scaler is None else loss_scale.scale(loss, scaler)
-            return objective, (loss, logits, recorded)
+            # float16: differentiate a scaled loss (the identity otherwise).
+            return tracking.scale_loss(state.metrics, loss), (loss, logits, recorded)
 
         (_, (loss, logits, recorded)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
-        grads = grads if scaler is None else loss_scale.unscale(grads, scaler)
+        grads = tracking.unscale(state.metrics, grads)
         batch_stats = recorded.get("batch_stats", state.batch_stats)
         with jax.numpy_dtype_promotion("standard"):  # optax's update is not strict-clean.
             updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -248,12 +220,13 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32)))
                                  for g in jax.tree.leaves(grads)))
-        (params, opt_state, batch_stats), finite = _skip_overflow(
-            state, loss, grad_norm, (params, opt_state, batch_stats))
+        (params, opt_state, batch_stats), finite = tracking.keep_finite(
+            state.metrics, loss, grad_norm, (params, opt_state, batch_stats),
+            (state.params, state.opt_state, state.batch_stats))
         sums = state.metrics
         first = sums["first_nonfinite"]
         metrics = {
-            **_tracked(sums, recorded, grad_norm),
+            **tracking.updated(sums, recorded, grad_norm),
             "loss_sum": sums["loss_sum"] + loss,
             "accuracy_sum": sums["accuracy_sum"] + accuracy,
             "count": sums["count"] + 1,
@@ -266,56 +239,6 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
     return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                    out_shardings=(replicated(mesh), replicated(mesh)),
                    donate_argnums=(0,) if donate else ())
-
-
-def _skip_overflow(state: TrainState, loss: jax.Array, grad_norm: jax.Array,
-                   updated: tuple[Any, Any, Any]) -> tuple[tuple[Any, Any, Any], jax.Array]:
-    """The step's (params, opt_state, batch_stats), and whether it stays finite.
-
-    With a loss scale, gradients that overflowed are a skipped step (the state
-    as it was; :func:`loss_scale.adjust` lowers the scale), not a divergence;
-    only a non-finite loss is.
-    """
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if "loss_scale" not in state.metrics:
-        return updated, finite
-    unchanged = (state.params, state.opt_state, state.batch_stats)
-    return loss_scale.select(finite, updated, unchanged), jnp.isfinite(loss)
-
-
-def _tracked(sums: dict[str, Any], recorded: dict[str, Any],
-             grad_norm: jax.Array) -> dict[str, Any]:
-    """The optional entries of the metrics after a step: kink counts, the loss scale."""
-    tracked = {}
-    if "kinks" in sums:  # Hits summed over the steps; `total` stays one step's inputs.
-        tracked["kinks"] = jax.tree.map(
-            lambda old, new: jrelu6.BoundaryHits(old.at_zero + new.at_zero,
-                                                 old.at_cap + new.at_cap, new.total),
-            sums["kinks"], recorded.get(KINKS, {}),
-            is_leaf=lambda node: isinstance(node, jrelu6.BoundaryHits))
-    if "loss_scale" in sums:
-        tracked["loss_scale"] = loss_scale.adjust(sums["loss_scale"], jnp.isfinite(grad_norm))
-    return tracked
-
-
-def kink_counts(state: TrainState) -> list[dict[str, Any]]:
-    """The kink hits per layer over every step so far, on the host (``count_kinks`` runs).
-
-    Returns:
-      One dict per relu6 layer (sorted by name, as :func:`jrelu6.summarize_boundary_hits`):
-      ``layer``, ``n`` (its inputs over all steps), ``at_zero`` and ``at_cap`` (how many
-      were exactly 0 and 6; -3 and 3 for hard-swish and hard-sigmoid), ``frac_zero``,
-      ``frac_cap``. Empty when the state counts no kinks.
-    """
-    if "kinks" not in state.metrics:
-        return []
-    steps = int(jax.device_get(state.step))
-    counts = jax.tree.map(
-        lambda hits: jrelu6.BoundaryHits(hits.at_zero, hits.at_cap,
-                                         np.asarray(hits.total, np.int64) * steps),
-        jax.device_get(state.metrics["kinks"]),
-        is_leaf=lambda node: isinstance(node, jrelu6.BoundaryHits))
-    return [row._asdict() for row in jrelu6.summarize_boundary_hits(counts)]
 
 
 def make_eval_step(*, mesh: Mesh, mean: Iterable[float], std: Iterable[float],

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jrelu6.linen
-from mobilenet import input_pipeline, loss_scale, sharding, train, train_state
+from mobilenet import input_pipeline, loss_scale, sharding, tracking, train, train_state
 from mobilenet.configs import get_config
 
 IMAGE = (16, 16, 3)
@@ -81,11 +81,11 @@ def test_known_hits_are_summed_over_every_step_of_a_run():
 def test_counts_start_at_zero_and_grow_by_one_step_each_step():
     config = _config(count_kinks=True)
     mesh, state, step = _state_and_step(config, KnownHits())
-    assert all(row["at_zero"] == 0 and row["n"] == 0 for row in train_state.kink_counts(state))
+    assert all(row["at_zero"] == 0 and row["n"] == 0 for row in tracking.kink_counts(state))
     batch = _batch(mesh)
     for done in (1, 2, 3):
         state, _ = step(state, batch)
-        for row in train_state.kink_counts(state):
+        for row in tracking.kink_counts(state):
             assert (row["at_zero"], row["at_cap"]) == (done * BATCH, 2 * done * BATCH)
 
 
@@ -93,7 +93,7 @@ def test_the_tiny_mobilenet_counts_its_relu6_and_hard_swish_layers():
     config = _config(count_kinks=True)
     mesh, state, step = _state_and_step(config)
     state, _ = step(state, _batch(mesh))
-    rows = train_state.kink_counts(state)
+    rows = tracking.kink_counts(state)
     layers = [row["layer"] for row in rows]
     assert any("stem" in name for name in layers)  # relu6
     assert any("head" in name for name in layers)  # hard-swish
@@ -109,7 +109,7 @@ def test_counting_is_off_by_default_and_changes_no_parameter():
             state, _ = step(state, _batch(mesh, seed=seed))
         results[count] = state
     assert "kinks" not in results[False].metrics
-    assert train_state.kink_counts(results[False]) == []
+    assert tracking.kink_counts(results[False]) == []
     for a, b in zip(jax.tree.leaves(results[False].params), jax.tree.leaves(results[True].params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 

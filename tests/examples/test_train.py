@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import input_pipeline, models, sharding, train, train_state
+from mobilenet import input_pipeline, model_summary, models, sharding, train, train_state
 from mobilenet.configs import get_config
 from mobilenet.infra import checkpoints, host_memory, workdir
 
@@ -255,7 +255,7 @@ def test_a_batch_that_does_not_divide_over_the_devices_is_refused_before_writing
 
 def test_summary_ends_with_the_trainable_parameter_count():
     config = _config(num_classes=10)
-    text = train.summarize(config)
+    text = model_summary.summarize(config)
     model = train_state.create_model(config, num_classes=10)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                   jnp.zeros((1, 32, 32, 3)), train=False))

@@ -26,9 +26,11 @@ about the model or the training:
 - :mod:`~mobilenet.infra.settings`: the settings' machinery (metadata, validation,
   ``--help`` text); :mod:`~mobilenet.infra.resume_check`: whether a run may resume;
   :mod:`~mobilenet.infra.state_size`: the state checked against memory;
+  :mod:`~mobilenet.infra.setup_check`: the settings checked against the data and devices;
   :mod:`~mobilenet.infra.datasets`: the data sets (digits, CIFAR-10, synthetic);
   :mod:`~mobilenet.infra.cifar10`: CIFAR-10's files, each checked;
   :mod:`~mobilenet.infra.digits`: scikit-learn's digits, cached as a small file.
 - :mod:`~mobilenet.infra.startup`: the run's wall time against its training steps'
-  (the fixed cost the command prints).
+  (the fixed cost the command prints); :mod:`~mobilenet.infra.progress`: the progress
+  bar and the training steps' timing.
 """

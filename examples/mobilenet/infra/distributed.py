@@ -1,4 +1,5 @@
-"""``jax.distributed.initialize()`` for the example's ``--distributed``.
+"""``jax.distributed.initialize()`` for the example's ``--distributed``, and each
+process's share of a global batch (:func:`process_share`).
 
 Example:
   >>> sorted(DISTRIBUTED_ENV)
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 
 class ClusterError(ValueError):
@@ -48,3 +50,12 @@ def initialize() -> None:
             f"--distributed: {error} Set JAX_COORDINATOR_ADDRESS (host:port of "
             "process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under SLURM, "
             "Open MPI or on a Cloud TPU.") from None
+
+
+def process_share(array: np.ndarray) -> np.ndarray:
+    """This process's contiguous share of a global batch (all of it on one host)."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return array
+    share = array.shape[0] // count
+    return array[index * share:(index + 1) * share]

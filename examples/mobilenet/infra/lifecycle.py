@@ -11,7 +11,10 @@ how it ended, in one line:
   error that can stop a started run turned into one of this module's exceptions;
 - :meth:`Lifecycle.restore`: the saved settings checked, the newest intact
   checkpoint restored, ``metrics.jsonl`` cut back to it, ``config.json`` written;
-- :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`).
+- :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes;
+- :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`);
+- the errors that stop a run in its loop (:meth:`Lifecycle.diverged`,
+  :meth:`Lifecycle.preempted`), each saying what is kept.
 
 Nothing here knows the model or the training step: the loop hands over the tree
 to save, and the settings only to compare them with the saved ones.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +33,7 @@ import jax
 
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
-from mobilenet.infra import disk, resume_check
+from mobilenet.infra import compile_cache, disk, resume_check
 from mobilenet.infra import distributed as cluster
 from mobilenet.infra.background import Background
 from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
@@ -171,6 +175,26 @@ class Lifecycle:
             self.checkpoints.wait()
         self.step = step
 
+    @contextlib.contextmanager
+    def compiling(self, *jobs: tuple[Any, tuple[Any, ...]]) -> Iterator[None]:
+        """Compiles each ``(step, args)`` in a thread (:func:`compile_ahead`) while the block
+        runs, waits for them, then says how long it all took.
+
+        XLA compiles on one core: the steps compile in threads while the block (the
+        state's initialization, in a thread of its own) runs. The main thread only
+        waits, so Ctrl-C reaches it at once, even during compilation.
+        """
+        start = time.perf_counter()
+        with compile_cache.CompileStats() as stats:
+            tasks = [self.in_background(compile_ahead, step, *args) for step, args in jobs]
+            yield
+            for task in tasks:
+                task.result()
+        counts = stats.counts()
+        self.say(f"initialized and compiled in {time.perf_counter() - start:.1f} s "
+                 f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
+                 "programs from the persistent cache)")
+
     def in_background(self, function: Callable[..., Any], *args: Any, **kwargs: Any
                       ) -> Background:
         """``function(*args, **kwargs)`` in a thread, let end however the run ends."""
@@ -202,6 +226,13 @@ class Lifecycle:
     def rerun(self) -> str:
         """What running the same command again does, in words."""
         return "resume from it" if self.step is not None else "start again"
+
+    def diverged(self, step: int) -> TrainingDiverged:
+        """The error that stops the run when the loss or gradient of ``step`` became NaN/inf
+        (such a state is never saved)."""
+        return TrainingDiverged(
+            f"train: the loss or gradient became NaN/inf at step {step}; stopped "
+            f"({self.kept()}). Try a lower --lr or --dtype float32.")
 
     def preempted(self, step: int | None) -> Preempted:
         """The error that stops the run after a SIGTERM, saved at ``step`` (``None``: before

@@ -1,0 +1,106 @@
+"""The options every layer of a MobileNet shares, checked and handed down as one record.
+
+A :class:`~mobilenet.models.MobileNet`'s fields reach its layers as ``cfg``, a
+:class:`LayerOptions` (:mod:`mobilenet.models` adds the float layers' methods to it,
+:class:`~mobilenet.qat_layers.QATLayers` the quantized ones'). Besides the network's
+own options (dtype, batch norm, padding, the relu6 kink derivatives) it carries the
+implementations the benchmarks compare, each computing the same values:
+
+* ``depthwise``: the depthwise convolution, one of :data:`mobilenet.depthwise.IMPLS`
+  (``"auto"``: the fast one for the platform; ``"grouped"``; ``"shifted"``; see
+  :func:`mobilenet.depthwise.depthwise_conv`);
+* ``pointwise``, one of :data:`POINTWISE`: the 1x1 convolutions as one matrix product
+  (``"matmul"``, :class:`mobilenet.depthwise.PointwiseConv`; ~3x faster training on
+  CPU) or ``nn.Conv`` (``"conv"``). With ``depthwise="grouped"``, ``"conv"`` gives the
+  plain flax model, the baseline of the benchmarks;
+* ``activation``, one of :data:`ACTIVATIONS`: jrelu6.linen modules with the settable
+  kink derivatives (``"jrelu6"``), or jax.nn.relu6 / hard_swish / hard_sigmoid
+  (``"jax.nn"``, for comparison; ``grad_at_*`` are then ignored);
+
+and the quantization fields (:mod:`mobilenet.qat_layers` says what each does).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from mobilenet.depthwise import IMPLS
+from mobilenet.qat_layers import QATLayers, check_quantization
+
+ACTIVATIONS = ("jrelu6", "jax.nn")
+POINTWISE = ("matmul", "conv")
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+Dtype = Any
+
+
+class _LayerFields(NamedTuple):
+    """The layer options every block shares (a model's fields, passed down)."""
+
+    dtype: Dtype
+    batch_norm: bool
+    bn_momentum: float
+    bn_epsilon: float
+    depthwise: str
+    pointwise: str
+    activation: str
+    grad_at_zero: Any
+    grad_at_six: Any
+    symmetric_padding: bool
+    nonlinearity: str = "relu6"
+    cap: float = 6.0
+    activation_bits: int | None = None
+    quant_scheme: str = "affine"
+    calibration: str = "max"
+    # Quantization-aware training (None: float weights; see ConvBN and mobilenet.quantization).
+    weight_bits: int | None = None
+    weight_granularity: str = "per_channel"
+    bn_frozen: Any = False  # Training with the running statistics (a traced bool).
+
+
+class LayerOptions(_LayerFields, QATLayers):
+    """The layer options, with the quantized layers' methods
+    (:class:`~mobilenet.qat_layers.QATLayers`)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, model: Any, *, bn_frozen: Any = False) -> Self:
+        """The options of ``model`` (a :class:`~mobilenet.models.MobileNet`), checked
+        (:func:`check`); its class's reference epsilon where ``bn_epsilon`` is ``None``."""
+        check(model)
+        epsilon = model.default_bn_epsilon if model.bn_epsilon is None else model.bn_epsilon
+        return cls(model.dtype, model.batch_norm, model.bn_momentum, epsilon, model.depthwise,
+                   model.pointwise, model.activation, model.grad_at_zero, model.grad_at_six,
+                   model.symmetric_padding, model.nonlinearity, model.cap,
+                   model.activation_bits, model.quant_scheme, model.calibration,
+                   model.weight_bits, model.weight_granularity, bn_frozen)
+
+
+def check(model: Any) -> None:
+    """Checks a model's options (the error names its class).
+
+    Raises:
+      ValueError: an implementation not in :data:`mobilenet.depthwise.IMPLS`,
+        :data:`POINTWISE` or :data:`ACTIVATIONS`; a quantization setting that
+        :func:`~mobilenet.qat_layers.check_quantization` refuses; a width multiplier
+        that is not positive, or a number of classes that is not a positive int.
+    """
+    name = type(model).__name__
+    if model.depthwise not in IMPLS:
+        raise ValueError(f"{name}: depthwise must be one of {IMPLS}, got {model.depthwise!r}")
+    if model.pointwise not in POINTWISE:
+        raise ValueError(f"{name}: pointwise must be one of {POINTWISE}, "
+                         f"got {model.pointwise!r}")
+    if model.activation not in ACTIVATIONS:
+        raise ValueError(f"{name}: activation must be one of {ACTIVATIONS}, "
+                         f"got {model.activation!r}")
+    check_quantization(name, model)
+    if not model.width_multiplier > 0:
+        raise ValueError(f"{name}: width_multiplier must be > 0, "
+                         f"got {model.width_multiplier!r}")
+    if not (isinstance(model.num_classes, int) and model.num_classes >= 1):
+        raise ValueError(f"{name}: num_classes must be a positive int, "
+                         f"got {model.num_classes!r}")

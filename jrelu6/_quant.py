@@ -276,10 +276,18 @@ def fake_quant(
 class QuantizationParams(NamedTuple):
     r"""The affine form of a :func:`fake_quant` grid: level ``q`` is ``(q - zero_point) * scale``.
 
-    Attributes:
+    Returned by :func:`quantization_params`.
+
+    Args:
       scale: the step :math:`s`, a floating scalar.
       zero_point: the integer level of 0, :math:`z`, an int32 scalar in
         :math:`[q_{\min}, q_{\max}]`.
+
+    Examples:
+      >>> import jrelu6
+      >>> params = jrelu6.quantization_params(min=-3.0, max=3.0, num_bits=4)
+      >>> float(params.scale), int(params.zero_point)
+      (0.4000000059604645, 8)
     """
 
     scale: jax.Array

@@ -13,8 +13,8 @@ float16 (with dynamic loss scaling), for every boundary setting
    (``config.count_kinks``) and summed over the run, as a fraction of that
    layer's relu6 inputs;
 2. how far the gradients of each setting differ from ``(0, 0)``'s on the same
-   parameters and batch (relative L2 norm, cosine), at initialisation and at the
-   end of the ``(0, 0)`` run;
+   parameters and batch (relative L2 norm, cosine), at initialisation, half way
+   through the ``(0, 0)`` run and at its end;
 3. the final test accuracy and loss, and their paired differences from
    ``(0, 0)`` (same seed: same initialisation, data order, augmentation and
    dropout) with 95% t-intervals; a null result reads "no effect larger than X
@@ -60,6 +60,8 @@ from mobilenet.configs import default, get_config
 Setting = tuple[float, float]  # (grad_at_zero, grad_at_six)
 Arm = tuple[str, str]  # (model, dtype)
 REFERENCE: Setting = (0.0, 0.0)
+PROBE_POINTS = {"init": "at initialisation", "mid": "half way through the reference run",
+                "final": "at its end"}
 SETTINGS: tuple[Setting, ...] = ((0.0, 0.0), (1.0, 1.0), (0.5, 0.5), (1.0, 0.0), (0.0, 1.0))
 MODELS = ("mobilenet_v2", "mobilenet_v3_small", "tiny")
 SHORT = {"mobilenet_v2": "V2", "mobilenet_v3_small": "V3-Small", "tiny": "tiny"}
@@ -75,17 +77,22 @@ class StudyConfig:
       seeds: Seeds ``0..seeds-1``.
       steps: Training steps per model (the default recipe trains 550).
       probe_batch: Training images in the fixed batch of the gradient probes.
+      probes: Where the gradients are probed: ``"init"`` (the seed's initial
+        parameters), ``"mid"`` (the reference run's after half its steps) and
+        ``"final"`` (its last).
       quick: Whether this is the ``--quick`` grid (said in the report).
     """
 
     arms: tuple[Arm, ...] = (
         ("mobilenet_v2", "float32"), ("mobilenet_v2", "bfloat16"), ("mobilenet_v2", "float16"),
-        ("mobilenet_v3_small", "float32"), ("mobilenet_v3_small", "float16"))
+        ("mobilenet_v3_small", "float32"), ("mobilenet_v3_small", "bfloat16"),
+        ("mobilenet_v3_small", "float16"))
     settings: tuple[Setting, ...] = SETTINGS
     seeds: int = 5
     steps: tuple[tuple[str, int], ...] = (("mobilenet_v2", 200), ("mobilenet_v3_small", 200),
                                           ("tiny", 20))
     probe_batch: int = 256
+    probes: tuple[str, ...] = ("init", "mid", "final")
     quick: bool = False
 
     def steps_of(self, model: str) -> int:
@@ -228,15 +235,22 @@ def run_one(cfg: StudyConfig, cell: study.Cell) -> dict[str, Any]:
     key = cell.key
     setting = (key["g0"], key["g6"])
     config = run_config(key["model"], key["dtype"], setting, cell.seed, cfg.steps_of(key["model"]))
-    state, summary = train.fit(config, None)
+    reference = setting == tuple(cfg.settings[0])
+    half: dict[str, Any] = {}
+
+    def keep_half(done: int, state: train_state.TrainState) -> None:
+        if done == config.steps // 2:
+            half["mid"] = _variables(state)
+
+    state, summary = train.fit(config, None, on_step=keep_half if reference else None)
     record = {name: summary[name] for name in ("test_accuracy", "test_loss", "train_loss")}
     record["kinks"] = [{k: row[k] for k in ("layer", "n", "at_zero", "at_cap")}
                        for row in summary["boundary_hits"]]
     record["skipped_steps"] = summary.get("skipped_steps", 0)
-    if setting == tuple(cfg.settings[0]):
-        record["gradients"] = {
-            "init": probe(cfg, key["model"], key["dtype"], cell.seed, _initial_variables(config)),
-            "final": probe(cfg, key["model"], key["dtype"], cell.seed, _variables(state))}
+    if reference:
+        points = {"init": _initial_variables(config), **half, "final": _variables(state)}
+        record["gradients"] = {when: probe(cfg, key["model"], key["dtype"], cell.seed,
+                                           points[when]) for when in cfg.probes}
     return record
 
 
@@ -260,7 +274,8 @@ def config_from_json(payload: Mapping[str, Any]) -> StudyConfig:
         arms=tuple((m, d) for m, d in payload["arms"]),
         settings=tuple((float(a), float(b)) for a, b in payload["settings"]),
         seeds=int(payload["seeds"]), steps=tuple((m, int(n)) for m, n in payload["steps"]),
-        probe_batch=int(payload["probe_batch"]), quick=bool(payload["quick"]))
+        probe_batch=int(payload["probe_batch"]), quick=bool(payload["quick"]),
+        probes=tuple(payload.get("probes", ("init", "final"))))
 
 
 def combine(parts: Sequence[str], out: str) -> tuple[StudyConfig, study.Results]:
@@ -421,7 +436,7 @@ def gradient_rows(results: study.Results, cfg: StudyConfig) -> list[dict[str, An
     for model, dtype in cfg.arms:
         probes = [r["gradients"] for r in _records(results, model, dtype, cfg.settings[0])
                   if "gradients" in r]
-        for when in ("init", "final"):
+        for when in cfg.probes:
             for k, setting in enumerate(cfg.settings):
                 found = [p[when][k] for p in probes]
                 if not found:
@@ -455,7 +470,8 @@ def describe(cfg: StudyConfig) -> str:
             f"{steps}; arms (model, compute dtype): {arms}; settings (g0, g6): "
             f"{', '.join(_fmt_setting(s) for s in cfg.settings)}; seeds 0..{cfg.seeds - 1}, "
             f"paired (a seed fixes the initialisation, data order, augmentation and dropout); "
-            f"gradient probes on the first {cfg.probe_batch} training images.")
+            f"gradient probes on the first {cfg.probe_batch} training images "
+            f"({', '.join(PROBE_POINTS[p] for p in cfg.probes)}).")
 
 
 def format_results(results: study.Results, cfg: StudyConfig, meta: Mapping[str, Any]) -> str:
@@ -480,7 +496,8 @@ def format_results(results: study.Results, cfg: StudyConfig, meta: Mapping[str, 
                   "summed over all steps, seeds and settings.", "",
                   kinks_table(results, cfg, model), ""]
     lines += [f"### Gradient differences from {ref}", "",
-              f"Same parameters (seed's initialisation, or the end of its {ref} run) and "
+              f"Same parameters (the seed's initialisation, or its {ref} run's half way "
+              f"or end) and "
               f"batch; the {ref} row recomputes the reference (the control). Without a "
               "kink hit in the probe's forward pass the settings compute the same "
               "function, so a difference there comes from the compiled programs.", "",
@@ -637,8 +654,9 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     if args.probe_batch is not None:
         changes["probe_batch"] = args.probe_batch
     cfg = dataclasses.replace(cfg, **changes)
-    if cfg.seeds < 1 or min(n for _, n in cfg.steps) < 1 or cfg.probe_batch < 1:
-        raise SystemExit("boundary_study: --seeds, --steps and --probe-batch must be >= 1")
+    if cfg.seeds < 1 or min(n for _, n in cfg.steps) < 2 or cfg.probe_batch < 1:
+        raise SystemExit("boundary_study: --seeds and --probe-batch must be >= 1, "
+                         "--steps >= 2 (the gradients are probed half way)")
     return cfg
 
 

@@ -450,8 +450,9 @@ def plot(results: study.Results, design: Design, path: str) -> bool:
                     xs.append(x)
                     means.append(100 * interval.mean)
                     halves.append(100 * interval.half_width)
-            series.append(study.Series(f"{label(act, design)}, {ARMS[arm]}", xs, means,
-                                       halves, dashed=arm == "qat"))
+            series.append(study.Series(  # One colour per activation; QAT dashed.
+                f"{label(act, design)}, {ARMS[arm]}", xs, means, halves, dashed=arm == "qat",
+                color=f"C{list(design.activations).index(act)}"))
     return study.plot_lines(
         path, series, xlabel="activation bits (weights float)", ylabel="test accuracy (%)",
         title=f"{design.model} x{design.width:g} on digits (mean, 95% interval)",

@@ -398,6 +398,7 @@ class Series:
     mean: Sequence[float]
     half_width: Sequence[float]
     dashed: bool = False
+    color: str | None = None  # A matplotlib colour; None: the next of the cycle.
 
 
 def plot_lines(path: str, series: Sequence[Series], *, xlabel: str, ylabel: str,
@@ -420,7 +421,8 @@ def plot_lines(path: str, series: Sequence[Series], *, xlabel: str, ylabel: str,
     for s in series:
         yerr = [0.0 if not math.isfinite(h) else h for h in s.half_width]
         ax.errorbar(list(s.x), list(s.mean), yerr=yerr, capsize=3, label=s.label,
-                    marker="s" if s.dashed else "o", linestyle="--" if s.dashed else "-")
+                    marker="s" if s.dashed else "o", linestyle="--" if s.dashed else "-",
+                    color=s.color)
     if xticks:
         ax.set_xticks(list(xticks), list(xticks.values()))
     ax.set_xlabel(xlabel)

@@ -123,9 +123,15 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
     return fit(config, workdir, model_fn=model_fn)[1]
 
 
-def fit(config: Config, workdir: str | None, *,
-        model_fn: ModelFn | None = None) -> tuple[TrainState, dict[str, Any]]:
-    """:func:`train_and_evaluate`, also returning the final :class:`TrainState`."""
+def fit(config: Config, workdir: str | None, *, model_fn: ModelFn | None = None,
+        on_step: Callable[[int, TrainState], None] | None = None
+        ) -> tuple[TrainState, dict[str, Any]]:
+    """:func:`train_and_evaluate`, also returning the final :class:`TrainState`.
+
+    ``on_step(done, state)``, if given, sees the state after each training step
+    (``done`` steps taken), for studies that probe a run as it trains; it must not
+    keep ``state`` past its call (the next step donates its buffers).
+    """
     config.validate()
     start_time = time.perf_counter()
     life = Lifecycle(workdir, distributed=config.distributed)  # Joins, checks: SetupError.
@@ -134,7 +140,7 @@ def fit(config: Config, workdir: str | None, *,
         restored = life.restore(config, _saved_tree(run.abstract),
                                 num_train=run.dataset.train_images.shape[0])
         state = _initialize(run, life, restored)
-        state, summary = _train(run, life, state, restored)
+        state, summary = _train(run, life, state, restored, on_step)
         if config.plot:
             life.plot()
     summary["seconds"] = time.perf_counter() - start_time
@@ -215,7 +221,8 @@ def _saved_tree(state: TrainState) -> dict[str, Any]:
             "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
 
 
-def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None
+def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None,
+           on_step: Callable[[int, TrainState], None] | None = None
            ) -> tuple[TrainState, dict[str, Any]]:
     """The training loop proper, from the restored step to the end; then the evaluation.
 
@@ -239,6 +246,8 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
             state, _ = run.train_step(state, next(batches))
             done = step + 1
             progress.stepped(done, state.step)
+            if on_step is not None:
+                on_step(done, state)
             if done % config.log_every == 0 or done == steps:
                 state, last_train = _log_train_metrics(run, life, state, done, progress)
             if config.eval_every and done % config.eval_every == 0 and done != steps:

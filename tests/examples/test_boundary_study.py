@@ -157,6 +157,7 @@ def test_micro_study_records_every_run_with_its_kink_counts(micro_study):
         assert r["kinks"] and all(0 <= k["at_zero"] <= k["n"] and k["n"] > 0 for k in r["kinks"])
         reference = (r["key"]["g0"], r["key"]["g6"]) == (0.0, 0.0)
         assert ("gradients" in r) == reference
+        assert not reference or set(r["gradients"]) == {"init", "mid", "final"}
     layers = {k["layer"] for k in runs[0]["kinks"]}
     assert any("head" in name for name in layers)  # tiny's hard-swish layer is counted.
 
@@ -171,7 +172,8 @@ def test_micro_study_writes_pasteable_tables_and_a_plot(micro_study):
     assert kinks[0] == ["layer", "float32: on 0 / on 6", "float16: on 0 / on 6"]
     assert kinks[-1][0] == "**all layers**"
     gradients = _table_after(report, "## Gradient differences")
-    assert len(gradients) == 2 + 2 * 2 * 2  # arms x (init, final) x settings
+    assert len(gradients) == 2 + 2 * 3 * 2  # arms x (init, mid, final) x settings
+    assert [row[2] for row in gradients[2:5:2]] == ["init", "mid"]
 
 
 def test_micro_study_control_rows_are_exactly_equal(micro_study):

@@ -156,6 +156,17 @@ def test_quiet_run_without_workdir_returns_the_final_metrics(capsys, tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+def test_on_step_sees_the_state_after_every_step_without_changing_the_run():
+    seen = []
+    state, summary = train.fit(_config(steps=4), None, on_step=lambda done, state: seen.append(
+        (done, int(state.step), jax.device_get(state.params))))
+    assert [(done, step) for done, step, _ in seen] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert jax.tree.all(jax.tree.map(np.array_equal, seen[-1][2], jax.device_get(state.params)))
+    _, plain = train.fit(_config(steps=4), None)
+    assert (summary["test_loss"], summary["train_loss"]) == (plain["test_loss"],
+                                                             plain["train_loss"])
+
+
 class _Killed(Exception):
     """Stands for the process dying (SIGKILL) in the middle of training."""
 

@@ -335,29 +335,19 @@ def quantization_params(
       (191, True)
     """
     fn_name = "quantization_params"
-    num_bits = _check_num_bits(fn_name, num_bits)
-    narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"{fn_name}: dtype must be a floating dtype, got {dtype!r}.")
     dtype = _compute_dtype(dtype)
-    lo = check_scalar(fn_name, "min", min, dtype=dtype)
-    hi = check_scalar(fn_name, "max", max, dtype=dtype)
-    if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
-        if not float(lo) < float(hi):
-            raise ValueError(
-                f"{fn_name}: min must be less than max, got min={float(lo)}, max={float(hi)}."
-            )
-    qmin, qmax = _levels(num_bits, narrow_range)
+    lo, hi, (qmin, qmax) = _check_grid(fn_name, min, max, num_bits, narrow_range, dtype)
     grid = nudge(lo, hi, qmin, qmax, dtype)
     zero_point = jnp.round(qmin - jnp.asarray(grid.offset, dtype)).astype(jnp.int32)
     return QuantizationParams(jnp.asarray(grid.scale, dtype), zero_point)
 
 
-def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
-    """Validates the range and the grid, then applies the core."""
+def _check_grid(fn_name, lo, hi, num_bits, narrow_range, dtype):
+    """The checked range (scalars, ``lo < hi`` where known) and levels ``(qmin, qmax)``."""
     num_bits = _check_num_bits(fn_name, num_bits)
     narrow_range = _check_bool(fn_name, "narrow_range", narrow_range)
-    dtype = _compute_dtype(x.dtype)
     lo = check_scalar(fn_name, "min", lo, dtype=dtype)
     hi = check_scalar(fn_name, "max", hi, dtype=dtype)
     if not isinstance(lo, jax.core.Tracer) and not isinstance(hi, jax.core.Tracer):
@@ -365,7 +355,14 @@ def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
             raise ValueError(
                 f"{fn_name}: min must be less than max, got min={float(lo)}, max={float(hi)}."
             )
-    return fake_quant_core(x, lo, hi, nudge(lo, hi, *_levels(num_bits, narrow_range), x.dtype))
+    return lo, hi, _levels(num_bits, narrow_range)
+
+
+def _fake_quant(fn_name, x, lo, hi, num_bits, narrow_range):
+    """Validates the range and the grid, then applies the core."""
+    lo, hi, levels = _check_grid(fn_name, lo, hi, num_bits, narrow_range,
+                                 _compute_dtype(x.dtype))
+    return fake_quant_core(x, lo, hi, nudge(lo, hi, *levels, x.dtype))
 
 
 def _relu6_levels(fn_name: str, num_bits, narrow_range, scheme) -> tuple[int, int]:

@@ -181,7 +181,12 @@ def test_a_residual_qat_network_evaluates_as_its_int8_file():
     data, pinned = qat_export.to_int8(run, calibration_images=16)
     names = {name.split(" x ")[0] for name, _, _ in pinned.tensors.values()}
     assert {"block1/add_range", "pool_range", "logits_range", "head relu6"} <= names
-    # The test images, and noise (values near a level's midpoint in every layer).
+    _assert_the_file_equals_its_emulation(run, data, pinned)
+
+
+def _assert_the_file_equals_its_emulation(run, data, pinned):
+    """Every pinned tensor and logit of the file equal to the integer emulation's, on the
+    test images and on noise (values near a level's midpoint in every layer)."""
     noise = np.random.default_rng(0).uniform(0, 255, (192, *IMAGE)).astype(np.float32)
     images = np.concatenate([np.asarray(run.dataset.test_images, np.float32), noise])
     result = qat_export.parity(run, data, pinned, images, "test", table_images=images.shape[0])
@@ -190,7 +195,6 @@ def test_a_residual_qat_network_evaluates_as_its_int8_file():
     assert {row[0] for row in result.rows} == {name for name, _, _ in pinned.tensors.values()}
     for tensor, equal, off_by_one, worse in result.rows:
         assert equal == 1.0, (tensor, equal, off_by_one, worse)
-
 
 class _V3Net(models.MobileNet):
     """MobileNetV3's int8 ops in a few layers: a hard-swish stem (CONV_2D, HARD_SWISH),
@@ -228,11 +232,4 @@ def test_a_v3_style_qat_network_evaluates_as_its_int8_file():
             "block1/se/relu_range", "block1/se relu6", "block1/se/gate_range",
             "block1/se/scale_range", "block2/se/scale_range", "hard_swish_in_range",
             "hard_swish_range", "logits_range"} <= names
-    noise = np.random.default_rng(0).uniform(0, 255, (192, *IMAGE)).astype(np.float32)
-    images = np.concatenate([np.asarray(run.dataset.test_images, np.float32), noise])
-    result = qat_export.parity(run, data, pinned, images, "test", table_images=images.shape[0])
-    assert result.agreement == 1.0
-    assert result.max_logit_steps == 0.0
-    assert {row[0] for row in result.rows} == {name for name, _, _ in pinned.tensors.values()}
-    for tensor, equal, off_by_one, worse in result.rows:
-        assert equal == 1.0, (tensor, equal, off_by_one, worse)
+    _assert_the_file_equals_its_emulation(run, data, pinned)

@@ -263,9 +263,19 @@ def cells(cfg: StudyConfig) -> list[study.Cell]:
 
 def run_study(cfg: StudyConfig, out: str, *, log: Callable[[str], None] = print
               ) -> study.Results:
-    """Runs (or resumes) the grid in ``out``; returns its results."""
+    """Runs (or resumes) the grid in ``out``, an arm at a time; returns its results.
+
+    Each arm's compiled programs are dropped before the next arm compiles its own: a
+    process that kept all six arms' (about 200 programs) ran out of memory maps on a
+    Linux machine with the default ``vm.max_map_count`` (65,530), XLA:CPU's JIT
+    holding several per program.
+    """
     results = study.Results(out, dataclasses.asdict(cfg))
-    return study.run_grid(cells(cfg), functools.partial(run_one, cfg), results=results, log=log)
+    for arm in cfg.arms:
+        arm_cells = [c for c in cells(cfg) if (c.key["model"], c.key["dtype"]) == tuple(arm)]
+        study.run_grid(arm_cells, functools.partial(run_one, cfg), results=results, log=log)
+        jax.clear_caches()
+    return results
 
 
 def config_from_json(payload: Mapping[str, Any]) -> StudyConfig:

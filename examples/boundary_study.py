@@ -536,7 +536,7 @@ def plot_results(results: study.Results, cfg: StudyConfig, path: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.4))
     _plot_differences(axes[0], outcome_rows(results, cfg), cfg)
     _plot_kinks(axes[1], results, cfg)
     _plot_gradients(axes[2], gradient_rows(results, cfg), cfg)
@@ -587,7 +587,7 @@ def _plot_gradients(ax: Any, rows: Sequence[dict[str, Any]], cfg: StudyConfig) -
                    color=_color(cfg, setting), label=_fmt_setting(setting))
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(groups)),
-                  [f"{SHORT[m]}\n{d}\n{w}" for m, d, w in groups], fontsize=6)
+                  [f"{SHORT[m]} {d} {w}" for m, d, w in groups], fontsize=6, rotation=90)
     ax.set_ylabel("|g - g_ref| / |g_ref|, mean over seeds (1e-12: equal)")
     ax.set_title("gradient difference, same parameters and batch")
     ax.legend(fontsize=7)

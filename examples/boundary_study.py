@@ -272,8 +272,8 @@ def run_study(cfg: StudyConfig, out: str, *, log: Callable[[str], None] = print
     """
     results = study.Results(out, dataclasses.asdict(cfg))
     for arm in cfg.arms:
-        arm_cells = [c for c in cells(cfg) if (c.key["model"], c.key["dtype"]) == tuple(arm)]
-        study.run_grid(arm_cells, functools.partial(run_one, cfg), results=results, log=log)
+        study.run_grid(cells(dataclasses.replace(cfg, arms=(arm,))),
+                       functools.partial(run_one, cfg), results=results, log=log)
         jax.clear_caches()
     return results
 
@@ -285,7 +285,7 @@ def config_from_json(payload: Mapping[str, Any]) -> StudyConfig:
         settings=tuple((float(a), float(b)) for a, b in payload["settings"]),
         seeds=int(payload["seeds"]), steps=tuple((m, int(n)) for m, n in payload["steps"]),
         probe_batch=int(payload["probe_batch"]), quick=bool(payload["quick"]),
-        probes=tuple(payload.get("probes", ("init", "final"))))
+        probes=tuple(payload["probes"]))
 
 
 def combine(parts: Sequence[str], out: str) -> tuple[StudyConfig, study.Results]:

@@ -72,11 +72,9 @@ class LayerOptions(_LayerFields, QATLayers):
         (:func:`check`); its class's reference epsilon where ``bn_epsilon`` is ``None``."""
         check(model)
         epsilon = model.default_bn_epsilon if model.bn_epsilon is None else model.bn_epsilon
-        return cls(model.dtype, model.batch_norm, model.bn_momentum, epsilon, model.depthwise,
-                   model.pointwise, model.activation, model.grad_at_zero, model.grad_at_six,
-                   model.symmetric_padding, model.nonlinearity, model.cap,
-                   model.activation_bits, model.quant_scheme, model.calibration,
-                   model.weight_bits, model.weight_granularity, bn_frozen)
+        shared = {name: getattr(model, name) for name in cls._fields
+                  if name not in ("bn_epsilon", "bn_frozen")}  # The model's fields by name.
+        return cls(**shared, bn_epsilon=epsilon, bn_frozen=bn_frozen)
 
 
 def check(model: Any) -> None:

@@ -324,7 +324,7 @@ def _pin_activations(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],
             count = int(np.prod(shape[1:-1])) if name == "SUM" else 1
             pin(out, (*(() if reader is None else _scope(reader)), "pool_range"), count)
         elif name == "MUL":
-            _pin_mul(fb, op, producer, ranges)
+            _pin_mul(fb, op, producer, pin)
         elif name in _SAME_SCALE and op.inputs[0] in fb.pinned:
             fb.pin(out, *fb.pinned[op.inputs[0]])
 
@@ -350,7 +350,7 @@ def _pin_weighted(fb: _Flatbuffer, op: Any, layer: Layer, readers: list[Any],
 
 
 def _pin_mul(fb: _Flatbuffer, op: Any, producer: Mapping[int, Any],
-             ranges: Mapping[tuple, Range]) -> None:
+             pin: Callable[[int, tuple[str, ...]], None]) -> None:
     """Squeeze-excite's two MULs: hard-sigmoid's ``/ 6`` of the expand layer's ReLU6 output
     (its constant set to the int8 1 on the scale fl(1/6), the output on the fixed
     ``gate_range`` [0, 1]), and the product of the block's tensor and that gate
@@ -373,10 +373,7 @@ def _pin_mul(fb: _Flatbuffer, op: Any, producer: Mapping[int, Any],
     gates = [fb.pinned[i][0] for i in (a, b) if i in fb.pinned
              and fb.pinned[i][0].endswith("/gate_range")]
     if gates:
-        key = (*gates[0][:-len("/gate_range")].split("/"), "scale_range")
-        if key in ranges:
-            r = ranges[key]
-            fb.pin(op.outputs[0], "/".join(key), r.scale, r.zero_point)
+        pin(op.outputs[0], (*gates[0][:-len("/gate_range")].split("/"), "scale_range"))
 
 
 def _pin_input(fb: _Flatbuffer, matched: list[tuple[Any, Layer]],

@@ -168,10 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, options = parse(argv)
 
     from mobilenet import input_pipeline, model_summary, native, train  # JAX loads here.
-    from mobilenet.infra import compile_cache, startup, state_size
+    from mobilenet.infra import compile_cache, program_cache, startup, state_size
 
     if options["compilation_cache"]:
-        compile_cache.enable(options["compilation_cache_dir"])
+        # Also the compiled steps whole, found without tracing (mobilenet/infra/program_cache.py).
+        program_cache.enable(compile_cache.enable(options["compilation_cache_dir"]) is not None)
     if options["summary"]:
         print(model_summary.summarize(config))
         return 0

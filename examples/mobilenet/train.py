@@ -27,6 +27,7 @@ it guarantees.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,8 +37,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mobilenet import finetune, input_pipeline, models, optim, tracking, train_state
+import jrelu6
+from mobilenet import finetune, input_pipeline, models, native, optim, tracking, train_state
 from mobilenet.configs.default import Config
+from mobilenet.infra import program_cache
 from mobilenet.infra.checkpoints import Restored
 from mobilenet.infra.lifecycle import Interrupted as Interrupted
 from mobilenet.infra.lifecycle import Lifecycle
@@ -45,11 +48,15 @@ from mobilenet.infra.lifecycle import Preempted as Preempted
 from mobilenet.infra.lifecycle import SetupError as SetupError
 from mobilenet.infra.lifecycle import TrainingDiverged as TrainingDiverged
 from mobilenet.infra.lifecycle import WriteFailed as WriteFailed
+from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.infra.progress import Progress
 from mobilenet.infra.setup_check import check_setup
 from mobilenet.infra.state_size import check_state_fits
 from mobilenet.sharding import batch_sharding, create_mesh
 from mobilenet.train_state import TrainState
+
+# The code the steps are traced from (jrelu6 and this example): a change is a new program.
+SOURCES = (os.path.dirname(jrelu6.__file__), os.path.dirname(os.path.abspath(__file__)))
 
 ModelFn = Callable[..., nn.Module]
 """``model_fn(config, *, num_classes) -> flax module``, as :func:`train_state.create_model`."""
@@ -69,6 +76,7 @@ class Prepared:
       eval_step: ``(state, batch) -> sums``, jitted.
       test_batches: The test split, sharded.
       abstract: The train state's shapes, dtypes and shardings.
+      programs: Where the compiled steps are kept between runs (``None``: not kept).
     """
 
     config: Config
@@ -80,6 +88,7 @@ class Prepared:
     eval_step: Callable[..., Any]
     test_batches: list[dict[str, jax.Array]]
     abstract: TrainState
+    programs: ProgramCache | None = None
 
 
 def train_and_evaluate(config: Config, workdir: str | None, *,
@@ -139,7 +148,7 @@ def fit(config: Config, workdir: str | None, *, model_fn: ModelFn | None = None,
     with life.running(keep=config.keep_checkpoints, progress=config.progress):
         restored = life.restore(config, _saved_tree(run.abstract),
                                 num_train=run.dataset.train_images.shape[0])
-        state = _initialize(run, life, restored)
+        run, state = _initialize(run, life, restored)
         state, summary = _train(run, life, state, restored, on_step)
         if config.plot:
             life.plot()
@@ -172,30 +181,39 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     test_batches = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels, batch_size=config.eval_batch_size,
         sharding=batch_sharding(mesh))
+    programs = None if model_fn else program_cache.open_cache(
+        dataset.name, dataset.image_shape, dataset.mean, dataset.std, num_classes,
+        dataset.train_images.shape[0], dataset.flip, native.library_path(), repr(model),
+        settings=config, sources=SOURCES, live={"model": model, "tx": optim.create_optimizer(
+            config, total_steps=resolved.total_steps)})
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
-                                                mesh=mesh, total_steps=resolved.total_steps)
+                                                mesh=mesh, total_steps=resolved.total_steps,
+                                                cache=programs)
     check_state_fits(abstract.params, abstract.opt_state)
     return Prepared(config=config, dataset=dataset, mesh=mesh, steps=resolved.total_steps,
                     model=model, train_step=train_step, eval_step=eval_step,
-                    test_batches=test_batches, abstract=abstract)
+                    test_batches=test_batches, abstract=abstract, programs=programs)
 
 
-def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> TrainState:
-    """The restored or a new train state, initialized while the train and eval steps compile
+def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
+                ) -> tuple[Prepared, TrainState]:
+    """The run with its steps compiled, and the restored or a new train state, initialized
+    while the train and eval steps compile
     (:meth:`~mobilenet.infra.lifecycle.Lifecycle.compiling`)."""
     config, mesh, dataset = run.config, run.mesh, run.dataset
     eval_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                              run.test_batches[0])
-    with life.compiling(
-            (run.train_step, (run.abstract, _train_batch_spec(mesh, config.batch_size,
-                                                              dataset.image_shape))),
-            (run.eval_step, (run.abstract, eval_spec))):
+    train_spec = _train_batch_spec(mesh, config.batch_size, dataset.image_shape)
+    with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
+                         "eval": (run.eval_step, (run.abstract, eval_spec))},
+                        cache=run.programs) as compiled:
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:
             state = life.in_background(
                 train_state.create_train_state, config, run.model,
-                image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps).result()
+                image_shape=dataset.image_shape, mesh=mesh, total_steps=run.steps,
+                cache=run.programs).result()
             if config.init_from is not None:
                 state = finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         start = restored.step if restored else 0
@@ -204,7 +222,8 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None) -> Tr
                  f"{dataset.test_images.shape[0]} test), {mesh.size} "
                  f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "
                  f"{run.steps} steps" + (f"; resuming from step {start}" if start else ""))
-    return state
+    return dataclasses.replace(run, train_step=compiled["train"],
+                               eval_step=compiled["eval"]), state
 
 
 def _train_batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]

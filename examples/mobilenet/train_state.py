@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from mobilenet import input_pipeline, models, optim, tracking
 from mobilenet.configs.default import Config
+from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.sharding import batch_sharding, replicated
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -81,7 +82,8 @@ def zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Arra
 
 
 def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
-                       mesh: Mesh, total_steps: int) -> TrainState:
+                       mesh: Mesh, total_steps: int, cache: ProgramCache | None = None
+                       ) -> TrainState:
     """Initializes the model and the optimizer, replicated over ``mesh``.
 
     Args:
@@ -90,27 +92,35 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
       image_shape: ``(H, W, C)`` of one input image.
       mesh: The device mesh; the state is replicated on it.
       total_steps: Length of the learning-rate schedule.
+      cache: Where the compiled initialization may be found (or saved).
 
     Returns:
       The :class:`TrainState` at step 0.
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
-    return _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))(
-        *_init_keys(config.seed))
+    init = _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))
+    keys = _init_keys(config.seed)
+    return (init if cache is None else cache.compile("init", init, *keys))(*keys)
 
 
 def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
-                         mesh: Mesh, total_steps: int) -> TrainState:
+                         mesh: Mesh, total_steps: int, cache: ProgramCache | None = None
+                         ) -> TrainState:
     """The :class:`TrainState` of :func:`create_train_state` as shapes, dtypes and shardings.
 
     Nothing is computed; use it to compile the steps ahead of time
-    (``train_step.lower(abstract_state, batch_spec).compile()``).
+    (``train_step.lower(abstract_state, batch_spec).compile()``). ``cache``: where the
+    shapes may be found (or saved) without tracing the initialization.
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
-    shapes = jax.eval_shape(_init_function(model, tx, tuple(image_shape), mesh,
-                                           *tracking.options(config)), *_init_keys(config.seed))
+    init = _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))
+
+    def shapes() -> TrainState:
+        return jax.eval_shape(init, *_init_keys(config.seed))
+
     return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), shapes)
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)),
+        shapes() if cache is None else cache.shapes("state", shapes))
 
 
 def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:

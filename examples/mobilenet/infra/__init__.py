@@ -21,7 +21,9 @@ about the model or the training:
   environment.
 - :mod:`~mobilenet.infra.background`: calls in threads (the steps compile while
   the state initializes), waited for in order.
-- :mod:`~mobilenet.infra.compile_cache`: JAX's persistent compilation cache.
+- :mod:`~mobilenet.infra.compile_cache`: JAX's persistent compilation cache;
+  :mod:`~mobilenet.infra.program_cache`: the command's compiled steps kept whole,
+  found without tracing.
 - :mod:`~mobilenet.infra.host_memory`: huge pages for XLA:CPU's large buffers.
 - :mod:`~mobilenet.infra.settings`: the settings' machinery (metadata, validation,
   ``--help`` text); :mod:`~mobilenet.infra.resume_check`: whether a run may resume;

@@ -39,6 +39,7 @@ from mobilenet.infra.background import Background
 from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
 from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
 from mobilenet.infra.preemption import Preemption
+from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.infra.workdir import Workdir, WorkdirError
 
 
@@ -69,10 +70,15 @@ def notice(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def compile_ahead(step: Any, *args: Any) -> None:
-    """Compiles a jitted step for ``args`` (its later calls with such arguments reuse it)."""
-    if hasattr(step, "lower"):  # Not for a wrapped step (the tests wrap it): it compiles later.
-        step.lower(*args).compile()
+def compile_ahead(name: str, step: Any, *args: Any, cache: ProgramCache | None = None) -> Any:
+    """A jitted step compiled for ``args`` (from ``cache`` when it holds it as ``name``).
+
+    A step that cannot be compiled ahead (one the tests wrap) is returned as it is."""
+    if not hasattr(step, "lower"):
+        return step
+    if cache is None:
+        return step.lower(*args).compile()
+    return cache.compile(name, step, *args)
 
 
 class Lifecycle:
@@ -176,24 +182,29 @@ class Lifecycle:
         self.step = step
 
     @contextlib.contextmanager
-    def compiling(self, *jobs: tuple[Any, tuple[Any, ...]]) -> Iterator[None]:
-        """Compiles each ``(step, args)`` in a thread (:func:`compile_ahead`) while the block
-        runs, waits for them, then says how long it all took.
+    def compiling(self, jobs: dict[str, tuple[Any, tuple[Any, ...]]], *,
+                  cache: ProgramCache | None = None) -> Iterator[dict[str, Any]]:
+        """Compiles each ``name: (step, args)`` in a thread (:func:`compile_ahead`) while the
+        block runs; yields a dict that holds the compiled steps by name once the block ends,
+        then says how long it all took.
 
         XLA compiles on one core: the steps compile in threads while the block (the
         state's initialization, in a thread of its own) runs. The main thread only
         waits, so Ctrl-C reaches it at once, even during compilation.
         """
         start = time.perf_counter()
+        compiled: dict[str, Any] = {}
         with compile_cache.CompileStats() as stats:
-            tasks = [self.in_background(compile_ahead, step, *args) for step, args in jobs]
-            yield
-            for task in tasks:
-                task.result()
+            tasks = {name: self.in_background(compile_ahead, name, step, *args, cache=cache)
+                     for name, (step, args) in jobs.items()}
+            yield compiled
+            compiled.update((name, task.result()) for name, task in tasks.items())
         counts = stats.counts()
+        loaded = (f", {cache.hits} loaded whole from the program cache" if cache and cache.hits
+                  else "")
         self.say(f"initialized and compiled in {time.perf_counter() - start:.1f} s "
                  f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
-                 "programs from the persistent cache)")
+                 f"programs from the persistent cache{loaded})")
 
     def in_background(self, function: Callable[..., Any], *args: Any, **kwargs: Any
                       ) -> Background:

@@ -135,7 +135,7 @@ def _load() -> None:
     except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as error:
         _state.update(ok=False, reason=f"building the kernels failed: {error}")
         return
-    _state.update(ok=True, reason="", library=library, build_seconds=seconds)
+    _state.update(ok=True, reason="", library=library, path=path, build_seconds=seconds)
 
 
 def available() -> bool:
@@ -158,6 +158,12 @@ def build_seconds() -> float:
     """Seconds this process spent compiling the kernels (0 when they came from the cache,
     were never needed, or could not be built)."""
     return float(_state.get("build_seconds", 0.0))  # type: ignore[arg-type]
+
+
+def library_path() -> str:
+    """The loaded kernels' library, whose folder names a hash of their source, compiler,
+    flags and CPU (:func:`available` first); else why there is none."""
+    return str(_state["path"]) if available() else f"unavailable: {_state['reason']}"
 
 
 def unavailable_reason() -> str:

@@ -117,7 +117,7 @@ def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTrans
       repeated runs reuse compiled steps.
 
     Raises:
-      mobilenet.configs.default.InvalidSetting: (a ``ValueError``) for a setting that
+      mobilenet.infra.settings.InvalidSetting: (a ``ValueError``) for a setting that
         :meth:`~mobilenet.configs.default.Config.validate` refuses.
     """
     config.validate()

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import jrelu6
 import jrelu6.linen
 from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.depthwise import accumulator_dtype
 from mobilenet.layer_options import LayerOptions
 from mobilenet.qat_layers import (
     QATConvBN,
@@ -70,21 +70,10 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 class _Layers(LayerOptions):
-    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`), with the
-    methods of the float layers."""
+    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`: the padding and
+    the convolutions), with the float layers' activations."""
 
     __slots__ = ()
-
-    def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
-        """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
-
-        The two differ only for strided layers on even sizes, where "SAME" pads
-        only after: the same shapes, but not the same sampled pixels.
-        """
-        if not self.symmetric_padding:
-            return "SAME"
-        pad = (kernel_size - 1) // 2
-        return ((pad, pad), (pad, pad))
 
     def act(self, kind: str) -> Callable[[jax.Array], jax.Array]:
         """The activation ``kind`` ("relu6", "hard_swish", "hard_sigmoid", "relu").
@@ -135,20 +124,8 @@ class ConvBN(QATConvBN):
         cfg = self.layers
         if cfg.weight_bits is not None:  # QAT: batch norm folded, weights quantized.
             return self.quantized(x, train=train, in_scale=in_scale)
-        k = (self.kernel_size, self.kernel_size)
-        if self.depthwise:
-            conv = DepthwiseConv(self.features, k, strides=self.strides,
-                                 padding=cfg.padding(self.kernel_size),
-                                 use_bias=not cfg.batch_norm, impl=cfg.depthwise,
-                                 dtype=cfg.dtype, name="conv")
-        elif self.kernel_size == 1 and self.strides == 1 and cfg.pointwise == "matmul":
-            conv = PointwiseConv(self.features, use_bias=not cfg.batch_norm, dtype=cfg.dtype,
-                                 name="conv")
-        else:
-            conv = nn.Conv(self.features, k, strides=self.strides,
-                           padding=cfg.padding(self.kernel_size),
-                           use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
-        x = conv(x)
+        x = cfg.conv(self.features, self.kernel_size, self.strides, depthwise=self.depthwise,
+                     name="conv")(x)
         if cfg.batch_norm:
             # flax's BatchNorm with a hand-written backward pass (mobilenet.batch_norm).
             # Normalise in float32, then cast back: half-precision statistics lose too

@@ -47,6 +47,7 @@ import numpy as np
 import _harness
 import _mobilenet_step as mstep
 from _harness import torch
+from mobilenet.model_summary import count_params
 
 OURS, GROUPED, TORCH, TORCH_COMPILE = "jax (ours)", "jax grouped", "torch", "torch.compile"
 
@@ -195,7 +196,7 @@ def jax_case(config: dict[str, Any], depthwise: str, images, labels, state: mste
     jax.block_until_ready((holder[0], loss))
     notes = {"depthwise": depthwise, "pointwise": pointwise,
              "first_call_s": time.perf_counter() - start,
-             "params": mstep.models.count_params(holder[0].params)}
+             "params": count_params(holder[0].params)}
 
     def run(_):
         holder[0], loss = step(holder[0], images, labels)

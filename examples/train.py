@@ -60,6 +60,7 @@ from typing import Any
 
 # Python puts this script's folder on sys.path, so `mobilenet` imports as a package.
 from mobilenet.configs import default  # (light: no JAX import)
+from mobilenet.infra.settings import ConfigMismatch, InvalidSetting, default_text, field_kind, flag
 
 # Extra spellings of a field's flag (the first is shown first in --help).
 ALIASES = {"learning_rate": ("--lr",)}
@@ -107,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         exclusive.update(dict.fromkeys(names, shared))
     for field in dataclasses.fields(default.Config):
         meta = field.metadata
-        base, _ = default.field_kind(field)
-        help_text = f"{meta['help']} (default: {default.default_text(field)})".replace("%", "%%")
+        base, _ = field_kind(field)
+        help_text = f"{meta['help']} (default: {default_text(field)})".replace("%", "%%")
         container = exclusive.get(field.name, groups[meta["group"]])
-        names = (default.flag(field.name), *ALIASES.get(field.name, ()))
+        names = (flag(field.name), *ALIASES.get(field.name, ()))
         if base is bool:
             container.add_argument(*names, dest=field.name,
                                    action=argparse.BooleanOptionalAction, help=help_text)
@@ -152,8 +153,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[default.Config, dict[str, 
         settings.setdefault("width", 1.0)  # The paper's network: the reference counts.
     try:
         config = default.get_config(**settings)
-    except default.InvalidSetting as error:
-        parser.error(f"argument {default.flag(error.field)}: {error.reason}")
+    except InvalidSetting as error:
+        parser.error(f"argument {flag(error.field)}: {error.reason}")
     return config, options
 
 
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, options = parse(argv)
 
     from mobilenet import input_pipeline, model_summary, native, train  # JAX loads here.
-    from mobilenet.infra import compile_cache, program_cache, startup, state_size
+    from mobilenet.infra import compile_cache, lifecycle, program_cache, startup, state_size
 
     if options["compilation_cache"]:
         # Also the compiled steps whole, found without tracing (mobilenet/infra/program_cache.py).
@@ -180,20 +181,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with compile_cache.CompileStats() as compiles:
             metrics = train.train_and_evaluate(config, workdir)
-    except (input_pipeline.DataError, train.SetupError, default.ConfigMismatch,
+    except (input_pipeline.DataError, lifecycle.SetupError, ConfigMismatch,
             state_size.StateTooLarge) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except train.TrainingDiverged as error:
+    except lifecycle.TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except train.WriteFailed as error:
+    except lifecycle.WriteFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
-    except train.Preempted as error:  # It names the step saved.
+    except lifecycle.Preempted as error:  # It names the step saved.
         print(f"preempted: {error}", file=sys.stderr)
         return 143
-    except train.Interrupted as error:  # It says what a rerun starts from.
+    except lifecycle.Interrupted as error:  # It says what a rerun starts from.
         print(f"interrupted: {error}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # Before the loop took over: nothing was saved.

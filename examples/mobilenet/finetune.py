@@ -17,7 +17,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh
 
 from mobilenet import export  # The run loader; imports no converter.
-from mobilenet.configs.default import Config, ConfigMismatch
+from mobilenet.configs.default import Config
+from mobilenet.infra.settings import ConfigMismatch
 from mobilenet.sharding import replicated
 from mobilenet.train_state import TrainState
 

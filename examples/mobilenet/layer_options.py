@@ -1,10 +1,11 @@
 """The options every layer of a MobileNet shares, checked and handed down as one record.
 
 A :class:`~mobilenet.models.MobileNet`'s fields reach its layers as ``cfg``, a
-:class:`LayerOptions` (:mod:`mobilenet.models` adds the float layers' methods to it,
-:class:`~mobilenet.qat_layers.QATLayers` the quantized ones'). Besides the network's
-own options (dtype, batch norm, padding, the relu6 kink derivatives) it carries the
-implementations the benchmarks compare, each computing the same values:
+:class:`LayerOptions` (:mod:`mobilenet.models` adds the float activations to it,
+:class:`~mobilenet.qat_layers.QATLayers` the quantized layers' methods). Besides the
+network's own options (dtype, batch norm, padding, the relu6 kink derivatives) it carries
+the implementations the benchmarks compare, each computing the same values
+(:meth:`LayerOptions.conv` builds the convolution they choose):
 
 * ``depthwise``: the depthwise convolution, one of :data:`mobilenet.depthwise.IMPLS`
   (``"auto"``: the fast one for the platform; ``"grouped"``; ``"shifted"``; see
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mobilenet.depthwise import IMPLS
+import flax.linen as nn
+
+from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv
 from mobilenet.qat_layers import QATLayers, check_quantization
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -61,10 +64,38 @@ class _LayerFields(NamedTuple):
 
 
 class LayerOptions(_LayerFields, QATLayers):
-    """The layer options, with the quantized layers' methods
-    (:class:`~mobilenet.qat_layers.QATLayers`)."""
+    """The layer options, with the padding and the convolutions they choose, and the
+    quantized layers' methods (:class:`~mobilenet.qat_layers.QATLayers`)."""
 
     __slots__ = ()
+
+    def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
+        """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
+
+        The two differ only for strided layers on even sizes, where "SAME" pads
+        only after: the same shapes, but not the same sampled pixels.
+        """
+        if not self.symmetric_padding:
+            return "SAME"
+        pad = (kernel_size - 1) // 2
+        return ((pad, pad), (pad, pad))
+
+    def conv(self, features: int, kernel_size: int, strides: int, *, depthwise: bool,
+             name: str) -> nn.Module:
+        """A float convolution as ``depthwise`` and ``pointwise`` choose: the depthwise one
+        (:class:`~mobilenet.depthwise.DepthwiseConv`), a 1x1 one as one matrix product
+        (:class:`~mobilenet.depthwise.PointwiseConv`) or ``nn.Conv``; a bias only without
+        batch norm."""
+        use_bias = not self.batch_norm
+        if depthwise:
+            return DepthwiseConv(features, (kernel_size, kernel_size), strides=strides,
+                                 padding=self.padding(kernel_size), use_bias=use_bias,
+                                 impl=self.depthwise, dtype=self.dtype, name=name)
+        if kernel_size == 1 and strides == 1 and self.pointwise == "matmul":
+            return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype, name=name)
+        return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
+                       padding=self.padding(kernel_size), use_bias=use_bias, dtype=self.dtype,
+                       name=name)
 
     @classmethod
     def of(cls, model: Any, *, bn_frozen: Any = False) -> Self:

@@ -1,14 +1,26 @@
 """A configured model at a glance, without training it: ``examples/train.py --summary``.
 
 Nothing is computed: the shapes come from :func:`jax.eval_shape`.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from mobilenet import models
+  >>> model = models.create_model("mobilenet_v2", num_classes=10)
+  >>> init = lambda key, x: model.init(key, x, train=False)
+  >>> count_params(jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+  2236682
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mobilenet import models, train_state
+from mobilenet import train_state
 from mobilenet.configs.default import Config
 
 
@@ -28,4 +40,21 @@ def summarize(config: Config) -> str:
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     table = model.tabulate(rngs, dummy, train=False, console_kwargs={"width": 160})
     variables = jax.eval_shape(lambda: model.init(rngs, dummy, train=False))
-    return f"{table}\ntrainable parameters: {models.count_params(variables):,}"
+    return f"{table}\ntrainable parameters: {count_params(variables):,}"
+
+
+def count_params(variables_or_params: Mapping[str, Any]) -> int:
+    """The number of trainable parameters (the ``"params"`` collection only).
+
+    Args:
+      variables_or_params: ``model.init``'s variables (only their ``"params"``
+        are counted) or the params tree itself; arrays or
+        ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``).
+
+    Returns:
+      The total number of scalars.
+    """
+    tree = variables_or_params
+    if isinstance(tree, Mapping) and "params" in tree:
+        tree = tree["params"]
+    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))

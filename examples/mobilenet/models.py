@@ -2,12 +2,9 @@
 
 The architectures follow the papers and the reference definitions exactly: V1 as
 Keras' ``MobileNet``, V2 and V3 as torchvision's ``mobilenet_v2`` and
-``mobilenet_v3_*`` (each class says what it builds). At 1000 classes and width 1.0
-the trainable parameter counts equal the references' (V1: 4,231,976; V2: 3,504,872;
-V3 Small: 2,542,856; Large: 5,483,032), counting BatchNorm's scale and bias as
-trainable, its running statistics not; with torchvision's weights copied in, V2 and
-V3 compute torchvision's logits (``tests/examples/test_models.py``). V2 and V3 round
-every channel count with :func:`make_divisible` and pad by ``(k - 1) // 2`` as
+``mobilenet_v3_*`` (each class says what it builds): the references' parameter counts,
+and with torchvision's weights V2 and V3 compute its logits (docs/example.md). V2 and V3
+round every channel count with :func:`make_divisible` and pad by ``(k - 1) // 2`` as
 torchvision does; V1 pads like TensorFlow's "SAME", as Keras does.
 
 All models share the options of :class:`MobileNet`: width, classes, a small-input
@@ -23,8 +20,8 @@ Example:
   >>> model = create_model("mobilenet_v2", num_classes=10)
   >>> init = lambda key, x: model.init(key, x, train=False)
   >>> shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-  >>> count_params(shapes)
-  2236682
+  >>> shapes["params"]["logits"]["kernel"].shape
+  (1280, 10)
 """
 
 from __future__ import annotations
@@ -35,19 +32,17 @@ from typing import Any, ClassVar, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jrelu6
 import jrelu6.linen
-from mobilenet import int8_emulation
 from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.depthwise import accumulator_dtype
 from mobilenet.layer_options import LayerOptions
 from mobilenet.qat_layers import (
     QATConvBN,
     QATInvertedResidual,
+    QATMobileNet,
     QATSqueezeExcite,
-    eval_grid,
     relu6_grid,
 )
 
@@ -75,21 +70,10 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 class _Layers(LayerOptions):
-    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`), with the
-    methods of the float layers."""
+    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`: the padding and
+    the convolutions), with the float layers' activations."""
 
     __slots__ = ()
-
-    def padding(self, kernel_size: int) -> str | tuple[tuple[int, int], tuple[int, int]]:
-        """PyTorch's ``(k - 1) // 2`` on each side, or TensorFlow's "SAME" (Keras).
-
-        The two differ only for strided layers on even sizes, where "SAME" pads
-        only after: the same shapes, but not the same sampled pixels.
-        """
-        if not self.symmetric_padding:
-            return "SAME"
-        pad = (kernel_size - 1) // 2
-        return ((pad, pad), (pad, pad))
 
     def act(self, kind: str) -> Callable[[jax.Array], jax.Array]:
         """The activation ``kind`` ("relu6", "hard_swish", "hard_sigmoid", "relu").
@@ -138,25 +122,10 @@ class ConvBN(QATConvBN):
         """The layer's output; ``in_scale``: the scale of ``x``'s grid in full QAT, which
         puts the folded bias on the int8 file's int32 grid (float bias without it)."""
         cfg = self.layers
-        if cfg.weight_bits is not None:
-            x = self._folded(x, train=train, in_scale=in_scale)
-            if self.act is None:
-                return cfg.quantize(x, "out_range")[0]
-            return cfg.act_q(self.act, x)[0]
-        k = (self.kernel_size, self.kernel_size)
-        if self.depthwise:
-            conv = DepthwiseConv(self.features, k, strides=self.strides,
-                                 padding=cfg.padding(self.kernel_size),
-                                 use_bias=not cfg.batch_norm, impl=cfg.depthwise,
-                                 dtype=cfg.dtype, name="conv")
-        elif self.kernel_size == 1 and self.strides == 1 and cfg.pointwise == "matmul":
-            conv = PointwiseConv(self.features, use_bias=not cfg.batch_norm, dtype=cfg.dtype,
-                                 name="conv")
-        else:
-            conv = nn.Conv(self.features, k, strides=self.strides,
-                           padding=cfg.padding(self.kernel_size),
-                           use_bias=not cfg.batch_norm, dtype=cfg.dtype, name="conv")
-        x = conv(x)
+        if cfg.weight_bits is not None:  # QAT: batch norm folded, weights quantized.
+            return self.quantized(x, train=train, in_scale=in_scale)
+        x = cfg.conv(self.features, self.kernel_size, self.strides, depthwise=self.depthwise,
+                     name="conv")(x)
         if cfg.batch_norm:
             # flax's BatchNorm with a hand-written backward pass (mobilenet.batch_norm).
             # Normalise in float32, then cast back: half-precision statistics lose too
@@ -188,10 +157,9 @@ class SqueezeExcite(QATSqueezeExcite):
             return self.quantized(x, in_grid)
         # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
         # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
-        s, scale = cfg.quantize(_global_pool(x), "pool_range")
-        s, scale = cfg.act_q("relu", cfg.dense(s, self.squeeze, "reduce", scale))
-        s, _ = cfg.act_q("hard_sigmoid", cfg.dense(s, x.shape[-1], "expand", scale))
-        return cfg.quantize(x * s[:, None, None, :], "scale_range")[0]
+        s = cfg.act("relu")(cfg.dense(_global_pool(x), self.squeeze, "reduce"))
+        s = cfg.act("hard_sigmoid")(cfg.dense(s, x.shape[-1], "expand"))
+        return x * s[:, None, None, :]
 
 
 class InvertedResidual(QATInvertedResidual):
@@ -233,11 +201,8 @@ class InvertedResidual(QATInvertedResidual):
             x, scale = se(x, depthwise.out_grid()), se.out_scale()
         project = ConvBN(self.features, 1, 1, cfg, None, name="project")
         x = project(x, train=train, in_scale=scale)
-        if self.strides == 1 and inputs.shape[-1] == self.features:
-            out = eval_grid(self, "add_range", train=train, given=in_scale)
-            x = (x + inputs if out is None else int8_emulation.add_values(
-                x, inputs, project.out_scale(), in_scale, out).astype(x.dtype))
-            x = cfg.tensor_range("add_range")(x)
+        if self.strides == 1 and inputs.shape[-1] == self.features:  # x + inputs (QAT: ADD).
+            x = self.add(x, inputs, train=train, scales=(project.out_scale(), in_scale))
         return x
 
 
@@ -261,7 +226,7 @@ def _chain(layers: Sequence[Any], x: jax.Array, scale: jax.Array | None, *, trai
 # --- the models -------------------------------------------------------------------
 
 
-class MobileNet(nn.Module):
+class MobileNet(QATMobileNet):
     """What every MobileNet here shares: its options, and the checks and plumbing.
 
     Attributes:
@@ -277,12 +242,8 @@ class MobileNet(nn.Module):
       batch_norm: BatchNorm after every convolution; ``False``: none, and the
         convolutions get biases instead.
       bn_momentum: the running statistics' decay, flax's convention
-        (``new = momentum * old + (1 - momentum) * batch``). 0.9 (PyTorch's
-        0.1) rather than flax's 0.99: the initial statistics (mean 0,
-        variance 1) keep weight ``momentum ** steps``, 0.99 ** 300 = 5% but
-        0.9 ** 300 ~ 0, and they also track a fast-changing network closely,
-        so a model evaluated after a few hundred steps uses sensible
-        statistics.
+        (``new = momentum * old + (1 - momentum) * batch``); 0.9, PyTorch's 0.1,
+        rather than flax's 0.99 (docs/example.md says why).
       bn_epsilon: BatchNorm's epsilon; ``None``: the reference's (1e-3 for
         Keras V1 and torchvision V3, 1e-5 for torchvision V2).
       dropout_rate: the classifier's dropout; ``None``: the reference's (1e-3
@@ -292,9 +253,8 @@ class MobileNet(nn.Module):
         each computing the same values: the depthwise and 1x1 convolutions, and
         jrelu6's activations (``"jrelu6"``) or jax.nn's; :mod:`mobilenet.layer_options`
         says what each choice does.
-      nonlinearity, cap, activation_bits, quant_scheme, calibration: quantized
-        activations; weight_bits, weight_granularity, bn_freeze_step: quantization-aware
-        training. All off by default; :mod:`mobilenet.qat_layers` says what each does.
+
+    The quantization fields (all off by default) are :class:`~mobilenet.qat_layers.QATMobileNet`'s.
     """
 
     num_classes: int = 1000
@@ -311,14 +271,6 @@ class MobileNet(nn.Module):
     depthwise: str = "auto"
     pointwise: str = "matmul"
     activation: str = "jrelu6"
-    nonlinearity: str = "relu6"
-    cap: float = 6.0
-    activation_bits: int | None = None
-    quant_scheme: str = "affine"
-    calibration: str = "max"
-    weight_bits: int | None = None
-    weight_granularity: str = "per_channel"
-    bn_freeze_step: int | None = None
 
     # The reference's defaults, per subclass.
     default_bn_epsilon: ClassVar[float] = 1e-5
@@ -344,14 +296,6 @@ class MobileNet(nn.Module):
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
         return self._forward(jnp.asarray(x, self.dtype), cfg, rate, train=train)
 
-    def _quantize_input(self, x: jax.Array, cfg: _Layers) -> tuple[jax.Array, jax.Array | None]:
-        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``;
-        evaluation rounds as the file does, :func:`mobilenet.int8_emulation.quantize_values`)."""
-        train = self.is_mutable_collection("batch_stats")
-        grid = eval_grid(self, "input_range", train=train, given=cfg.tensor_bits)
-        return cfg.quantize(x if grid is None else int8_emulation.quantize_values(
-            x, grid).astype(x.dtype), "input_range")
-
     def _forward(self, x, cfg, rate, *, train):  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -372,22 +316,18 @@ class MobileNet(nn.Module):
         return strides
 
     def _classify(self, x, cfg, rate, *, train, hidden: int | None = None,
-                  in_grid: int8_emulation.Grid | None = None):
+                  in_grid: Any = None):
         """Global pool, [dense hidden + hard-swish], dropout, dense logits (float32).
 
-        ``in_grid``: the grid of ``x`` in full QAT; evaluation then computes the pool and
-        the logits as the int8 file does (:mod:`mobilenet.int8_emulation`)."""
-        grid = eval_grid(self, "pool_range", train=train, given=in_grid)
-        x, scale = cfg.quantize(_global_pool(x) if grid is None else int8_emulation.mean_values(
-            x, in_grid, grid).astype(x.dtype), "pool_range")
+        ``in_grid``: the grid of ``x`` in full QAT (:meth:`quantized_classify`)."""
+        if cfg.tensor_bits is not None:  # Full QAT: the int8 file's tensors (qat_layers).
+            return self.quantized_classify(x, cfg, rate, train=train, hidden=hidden,
+                                           in_grid=in_grid)
+        x = _global_pool(x)
         if hidden is not None:
-            grid = eval_grid(self, "hard_swish_in_range", train=train, given=scale)
-            x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale, out=grid))
+            x = cfg.act("hard_swish")(cfg.dense(x, hidden, "pre_logits"))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
-        out = eval_grid(self, "logits_range", train=train, given=scale)
-        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale, out=out),
-                         "logits_range")[0]
-        return x.astype(jnp.float32)
+        return cfg.dense(x, self.num_classes, "logits").astype(jnp.float32)
 
 
 class MobileNetV1(MobileNet):
@@ -591,20 +531,3 @@ def create_model(name: str, **kwargs: Any) -> MobileNet:
         raise ValueError(f"create_model: unknown model {name!r}; choose one of "
                          f"{', '.join(MODELS)}")
     return MODELS[name](**kwargs)
-
-
-def count_params(variables_or_params: Mapping[str, Any]) -> int:
-    """The number of trainable parameters (the ``"params"`` collection only).
-
-    Args:
-      variables_or_params: ``model.init``'s variables (only their ``"params"``
-        are counted) or the params tree itself; arrays or
-        ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``).
-
-    Returns:
-      The total number of scalars.
-    """
-    tree = variables_or_params
-    if isinstance(tree, Mapping) and "params" in tree:
-        tree = tree["params"]
-    return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree)))

@@ -1,14 +1,7 @@
 """The example's optimizer: warm-up + cosine learning rate, SGD (Nesterov) or AdamW.
 
-One schedule object serves both the training step (inside optax) and the host,
-which logs the learning rate of a step by calling the same object::
-
-    tx = create_optimizer(config, total_steps=300)
-    lr = learning_rate_schedule(config, total_steps=300)
-    float(lr(step))  # The learning rate the step `step` (0-based) uses.
-
-Equal settings return the same objects (they are cached by value), so repeated
-runs with one configuration reuse their compiled steps.
+One schedule object serves both the training step (inside optax) and the host, which
+logs the learning rate of a step by calling the same object (:func:`learning_rate_schedule`).
 """
 
 from __future__ import annotations
@@ -117,7 +110,7 @@ def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTrans
       repeated runs reuse compiled steps.
 
     Raises:
-      mobilenet.configs.default.InvalidSetting: (a ``ValueError``) for a setting that
+      mobilenet.infra.settings.InvalidSetting: (a ``ValueError``) for a setting that
         :meth:`~mobilenet.configs.default.Config.validate` refuses.
     """
     config.validate()

@@ -41,7 +41,7 @@ import jrelu6
 import jrelu6.linen
 from mobilenet import int8_emulation, quantization
 from mobilenet.batch_norm import batch_norm
-from mobilenet.depthwise import depthwise_conv
+from mobilenet.depthwise import accumulator_dtype, depthwise_conv
 
 
 class QATLayers:
@@ -140,8 +140,65 @@ class QATLayers:
         return None
 
 
+class QATMobileNet(nn.Module):
+    """The quantized half of :class:`mobilenet.models.MobileNet` (its base): the quantization
+    fields, all off by default (this module's docstring says what each does), and the input
+    and classifier of full QAT.
+
+    Attributes:
+      nonlinearity, cap, activation_bits, quant_scheme, calibration: quantized activations.
+      weight_bits, weight_granularity, bn_freeze_step: quantization-aware training.
+    """
+
+    nonlinearity: str = "relu6"
+    cap: float = 6.0
+    activation_bits: int | None = None
+    quant_scheme: str = "affine"
+    calibration: str = "max"
+    weight_bits: int | None = None
+    weight_granularity: str = "per_channel"
+    bn_freeze_step: int | None = None
+
+    def _quantize_input(self, x: jax.Array, cfg: QATLayers) -> tuple[jax.Array, jax.Array | None]:
+        """The int8 file's input QUANTIZE in full QAT, and its scale (call from ``_forward``;
+        evaluation rounds as the file does, :func:`mobilenet.int8_emulation.quantize_values`)."""
+        train = self.is_mutable_collection("batch_stats")
+        grid = eval_grid(self, "input_range", train=train, given=cfg.tensor_bits)
+        return cfg.quantize(x if grid is None else int8_emulation.quantize_values(
+            x, grid).astype(x.dtype), "input_range")
+
+    def quantized_classify(self, x: jax.Array, cfg: QATLayers, rate: float, *, train: bool,
+                           hidden: int | None, in_grid: int8_emulation.Grid | None) -> jax.Array:
+        """The classifier of :meth:`mobilenet.models.MobileNet._classify` in full QAT: the
+        pool, the hidden layer's input and output and the logits on moving ranges.
+
+        ``in_grid``: the grid of ``x``; evaluation then computes the pool and the logits as
+        the int8 file does (:mod:`mobilenet.int8_emulation`).
+        """
+        grid = eval_grid(self, "pool_range", train=train, given=in_grid)
+        mean = jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2)).astype(x.dtype)
+        x, scale = cfg.quantize(mean if grid is None else int8_emulation.mean_values(
+            x, in_grid, grid).astype(x.dtype), "pool_range")
+        if hidden is not None:
+            grid = eval_grid(self, "hard_swish_in_range", train=train, given=scale)
+            x, scale = cfg.act_q("hard_swish", cfg.dense(x, hidden, "pre_logits", scale, out=grid))
+        x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)
+        out = eval_grid(self, "logits_range", train=train, given=scale)
+        x = cfg.quantize(cfg.dense(x, self.num_classes, "logits", scale, out=out),
+                         "logits_range")[0]
+        return x.astype(jnp.float32)
+
+
 class QATConvBN(nn.Module):
     """The quantization-aware half of :class:`mobilenet.models.ConvBN` (its base)."""
+
+    def quantized(self, x: jax.Array, *, train: bool, in_scale: jax.Array | None) -> jax.Array:
+        """The layer in QAT (``weight_bits``): :meth:`_folded`, then the activation, and in
+        full QAT the output on its grid (a moving range, or relu6's ``[0, 6]``)."""
+        x = self._folded(x, train=train, in_scale=in_scale)
+        if self.act is None:
+            return self.layers.quantize(x, "out_range")[0]
+        return self.layers.act_q(self.act, x)[0]
 
     def out_scale(self) -> jax.Array | None:
         """The scale of the last call's output grid (``None`` outside full QAT)."""
@@ -384,6 +441,17 @@ class QATSqueezeExcite(nn.Module):
 
 class QATInvertedResidual(nn.Module):
     """The quantization-aware half of :class:`mobilenet.models.InvertedResidual`."""
+
+    def add(self, x: jax.Array, inputs: jax.Array, *, train: bool,
+            scales: tuple[jax.Array | None, jax.Array | None]) -> jax.Array:
+        """The residual connection ``x + inputs``; in full QAT on the moving range
+        ``add_range``, and in evaluation of an applied model as the int8 file's ADD
+        (:func:`mobilenet.int8_emulation.add_values`), given ``scales``, those of ``x`` and
+        ``inputs``."""
+        out = eval_grid(self, "add_range", train=train, given=scales[1])
+        x = (x + inputs if out is None else int8_emulation.add_values(
+            x, inputs, *scales, out).astype(x.dtype))
+        return self.layers.tensor_range("add_range")(x)
 
     def out_scale(self) -> jax.Array | None:
         """The scale of the last call's output grid (``None`` outside full QAT)."""

@@ -9,7 +9,7 @@ settings of one run) and a seed; a *grid* is a list of cells.
   a study resumes after Ctrl-C, SIGTERM or a kill; a file of another grid
   configuration is refused.
 * :func:`run_grid` runs the missing cells. A diverged run
-  (:class:`mobilenet.train.TrainingDiverged`, or a NaN in its result) is recorded
+  (:class:`mobilenet.infra.lifecycle.TrainingDiverged`, or a NaN in its result) is recorded
   as ``{"status": "diverged", "step": ...}`` and the grid goes on; Ctrl-C and
   SIGTERM stop it (:class:`GridStopped`) with what is done kept.
 * Statistics: the mean with its 95% t-interval over seeds (:func:`mean_interval`),

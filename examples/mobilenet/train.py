@@ -1,33 +1,19 @@
 """The training loop of the MobileNet example: :func:`train_and_evaluate`.
 
-The recipe, in the order :func:`fit` runs it:
-
-1. Check the work directory, then load the data and build the mesh, model and
-   steps (:func:`prepare`): bad settings, data or directories fail here, before
-   anything is written or compiled. Batches are split over a one-axis device
-   mesh (:mod:`mobilenet.sharding`); the train state is replicated.
-2. Restore the newest intact checkpoint. The data order is a pure function of
-   ``(seed, step)`` and the per-step PRNG key is ``fold_in(rng, step)``, so a
-   resumed run repeats an uninterrupted one exactly.
-3. Compile the train and eval steps (:mod:`mobilenet.train_state`) in threads
-   while the main thread initializes the state.
-4. Train. The host only dispatches: metrics are summed on the devices and fetched
-   every ``log_every`` steps, for the progress bar and ``metrics.jsonl``. A
-   non-finite loss or gradient stops the run (:class:`TrainingDiverged`) and is
-   never saved; SIGTERM saves the step then running and stops (:class:`Preempted`).
-5. Evaluate with the running batch-norm statistics; save the final checkpoint and
-   plot the curves (``metrics.png``).
-
-What keeps the run safe (the work directory's lock and checks, checkpoints,
-metrics log, preemption, one-line errors) is behind
-:class:`mobilenet.infra.lifecycle.Lifecycle`; docs/fault_tolerance.md says what
-it guarantees.
+:func:`fit` reads top to bottom: :func:`prepare` loads the data and builds the mesh,
+model and steps (bad settings and data fail there, before anything is written or
+compiled); the newest intact checkpoint is restored (the data order and the per-step
+PRNG key are functions of the step, so a resumed run repeats an uninterrupted one);
+:func:`_initialize` builds the state while the steps compile; :func:`_train` trains,
+the host only dispatching, and evaluates. What keeps the run safe (the work directory's
+lock and checks, checkpoints, metrics log, preemption, one-line errors) is behind
+:class:`mobilenet.infra.lifecycle.Lifecycle`; docs/fault_tolerance.md says what it
+guarantees.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,26 +23,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-import jrelu6
-from mobilenet import finetune, input_pipeline, models, native, optim, tracking, train_state
+from mobilenet import finetune, input_pipeline, native, optim, tracking, train_state
 from mobilenet.configs.default import Config
 from mobilenet.infra import program_cache
 from mobilenet.infra.checkpoints import Restored
-from mobilenet.infra.lifecycle import Interrupted as Interrupted
 from mobilenet.infra.lifecycle import Lifecycle
-from mobilenet.infra.lifecycle import Preempted as Preempted
-from mobilenet.infra.lifecycle import SetupError as SetupError
-from mobilenet.infra.lifecycle import TrainingDiverged as TrainingDiverged
-from mobilenet.infra.lifecycle import WriteFailed as WriteFailed
 from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.infra.progress import Progress
 from mobilenet.infra.setup_check import check_setup
 from mobilenet.infra.state_size import check_state_fits
+from mobilenet.model_summary import count_params
 from mobilenet.sharding import batch_sharding, create_mesh
 from mobilenet.train_state import TrainState
-
-# The code the steps are traced from (jrelu6 and this example): a change is a new program.
-SOURCES = (os.path.dirname(jrelu6.__file__), os.path.dirname(os.path.abspath(__file__)))
 
 ModelFn = Callable[..., nn.Module]
 """``model_fn(config, *, num_classes) -> flax module``, as :func:`train_state.create_model`."""
@@ -114,20 +92,10 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       float16 compute, ``"loss_scale"`` (the final scale) and ``"skipped_steps"``.
 
     Raises:
-      input_pipeline.DataError: the data directory is missing or corrupt
-        (raised before anything is written).
-      SetupError: the batch does not divide over the devices; the work directory
-        cannot be written, is inconsistent, is in use by another process, or holds
-        a run with other settings (:func:`mobilenet.infra.resume_check.check_resume`)
-        or another model; or ``config.distributed`` finds no cluster
-        (:func:`mobilenet.infra.distributed.initialize`).
-      mobilenet.infra.state_size.StateTooLarge: the parameters and optimizer state
-        cannot fit in memory.
-      TrainingDiverged: the loss became NaN or infinite.
-      WriteFailed: a checkpoint, ``metrics.jsonl`` or ``config.json`` could not be
-        written (a full disk); the newest complete checkpoint is kept.
-      Preempted: SIGTERM; a checkpoint was saved at the step then running.
-      Interrupted: Ctrl-C; its message says what a rerun resumes from.
+      input_pipeline.DataError, SetupError, mobilenet.infra.state_size.StateTooLarge:
+        before anything is written (:class:`Lifecycle`'s checks, :func:`prepare`).
+      TrainingDiverged, WriteFailed, Preempted, Interrupted: what stopped a started run
+        (:mod:`mobilenet.infra.lifecycle` says what each keeps; docs/fault_tolerance.md).
     """
     return fit(config, workdir, model_fn=model_fn)[1]
 
@@ -184,7 +152,7 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     programs = None if model_fn else program_cache.open_cache(
         dataset.name, dataset.image_shape, dataset.mean, dataset.std, num_classes,
         dataset.train_images.shape[0], dataset.flip, native.library_path(), repr(model),
-        settings=config, sources=SOURCES, live={"model": model, "tx": optim.create_optimizer(
+        settings=config, live={"model": model, "tx": optim.create_optimizer(
             config, total_steps=resolved.total_steps)})
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
                                                 mesh=mesh, total_steps=resolved.total_steps,
@@ -217,7 +185,7 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
             if config.init_from is not None:
                 state = finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         start = restored.step if restored else 0
-        life.say(f"{config.model} x{config.width} ({models.count_params(state.params):,} "
+        life.say(f"{config.model} x{config.width} ({count_params(state.params):,} "
                  f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "
                  f"{dataset.test_images.shape[0]} test), {mesh.size} "
                  f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "

@@ -1,11 +1,5 @@
-"""The training state and the jitted steps: initialization, train step, eval step.
-
-:class:`TrainState` holds everything a step reads and writes (parameters,
-batch-norm statistics, optimizer state, PRNG key, metric sums); the model and
-the optax transformation ride along as static fields, so equal configurations
-share compiled steps. The train step donates the state, so parameters are
-updated in place.
-"""
+"""The training state (:class:`TrainState`) and the jitted steps: initialization, train
+step (it donates the state: the parameters are updated in place), eval step."""
 
 from __future__ import annotations
 

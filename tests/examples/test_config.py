@@ -21,6 +21,7 @@ from mobilenet import optim
 from mobilenet.configs import default
 from mobilenet.configs.default import Config
 from mobilenet.infra import resume_check, state_size
+from mobilenet.infra import settings as infra_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -161,7 +162,7 @@ def test_weight_decay_skips_batch_norm_and_biases():
 
 
 def test_an_unknown_optimizer_is_refused():
-    with pytest.raises(default.InvalidSetting, match="optimizer must be one of sgd, adamw"):
+    with pytest.raises(infra_settings.InvalidSetting, match="optimizer must be one of sgd, adamw"):
         optim.create_optimizer(Config(optimizer="rmsprop"), total_steps=10)
 
 
@@ -193,19 +194,19 @@ def test_an_unknown_setting_is_refused():
     ("steps", None, "must be set"),
 ])
 def test_a_bad_value_is_refused_naming_the_field(name, value, message):
-    with pytest.raises(default.InvalidSetting, match=f"^Config: {name} {message}") as info:
+    with pytest.raises(infra_settings.InvalidSetting, match=f"^Config: {name} {message}") as info:
         default.get_config(**{name: value})
     assert info.value.field == name
 
 
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(Config)
-                if default.field_kind(f)[0] is float]
+                if infra_settings.field_kind(f)[0] is float]
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
 def test_every_non_finite_number_is_refused(name, value):
-    with pytest.raises(default.InvalidSetting, match=f"{name} must be a finite number"):
+    with pytest.raises(infra_settings.InvalidSetting, match=f"{name} must be a finite number"):
         default.get_config(**{name: value})
 
 
@@ -226,8 +227,8 @@ FIELDS = dataclasses.fields(Config)
 
 def _other_value(field):
     """A valid value of ``field`` other than its default, as (flag arguments, value)."""
-    base, _ = default.field_kind(field)
-    flag = default.flag(field.name)
+    base, _ = infra_settings.field_kind(field)
+    flag = infra_settings.flag(field.name)
     if base is bool:
         return [flag if not field.default else "--no-" + flag[2:]], not field.default
     if field.metadata["choices"]:
@@ -251,7 +252,7 @@ def help_text():
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
 def test_help_has_a_flag_for_every_field(help_text, field):
-    assert default.flag(field.name) in help_text
+    assert infra_settings.flag(field.name) in help_text
 
 
 @pytest.mark.parametrize("field", FIELDS, ids=[f.name for f in FIELDS])
@@ -392,7 +393,7 @@ TRAJECTORY = [f for f in FIELDS
 
 def _changed(field):
     """A valid config that differs from the default in ``field`` (resolved), and the value."""
-    _base, _ = default.field_kind(field)
+    _base, _ = infra_settings.field_kind(field)
     if field.name in ("learning_rate", "weight_decay", "max_shift", "warmup_steps"):
         value = {"learning_rate": 0.2, "weight_decay": 1e-3, "max_shift": 3,
                  "warmup_steps": 7}[field.name]
@@ -408,12 +409,12 @@ def _changed(field):
 def test_resuming_with_a_setting_that_changes_the_trajectory_is_refused(field):
     config, value = _changed(field)
     saved = {**SAVED, "data": "synthetic"} if config.data == "synthetic" else SAVED
-    with pytest.raises(default.ConfigMismatch) as info:
+    with pytest.raises(infra_settings.ConfigMismatch) as info:
         resume_check.check_resume(saved, config)
     lines = str(info.value).splitlines()
     assert lines[0].startswith("train: ")
     assert lines[-1].startswith("Use a new --workdir, or the run's settings")
-    flag = default.flag(field.name)
+    flag = infra_settings.flag(field.name)
     mine = [line for line in lines if line.strip().startswith(flag + ":")]
     assert len(mine) == 1, lines
     shown = ("on" if value else "off") if isinstance(value, bool) else str(value)
@@ -435,7 +436,7 @@ def test_an_explicit_value_equal_to_the_resolved_default_is_the_same_run(setting
 
 
 def test_another_optimizer_differs_with_its_defaults():
-    with pytest.raises(default.ConfigMismatch) as info:
+    with pytest.raises(infra_settings.ConfigMismatch) as info:
         resume_check.check_resume(SAVED, Config(optimizer="adamw"))
     message = str(info.value)
     assert "--optimizer: the run used sgd, now adamw" in message
@@ -448,12 +449,12 @@ def test_an_old_config_json_compares_missing_fields_as_defaults():
            if k not in ("synthetic_examples", "keep_checkpoints", "seed")}
     old["a_removed_setting"] = 1
     assert resume_check.check_resume(old, Config(keep_checkpoints=5)) == []
-    with pytest.raises(default.ConfigMismatch, match="--seed: the run used 0, now 4"):
+    with pytest.raises(infra_settings.ConfigMismatch, match="--seed: the run used 0, now 4"):
         resume_check.check_resume(old, Config(seed=4))
 
 
 def test_another_length_is_refused_without_the_opt_in():
-    with pytest.raises(default.ConfigMismatch) as info:
+    with pytest.raises(infra_settings.ConfigMismatch) as info:
         resume_check.check_resume(SAVED, Config(steps=1100))
     assert ("--steps: the run used 550 steps, now 1100 steps (another learning-rate schedule; "
             "--allow-schedule-change accepts it)") in str(info.value)
@@ -483,7 +484,8 @@ def test_a_shorter_schedule_past_the_resumed_step_trains_no_further():
 def test_an_explicit_warmup_change_is_refused_even_with_the_opt_in():
     saved = {**SAVED, "warmup_steps": 30}
     config = Config(steps=600, warmup_steps=45, allow_schedule_change=True)
-    with pytest.raises(default.ConfigMismatch, match="--warmup-steps: the run used 30, now 45"):
+    with pytest.raises(infra_settings.ConfigMismatch,
+                       match="--warmup-steps: the run used 30, now 45"):
         resume_check.check_resume(saved, config)
 
 
@@ -491,7 +493,8 @@ def test_epochs_compare_as_steps_when_the_training_set_is_known():
     # 1437 examples, batch 64: 22 steps per epoch, so 2 epochs are the run's 44 steps.
     saved = {**SAVED, "steps": 44}
     assert resume_check.check_resume(saved, Config(epochs=2.0), num_train=1437) == []
-    with pytest.raises(default.ConfigMismatch, match="--epochs: the run used 44 steps, now 66"):
+    with pytest.raises(infra_settings.ConfigMismatch,
+                       match="--epochs: the run used 44 steps, now 66"):
         resume_check.check_resume(saved, Config(epochs=3.0), num_train=1437)
 
 

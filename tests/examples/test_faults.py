@@ -225,7 +225,7 @@ def test_sigterm_just_after_an_asynchronous_save_keeps_it_and_saves_the_next(tmp
     hooks = sys.excepthook, sys.unraisablehook, logging.getLogger("absl").filters[:]
     with monkeypatch.context() as patch:
         _signal_at(5, patch)  # Checkpoint 4 is still being written in the background.
-        with pytest.raises(train.Preempted, match="saved a checkpoint at step 5 in"):
+        with pytest.raises(lifecycle.Preempted, match="saved a checkpoint at step 5 in"):
             train.train_and_evaluate(_config(), run)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Put back,
     assert (sys.excepthook, sys.unraisablehook, logging.getLogger("absl").filters) == hooks  # and

@@ -13,6 +13,7 @@ import pytest
 
 import jrelu6
 from mobilenet import depthwise, models
+from mobilenet.model_summary import count_params
 
 # Trainable parameters of the references: Keras MobileNet (V1), torchvision (V2, V3).
 REFERENCE_COUNTS = {
@@ -76,13 +77,13 @@ def tiny():
 @pytest.mark.parametrize("name,num_classes", list(REFERENCE_COUNTS))
 def test_parameter_count_matches_reference(name, num_classes):
     model = models.create_model(name, num_classes=num_classes)
-    assert models.count_params(_shapes(model, 224)) == REFERENCE_COUNTS[name, num_classes]
+    assert count_params(_shapes(model, 224)) == REFERENCE_COUNTS[name, num_classes]
 
 
 @pytest.mark.parametrize("name", [n for n in models.MODELS if n != "tiny"])
 def test_small_input_keeps_parameter_count(name):
-    big = models.count_params(_shapes(models.create_model(name, num_classes=10)))
-    small = models.count_params(_shapes(models.create_model(name, num_classes=10,
+    big = count_params(_shapes(models.create_model(name, num_classes=10)))
+    small = count_params(_shapes(models.create_model(name, num_classes=10,
                                                             small_input=True)))
     assert small == big
 
@@ -125,8 +126,8 @@ def test_padding_follows_the_reference(name, want):
 
 
 def test_width_multiplier_shrinks_model():
-    full = models.count_params(_shapes(models.create_model("mobilenet_v2")))
-    half = models.count_params(_shapes(models.create_model("mobilenet_v2",
+    full = count_params(_shapes(models.create_model("mobilenet_v2")))
+    half = count_params(_shapes(models.create_model("mobilenet_v2",
                                                            width_multiplier=0.5)))
     assert half < full
 
@@ -169,7 +170,7 @@ def test_bad_options_raise(kwargs, match):
 def test_count_params_takes_variables_or_params(tiny):
     _, variables = tiny
     n = sum(p.size for p in jax.tree.leaves(variables["params"]))
-    assert models.count_params(variables) == models.count_params(variables["params"]) == n
+    assert count_params(variables) == count_params(variables["params"]) == n
     assert "batch_stats" in variables  # ...which count_params leaves out.
 
 

@@ -14,8 +14,9 @@ from flax.traverse_util import flatten_dict
 
 import jrelu6
 from mobilenet import finetune, input_pipeline, models, quantization, sharding, train, train_state
-from mobilenet.configs import default, get_config
+from mobilenet.configs import get_config
 from mobilenet.infra import workdir
+from mobilenet.infra.settings import ConfigMismatch, InvalidSetting
 
 IMAGE = (16, 16, 3)
 
@@ -257,7 +258,7 @@ def test_the_model_refuses_settings_it_cannot_build(fields, message):
     (dict(weight_bits=17), "weight_bits"),
 ])
 def test_the_config_refuses_qat_settings_that_do_not_go_together(overrides, field):
-    with pytest.raises(default.InvalidSetting) as info:
+    with pytest.raises(InvalidSetting) as info:
         get_config(**overrides)
     assert info.value.field == field
 
@@ -368,6 +369,6 @@ def test_fine_tuning_refuses_another_model_or_class_count(tmp_path):
         model = train_state.create_model(config, num_classes=config.num_classes or 10)
         state = train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
                                                total_steps=config.steps)
-        with pytest.raises(default.ConfigMismatch, match=message) as info:
+        with pytest.raises(ConfigMismatch, match=message) as info:
             finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         assert "\n" not in str(info.value) and str(info.value).startswith("train: --init-from")

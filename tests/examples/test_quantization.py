@@ -14,6 +14,7 @@ import pytest
 import jrelu6.linen
 from mobilenet import models, quantization, train
 from mobilenet.configs import default
+from mobilenet.infra.settings import InvalidSetting
 
 FLOAT_KINDS = (jrelu6.linen.ReLU6, jrelu6.linen.HardSwish, jrelu6.linen.HardSigmoid)
 
@@ -204,7 +205,7 @@ def test_bad_quantization_settings_are_refused(settings, message):
 
 @pytest.mark.parametrize("bits", [1, 17])
 def test_the_config_bounds_the_bits(bits):
-    with pytest.raises(default.InvalidSetting, match="activation_bits"):
+    with pytest.raises(InvalidSetting, match="activation_bits"):
         default.get_config(activation_bits=bits)
 
 

@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from mobilenet import study
-from mobilenet.train import TrainingDiverged
+from mobilenet.infra.lifecycle import TrainingDiverged
 
 CONFIG = {"model": "tiny", "steps": 3}
 

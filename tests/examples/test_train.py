@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import input_pipeline, model_summary, models, sharding, train, train_state
+from mobilenet import input_pipeline, model_summary, sharding, train, train_state
 from mobilenet.configs import get_config
-from mobilenet.infra import checkpoints, host_memory, workdir
+from mobilenet.infra import checkpoints, host_memory, lifecycle, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = os.path.join(ROOT, "examples", "train.py")
@@ -246,7 +246,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
     monkeypatch.setattr(train_state, "make_train_step", make_poisoned)
     run = str(tmp_path / "run")
-    with pytest.raises(train.TrainingDiverged, match=r"NaN/inf at step 7.*step 4") as info:
+    with pytest.raises(lifecycle.TrainingDiverged, match=r"NaN/inf at step 7.*step 4") as info:
         train.train_and_evaluate(config, run)
     assert "\n" not in str(info.value)
     assert sorted(os.listdir(os.path.join(run, workdir.CHECKPOINT_SUBDIR))) == ["4"]
@@ -259,7 +259,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 def test_a_batch_that_does_not_divide_over_the_devices_is_refused_before_writing(tmp_path):
     run_dir = tmp_path / "run"
-    with pytest.raises(train.SetupError, match=r"batch_size 12 .* 8 devices"):
+    with pytest.raises(lifecycle.SetupError, match=r"batch_size 12 .* 8 devices"):
         train.train_and_evaluate(_config(batch_size=12), str(run_dir))
     assert not run_dir.exists()
 
@@ -270,7 +270,8 @@ def test_summary_ends_with_the_trainable_parameter_count():
     model = train_state.create_model(config, num_classes=10)
     variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                                   jnp.zeros((1, 32, 32, 3)), train=False))
-    assert text.splitlines()[-1] == f"trainable parameters: {models.count_params(variables):,}"
+    count = model_summary.count_params(variables)
+    assert text.splitlines()[-1] == f"trainable parameters: {count:,}"
     assert "stem" in text
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from mobilenet import train, train_state
 from mobilenet.configs import get_config
-from mobilenet.infra import host_memory, workdir
+from mobilenet.infra import host_memory, lifecycle, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = os.path.join(ROOT, "examples", "train.py")
@@ -218,7 +218,7 @@ def test_a_damaged_line_before_the_last_is_refused_and_the_log_kept(run):
     with open(path, "w") as f:
         f.writelines(lines)
     before = _snapshot(run)
-    with pytest.raises(train.SetupError, match="line 1 is not a JSON record"):
+    with pytest.raises(lifecycle.SetupError, match="line 1 is not a JSON record"):
         train.train_and_evaluate(_config(), run)
     assert _snapshot(run) == before
 
@@ -229,7 +229,7 @@ def test_a_damaged_line_before_the_last_is_refused_and_the_log_kept(run):
 def test_deleted_checkpoints_with_metrics_left_are_refused_and_nothing_changes(run):
     shutil.rmtree(os.path.join(run, workdir.CHECKPOINT_SUBDIR))
     before = _snapshot(run)
-    with pytest.raises(train.SetupError, match=r"has metrics\.jsonl but no checkpoints/"):
+    with pytest.raises(lifecycle.SetupError, match=r"has metrics\.jsonl but no checkpoints/"):
         train.train_and_evaluate(_config(), run)
     assert _snapshot(run) == before
 
@@ -248,7 +248,7 @@ def test_a_work_directory_that_is_a_file_is_refused_before_the_data_is_read(tmp_
                                                                             fragment):
     path = make(tmp_path)
     # No --data-dir: were the data read first, this would be a DataError.
-    with pytest.raises(train.SetupError, match=fragment):
+    with pytest.raises(lifecycle.SetupError, match=fragment):
         train.train_and_evaluate(_config(data="cifar10"), path)
 
 
@@ -260,7 +260,7 @@ def test_a_read_only_work_directory_is_refused_before_the_data_is_read(tmp_path,
     directory.mkdir()
     directory.chmod(0o500)
     try:
-        with pytest.raises(train.SetupError, match="cannot write in"):
+        with pytest.raises(lifecycle.SetupError, match="cannot write in"):
             train.train_and_evaluate(_config(data="cifar10"), str(directory / inner))
     finally:
         directory.chmod(0o700)
@@ -269,7 +269,7 @@ def test_a_read_only_work_directory_is_refused_before_the_data_is_read(tmp_path,
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
 def test_a_work_directory_on_a_read_only_file_system_is_refused():
     # Not even root can create files in /proc.
-    with pytest.raises(train.SetupError, match="cannot write in /proc"):
+    with pytest.raises(lifecycle.SetupError, match="cannot write in /proc"):
         train.train_and_evaluate(_config(data="cifar10"), "/proc/self/jrelu6-run")
 
 
@@ -278,7 +278,7 @@ def test_a_work_directory_on_a_read_only_file_system_is_refused():
                          ids=["seed", "batch_size", "num_classes"])
 def test_resuming_with_other_settings_is_refused_and_nothing_changes(run, overrides):
     before = _snapshot(run)
-    with pytest.raises(train.SetupError, match="other settings"):
+    with pytest.raises(lifecycle.SetupError, match="other settings"):
         train.train_and_evaluate(_config(**overrides), run)
     assert _snapshot(run) == before
 
@@ -286,7 +286,7 @@ def test_resuming_with_other_settings_is_refused_and_nothing_changes(run, overri
 def test_a_checkpoint_of_another_model_is_refused_without_a_saved_config(run):
     os.remove(os.path.join(run, workdir.CONFIG_FILE))  # Nothing to compare the settings with.
     before = _snapshot(run)
-    with pytest.raises(train.SetupError, match=r"step 8 .* holds other arrays .*\(10,\)"):
+    with pytest.raises(lifecycle.SetupError, match=r"step 8 .* holds other arrays .*\(10,\)"):
         train.train_and_evaluate(_config(num_classes=12), run)
     assert _snapshot(run) == before
 
@@ -301,7 +301,7 @@ def test_a_checkpoint_of_another_model_is_refused_without_a_saved_config(run):
 ])
 def test_ctrl_c_says_what_a_rerun_starts_from(tmp_path, monkeypatch, calls, says):
     _stop_after(calls, monkeypatch, KeyboardInterrupt)
-    with pytest.raises(train.Interrupted, match=says):
+    with pytest.raises(lifecycle.Interrupted, match=says):
         train.train_and_evaluate(_config(), str(tmp_path / "run"))
 
 

@@ -12,14 +12,7 @@ is checked against the settings it was started with by
 :func:`mobilenet.infra.resume_check.check_resume`; the fields that cannot change
 its result say why in their metadata (``neutral``).
 
-The defaults were chosen by measurement on a 2-core CPU: MobileNetV2 at half
-width with the standard strides (32x32 inputs end at 1x1; digits carry 8x8
-pixels of information, so nothing is lost) processes about 2,700 images per
-second, while the small-input variant costs about 7x more per step for no
-gain on digits. SGD at 0.05 on batches of 64 without label smoothing, with
-shifts of at most 2 pixels, reaches 98.9-99.2% test accuracy in 550 steps (25
-epochs; seeds 0-2, mean 99.0%), in 23-24 s with a filled compilation cache and
-31 s with an empty one (docs/example.md has the measured figures).
+The defaults were chosen by measurement on a 2-core CPU (docs/example.md).
 
 This module imports no JAX: the command line parses and checks its flags
 without it.
@@ -39,13 +32,6 @@ from collections.abc import Mapping
 
 from mobilenet.infra import settings
 from mobilenet.infra.run_settings import RunSettings
-
-# Re-exported: the command line and the training loop use them under this module's name.
-from mobilenet.infra.settings import ConfigMismatch as ConfigMismatch
-from mobilenet.infra.settings import InvalidSetting as InvalidSetting
-from mobilenet.infra.settings import default_text as default_text
-from mobilenet.infra.settings import field_kind as field_kind
-from mobilenet.infra.settings import flag as flag
 from mobilenet.quantization_settings import QuantizationSettings, check_qat
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "tiny")

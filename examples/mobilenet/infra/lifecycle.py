@@ -31,7 +31,6 @@ from typing import Any
 
 import jax
 
-from mobilenet.configs import default
 from mobilenet.configs.default import Config
 from mobilenet.infra import compile_cache, disk, resume_check
 from mobilenet.infra import distributed as cluster
@@ -40,6 +39,7 @@ from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
 from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
 from mobilenet.infra.preemption import Preemption
 from mobilenet.infra.program_cache import ProgramCache
+from mobilenet.infra.settings import ConfigMismatch
 from mobilenet.infra.workdir import Workdir, WorkdirError
 
 
@@ -274,7 +274,7 @@ class Lifecycle:
             prefix = "" if self.training else "interrupted before training started; "
             raise Interrupted(f"{prefix}{self.kept()}; run the same command again to "
                               f"{self.rerun()}") from None
-        except default.ConfigMismatch as error:  # Its message starts with "train:".
+        except ConfigMismatch as error:  # Its message starts with "train:".
             raise SetupError(str(error)) from None
         except (CheckpointError, MetricsLogError, WorkdirError) as error:
             raise SetupError(f"train: {error}") from None
@@ -339,7 +339,7 @@ def _check_resume(work: Workdir, config: Config, *, num_train: int, step: int) -
     """Refuses to resume a run saved with other settings; prints the notes of an allowed change.
 
     Raises:
-      default.ConfigMismatch: the settings that differ, one line each
+      ConfigMismatch: the settings that differ, one line each
         (:func:`mobilenet.infra.resume_check.check_resume`).
       WorkdirError: ``config.json`` cannot be read.
     """

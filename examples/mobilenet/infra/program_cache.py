@@ -46,6 +46,8 @@ import jax
 from jax.experimental import serialize_executable
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
+import jrelu6
+
 ENV_SWITCH = "JRELU6_PROGRAM_CACHE"
 KEEP = 8  # Entries (one per distinct run setting) kept; older ones are removed.
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes")
@@ -55,6 +57,10 @@ FOLDER = "jrelu6-programs"  # Inside JAX's persistent cache folder.
 # that e.g. another seed finds the same programs (its keys are the programs' arguments).
 HOST_ONLY = ("seed", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
              "progress", "plot", "allow_schedule_change", "init_from", "data_dir")
+
+# The code the steps are traced from: jrelu6 and this example.
+SOURCES = (os.path.dirname(os.path.abspath(jrelu6.__file__)),
+           os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _enabled = False
 _window = threading.Lock()
@@ -238,15 +244,15 @@ def enable(on: bool = True) -> None:
     _enabled = on
 
 
-def open_cache(*parts: object, settings: object, sources: Iterable[str],
-               live: Mapping[str, object]) -> ProgramCache | None:
+def open_cache(*parts: object, settings: object, live: Mapping[str, object],
+               sources: Iterable[str] = SOURCES) -> ProgramCache | None:
     """The run's :class:`ProgramCache`, or ``None`` where it is off (see the module).
 
     Args:
       *parts: What else decides the programs (:func:`fingerprint`).
       settings: The run's settings (a dataclass); all but :data:`HOST_ONLY` are keyed.
-      sources: The folders of the code the programs are traced from.
       live: The objects the trees hold that stand in for themselves (:class:`ProgramCache`).
+      sources: The folders of the code the programs are traced from.
     """
     directory = jax.config.jax_compilation_cache_dir
     if (not _enabled or not directory or os.environ.get(ENV_SWITCH, "1") == "0"

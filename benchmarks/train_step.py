@@ -19,6 +19,14 @@ one process:
 - ``jax grouped`` (``--grouped``): the same Flax model as plain flax builds
   it, ``depthwise="grouped"`` and ``pointwise="conv"``; the naive baseline.
 
+Each sample is one step of one candidate; ``--steps-per-sample N`` makes it N
+consecutive steps, as a training loop runs them. Strict alternation can cost the
+step that follows the other framework's: on the 2-core EPYC, small-input batch 32,
+our step took 248 ms with no PyTorch in the process, 293-299 ms alternating with
+PyTorch's (478 ms with ``OMP_WAIT_POLICY=ACTIVE``, whose OpenMP threads spin between
+steps) and 568 ms when each sample followed a 0.5 s pause; our step's median also
+moved between 249 and 328 ms from run to run (its fastest steps: 245-263 ms).
+
 ``--variant`` picks the network: ``small-input`` (the stem and the first
 strided block keep stride 1, the CIFAR variant; the default for 32x32) or
 ``standard`` (the reference strides). Sizes follow the backend otherwise:
@@ -36,6 +44,7 @@ is than each other candidate (goals on CPU: > 1x PyTorch eager, target
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -198,8 +207,9 @@ def jax_case(config: dict[str, Any], depthwise: str, images, labels, state: mste
              "first_call_s": time.perf_counter() - start,
              "params": count_params(holder[0].params)}
 
-    def run(_):
-        holder[0], loss = step(holder[0], images, labels)
+    def run(calls):
+        for _ in range(calls):
+            holder[0], loss = step(holder[0], images, labels)
         return holder[0], loss
 
     return _harness.Case(lambda calls: calls, run), notes
@@ -245,6 +255,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--no-torch-compile", action="store_true",
                         help="leave out torch.compile (inductor; compiling takes ~1-2 min "
                              "on 2 cores)")
+    parser.add_argument("--steps-per-sample", type=int, default=1, metavar="N",
+                        help="consecutive steps of one candidate per timed sample, as in a "
+                             "training loop (default 1: strictly alternating steps)")
     parser.add_argument("--torch-threads", type=int,
                         help="PyTorch CPU threads (default: every core). On a machine shared "
                              "with other jobs PyTorch's OpenMP threads slow down far more than "
@@ -253,7 +266,17 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     args = parser.parse_args(argv)
     config = mstep.resolve_config(parser, args)
     config["torch_threads"] = args.torch_threads
+    if args.steps_per_sample < 1:
+        parser.error(f"--steps-per-sample must be >= 1, got {args.steps_per_sample}")
+    config["steps_per_sample"] = args.steps_per_sample
     return args, config
+
+
+def _repeat(step: Any, calls: int) -> Any:
+    """``calls`` consecutive calls of ``step``; the last one's result."""
+    for _ in range(calls):
+        out = step()
+    return out
 
 
 def _add_torch_cases(config: dict[str, Any], images: Any, labels: Any, device: str, *,
@@ -262,7 +285,7 @@ def _add_torch_cases(config: dict[str, Any], images: Any, labels: Any, device: s
     """Adds PyTorch's eager step (and, with ``compiled``, torch.compile's) to ``cases``."""
     np_images, np_labels = np.asarray(images), np.asarray(labels)
     step, notes[TORCH] = torch_step(config, np_images, np_labels, device)
-    cases[TORCH] = _harness.Case(lambda calls: calls, lambda _, step=step: step(),
+    cases[TORCH] = _harness.Case(lambda calls: calls, functools.partial(_repeat, step),
                                  _harness.torch_sync(device))
     if not compiled:
         return
@@ -271,7 +294,7 @@ def _add_torch_cases(config: dict[str, Any], images: Any, labels: Any, device: s
         step, notes[TORCH_COMPILE] = torch_step(config, np_images, np_labels, device,
                                                 compiled=True)
         cases[TORCH_COMPILE] = _harness.Case(
-            lambda calls: calls, lambda _, step=step: step(), _harness.torch_sync(device))
+            lambda calls: calls, functools.partial(_repeat, step), _harness.torch_sync(device))
     except Exception as error:  # noqa: BLE001 - any failure: report it and go on
         notes[TORCH_COMPILE] = {"compiled": False,
                                 "error": torch_compile_failure(error)}
@@ -325,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
           f"{config['size']}x3, {config['dtype']}, width {config['width']}, "
           f"{config['num_classes']} classes, SGD lr {mstep.LEARNING_RATE} "
-          f"momentum {mstep.MOMENTUM}")
+          f"momentum {mstep.MOMENTUM}; {config['steps_per_sample']} step(s) per sample")
 
     images, labels = mstep.synthetic_batch(config["batch"], config["size"],
                                            config["num_classes"])
     cases, notes = _cases(args, config, images, labels)
-    times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"])
+    times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"],
+                                      calls_per_sample=args.steps_per_sample)
     medians = {name: _harness.median(t) for name, t in times.items()}
     rows = [{"candidate": name, "ms": medians[name] * 1e3, "min_ms": min(times[name]) * 1e3,
              "img_s": config["batch"] / medians[name],

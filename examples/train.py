@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
              "same directory resumes (default: ./runs/<model>)")
     groups["run"].add_argument(
         "--compilation-cache", action=argparse.BooleanOptionalAction, default=True,
-        help="keep compiled programs in JAX's persistent compilation cache, so that a "
-             "rerun of the same configuration skips compiling (default: on)")
+        help="keep compiled programs in JAX's persistent compilation cache, and the "
+             "training steps whole beside it, so that a rerun of the same configuration "
+             "skips compiling and tracing (default: on; JRELU6_PROGRAM_CACHE=0 keeps only "
+             "JAX's cache)")
     groups["run"].add_argument(
         "--compilation-cache-dir", default=None, metavar="DIR",
         help="the cache's folder (default: $XDG_CACHE_HOME/jrelu6/jax-compilation-cache, "

@@ -150,6 +150,22 @@ def test_train_step_takes_the_variant(tmp_path, variant):
 
 
 @pytest.mark.slow
+def test_train_step_times_consecutive_steps_per_sample(tmp_path):
+    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny", "--batch", "2",
+                           "--size", "16", "--repeats", "1", "--steps-per-sample", "2")
+    assert result["config"]["steps_per_sample"] == 2
+    assert_positive_finite(result["images_per_second"]["jax (ours)"], "jax (ours)")
+
+
+def test_train_step_refuses_zero_steps_per_sample():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"),
+                           "--steps-per-sample", "0"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2
+    assert "--steps-per-sample must be >= 1, got 0" in done.stderr
+
+
+@pytest.mark.slow
 @pytest.mark.parity
 def test_train_step_against_torch_eager(tmp_path):
     pytest.importorskip("torch", reason="the PyTorch columns need torch")

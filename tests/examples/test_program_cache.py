@@ -62,6 +62,17 @@ def test_a_second_run_loads_its_programs_and_trains_the_same(tmp_path):
     assert _metrics(tmp_path, "b") == _metrics(tmp_path, "a")
 
 
+def test_programs_first_found_in_the_persistent_cache_are_saved_whole(tmp_path):
+    # The first run fills JAX's persistent cache only. An executable loaded from it and
+    # serialized again would lack its functions' code (XLA:CPU): the second run must
+    # compile its programs afresh, so that the third can run what the second saved.
+    _run(tmp_path, "a", env={program_cache.ENV_SWITCH: "0"})
+    assert _entries(tmp_path) == []
+    _run(tmp_path, "b")
+    assert LOADED in _run(tmp_path, "c")
+    assert _metrics(tmp_path, "c") == _metrics(tmp_path, "a")
+
+
 def test_a_host_only_setting_finds_the_same_programs(tmp_path):
     _run(tmp_path, "a")
     assert LOADED in _run(tmp_path, "b", "--log-every", "2")

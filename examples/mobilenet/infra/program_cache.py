@@ -26,6 +26,7 @@ themselves.
 The training command turns it on (:func:`enable`) with JAX's persistent cache, in
 that cache's folder; ``JRELU6_PROGRAM_CACHE=0`` or ``--no-compilation-cache``
 keeps it off, as does more than one process. The newest :data:`KEEP` entries are kept.
+Its files are code, trusted as JAX's own cache is: they live in the user's cache folder.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from typing import Any
@@ -99,10 +100,15 @@ def test_without_the_compilation_cache_nothing_is_kept(tmp_path):
     assert _entries(tmp_path) == []
 
 
-def test_programs_with_python_callbacks_are_not_kept_and_the_run_goes_on(tmp_path):
-    out = _run(tmp_path, "a", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert LOADED not in out
-    assert all(not (entry / "train.program").exists() for entry in _entries(tmp_path))
+def test_programs_with_python_callbacks_are_marked_and_later_found_in_jaxs_cache(tmp_path):
+    two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    assert LOADED not in _run(tmp_path, "a", env=two)
+    (entry,) = _entries(tmp_path)
+    assert not (entry / "train.program").exists() and (entry / "train.unsaved").exists()
+    second = _run(tmp_path, "b", env=two)
+    persistent = int(re.search(r"(\d+) programs from the persistent cache", second).group(1))
+    assert persistent >= 2  # The train and eval steps, no longer compiled past it.
+    assert _metrics(tmp_path, "b") == _metrics(tmp_path, "a")
 
 
 # --- the key, in this process ----------------------------------------------------------------

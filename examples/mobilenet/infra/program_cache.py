@@ -18,7 +18,9 @@ A hit loads the executables (:mod:`jax.experimental.serialize_executable`) and t
 state's shapes; a file that cannot be read or loaded is a miss. A miss traces and
 compiles as before, but past JAX's persistent cache (an executable loaded from it
 cannot be saved again: XLA:CPU drops its functions), and saves the result: the
-first run of a setting pays a full compilation once. Objects the programs' trees
+first run of a setting pays a full compilation once. A program that cannot be saved
+(one holding Python callbacks) is marked so, and later runs compile it through JAX's
+persistent cache as usual. Objects the programs' trees
 hold but that cannot be saved (the flax module and the optax transformation,
 static fields of the train state) are given to the cache alive and stand in for
 themselves.
@@ -164,12 +166,16 @@ class ProgramCache:
                 return compiled
         self.misses += 1
         lowered = jitted.lower(*args)
+        unsaved = os.path.join(self.folder, name + ".unsaved")
+        if os.path.exists(unsaved):  # Known not to save: JAX's persistent cache may serve it.
+            return lowered.compile()
         with _past_the_persistent_cache():
             compiled = lowered.compile()
         try:
             saved = serialize_executable.serialize(compiled)
         except Exception:  # noqa: BLE001 - e.g. constants, or Python callbacks (the native
-            return compiled  # kernels' partitioning rule under several devices): not saved.
+            self._write(name + ".unsaved", None)  # kernels' partitioning rule under several
+            return compiled  # devices): not saved, and marked so.
         device_ids = [device.id for device in compiled.runtime_executable().local_devices()]
         self._write(name + ".program", (*saved, device_ids))
         return compiled

@@ -50,8 +50,8 @@ class Prepared:
       mesh: The device mesh.
       steps: The run's length.
       model: The flax module.
-      train_step: ``(state, batch) -> (state, metrics)``, jitted.
-      eval_step: ``(state, batch) -> sums``, jitted.
+      train_step: ``(state, batch) -> (state, metrics)``, jitted (compiled once initialized).
+      eval_step: ``(state, batch) -> sums``, jitted (compiled once initialized).
       test_batches: The test split, sharded.
       abstract: The train state's shapes, dtypes and shardings.
       programs: Where the compiled steps are kept between runs (``None``: not kept).

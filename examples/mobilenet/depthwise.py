@@ -129,6 +129,12 @@ def accumulator_dtype(dtype: Any) -> Any:
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
+def global_pool(x: jax.Array) -> jax.Array:
+    """The spatial mean of an NHWC batch, accumulated in :func:`accumulator_dtype`, returned
+    in ``x``'s dtype: ``(N, C)``."""
+    return jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2)).astype(x.dtype)
+
+
 def _out_size(size: int, window: int, stride: int) -> int:
     return max(0, (size - window) // stride + 1)
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import jrelu6
 import jrelu6.linen
 from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import accumulator_dtype
+from mobilenet.depthwise import accumulator_dtype, global_pool
 from mobilenet.layer_options import LayerOptions
 from mobilenet.qat_layers import (
     QATConvBN,
@@ -157,7 +157,7 @@ class SqueezeExcite(QATSqueezeExcite):
             return self.quantized(x, in_grid)
         # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
         # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
-        s = cfg.act("relu")(cfg.dense(_global_pool(x), self.squeeze, "reduce"))
+        s = cfg.act("relu")(cfg.dense(global_pool(x), self.squeeze, "reduce"))
         s = cfg.act("hard_sigmoid")(cfg.dense(s, x.shape[-1], "expand"))
         return x * s[:, None, None, :]
 
@@ -204,13 +204,6 @@ class InvertedResidual(QATInvertedResidual):
         if self.strides == 1 and inputs.shape[-1] == self.features:  # x + inputs (QAT: ADD).
             x = self.add(x, inputs, train=train, scales=(project.out_scale(), in_scale))
         return x
-
-
-def _global_pool(x: jax.Array, *, keepdims: bool = False) -> jax.Array:
-    """Spatial mean, accumulated in float32, returned in ``x``'s dtype."""
-    mean = jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2),
-                    keepdims=keepdims)
-    return mean.astype(x.dtype)
 
 
 def _chain(layers: Sequence[Any], x: jax.Array, scale: jax.Array | None, *, train: bool
@@ -323,7 +316,7 @@ class MobileNet(QATMobileNet):
         if cfg.tensor_bits is not None:  # Full QAT: the int8 file's tensors (qat_layers).
             return self.quantized_classify(x, cfg, rate, train=train, hidden=hidden,
                                            in_grid=in_grid)
-        x = _global_pool(x)
+        x = global_pool(x)
         if hidden is not None:
             x = cfg.act("hard_swish")(cfg.dense(x, hidden, "pre_logits"))
         x = nn.Dropout(rate, deterministic=not train, name="dropout")(x)

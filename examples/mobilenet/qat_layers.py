@@ -41,7 +41,7 @@ import jrelu6
 import jrelu6.linen
 from mobilenet import int8_emulation, quantization
 from mobilenet.batch_norm import batch_norm
-from mobilenet.depthwise import accumulator_dtype, depthwise_conv
+from mobilenet.depthwise import depthwise_conv, global_pool
 
 
 class QATLayers:
@@ -176,8 +176,7 @@ class QATMobileNet(nn.Module):
         the int8 file does (:mod:`mobilenet.int8_emulation`).
         """
         grid = eval_grid(self, "pool_range", train=train, given=in_grid)
-        mean = jnp.mean(x.astype(accumulator_dtype(x.dtype)), axis=(1, 2)).astype(x.dtype)
-        x, scale = cfg.quantize(mean if grid is None else int8_emulation.mean_values(
+        x, scale = cfg.quantize(global_pool(x) if grid is None else int8_emulation.mean_values(
             x, in_grid, grid).astype(x.dtype), "pool_range")
         if hidden is not None:
             grid = eval_grid(self, "hard_swish_in_range", train=train, given=scale)

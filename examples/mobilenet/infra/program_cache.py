@@ -50,6 +50,7 @@ from jax.experimental import serialize_executable
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 import jrelu6
+from mobilenet.native import cpu_signature
 
 ENV_SWITCH = "JRELU6_PROGRAM_CACHE"
 KEEP = 8  # Entries (one per distinct run setting) kept; older ones are removed.
@@ -101,21 +102,9 @@ def fingerprint(*parts: object, sources: Iterable[str]) -> str:
     add(sorted((name, value) for name, value in os.environ.items()
                if name == "XLA_FLAGS" or name.startswith("JAX_")))
     add([(d.platform, d.device_kind, d.id, d.process_index) for d in jax.devices()],
-        jax.devices()[0].client.platform_version, _cpu())
+        jax.devices()[0].client.platform_version, cpu_signature())
     add(*parts)
     return key.hexdigest()
-
-
-def _cpu() -> str:
-    """The CPU's model and feature flags (XLA:CPU compiles for the CPU it runs on)."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return "".join(sorted({line for line in cpuinfo
-                                   if line.startswith(("model name", "flags"))}))
-    except OSError:
-        import platform
-
-        return platform.processor()
 
 
 class ProgramCache:

@@ -69,9 +69,10 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_signature() -> str:
+def cpu_signature() -> str:
     """The CPU's model and feature flags (``-march=native`` code runs only where they match:
-    a cache folder shared by several machines keeps one build per kind of CPU)."""
+    a cache folder shared by several machines keeps one build per kind of CPU; XLA:CPU's
+    programs, compiled for the CPU they run on, likewise)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
@@ -91,7 +92,7 @@ def _build(compiler: str) -> tuple[str, bool]:
     with open(SOURCE, "rb") as source:
         key = hashlib.sha256(source.read())
     for part in (*version, *FLAGS, jax.__version__, jaxlib.__version__, platform.machine(),
-                 _cpu_signature()):
+                 cpu_signature()):
         key.update(part.encode())
     folder = os.path.join(cache_directory(), key.hexdigest()[:16])
     library = os.path.join(folder, "depthwise.so")

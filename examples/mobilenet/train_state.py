@@ -86,7 +86,8 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
       image_shape: ``(H, W, C)`` of one input image.
       mesh: The device mesh; the state is replicated on it.
       total_steps: Length of the learning-rate schedule.
-      cache: Where the compiled initialization may be found (or saved).
+      cache: Where the initial state (or the compiled initialization) may be found
+        (or saved).
 
     Returns:
       The :class:`TrainState` at step 0.
@@ -94,7 +95,9 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
     tx = optim.create_optimizer(config, total_steps=total_steps)
     init = _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))
     keys = _init_keys(config.seed)
-    return (init if cache is None else cache.compile("init", init, *keys))(*keys)
+    if cache is None:
+        return init(*keys)
+    return cache.result("init", init, *keys, sharding=replicated(mesh))
 
 
 def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],

@@ -57,9 +57,10 @@ def test_a_second_run_loads_its_programs_and_trains_the_same(tmp_path):
     first = _run(tmp_path, "a")
     (entry,) = _entries(tmp_path)
     assert sorted(p.name for p in entry.iterdir()) == [
-        "eval.program", "init.program", "state.shapes", "train.program"]
+        "eval.program", "init.program", "init.result", "state.shapes", "train.program"]
     second = _run(tmp_path, "b")
-    assert LOADED not in first and f"3 {LOADED}" in second  # Init, train and eval.
+    # The initial state (not its program: a hit on the result skips it), train and eval.
+    assert LOADED not in first and f"3 {LOADED}" in second
     assert _metrics(tmp_path, "b") == _metrics(tmp_path, "a")
 
 
@@ -201,6 +202,33 @@ def test_a_compiled_program_round_trips(tmp_path):
     loaded = reader.compile("step", jax.jit(step), *args)
     assert (writer.misses, reader.hits) == (1, 1)
     np.testing.assert_array_equal(loaded(*args)["z"], fresh(*args)["z"])
+
+
+def _init(key):
+    return {"w": jax.random.normal(key, (4, 3)), "step": jnp.zeros((), jnp.int32)}
+
+
+def test_a_result_is_loaded_without_its_program(tmp_path):
+    key = jax.random.key(3, impl="rbg")
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    writer = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
+    fresh = writer.result("init", jax.jit(_init), key, sharding=sharding)
+    os.remove(os.path.join(writer.folder, "init.program"))  # Not needed again.
+    reader = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
+    loaded = reader.result("init", jax.jit(_init), key, sharding=sharding)
+    assert (reader.hits, reader.misses) == (1, 0)
+    assert loaded["w"].sharding == sharding and loaded["step"].dtype == jnp.int32
+    np.testing.assert_array_equal(loaded["w"], fresh["w"])
+
+
+def test_a_result_for_other_argument_values_is_computed_again(tmp_path):
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    cache = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
+    cache.result("init", jax.jit(_init), jax.random.key(3, impl="rbg"), sharding=sharding)
+    other = cache.result("init", jax.jit(_init), jax.random.key(4, impl="rbg"),
+                         sharding=sharding)
+    assert cache.hits == 1  # The program, for the second seed; not the first seed's result.
+    np.testing.assert_array_equal(other["w"], _init(jax.random.key(4, impl="rbg"))["w"])
 
 
 def test_other_argument_shapes_are_a_miss(tmp_path):

@@ -242,7 +242,7 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
             preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
-                _save(run, life, state, done, last_train, wait=preempted or done == steps)
+                _save(run, life, state, done, last_train, wait=preempted)
             if preempted:
                 raise life.preempted(done)
     finally:
@@ -310,9 +310,13 @@ def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
 
 def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             progress: Progress, last_train: dict[str, float]) -> dict[str, Any]:
-    """The final evaluation (logged if this run trained) and the summary."""
+    """The final evaluation (logged if this run trained, once the final checkpoint is
+    written) and the summary."""
     _check_finite(life, state)
-    results = evaluate(run, state)
+    if run.config.plot:
+        life.plot_ahead()  # Its imports, while the final checkpoint is written...
+    results = evaluate(run, state)  # ... and this.
+    life.wait_for_save()
     if start < run.steps:
         life.log.write({"step": run.steps, **results})
     return {**results, "train_loss": last_train.get("train_loss", float("nan")),

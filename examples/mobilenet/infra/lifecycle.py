@@ -36,7 +36,7 @@ from mobilenet.infra import compile_cache, disk, resume_check
 from mobilenet.infra import distributed as cluster
 from mobilenet.infra.background import Background
 from mobilenet.infra.checkpoints import CheckpointError, Checkpoints, Restored
-from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics
+from mobilenet.infra.metrics_log import MetricsLog, MetricsLogError, plot_metrics, plotting_modules
 from mobilenet.infra.preemption import Preemption
 from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.infra.settings import ConfigMismatch
@@ -181,6 +181,15 @@ class Lifecycle:
             self.checkpoints.wait()
         self.step = step
 
+    def wait_for_save(self) -> None:
+        """Waits for the checkpoint :meth:`save` is writing in the background.
+
+        Raises:
+          disk.WriteFailed: it failed.
+        """
+        if self.checkpoints is not None:
+            self.checkpoints.wait()
+
     @contextlib.contextmanager
     def compiling(self, jobs: dict[str, tuple[Any, tuple[Any, ...]]], *,
                   cache: ProgramCache | None = None) -> Iterator[dict[str, Any]]:
@@ -218,6 +227,12 @@ class Lifecycle:
             from tqdm import tqdm
 
             tqdm.write(message)
+
+    def plot_ahead(self) -> None:
+        """Starts :meth:`plot`'s imports in the background, for a time the main thread
+        only waits (the final checkpoint's write)."""
+        if self.work is not None and jax.process_index() == 0:
+            self.in_background(plotting_modules)
 
     def plot(self) -> None:
         """Plots ``metrics.jsonl`` to ``metrics.png`` (process 0; nothing without a log)."""

@@ -12,11 +12,13 @@ This script runs ``python examples/train.py`` (plus ``--args``) as a user does:
 
 With ``--against DIR`` (another checkout, e.g. ``git worktree add /tmp/old <rev>``)
 it runs that tree's command too, interleaved with this one's, each with its own
-cache home, and prints both. Then it times the imports a warm run pays, one
+cache home, and prints both; ``--against-python`` runs it with another environment's
+interpreter (e.g. one with other package versions). Then it times the imports a warm run pays, one
 package after another in a fresh process, and prints where the fixed cost goes.
 
     python benchmarks/startup.py                       # the default command
     python benchmarks/startup.py --against /tmp/old --repeats 3
+    python benchmarks/startup.py --against /tmp/old --against-python /tmp/venv/bin/python
     python benchmarks/startup.py --quick               # a tiny model, 12 steps
 """
 
@@ -64,14 +66,15 @@ def steps_seconds(workdir: str) -> float:
     return seconds
 
 
-def run_once(tree: str, cache_home: str, extra: list[str]) -> dict[str, float | None]:
-    """Runs the command of checkout ``tree`` in a fresh work directory (in ``cache_home``'s
-    folder, removed with it); its figures."""
+def run_once(tree: str, cache_home: str, extra: list[str], python: str = sys.executable
+             ) -> dict[str, float | None]:
+    """Runs the command of checkout ``tree`` with ``python`` in a fresh work directory (in
+    ``cache_home``'s folder, removed with it); its figures."""
     workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(cache_home))
     env = {**os.environ, "XDG_CACHE_HOME": cache_home}
     env.pop("PYTHONPATH", None)  # The script finds its own `mobilenet` package.
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, os.path.join(tree, "examples", "train.py"),
+    done = subprocess.run([python, os.path.join(tree, "examples", "train.py"),
                            "--workdir", workdir, *extra], cwd=tree, env=env,
                           capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -94,8 +97,9 @@ def run_once(tree: str, cache_home: str, extra: list[str]) -> dict[str, float | 
             "fixed_printed": number(r"([\d.]+) s fixed cost")}
 
 
-def import_times(tree: str, *, skip_sklearn: bool) -> list[tuple[str, float]]:
-    """Seconds each of :data:`IMPORTS` adds, in one fresh process, in order."""
+def import_times(tree: str, *, skip_sklearn: bool, python: str = sys.executable
+                 ) -> list[tuple[str, float]]:
+    """Seconds each of :data:`IMPORTS` adds, in one fresh ``python`` process, in order."""
     lines = ["import sys, time", f"sys.path.insert(0, {os.path.join(tree, 'examples')!r})",
              "t = time.perf_counter()"]
     for name, statement in IMPORTS:
@@ -104,7 +108,7 @@ def import_times(tree: str, *, skip_sklearn: bool) -> list[tuple[str, float]]:
         lines += [statement, f"print({name!r}, time.perf_counter() - t)",
                   "t = time.perf_counter()"]
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
+    out = subprocess.run([python, "-c", "\n".join(lines)], capture_output=True,
                          text=True, check=True).stdout
     rows = [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1])) for line in out.splitlines()]
     rows[0] = ("python start and exit", time.perf_counter() - start - sum(s for _, s in rows[1:]))
@@ -116,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per tree (default: 3)")
     parser.add_argument("--against", metavar="DIR", help="another checkout to run side by side")
+    parser.add_argument("--against-python", metavar="PYTHON", default=sys.executable,
+                        help="the interpreter (environment) of --against (default: this one)")
     parser.add_argument("--args", default="", help="extra flags for examples/train.py")
     _harness.add_output_arguments(parser, "startup")
     args = parser.parse_args(argv)
@@ -123,16 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     info, command = _harness.announce("start-up of python examples/train.py", "startup.py", argv)
     trees = {"this tree": ROOT, **({"against": os.path.abspath(args.against)}
                                    if args.against else {})}
+    pythons = {"this tree": sys.executable, "against": args.against_python}
     scratch = tempfile.mkdtemp(prefix="startup-")  # Cache homes and work directories.
     homes = {name: os.path.join(scratch, f"cache-{index}")
              for index, name in enumerate(trees)}
     results: dict[str, dict[str, list]] = {name: {"cold": [], "warm": []} for name in trees}
     try:
         for name, tree in trees.items():
-            results[name]["cold"].append(run_once(tree, homes[name], extra))
+            results[name]["cold"].append(run_once(tree, homes[name], extra, pythons[name]))
         for repeat in range(args.repeats):
             for name in (list(trees) if repeat % 2 == 0 else list(reversed(trees))):
-                results[name]["warm"].append(run_once(trees[name], homes[name], extra))
+                results[name]["warm"].append(
+                    run_once(trees[name], homes[name], extra, pythons[name]))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = []
@@ -149,10 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         ("steps", "steps s", ".1f"), ("fixed", "fixed s", ".1f"),
         ("init_compile", "init+compile s", ".1f"), ("compiler", "compiler s", ".1f"),
         ("native_build", "native build s", ".1f")]))
-    imports = import_times(ROOT, skip_sklearn=False)
+    imports = {name: import_times(tree, skip_sklearn=False, python=pythons[name])
+               for name, tree in trees.items()}
     print("\nimports, one after another in a fresh process (seconds each adds):")
-    for name, seconds in imports:
-        print(f"  {name:52s} {seconds:6.2f}")
+    print(f"  {'':52s} " + " ".join(f"{name:>10s}" for name in trees))
+    for index, (label, _) in enumerate(imports["this tree"]):
+        print(f"  {label:52s} " + " ".join(f"{imports[name][index][1]:10.2f}"
+                                            for name in trees))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     path = _harness.write_json(args, "startup", {
         "machine": info, "command": command, "runs": results, "table": rows,

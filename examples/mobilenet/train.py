@@ -175,6 +175,8 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
     with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
                          "eval": (run.eval_step, (run.abstract, eval_spec))},
                         cache=run.programs) as compiled:
+        # The logged learning rate's eager programs (11), found while the steps load.
+        life.in_background(optim.learning_rate_schedule(config, total_steps=run.steps), 0)
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:

@@ -120,6 +120,7 @@ def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple
         shapes() if cache is None else cache.shapes("state", shapes))
 
 
+@functools.partial(jax.jit, static_argnums=0)  # One program, not five eager ones.
 def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """The initialization key and the training key data of ``seed``."""
     # XLA:CPU takes seconds per hundred threefry draws to compile (MobileNetV2 init: ~15 s);

@@ -231,6 +231,14 @@ def test_a_result_for_other_argument_values_is_computed_again(tmp_path):
     np.testing.assert_array_equal(other["w"], _init(jax.random.key(4, impl="rbg"))["w"])
 
 
+def test_a_result_over_the_limit_is_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(program_cache, "RESULT_LIMIT", 4 * 12)  # "w" alone is 48 bytes.
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    cache = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
+    cache.result("init", jax.jit(_init), jax.random.key(3, impl="rbg"), sharding=sharding)
+    assert sorted(os.listdir(cache.folder)) == ["init.program"]
+
+
 def test_other_argument_shapes_are_a_miss(tmp_path):
     cache = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
     cache.compile("step", jax.jit(jnp.sin), jnp.ones(3))

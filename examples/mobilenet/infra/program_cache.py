@@ -56,6 +56,7 @@ from mobilenet.native import cpu_signature
 
 ENV_SWITCH = "JRELU6_PROGRAM_CACHE"
 KEEP = 8  # Entries (one per distinct run setting) kept; older ones are removed.
+RESULT_LIMIT = 64 * 2**20  # Bytes: a larger result (a large model's state) is not kept.
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes")
 SOURCE_SUFFIXES = (".py", ".cc", ".h")
 FOLDER = "jrelu6-programs"  # Inside JAX's persistent cache folder.
@@ -178,8 +179,9 @@ class ProgramCache:
 
         For a deterministic function whose result is quicker to read than its program to
         load, such as the model's initialization (on a 2-core CPU the default run's
-        init program takes about 0.75 s to load, its result a few milliseconds). One
-        result is kept per name: other arguments' values replace it.
+        init program takes about 0.75 s to load, its result under 0.1 s). One result
+        is kept per name: other arguments' values replace it; one over
+        :data:`RESULT_LIMIT` bytes is not kept.
         """
         digest = _digest(args)
         loaded = self._read(name + ".result")
@@ -187,6 +189,8 @@ class ProgramCache:
             self.hits += 1
             return jax.device_put(loaded[1], sharding)
         out = self.compile(name, jitted, *args)(*args)
+        if sum(leaf.nbytes for leaf in jax.tree.leaves(out)) > RESULT_LIMIT:
+            return out
         try:
             values = jax.device_get(out)
         except Exception:  # noqa: BLE001 - e.g. a typed key array: not saved.

@@ -19,30 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet.configs.default import steps_per_epoch as steps_per_epoch  # One count, no JAX.
-
-# The data sets themselves (files, checks, statistics) are infrastructure; named here too.
-from mobilenet.infra.datasets import DataError as DataError
-from mobilenet.infra.datasets import Dataset as Dataset
-from mobilenet.infra.datasets import load_cifar10 as load_cifar10
-from mobilenet.infra.datasets import load_dataset as load_dataset
-from mobilenet.infra.datasets import load_digits as load_digits
-from mobilenet.infra.datasets import make_synthetic as make_synthetic
-from mobilenet.infra.distributed import process_share
+from mobilenet.configs.default import steps_per_epoch
+from mobilenet.infra.datasets import Dataset
+from mobilenet.infra.distributed import place, process_share
 
 # --- order and batches ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
     """The order of the training examples in ``epoch``: a pure function of ``(seed, epoch)``.
 
     The latest orders are cached (read-only), so consecutive steps share one.
     """
-    return _permutation(num_examples, seed, epoch)
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     order.setflags(write=False)
     return order
@@ -60,17 +49,6 @@ def batch_indices(num_examples: int, *, batch_size: int, seed: int, step: int) -
     epoch, position = divmod(step, steps_per_epoch(num_examples, batch_size))
     order = epoch_permutation(num_examples, seed=seed, epoch=epoch)
     return order[position * batch_size:(position + 1) * batch_size]
-
-
-def place(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Places a host batch on the devices with ``sharding`` (batch axis split over the mesh).
-
-    Each process passes its own share of the global batch
-    (:func:`mobilenet.infra.distributed.process_share`);
-    on one host that is the whole batch.
-    """
-    return {key: jax.make_array_from_process_local_data(sharding, value)
-            for key, value in batch.items()}
 
 
 def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: int,

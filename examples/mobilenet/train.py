@@ -24,12 +24,13 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mobilenet import finetune, input_pipeline, native, optim, tracking, train_state
+from mobilenet.configs import default
 from mobilenet.configs.default import Config
-from mobilenet.infra import program_cache
-from mobilenet.infra.checkpoints import Restored
+from mobilenet.infra import datasets, program_cache
+from mobilenet.infra.checkpoints import Restored, state_tree
 from mobilenet.infra.lifecycle import Lifecycle
 from mobilenet.infra.program_cache import ProgramCache
-from mobilenet.infra.progress import Progress
+from mobilenet.infra.progress import Progress, describe_run
 from mobilenet.infra.setup_check import check_setup
 from mobilenet.infra.state_size import check_state_fits
 from mobilenet.model_summary import count_params
@@ -58,7 +59,7 @@ class Prepared:
     """
 
     config: Config
-    dataset: input_pipeline.Dataset
+    dataset: datasets.Dataset
     mesh: Mesh
     steps: int
     model: nn.Module
@@ -92,7 +93,7 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       float16 compute, ``"loss_scale"`` (the final scale) and ``"skipped_steps"``.
 
     Raises:
-      input_pipeline.DataError, SetupError, mobilenet.infra.state_size.StateTooLarge:
+      datasets.DataError, SetupError, mobilenet.infra.state_size.StateTooLarge:
         before anything is written (:class:`Lifecycle`'s checks, :func:`prepare`).
       TrainingDiverged, WriteFailed, Preempted, Interrupted: what stopped a started run
         (:mod:`mobilenet.infra.lifecycle` says what each keeps; docs/fault_tolerance.md).
@@ -114,7 +115,7 @@ def fit(config: Config, workdir: str | None, *, model_fn: ModelFn | None = None,
     life = Lifecycle(workdir, distributed=config.distributed)  # Joins, checks: SetupError.
     run = prepare(config, model_fn)
     with life.running(keep=config.keep_checkpoints, progress=config.progress):
-        restored = life.restore(config, _saved_tree(run.abstract),
+        restored = life.restore(config, state_tree(run.abstract),
                                 num_train=run.dataset.train_images.shape[0])
         run, state = _initialize(run, life, restored)
         state, summary = _train(run, life, state, restored, on_step)
@@ -128,12 +129,12 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     """Loads the data, checks it against the settings, builds the mesh, model and steps.
 
     Raises:
-      input_pipeline.DataError: from :func:`input_pipeline.load_dataset`.
+      datasets.DataError: from :func:`datasets.load_dataset`.
       SetupError: too few classes, a batch that does not divide over the devices,
         or settings that do not fit the data (:func:`check_setup`).
       mobilenet.infra.state_size.StateTooLarge: from :func:`check_state_fits`.
     """
-    dataset = input_pipeline.load_dataset(
+    dataset = datasets.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
     mesh = create_mesh()
@@ -185,11 +186,8 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
             if config.init_from is not None:
                 state = finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         start = restored.step if restored else 0
-        life.say(f"{config.model} x{config.width} ({count_params(state.params):,} "
-                 f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "
-                 f"{dataset.test_images.shape[0]} test), {mesh.size} "
-                 f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "
-                 f"{run.steps} steps" + (f"; resuming from step {start}" if start else ""))
+        life.say(describe_run(config, dataset, params=count_params(state.params),
+                              devices=mesh.size, steps=run.steps, start=start))
     return dataclasses.replace(run, train_step=compiled["train"],
                                eval_step=compiled["eval"]), state
 
@@ -200,12 +198,6 @@ def _train_batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]
     return {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
                                           sharding=sharding),
             "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
-
-
-def _saved_tree(state: TrainState) -> dict[str, Any]:
-    """The part of the state a checkpoint holds (the model and optimizer are static)."""
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
 
 
 def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None,
@@ -263,8 +255,7 @@ def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: 
     """
     sums = jax.device_get(state.metrics)
     state = state.replace(metrics=_reset_sums(state.metrics))
-    if sums["first_nonfinite"] >= 0:
-        raise life.diverged(int(sums["first_nonfinite"]) + 1)
+    life.check_finite(sums["first_nonfinite"])
     images_per_second = progress.fetched(done)
     count = max(int(sums["count"]), 1)
     means = {"train_loss": float(sums["loss_sum"]) / count,
@@ -283,13 +274,6 @@ def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {**metrics, **train_state.zero_metrics(metrics["first_nonfinite"])}
 
 
-def _check_finite(life: Lifecycle, state: TrainState) -> None:
-    """Raises :class:`TrainingDiverged` if any step so far saw a NaN/inf."""
-    first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
-    if first_bad >= 0:
-        raise life.diverged(first_bad + 1)
-
-
 def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
           last_train: dict[str, float], *, wait: bool) -> None:
     """Saves a checkpoint at step ``done`` (in the background unless ``wait``).
@@ -300,10 +284,10 @@ def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
     """
     if life.checkpoints is None:
         return
-    _check_finite(life, state)  # Never save a state that has seen a NaN.
-    per_epoch = input_pipeline.steps_per_epoch(run.dataset.train_images.shape[0],
-                                               run.config.batch_size)
-    life.save(done, _saved_tree(state), wait=wait, meta={
+    life.check_finite(state.metrics["first_nonfinite"])  # Never save a state with a NaN.
+    per_epoch = default.steps_per_epoch(run.dataset.train_images.shape[0],
+                                        run.config.batch_size)
+    life.save(done, state_tree(state), wait=wait, meta={
         "step": done, "seed": run.config.seed, "data_position": done,
         "epoch": done // per_epoch, "last_train": last_train})
 
@@ -311,7 +295,7 @@ def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
 def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             progress: Progress, last_train: dict[str, float]) -> dict[str, Any]:
     """The final evaluation (logged if this run trained) and the summary."""
-    _check_finite(life, state)
+    life.check_finite(state.metrics["first_nonfinite"])
     results = evaluate(run, state)
     if start < run.steps:
         life.log.write({"step": run.steps, **results})

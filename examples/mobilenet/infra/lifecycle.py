@@ -14,7 +14,7 @@ how it ended, in one line:
 - :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes;
 - :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`);
 - the errors that stop a run in its loop (:meth:`Lifecycle.diverged`,
-  :meth:`Lifecycle.preempted`), each saying what is kept.
+  :meth:`Lifecycle.check_finite`, :meth:`Lifecycle.preempted`), each saying what is kept.
 
 Nothing here knows the model or the training step: the loop hands over the tree
 to save, and the settings only to compare them with the saved ones.
@@ -244,6 +244,13 @@ class Lifecycle:
         return TrainingDiverged(
             f"train: the loss or gradient became NaN/inf at step {step}; stopped "
             f"({self.kept()}). Try a lower --lr or --dtype float32.")
+
+    def check_finite(self, first_nonfinite: Any) -> None:
+        """Raises :meth:`diverged` if ``first_nonfinite`` (the first step whose loss or
+        gradient was NaN/inf, -1 while none; on the device or the host) names a step."""
+        first_bad = int(jax.device_get(first_nonfinite))
+        if first_bad >= 0:
+            raise self.diverged(first_bad + 1)
 
     def preempted(self, step: int | None) -> Preempted:
         """The error that stops the run after a SIGTERM, saved at ``step`` (``None``: before

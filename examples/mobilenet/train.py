@@ -1,14 +1,11 @@
 """The training loop of the MobileNet example: :func:`train_and_evaluate`.
 
 :func:`fit` reads top to bottom: :func:`prepare` loads the data and builds the mesh,
-model and steps (bad settings and data fail there, before anything is written or
-compiled); the newest intact checkpoint is restored (the data order and the per-step
-PRNG key are functions of the step, so a resumed run repeats an uninterrupted one);
-:func:`_initialize` builds the state while the steps compile; :func:`_train` trains,
-the host only dispatching, and evaluates. What keeps the run safe (the work directory's
-lock and checks, checkpoints, metrics log, preemption, one-line errors) is behind
-:class:`mobilenet.infra.lifecycle.Lifecycle`; docs/fault_tolerance.md says what it
-guarantees.
+model and steps (bad settings and data fail there, before anything is written); the
+newest intact checkpoint is restored; :func:`_initialize` builds the state while the
+steps compile; :func:`_train` trains, the host only dispatching, and evaluates. What
+keeps the run safe is behind :class:`mobilenet.infra.lifecycle.Lifecycle`
+(docs/fault_tolerance.md).
 """
 
 from __future__ import annotations
@@ -46,11 +43,8 @@ class Prepared:
     """What the run builds before it touches the work directory.
 
     Attributes:
-      config: The run's settings.
       dataset: The data in host memory.
-      mesh: The device mesh.
       steps: The run's length.
-      model: The flax module.
       train_step: ``(state, batch) -> (state, metrics)``, jitted (compiled once initialized).
       eval_step: ``(state, batch) -> sums``, jitted (compiled once initialized).
       test_batches: The test split, sharded.
@@ -75,7 +69,6 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
     """Trains and evaluates a model; resumes from ``workdir``'s newest intact checkpoint.
 
     Args:
-      config: The configuration (:func:`mobilenet.configs.get_config`).
       workdir: Directory for ``config.json``, checkpoints, ``metrics.jsonl`` and
         ``metrics.png``; ``None`` writes nothing (quiet runs for studies, with
         ``config.progress=False``). It is locked while the run uses it.
@@ -230,7 +223,8 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
             if done % config.log_every == 0 or done == steps:
                 state, last_train = _log_train_metrics(run, life, state, done, progress)
             if config.eval_every and done % config.eval_every == 0 and done != steps:
-                life.log.write({"step": done, **evaluate(run, state)})
+                life.log.write({"step": done, **train_state.evaluate(
+                    run.eval_step, state, run.test_batches)})
             preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
@@ -245,10 +239,7 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
 
 def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: int,
                        progress: Progress) -> tuple[TrainState, dict[str, float]]:
-    """Fetches the summed metrics, logs their means and resets the sums.
-
-    Returns:
-      The state with its sums reset, and the means (``train_loss``, ``train_accuracy``).
+    """Fetches the summed metrics, logs their means (returned with the state, its sums reset).
 
     Raises:
       TrainingDiverged: a step since the last fetch saw a NaN/inf.
@@ -296,7 +287,7 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             progress: Progress, last_train: dict[str, float]) -> dict[str, Any]:
     """The final evaluation (logged if this run trained) and the summary."""
     life.check_finite(state.metrics["first_nonfinite"])
-    results = evaluate(run, state)
+    results = train_state.evaluate(run.eval_step, state, run.test_batches)
     if start < run.steps:
         life.log.write({"step": run.steps, **results})
     return {**results, "train_loss": last_train.get("train_loss", float("nan")),
@@ -304,8 +295,3 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             "steps": run.steps, "resumed_from": start,
             "images_per_second": progress.images_per_second, "step_seconds": progress.seconds,
             **tracking.summary(state)}
-
-
-def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:
-    """Test loss and accuracy of ``state`` (:func:`train_state.evaluate` on the test split)."""
-    return train_state.evaluate(run.eval_step, state, run.test_batches)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from mobilenet import finetune, input_pipeline, native, optim, tracking, train_state
-from mobilenet.configs import default
 from mobilenet.configs.default import Config
 from mobilenet.infra import datasets, program_cache
 from mobilenet.infra.checkpoints import Restored, state_tree
@@ -199,7 +198,8 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
     """The training loop proper, from the restored step to the end; then the evaluation.
 
     Raises:
-      TrainingDiverged: a NaN/inf loss or gradient.
+      TrainingDiverged: a NaN/inf loss or gradient (a state that saw one is never saved).
+      disk.WriteFailed: a checkpoint could not be written.
       Preempted: SIGTERM: the step then running finished and was saved.
     """
     config, steps = run.config, run.steps
@@ -228,7 +228,9 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
             preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
-                _save(run, life, state, done, last_train, wait=preempted or done == steps)
+                life.save(done, state_tree(state), last_train=last_train,
+                          first_nonfinite=state.metrics["first_nonfinite"],
+                          wait=preempted or done == steps)
             if preempted:
                 raise life.preempted(done)
     finally:
@@ -263,24 +265,6 @@ def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: 
 def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     # The sums restart; what the state tracks across the run (kink counts, loss scale) stays.
     return {**metrics, **train_state.zero_metrics(metrics["first_nonfinite"])}
-
-
-def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
-          last_train: dict[str, float], *, wait: bool) -> None:
-    """Saves a checkpoint at step ``done`` (in the background unless ``wait``).
-
-    Raises:
-      TrainingDiverged: the state has seen a NaN (never saved).
-      disk.WriteFailed: this save or the one before failed.
-    """
-    if life.checkpoints is None:
-        return
-    life.check_finite(state.metrics["first_nonfinite"])  # Never save a state with a NaN.
-    per_epoch = default.steps_per_epoch(run.dataset.train_images.shape[0],
-                                        run.config.batch_size)
-    life.save(done, state_tree(state), wait=wait, meta={
-        "step": done, "seed": run.config.seed, "data_position": done,
-        "epoch": done // per_epoch, "last_train": last_train})
 
 
 def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,

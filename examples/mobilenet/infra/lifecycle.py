@@ -31,7 +31,7 @@ from typing import Any
 
 import jax
 
-from mobilenet.configs.default import Config
+from mobilenet.configs.default import Config, steps_per_epoch
 from mobilenet.infra import compile_cache, disk, resume_check
 from mobilenet.infra import distributed as cluster
 from mobilenet.infra.background import Background
@@ -119,6 +119,7 @@ class Lifecycle:
         self.training = False
         self.verbose = False
         self._background: list[Background] = []
+        self._position = (0, 1)  # The seed and the steps per epoch, set by restore().
 
     @contextlib.contextmanager
     def running(self, *, keep: int, progress: bool) -> Iterator[Lifecycle]:
@@ -156,6 +157,7 @@ class Lifecycle:
                     f"resuming from step {restored.step}" if restored else
                     "no intact checkpoint is left: starting from step 0"))
         self.step = restored.step if restored else None
+        self._position = (config.seed, steps_per_epoch(num_train, config.batch_size))
         main = work is not None and jax.process_index() == 0
         self.log = MetricsLog(work.metrics if main else None,
                               resume_step=restored.step if restored else 0)
@@ -166,17 +168,27 @@ class Lifecycle:
             work.write_config(dataclasses.asdict(config))
         return restored
 
-    def save(self, step: int, tree: dict[str, Any], *, meta: dict[str, Any],
-             wait: bool) -> None:
+    def save(self, step: int, tree: dict[str, Any], *, first_nonfinite: Any,
+             last_train: dict[str, float], wait: bool) -> None:
         """Saves ``tree`` as step ``step`` (in the background unless ``wait``), once per step.
 
+        Its metadata hold the data position (the step, its epoch, the seed) and
+        ``last_train``, the training metrics last logged (a resumed run reports them).
+        A state that has seen a NaN/inf (``first_nonfinite``, :meth:`check_finite`) is
+        never saved.
+
         Raises:
+          TrainingDiverged: from :meth:`check_finite`.
           disk.WriteFailed: this save or the one before failed.
         """
         if self.checkpoints is None:
             return
+        self.check_finite(first_nonfinite)
         if self.step != step:
-            self.checkpoints.save(step, tree, meta=meta)
+            seed, per_epoch = self._position
+            self.checkpoints.save(step, tree, meta={
+                "step": step, "seed": seed, "data_position": step, "epoch": step // per_epoch,
+                "last_train": last_train})
         if wait:
             self.checkpoints.wait()
         self.step = step

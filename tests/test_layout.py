@@ -31,7 +31,7 @@ RECIPE = ("models.py", "input_pipeline.py", "train_state.py", "train.py", "optim
 # (depthwise and 1x1 convolutions, batch norm's backward pass, the C++ kernels).
 FAST_OPS = ("depthwise.py", "batch_norm.py", "native")
 RECIPE_BUDGET = 1500  # Lines, as issue 17 asks ("at most ~1,500"): the goal.
-RECIPE_CEILING = 1810  # Lines: 1,805 on 2026-12-06 (with the program cache); may not grow.
+RECIPE_CEILING = 1540  # Lines: 1,535 on 2026-12-06 (from 1,798); may not grow.
 ENFORCE_RECIPE_BUDGET = False  # True once the recipe fits RECIPE_BUDGET.
 
 

@@ -36,14 +36,7 @@ def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray
 
 
 def batch_indices(num_examples: int, *, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The training examples of global batch ``step``: a pure function of its arguments.
-
-    Examples:
-      >>> a = batch_indices(100, batch_size=8, seed=0, step=30)
-      >>> b = batch_indices(100, batch_size=8, seed=0, step=30)
-      >>> bool((a == b).all()), a.shape
-      (True, (8,))
-    """
+    """The training examples of global batch ``step``: a pure function of its arguments."""
     epoch, position = divmod(step, steps_per_epoch(num_examples, batch_size))
     order = epoch_permutation(num_examples, seed=seed, epoch=epoch)
     return order[position * batch_size:(position + 1) * batch_size]

@@ -196,13 +196,11 @@ class MobileNet(QATMobileNet):
     """What every MobileNet here shares: its options, and the checks and plumbing.
 
     Attributes:
-      num_classes: the number of output logits.
       width_multiplier: scales every layer's channels (the paper's alpha).
       small_input: for ~32x32 images: the stem and the first strided block
         keep stride 1, so the network downsamples by 8 instead of 32.
       dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay in
         ``param_dtype`` and the logits are returned in float32.
-      param_dtype: the parameters' dtype.
       grad_at_zero: relu6's derivative at 0 (hard-swish's and hard-sigmoid's at -3).
       grad_at_six: relu6's derivative at 6 (hard-swish's and hard-sigmoid's at 3).
       batch_norm: BatchNorm after every convolution; ``False``: none, and the
@@ -452,10 +450,6 @@ def create_model(name: str, **kwargs: Any) -> MobileNet:
 
     Raises:
       ValueError: for an unknown name.
-
-    Example:
-      >>> create_model("tiny", num_classes=10).num_classes
-      10
     """
     if name not in MODELS:
         raise ValueError(f"create_model: unknown model {name!r}; choose one of "

@@ -50,13 +50,7 @@ def warmup_cosine_schedule(*, peak: float, warmup_steps: int, total_steps: int
 
 def learning_rate_schedule(config: Config, *, total_steps: int) -> optax.Schedule:
     """The learning-rate schedule of ``config``: the same object as inside
-    ``create_optimizer(config, total_steps=...)``.
-
-    Examples:
-      >>> schedule = learning_rate_schedule(Config(), total_steps=300)  # 0.05, 30 warm-up
-      >>> round(float(schedule(0)), 6), round(float(schedule(29)), 6)
-      (0.001667, 0.05)
-    """
+    ``create_optimizer(config, total_steps=...)``."""
     return _schedule(default.learning_rate(config),
                      default.warmup_steps(config, total_steps=total_steps), int(total_steps))
 

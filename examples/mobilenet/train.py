@@ -24,7 +24,7 @@ from mobilenet import finetune, input_pipeline, native, optim, tracking, train_s
 from mobilenet.configs.default import Config
 from mobilenet.infra import datasets, program_cache
 from mobilenet.infra.checkpoints import Restored, state_tree
-from mobilenet.infra.lifecycle import Lifecycle
+from mobilenet.infra.lifecycle import Lifecycle, batch_spec, spec_of
 from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.infra.progress import Progress, describe_run
 from mobilenet.infra.setup_check import check_setup
@@ -162,9 +162,9 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
     while the train and eval steps compile
     (:meth:`~mobilenet.infra.lifecycle.Lifecycle.compiling`)."""
     config, mesh, dataset = run.config, run.mesh, run.dataset
-    eval_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                             run.test_batches[0])
-    train_spec = _train_batch_spec(mesh, config.batch_size, dataset.image_shape)
+    eval_spec = spec_of(run.test_batches[0])
+    train_spec = batch_spec(config.batch_size, {"image": (dataset.image_shape, jnp.uint8),
+                                                "label": ((), jnp.int32)}, batch_sharding(mesh))
     with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
                          "eval": (run.eval_step, (run.abstract, eval_spec))},
                         cache=run.programs) as compiled:
@@ -182,14 +182,6 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
                               devices=mesh.size, steps=run.steps, start=start))
     return dataclasses.replace(run, train_step=compiled["train"],
                                eval_step=compiled["eval"]), state
-
-
-def _train_batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]
-                      ) -> dict[str, jax.ShapeDtypeStruct]:
-    sharding = batch_sharding(mesh)
-    return {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
-                                          sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
 
 
 def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None,

@@ -159,6 +159,12 @@ def test_each_epoch_visits_distinct_examples_in_a_seeded_order():
     assert not np.array_equal(other_seed, epoch[0])
 
 
+def test_a_batch_is_a_function_of_its_step_alone():
+    a = input_pipeline.batch_indices(100, batch_size=8, seed=0, step=30)
+    b = input_pipeline.batch_indices(100, batch_size=8, seed=0, step=30)
+    assert a.shape == (8,) and np.array_equal(a, b)
+
+
 def test_batch_larger_than_the_data_is_an_error():
     with pytest.raises(ValueError, match="batch_size 16"):
         default.steps_per_epoch(10, 16)

@@ -127,13 +127,6 @@ class Config(RunSettings, QuantizationSettings, _FloatRecipe):
 
         Raises:
           InvalidSetting: (a ``ValueError``) naming the bad field and what is allowed.
-
-        Examples:
-          >>> try:
-          ...     Config(width=float("nan")).validate()
-          ... except ValueError as error:
-          ...     print(error)
-          Config: width must be a finite number, got nan.
         """
         settings.validate(self)
         check_qat(self)
@@ -204,12 +197,6 @@ def total_steps(config: Config, *, num_train: int) -> int:
     Raises:
       ValueError: with ``epochs``, if the batch is larger than the ``num_train`` training
         examples.
-
-    Examples:
-      >>> total_steps(Config(steps=7), num_train=64)
-      7
-      >>> total_steps(Config(epochs=2.5, batch_size=16), num_train=64)  # 4 steps per epoch.
-      10
     """
     if config.epochs is None:
         return config.steps

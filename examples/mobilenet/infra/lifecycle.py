@@ -11,7 +11,8 @@ how it ended, in one line:
   error that can stop a started run turned into one of this module's exceptions;
 - :meth:`Lifecycle.restore`: the saved settings checked, the newest intact
   checkpoint restored, ``metrics.jsonl`` cut back to it, ``config.json`` written;
-- :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes;
+- :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes
+  (for the arguments :func:`spec_of` and :func:`batch_spec` describe);
 - :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`);
 - the errors that stop a run in its loop (:meth:`Lifecycle.diverged`,
   :meth:`Lifecycle.check_finite`, :meth:`Lifecycle.preempted`), each saying what is kept.
@@ -79,6 +80,21 @@ def compile_ahead(name: str, step: Any, *args: Any, cache: ProgramCache | None =
     if cache is None:
         return step.lower(*args).compile()
     return cache.compile(name, step, *args)
+
+
+def spec_of(tree: Any) -> Any:
+    """``tree``'s arrays as :class:`jax.ShapeDtypeStruct` (shape, dtype, sharding): what a
+    step is compiled for ahead of time."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+
+
+def batch_spec(batch_size: int, fields: dict[str, tuple[tuple[int, ...], Any]],
+               sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """A batch of ``batch_size`` examples, ``{name: (shape of one example, dtype)}``, as
+    :class:`jax.ShapeDtypeStruct` split by ``sharding``."""
+    return {name: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+            for name, (shape, dtype) in fields.items()}
 
 
 class Lifecycle:

@@ -18,7 +18,8 @@ how it ended, in one line:
   :meth:`Lifecycle.check_finite`, :meth:`Lifecycle.preempted`), each saying what is kept.
 
 Nothing here knows the model or the training step: the loop hands over the tree
-to save, and the settings only to compare them with the saved ones.
+to save, and the settings only to compare them with the saved ones and to record
+the data position with each checkpoint.
 """
 
 from __future__ import annotations

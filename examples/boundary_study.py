@@ -56,6 +56,7 @@ import optax
 import jrelu6
 from mobilenet import input_pipeline, loss_scale, sharding, study, tracking, train, train_state
 from mobilenet.configs import default, get_config
+from mobilenet.infra import datasets
 
 Setting = tuple[float, float]  # (grad_at_zero, grad_at_six)
 Arm = tuple[str, str]  # (model, dtype)
@@ -164,7 +165,7 @@ def gradient_difference(a: Any, b: Any) -> dict[str, float]:
     return {"rel_l2": float(rel), "frac_differ": float(np.mean(fa != fb)), "cosine": cos}
 
 
-def _probe_batch(dataset: input_pipeline.Dataset, size: int, dtype: str
+def _probe_batch(dataset: datasets.Dataset, size: int, dtype: str
                  ) -> tuple[jax.Array, jax.Array]:
     images = input_pipeline.normalize(jnp.asarray(dataset.train_images[:size]),
                                       mean=dataset.mean, std=dataset.std,
@@ -179,7 +180,7 @@ def probe(cfg: StudyConfig, model: str, dtype: str, seed: int, variables: Mappin
     The first row compares the reference with itself, recomputed: the control
     (0 unless the computation is not deterministic).
     """
-    dataset = input_pipeline.load_digits()
+    dataset = datasets.load_digits()
     images, labels = _probe_batch(dataset, cfg.probe_batch, dtype)
     steps = cfg.steps_of(model)
 

@@ -213,10 +213,11 @@ class PTQ:
     def __init__(self, seed: int, design: Design):
         from mobilenet import input_pipeline, train_state
         from mobilenet.configs import default
+        from mobilenet.infra import datasets
         from mobilenet.sharding import batch_sharding, create_mesh
 
         config = default.get_config(seed=seed)
-        self.dataset = input_pipeline.load_dataset(config.data, seed=seed)
+        self.dataset = datasets.load_dataset(config.data, seed=seed)
         self.mesh = create_mesh()
         self.test_batches = input_pipeline.eval_batches(
             self.dataset.test_images, self.dataset.test_labels,

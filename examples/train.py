@@ -170,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     config, options = parse(argv)
 
-    from mobilenet import input_pipeline, model_summary, native, train  # JAX loads here.
+    from mobilenet import model_summary, native, train  # JAX loads here.
     from mobilenet.infra import compile_cache, lifecycle, program_cache, startup, state_size
+    from mobilenet.infra.datasets import DataError
 
     if options["compilation_cache"]:
         # Also the compiled steps whole, found without tracing (mobilenet/infra/program_cache.py).
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with compile_cache.CompileStats() as compiles:
             metrics = train.train_and_evaluate(config, workdir)
-    except (input_pipeline.DataError, lifecycle.SetupError, ConfigMismatch,
+    except (DataError, lifecycle.SetupError, ConfigMismatch,
             state_size.StateTooLarge) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -62,6 +62,7 @@ import numpy as np
 
 from mobilenet import input_pipeline, models, train_state
 from mobilenet.configs import default
+from mobilenet.infra import datasets
 
 FORMATS = ("stablehlo", "tflite", "onnx")
 SUFFIXES = {"stablehlo": ".jaxexport", "tflite": ".tflite", "onnx": ".onnx"}
@@ -94,7 +95,7 @@ class Run(NamedTuple):
     model: models.MobileNet
     variables: dict[str, Any]
     step: int
-    dataset: input_pipeline.Dataset
+    dataset: datasets.Dataset
 
 
 def load_run(workdir: str) -> Run:
@@ -121,7 +122,7 @@ def load_run(workdir: str) -> Run:
         raise ExportError(f"load_run: {path} has settings this version does not know: "
                           f"{', '.join(unknown)}")
     config = default.Config(**saved)
-    dataset = input_pipeline.load_dataset(
+    dataset = datasets.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
     # The training example's own constructor: the model that was trained, fake

@@ -1,12 +1,10 @@
 """The MobileNet example's input pipeline: the batch order, batching, sharding, augmentation.
 
-Every dataset (:func:`mobilenet.infra.datasets.load_dataset`) is held in host memory
-as uint8 NHWC images and int32 labels (small enough here: CIFAR-10 is 150 MB). The
-training order is a pure function of ``(seed, step)`` (:func:`batch_indices`), so a
-run resumed from a checkpoint at step ``s`` sees exactly the batches an uninterrupted
-run sees. Batches are placed on the devices with their sharding a couple of steps
-ahead (:func:`train_batches`); scaling to ``[0, 1]``, normalization and augmentation
-(:func:`augment`) run on the devices, inside the jitted step.
+The data (:func:`mobilenet.infra.datasets.load_dataset`) are held in host memory as uint8
+NHWC images and int32 labels. The training order is a pure function of ``(seed, step)``
+(:func:`batch_indices`), so a resumed run sees the batches an uninterrupted one sees.
+Batches are placed on the devices a couple of steps ahead (:func:`train_batches`);
+normalization and augmentation (:func:`augment`) run on the devices, in the jitted step.
 """
 
 from __future__ import annotations
@@ -19,58 +17,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet.configs.default import steps_per_epoch as steps_per_epoch  # One count, no JAX.
-
-# The data sets themselves (files, checks, statistics) are infrastructure; named here too.
-from mobilenet.infra.datasets import DataError as DataError
-from mobilenet.infra.datasets import Dataset as Dataset
-from mobilenet.infra.datasets import load_cifar10 as load_cifar10
-from mobilenet.infra.datasets import load_dataset as load_dataset
-from mobilenet.infra.datasets import load_digits as load_digits
-from mobilenet.infra.datasets import make_synthetic as make_synthetic
-from mobilenet.infra.distributed import process_share
+from mobilenet.configs.default import steps_per_epoch
+from mobilenet.infra.datasets import Dataset
+from mobilenet.infra.distributed import place, process_share
 
 # --- order and batches ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_permutation(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
     """The order of the training examples in ``epoch``: a pure function of ``(seed, epoch)``.
 
     The latest orders are cached (read-only), so consecutive steps share one.
     """
-    return _permutation(num_examples, seed, epoch)
-
-
-@functools.lru_cache(maxsize=4)
-def _permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     order.setflags(write=False)
     return order
 
 
 def batch_indices(num_examples: int, *, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """The training examples of global batch ``step``: a pure function of its arguments.
-
-    Examples:
-      >>> a = batch_indices(100, batch_size=8, seed=0, step=30)
-      >>> b = batch_indices(100, batch_size=8, seed=0, step=30)
-      >>> bool((a == b).all()), a.shape
-      (True, (8,))
-    """
+    """The training examples of global batch ``step``: a pure function of its arguments."""
     epoch, position = divmod(step, steps_per_epoch(num_examples, batch_size))
     order = epoch_permutation(num_examples, seed=seed, epoch=epoch)
     return order[position * batch_size:(position + 1) * batch_size]
-
-
-def place(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Places a host batch on the devices with ``sharding`` (batch axis split over the mesh).
-
-    Each process passes its own share of the global batch
-    (:func:`mobilenet.infra.distributed.process_share`);
-    on one host that is the whole batch.
-    """
-    return {key: jax.make_array_from_process_local_data(sharding, value)
-            for key, value in batch.items()}
 
 
 def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: int,
@@ -78,17 +47,8 @@ def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: i
                   ) -> Iterator[dict[str, jax.Array]]:
     """Yields the sharded training batches of steps ``start_step``, ``start_step + 1``, ...
 
-    Batches are gathered on the host and placed on the devices ``prefetch``
-    steps ahead, so the transfer overlaps the (asynchronously dispatched)
-    training step.
-
-    Args:
-      dataset: The data.
-      batch_size: Global batch size.
-      seed: Seed of the order (:func:`batch_indices`).
-      start_step: The first step's number (the data position when resuming).
-      sharding: Sharding of a batch (split on its first axis).
-      prefetch: Batches placed ahead.
+    Each is placed on the devices ``prefetch`` steps ahead, so the transfer overlaps
+    the (asynchronously dispatched) training step; ``seed`` orders them (:func:`batch_indices`).
 
     Yields:
       ``{"image": uint8 [B, H, W, C], "label": int32 [B]}`` global arrays.
@@ -111,18 +71,8 @@ def train_batches(dataset: Dataset, *, batch_size: int, seed: int, start_step: i
 
 def eval_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                  sharding: jax.sharding.Sharding) -> list[dict[str, jax.Array]]:
-    """The whole split as sharded batches, the last one padded and masked.
-
-    Args:
-      images: uint8 ``[N, H, W, C]``.
-      labels: int32 ``[N]``.
-      batch_size: Global batch size (a multiple of the device count).
-      sharding: Sharding of a batch.
-
-    Returns:
-      A list of ``{"image", "label", "mask"}``; ``mask`` is 1.0 for real examples
-      and 0.0 for padding.
-    """
+    """The whole split (uint8 ``[N, H, W, C]`` images, int32 labels) as sharded batches
+    ``{"image", "label", "mask"}``, the last one padded (``mask`` 0.0) to ``batch_size``."""
     batches = []
     for start in range(0, images.shape[0], batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
@@ -156,12 +106,12 @@ def _shift_matrices(offsets: jax.Array, size: int) -> jax.Array:
 def augment(images: jax.Array, key: jax.Array, *, max_shift: int, flip: bool) -> jax.Array:
     """Random translations (zero fill) and optional horizontal flips, per example.
 
-    A shift by whole pixels is written as two products with 0/1 shift matrices,
-    which is exact, cheap on every backend and keeps the batch axis shardable.
+    A shift by whole pixels is two products with 0/1 shift matrices (exact; docs/example.md
+    says why): per image and channel, :math:`x' = R x C^T`, ``R`` and ``C`` shifting rows
+    and columns (:func:`_shift_matrices`).
 
     Args:
       images: ``[B, H, W, C]`` pixel values (not yet normalized: 0 is the fill).
-      key: A PRNG key.
       max_shift: Largest shift in pixels along each axis.
       flip: Also flip half of the images left-right.
 

@@ -1,17 +1,8 @@
 """MobileNetV1, V2 and V3 (Small, Large) in flax.linen, with jrelu6 activations.
 
-The architectures follow the papers and the reference definitions exactly: V1 as
-Keras' ``MobileNet``, V2 and V3 as torchvision's ``mobilenet_v2`` and
-``mobilenet_v3_*`` (each class says what it builds): the references' parameter counts,
-and with torchvision's weights V2 and V3 compute its logits (docs/example.md). V2 and V3
-round every channel count with :func:`make_divisible` and pad by ``(k - 1) // 2`` as
-torchvision does; V1 pads like TensorFlow's "SAME", as Keras does.
-
-All models share the options of :class:`MobileNet`: width, classes, a small-input
-variant for 32x32 images (downsampling by 8 instead of 32, as CIFAR MobileNets do),
-the relu6 derivative at its kinks (for V3, at hard-swish's and hard-sigmoid's kinks,
--3 and 3), mixed precision, BatchNorm on or off, and the fast convolutions of
-:mod:`mobilenet.depthwise`. The options reach every layer as one record,
+V1 is Keras' ``MobileNet``, V2 and V3 torchvision's ``mobilenet_v2`` and ``mobilenet_v3_*``
+(docs/example.md: how they were checked). Every model takes the options of
+:class:`MobileNet`, which reach each layer as one record,
 :class:`~mobilenet.layer_options.LayerOptions`; the quantized layers are in
 :mod:`mobilenet.qat_layers`.
 
@@ -70,20 +61,16 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 
 class _Layers(LayerOptions):
-    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`: the padding and
-    the convolutions), with the float layers' activations."""
+    """The layer options (:class:`~mobilenet.layer_options.LayerOptions`), with the activations."""
 
     __slots__ = ()
 
     def act(self, kind: str) -> Callable[[jax.Array], jax.Array]:
         """The activation ``kind`` ("relu6", "hard_swish", "hard_sigmoid", "relu").
 
-        With ``activation="jrelu6"`` the relu6 family are jrelu6.linen modules
-        (named layers, so their boundary hits can be recorded per layer); with
-        ``"jax.nn"`` the jax.nn functions. ReLU (MobileNetV3's early layers
-        and squeeze-excite) is plain ``jax.nn.relu`` in both, as in the
-        references: it has no cap, so no relu6 to configure. A quantization field
-        may pick another (:meth:`~mobilenet.qat_layers.QATLayers.quantized_act`).
+        jrelu6.linen modules with ``activation="jrelu6"`` (named layers: their kink hits
+        are recorded per layer), else jax.nn's; "relu" is ``jax.nn.relu`` in both. A
+        quantization field may pick another (:meth:`~mobilenet.qat_layers.QATLayers.quantized_act`).
         """
         if (module := self.quantized_act(kind)) is not None:
             return module
@@ -101,10 +88,6 @@ class ConvBN(QATConvBN):
     """Convolution, then BatchNorm (or a conv bias without it), then an activation.
 
     Attributes:
-      features: output channels.
-      kernel_size: the square kernel's side.
-      strides: the stride.
-      layers: the shared layer options.
       act: the activation kind, or ``None`` for a linear layer.
       depthwise: a depthwise convolution (``features`` must equal the input's).
     """
@@ -127,9 +110,7 @@ class ConvBN(QATConvBN):
         x = cfg.conv(self.features, self.kernel_size, self.strides, depthwise=self.depthwise,
                      name="conv")(x)
         if cfg.batch_norm:
-            # flax's BatchNorm with a hand-written backward pass (mobilenet.batch_norm).
-            # Normalise in float32, then cast back: half-precision statistics lose too
-            # much, and flax's BatchNorm mixes dtypes then (an error under strict promotion).
+            # flax's BatchNorm with its own backward pass, in float32 (docs/example.md).
             bn_dtype = accumulator_dtype(x.dtype)
             x = BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
                           epsilon=cfg.bn_epsilon, dtype=bn_dtype,
@@ -144,7 +125,6 @@ class SqueezeExcite(QATSqueezeExcite):
 
     Attributes:
       squeeze: the hidden channels.
-      layers: the shared layer options.
     """
 
     squeeze: int
@@ -155,27 +135,20 @@ class SqueezeExcite(QATSqueezeExcite):
         cfg = self.layers
         if cfg.tensor_bits is not None:  # Full QAT: the int8 file's tensors (qat_layers).
             return self.quantized(x, in_grid)
-        # The dense layers see (N, C), not (N, 1, 1, C): the same parameters and values,
-        # and a plain matrix product for converters (TFLite's batch_matmul wants rank 3).
         s = cfg.act("relu")(cfg.dense(global_pool(x), self.squeeze, "reduce"))
         s = cfg.act("hard_sigmoid")(cfg.dense(s, x.shape[-1], "expand"))
         return x * s[:, None, None, :]
 
 
 class InvertedResidual(QATInvertedResidual):
-    """MobileNetV2/V3 block: 1x1 expand, depthwise, [squeeze-excite], 1x1 linear project.
-
-    A residual connection is added when the stride is 1 and the channels are
-    unchanged; the expansion is skipped when it would not change the channels.
+    """MobileNetV2/V3 block: [1x1 expand], depthwise, [squeeze-excite], 1x1 linear project,
+    [+ the input].
 
     Attributes:
       expanded: the hidden (expanded) channels.
-      features: the output channels.
-      kernel_size: the depthwise kernel's side.
-      strides: the depthwise stride.
+      kernel_size, strides: the depthwise convolution's.
       act: the activation kind of the expansion and depthwise layers.
       squeeze: the squeeze-excite hidden channels, or ``None`` for no SE.
-      layers: the shared layer options.
     """
 
     expanded: int
@@ -223,29 +196,23 @@ class MobileNet(QATMobileNet):
     """What every MobileNet here shares: its options, and the checks and plumbing.
 
     Attributes:
-      num_classes: the number of output logits.
       width_multiplier: scales every layer's channels (the paper's alpha).
       small_input: for ~32x32 images: the stem and the first strided block
         keep stride 1, so the network downsamples by 8 instead of 32.
       dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay in
         ``param_dtype`` and the logits are returned in float32.
-      param_dtype: the parameters' dtype.
-      grad_at_zero: relu6's derivative at 0, for every relu6-family layer.
-      grad_at_six: relu6's derivative at 6, for every relu6-family layer.
+      grad_at_zero: relu6's derivative at 0 (hard-swish's and hard-sigmoid's at -3).
+      grad_at_six: relu6's derivative at 6 (hard-swish's and hard-sigmoid's at 3).
       batch_norm: BatchNorm after every convolution; ``False``: none, and the
         convolutions get biases instead.
-      bn_momentum: the running statistics' decay, flax's convention
-        (``new = momentum * old + (1 - momentum) * batch``); 0.9, PyTorch's 0.1,
-        rather than flax's 0.99 (docs/example.md says why).
-      bn_epsilon: BatchNorm's epsilon; ``None``: the reference's (1e-3 for
-        Keras V1 and torchvision V3, 1e-5 for torchvision V2).
-      dropout_rate: the classifier's dropout; ``None``: the reference's (1e-3
-        for V1, 0.2 for V2 and V3). Training with a rate > 0 needs a
-        ``"dropout"`` rng.
-      depthwise, pointwise, activation: the implementations the benchmarks compare,
-        each computing the same values: the depthwise and 1x1 convolutions, and
-        jrelu6's activations (``"jrelu6"``) or jax.nn's; :mod:`mobilenet.layer_options`
-        says what each choice does.
+      bn_momentum: the running statistics' decay:
+        ``new = momentum * old + (1 - momentum) * batch``.
+      bn_epsilon: BatchNorm's epsilon; ``None``: the reference's (``default_bn_epsilon``).
+      dropout_rate: the classifier's dropout; ``None``: the reference's
+        (``default_dropout_rate``). Training with a rate > 0 needs a ``"dropout"`` rng.
+      depthwise, pointwise, activation: implementations of the depthwise and 1x1
+        convolutions and of the activations, all computing the same values
+        (:mod:`mobilenet.layer_options`).
 
     The quantization fields (all off by default) are :class:`~mobilenet.qat_layers.QATMobileNet`'s.
     """
@@ -272,7 +239,7 @@ class MobileNet(QATMobileNet):
     symmetric_padding: ClassVar[bool] = True
 
     def __call__(self, x: jax.Array, *, train: bool, bn_frozen: Any = False) -> jax.Array:
-        """Logits (float32) of an NHWC batch of images.
+        """``(N, num_classes)`` float32 logits of an NHWC batch of images.
 
         Args:
           x: images, ``(N, H, W, 3)`` float.
@@ -281,9 +248,6 @@ class MobileNet(QATMobileNet):
             statistics and no dropout (``False``).
           bn_frozen: with ``weight_bits``, train with the running statistics, left
             unchanged (a bool, or a traced one: ``step >= bn_freeze_step``).
-
-        Returns:
-          ``(N, num_classes)`` float32 logits.
         """
         cfg = _Layers.of(self, bn_frozen=bn_frozen)  # Checked: a ValueError names the class.
         rate = self.default_dropout_rate if self.dropout_rate is None else self.dropout_rate
@@ -324,14 +288,9 @@ class MobileNet(QATMobileNet):
 
 
 class MobileNetV1(MobileNet):
-    """MobileNetV1 (Howard et al. 2017), as Keras' ``MobileNet``.
-
-    A 3x3 stride-2 stem of 32 channels, then 13 depthwise-separable blocks
-    (3x3 depthwise + BN + ReLU6, 1x1 pointwise + BN + ReLU6), global average
-    pooling, dropout 1e-3 and a dense classifier. Channels scale as
-    ``int(c * width_multiplier)`` (Keras' rule). See :class:`MobileNet`
-    for the attributes.
-    """
+    """MobileNetV1 (Howard et al. 2017), as Keras' ``MobileNet``: a 3x3 stride-2 stem, 13
+    depthwise-separable blocks (3x3 depthwise, 1x1 pointwise, each + BN + ReLU6), global
+    pooling, dropout and a dense classifier."""
 
     default_bn_epsilon = 1e-3
     default_dropout_rate = 1e-3
@@ -360,12 +319,9 @@ class MobileNetV1(MobileNet):
 
 
 class MobileNetV2(MobileNet):
-    """MobileNetV2 (Sandler et al. 2018), as torchvision's ``mobilenet_v2``.
-
-    A 3x3 stride-2 stem of 32 channels, 17 inverted residual blocks with linear
-    bottlenecks and ReLU6, a 1x1 head to 1280 channels, global average pooling,
-    dropout 0.2 and a dense classifier. See :class:`MobileNet` for the attributes.
-    """
+    """MobileNetV2 (Sandler et al. 2018), as torchvision's ``mobilenet_v2``: a 3x3 stride-2
+    stem, 17 inverted residual blocks with linear bottlenecks and ReLU6, a 1x1 head to 1280
+    channels, global pooling, dropout and a dense classifier."""
 
     # (expansion t, output channels c, repeats n, first stride s), from the paper's Table 2.
     BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -417,7 +373,9 @@ _V3_SMALL = tuple(_V3Block(*row) for row in (
 
 
 class _MobileNetV3(MobileNet):
-    """MobileNetV3 (Howard et al. 2019), as torchvision's ``mobilenet_v3_*``."""
+    """MobileNetV3 (Howard et al. 2019), as torchvision's ``mobilenet_v3_*``: a 3x3 stride-2
+    stem with hard-swish, inverted residual blocks (:attr:`BLOCKS`, some with squeeze-excite),
+    a 1x1 head, global pooling, a hard-swish layer, dropout and a dense classifier."""
 
     default_bn_epsilon: ClassVar[float] = 1e-3
     BLOCKS: ClassVar[Sequence[_V3Block]] = ()
@@ -443,39 +401,24 @@ class _MobileNetV3(MobileNet):
 
 
 class MobileNetV3Small(_MobileNetV3):
-    """MobileNetV3-Small (Howard et al. 2019), as torchvision's ``mobilenet_v3_small``.
-
-    A 3x3 stride-2 stem of 16 channels with hard-swish, 11 inverted residual
-    blocks (squeeze-excite in 9), a 1x1 head to 576 channels, global pooling,
-    a 1024-unit hard-swish layer, dropout 0.2 and a dense classifier. See
-    :class:`MobileNet` for the attributes.
-    """
+    """MobileNetV3-Small (Howard et al. 2019), as torchvision's ``mobilenet_v3_small``:
+    11 inverted residual blocks, a 1024-unit hard-swish layer before the classifier."""
 
     BLOCKS = _V3_SMALL
     LAST_CHANNEL = 1024
 
 
 class MobileNetV3Large(_MobileNetV3):
-    """MobileNetV3-Large (Howard et al. 2019), as torchvision's ``mobilenet_v3_large``.
-
-    A 3x3 stride-2 stem of 16 channels with hard-swish, 15 inverted residual
-    blocks (squeeze-excite in 8), a 1x1 head to 960 channels, global pooling,
-    a 1280-unit hard-swish layer, dropout 0.2 and a dense classifier. See
-    :class:`MobileNet` for the attributes.
-    """
+    """MobileNetV3-Large (Howard et al. 2019), as torchvision's ``mobilenet_v3_large``:
+    15 inverted residual blocks, a 1280-unit hard-swish layer before the classifier."""
 
     BLOCKS = _V3_LARGE
     LAST_CHANNEL = 1280
 
 
 class TinyMobileNet(MobileNet):
-    """A few-layer MobileNet for tests: every kind of layer, in milliseconds.
-
-    A 3x3 stem (16 channels, ReLU6), one inverted residual block with a
-    strided 3x3 depthwise convolution, squeeze-excite and hard-swish, a
-    residual block, a 1x1 head (64, hard-swish) and a dense classifier. No
-    dropout by default. See :class:`MobileNet` for the attributes.
-    """
+    """A few-layer MobileNet for tests: every kind of layer (a strided block with
+    squeeze-excite and hard-swish, a residual block), in milliseconds; no dropout."""
 
     default_dropout_rate = 0.0
 
@@ -505,20 +448,8 @@ MODELS: Mapping[str, type[MobileNet]] = {
 def create_model(name: str, **kwargs: Any) -> MobileNet:
     """The model called ``name`` (a key of :data:`MODELS`), with ``kwargs`` as its fields.
 
-    Args:
-      name: ``"mobilenet_v1"``, ``"mobilenet_v2"``, ``"mobilenet_v3_small"``,
-        ``"mobilenet_v3_large"`` or ``"tiny"``.
-      **kwargs: fields of :class:`MobileNet` (``num_classes``, ``width_multiplier``, ...).
-
-    Returns:
-      The (unbound) flax module.
-
     Raises:
       ValueError: for an unknown name.
-
-    Example:
-      >>> create_model("tiny", num_classes=10).num_classes
-      10
     """
     if name not in MODELS:
         raise ValueError(f"create_model: unknown model {name!r}; choose one of "

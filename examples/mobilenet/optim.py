@@ -1,7 +1,6 @@
 """The example's optimizer: warm-up + cosine learning rate, SGD (Nesterov) or AdamW.
 
-One schedule object serves both the training step (inside optax) and the host, which
-logs the learning rate of a step by calling the same object (:func:`learning_rate_schedule`).
+The training step (inside optax) and the host's log call one schedule object.
 """
 
 from __future__ import annotations
@@ -29,18 +28,8 @@ def warmup_cosine_schedule(*, peak: float, warmup_steps: int, total_steps: int
                 \frac{1 + \cos(\pi \, \mathrm{clip}((t - w_0) / d, 0, 1))}{2},
 
     where :math:`w_0` = ``warmup_steps``: the first step already uses
-    ``peak / warmup_steps`` (not 0), and step ``total_steps`` reaches 0. Written
-    out rather than taken from optax so that it stays float32 under strict dtype
-    promotion. The result is a float32 scalar, on the device inside a jitted step
-    and on the host when called with a Python ``int``.
-
-    Args:
-      peak: The learning rate at the end of the warm-up.
-      warmup_steps: Steps of the linear warm-up (0: none).
-      total_steps: The step at which the cosine reaches 0.
-
-    Returns:
-      The schedule ``count -> learning rate``.
+    ``peak / warmup_steps`` (not 0), and step ``total_steps`` reaches 0. The result is a
+    float32 scalar (docs/example.md: why not optax's).
 
     Examples:
       >>> schedule = warmup_cosine_schedule(peak=0.4, warmup_steps=4, total_steps=20)
@@ -60,20 +49,8 @@ def warmup_cosine_schedule(*, peak: float, warmup_steps: int, total_steps: int
 
 
 def learning_rate_schedule(config: Config, *, total_steps: int) -> optax.Schedule:
-    """The learning-rate schedule of ``config`` (the one :func:`create_optimizer` uses).
-
-    Args:
-      config: The configuration (``learning_rate`` and ``warmup_steps``, or their defaults).
-      total_steps: Length of the run (:func:`mobilenet.configs.default.total_steps`).
-
-    Returns:
-      The schedule; the same object as inside ``create_optimizer(config, total_steps=...)``.
-
-    Examples:
-      >>> schedule = learning_rate_schedule(Config(), total_steps=300)  # 0.05, 30 warm-up
-      >>> round(float(schedule(0)), 6), round(float(schedule(29)), 6)
-      (0.001667, 0.05)
-    """
+    """The learning-rate schedule of ``config``: the same object as inside
+    ``create_optimizer(config, total_steps=...)``."""
     return _schedule(default.learning_rate(config),
                      default.warmup_steps(config, total_steps=total_steps), int(total_steps))
 
@@ -98,16 +75,7 @@ def create_optimizer(config: Config, *, total_steps: int) -> optax.GradientTrans
 
     SGD adds ``weight_decay * kernel`` to the gradient; AdamW decays the kernels
     decoupled from the adaptive step. ``config.momentum`` is SGD's momentum and
-    AdamW's ``b1``.
-
-    Args:
-      config: The configuration (optimizer, learning rate, momentum, weight decay,
-        warm-up; ``None`` takes the defaults of :mod:`mobilenet.configs.default`).
-      total_steps: Length of the learning-rate schedule.
-
-    Returns:
-      The optax transformation. Equal settings return the same object, so
-      repeated runs reuse compiled steps.
+    AdamW's ``b1``. Equal settings return the same object (compiled steps are reused).
 
     Raises:
       mobilenet.infra.settings.InvalidSetting: (a ``ValueError``) for a setting that

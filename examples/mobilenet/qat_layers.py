@@ -462,6 +462,13 @@ class QATInvertedResidual(nn.Module):
                             "add_range" if "add_range" in stats else "out_range", bits=bits)
 
 
+def bn_frozen(model: Any, step: jax.Array) -> dict[str, Any]:
+    """The keywords of a training call of ``model``: ``{"bn_frozen": step >=
+    model.bn_freeze_step}`` where it freezes its folded batch norm from a step, else ``{}``."""
+    freeze = getattr(model, "bn_freeze_step", None)
+    return {} if freeze is None else {"bn_frozen": step >= freeze}
+
+
 def relu6_grid(cfg: QATLayers) -> int8_emulation.Grid | None:
     """relu6's ``[0, 6]`` grid in full QAT (else ``None``)."""
     bits = cfg.tensor_bits

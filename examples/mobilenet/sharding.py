@@ -1,9 +1,5 @@
-"""The device mesh of the example: the train state replicated, batches split on ``"data"``.
-
-One axis over every device of every host, so the same code runs on one CPU, on
-8 forced host devices, on a GPU/TPU host and on several hosts after
-``jax.distributed.initialize()``.
-"""
+"""The device mesh of the example: one axis, ``"data"``, over every device of every host;
+the train state replicated, batches split."""
 
 from __future__ import annotations
 

@@ -1,14 +1,11 @@
 """The training loop of the MobileNet example: :func:`train_and_evaluate`.
 
 :func:`fit` reads top to bottom: :func:`prepare` loads the data and builds the mesh,
-model and steps (bad settings and data fail there, before anything is written or
-compiled); the newest intact checkpoint is restored (the data order and the per-step
-PRNG key are functions of the step, so a resumed run repeats an uninterrupted one);
-:func:`_initialize` builds the state while the steps compile; :func:`_train` trains,
-the host only dispatching, and evaluates. What keeps the run safe (the work directory's
-lock and checks, checkpoints, metrics log, preemption, one-line errors) is behind
-:class:`mobilenet.infra.lifecycle.Lifecycle`; docs/fault_tolerance.md says what it
-guarantees.
+model and steps (bad settings and data fail there, before anything is written); the
+newest intact checkpoint is restored; :func:`_initialize` builds the state while the
+steps compile; :func:`_train` trains, the host only dispatching, and evaluates. What
+keeps the run safe is behind :class:`mobilenet.infra.lifecycle.Lifecycle`
+(docs/fault_tolerance.md).
 """
 
 from __future__ import annotations
@@ -23,13 +20,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from mobilenet import finetune, input_pipeline, native, optim, tracking, train_state
+from mobilenet import finetune, input_pipeline, optim, tracking, train_state
 from mobilenet.configs.default import Config
-from mobilenet.infra import program_cache
-from mobilenet.infra.checkpoints import Restored
-from mobilenet.infra.lifecycle import Lifecycle
-from mobilenet.infra.program_cache import ProgramCache
-from mobilenet.infra.progress import Progress
+from mobilenet.infra import datasets, program_cache
+from mobilenet.infra.checkpoints import Restored, state_tree
+from mobilenet.infra.lifecycle import Lifecycle, batch_spec, spec_of
+from mobilenet.infra.progress import Progress, describe_run
 from mobilenet.infra.setup_check import check_setup
 from mobilenet.infra.state_size import check_state_fits
 from mobilenet.model_summary import count_params
@@ -45,11 +41,8 @@ class Prepared:
     """What the run builds before it touches the work directory.
 
     Attributes:
-      config: The run's settings.
       dataset: The data in host memory.
-      mesh: The device mesh.
       steps: The run's length.
-      model: The flax module.
       train_step: ``(state, batch) -> (state, metrics)``, jitted (compiled once initialized).
       eval_step: ``(state, batch) -> sums``, jitted (compiled once initialized).
       test_batches: The test split, sharded.
@@ -58,7 +51,7 @@ class Prepared:
     """
 
     config: Config
-    dataset: input_pipeline.Dataset
+    dataset: datasets.Dataset
     mesh: Mesh
     steps: int
     model: nn.Module
@@ -66,7 +59,7 @@ class Prepared:
     eval_step: Callable[..., Any]
     test_batches: list[dict[str, jax.Array]]
     abstract: TrainState
-    programs: ProgramCache | None = None
+    programs: program_cache.ProgramCache | None = None
 
 
 def train_and_evaluate(config: Config, workdir: str | None, *,
@@ -74,7 +67,6 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
     """Trains and evaluates a model; resumes from ``workdir``'s newest intact checkpoint.
 
     Args:
-      config: The configuration (:func:`mobilenet.configs.get_config`).
       workdir: Directory for ``config.json``, checkpoints, ``metrics.jsonl`` and
         ``metrics.png``; ``None`` writes nothing (quiet runs for studies, with
         ``config.progress=False``). It is locked while the run uses it.
@@ -92,7 +84,7 @@ def train_and_evaluate(config: Config, workdir: str | None, *,
       float16 compute, ``"loss_scale"`` (the final scale) and ``"skipped_steps"``.
 
     Raises:
-      input_pipeline.DataError, SetupError, mobilenet.infra.state_size.StateTooLarge:
+      datasets.DataError, SetupError, mobilenet.infra.state_size.StateTooLarge:
         before anything is written (:class:`Lifecycle`'s checks, :func:`prepare`).
       TrainingDiverged, WriteFailed, Preempted, Interrupted: what stopped a started run
         (:mod:`mobilenet.infra.lifecycle` says what each keeps; docs/fault_tolerance.md).
@@ -114,7 +106,7 @@ def fit(config: Config, workdir: str | None, *, model_fn: ModelFn | None = None,
     life = Lifecycle(workdir, distributed=config.distributed)  # Joins, checks: SetupError.
     run = prepare(config, model_fn)
     with life.running(keep=config.keep_checkpoints, progress=config.progress):
-        restored = life.restore(config, _saved_tree(run.abstract),
+        restored = life.restore(config, state_tree(run.abstract),
                                 num_train=run.dataset.train_images.shape[0])
         run, state = _initialize(run, life, restored)
         state, summary = _train(run, life, state, restored, on_step)
@@ -128,12 +120,12 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     """Loads the data, checks it against the settings, builds the mesh, model and steps.
 
     Raises:
-      input_pipeline.DataError: from :func:`input_pipeline.load_dataset`.
+      datasets.DataError: from :func:`datasets.load_dataset`.
       SetupError: too few classes, a batch that does not divide over the devices,
         or settings that do not fit the data (:func:`check_setup`).
       mobilenet.infra.state_size.StateTooLarge: from :func:`check_state_fits`.
     """
-    dataset = input_pipeline.load_dataset(
+    dataset = datasets.load_dataset(
         config.data, data_dir=config.data_dir, seed=config.seed, image_size=config.image_size,
         synthetic_examples=config.synthetic_examples)
     mesh = create_mesh()
@@ -149,11 +141,9 @@ def prepare(config: Config, model_fn: ModelFn | None = None) -> Prepared:
     test_batches = input_pipeline.eval_batches(
         dataset.test_images, dataset.test_labels, batch_size=config.eval_batch_size,
         sharding=batch_sharding(mesh))
-    programs = None if model_fn else program_cache.open_cache(
-        dataset.name, dataset.image_shape, dataset.mean, dataset.std, num_classes,
-        dataset.train_images.shape[0], dataset.flip, native.library_path(), repr(model),
-        settings=config, live={"model": model, "tx": optim.create_optimizer(
-            config, total_steps=resolved.total_steps)})
+    programs = None if model_fn else program_cache.open_for_run(
+        config, dataset, model, optim.create_optimizer(config, total_steps=resolved.total_steps),
+        num_classes=num_classes)
     abstract = train_state.abstract_train_state(config, model, image_shape=dataset.image_shape,
                                                 mesh=mesh, total_steps=resolved.total_steps,
                                                 cache=programs)
@@ -169,9 +159,9 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
     while the train and eval steps compile
     (:meth:`~mobilenet.infra.lifecycle.Lifecycle.compiling`)."""
     config, mesh, dataset = run.config, run.mesh, run.dataset
-    eval_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                             run.test_batches[0])
-    train_spec = _train_batch_spec(mesh, config.batch_size, dataset.image_shape)
+    eval_spec = spec_of(run.test_batches[0])
+    train_spec = batch_spec(config.batch_size, {"image": (dataset.image_shape, jnp.uint8),
+                                                "label": ((), jnp.int32)}, batch_sharding(mesh))
     with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
                          "eval": (run.eval_step, (run.abstract, eval_spec))},
                         cache=run.programs) as compiled:
@@ -187,27 +177,10 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
             if config.init_from is not None:
                 state = finetune.init_from(state, config.init_from, config=config, mesh=mesh)
         start = restored.step if restored else 0
-        life.say(f"{config.model} x{config.width} ({count_params(state.params):,} "
-                 f"parameters) on {dataset.name} ({dataset.train_images.shape[0]} train / "
-                 f"{dataset.test_images.shape[0]} test), {mesh.size} "
-                 f"{jax.devices()[0].platform} device(s), batch {config.batch_size}, "
-                 f"{run.steps} steps" + (f"; resuming from step {start}" if start else ""))
+        life.say(describe_run(config, dataset, params=count_params(state.params),
+                              devices=mesh.size, steps=run.steps, start=start))
     return dataclasses.replace(run, train_step=compiled["train"],
                                eval_step=compiled["eval"]), state
-
-
-def _train_batch_spec(mesh: Mesh, batch_size: int, image_shape: tuple[int, ...]
-                      ) -> dict[str, jax.ShapeDtypeStruct]:
-    sharding = batch_sharding(mesh)
-    return {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.uint8,
-                                          sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)}
-
-
-def _saved_tree(state: TrainState) -> dict[str, Any]:
-    """The part of the state a checkpoint holds (the model and optimizer are static)."""
-    return {"step": state.step, "params": state.params, "batch_stats": state.batch_stats,
-            "opt_state": state.opt_state, "rng": state.rng, "metrics": state.metrics}
 
 
 def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored | None,
@@ -216,7 +189,8 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
     """The training loop proper, from the restored step to the end; then the evaluation.
 
     Raises:
-      TrainingDiverged: a NaN/inf loss or gradient.
+      TrainingDiverged: a NaN/inf loss or gradient (a state that saw one is never saved).
+      disk.WriteFailed: a checkpoint could not be written.
       Preempted: SIGTERM: the step then running finished and was saved.
     """
     config, steps = run.config, run.steps
@@ -240,11 +214,13 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
             if done % config.log_every == 0 or done == steps:
                 state, last_train = _log_train_metrics(run, life, state, done, progress)
             if config.eval_every and done % config.eval_every == 0 and done != steps:
-                life.log.write({"step": done, **evaluate(run, state)})
+                life.log.write({"step": done, **train_state.evaluate(
+                    run.eval_step, state, run.test_batches)})
             preempted = life.preemption.reached(done)
             if preempted or done == steps or (
                     config.checkpoint_every and done % config.checkpoint_every == 0):
-                _save(run, life, state, done, last_train, wait=preempted)
+                life.save(done, state_tree(state), last_train=last_train,
+                          first_nonfinite=state.metrics["first_nonfinite"], wait=preempted)
             if preempted:
                 raise life.preempted(done)
     finally:
@@ -255,18 +231,14 @@ def _train(run: Prepared, life: Lifecycle, state: TrainState, restored: Restored
 
 def _log_train_metrics(run: Prepared, life: Lifecycle, state: TrainState, done: int,
                        progress: Progress) -> tuple[TrainState, dict[str, float]]:
-    """Fetches the summed metrics, logs their means and resets the sums.
-
-    Returns:
-      The state with its sums reset, and the means (``train_loss``, ``train_accuracy``).
+    """Fetches the summed metrics, logs their means (returned with the state, its sums reset).
 
     Raises:
       TrainingDiverged: a step since the last fetch saw a NaN/inf.
     """
     sums = jax.device_get(state.metrics)
     state = state.replace(metrics=_reset_sums(state.metrics))
-    if sums["first_nonfinite"] >= 0:
-        raise life.diverged(int(sums["first_nonfinite"]) + 1)
+    life.check_finite(sums["first_nonfinite"])
     images_per_second = progress.fetched(done)
     count = max(int(sums["count"]), 1)
     means = {"train_loss": float(sums["loss_sum"]) / count,
@@ -285,39 +257,13 @@ def _reset_sums(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {**metrics, **train_state.zero_metrics(metrics["first_nonfinite"])}
 
 
-def _check_finite(life: Lifecycle, state: TrainState) -> None:
-    """Raises :class:`TrainingDiverged` if any step so far saw a NaN/inf."""
-    first_bad = int(jax.device_get(state.metrics["first_nonfinite"]))
-    if first_bad >= 0:
-        raise life.diverged(first_bad + 1)
-
-
-def _save(run: Prepared, life: Lifecycle, state: TrainState, done: int,
-          last_train: dict[str, float], *, wait: bool) -> None:
-    """Saves a checkpoint at step ``done`` (in the background unless ``wait``).
-
-    Raises:
-      TrainingDiverged: the state has seen a NaN (never saved).
-      disk.WriteFailed: this save or the one before failed.
-    """
-    if life.checkpoints is None:
-        return
-    _check_finite(life, state)  # Never save a state that has seen a NaN.
-    per_epoch = input_pipeline.steps_per_epoch(run.dataset.train_images.shape[0],
-                                               run.config.batch_size)
-    life.save(done, _saved_tree(state), wait=wait, meta={
-        "step": done, "seed": run.config.seed, "data_position": done,
-        "epoch": done // per_epoch, "last_train": last_train})
-
-
 def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             progress: Progress, last_train: dict[str, float]) -> dict[str, Any]:
     """The final evaluation (logged if this run trained, once the final checkpoint is
-    written) and the summary."""
-    _check_finite(life, state)
-    if run.config.plot:
-        life.plot_ahead()  # Its imports, while the final checkpoint is written...
-    results = evaluate(run, state)  # ... and this.
+    complete: it is written meanwhile) and the summary."""
+    life.check_finite(state.metrics["first_nonfinite"])
+    life.plot_ahead(run.config.plot)  # The plot's imports, also while it is written.
+    results = train_state.evaluate(run.eval_step, state, run.test_batches)
     life.wait_for_save()
     if start < run.steps:
         life.log.write({"step": run.steps, **results})
@@ -326,8 +272,3 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
             "steps": run.steps, "resumed_from": start,
             "images_per_second": progress.images_per_second, "step_seconds": progress.seconds,
             **tracking.summary(state)}
-
-
-def evaluate(run: Prepared, state: TrainState) -> dict[str, float]:
-    """Test loss and accuracy of ``state`` (:func:`train_state.evaluate` on the test split)."""
-    return train_state.evaluate(run.eval_step, state, run.test_batches)

@@ -14,7 +14,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from mobilenet import input_pipeline, models, optim, tracking
+from mobilenet import input_pipeline, models, optim, qat_layers, tracking
 from mobilenet.configs.default import Config
 from mobilenet.infra.program_cache import ProgramCache
 from mobilenet.sharding import batch_sharding, replicated
@@ -78,19 +78,11 @@ def zero_metrics(first_nonfinite: jax.Array | None = None) -> dict[str, jax.Arra
 def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
                        mesh: Mesh, total_steps: int, cache: ProgramCache | None = None
                        ) -> TrainState:
-    """Initializes the model and the optimizer, replicated over ``mesh``.
+    """The :class:`TrainState` at step 0: ``model`` initialized on ``(H, W, C)`` =
+    ``image_shape`` inputs and the optimizer's state, replicated over ``mesh``.
 
-    Args:
-      config: The run's configuration (seed, optimizer, schedule).
-      model: The Flax module (``model.apply(variables, x, train=...)``).
-      image_shape: ``(H, W, C)`` of one input image.
-      mesh: The device mesh; the state is replicated on it.
-      total_steps: Length of the learning-rate schedule.
-      cache: Where the initial state (or the compiled initialization) may be found
-        (or saved).
-
-    Returns:
-      The :class:`TrainState` at step 0.
+    ``cache``: where the initial state (or the compiled initialization) may be found
+    (or saved).
     """
     tx = optim.create_optimizer(config, total_steps=total_steps)
     init = _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))
@@ -103,12 +95,9 @@ def create_train_state(config: Config, model: nn.Module, *, image_shape: tuple[i
 def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple[int, ...],
                          mesh: Mesh, total_steps: int, cache: ProgramCache | None = None
                          ) -> TrainState:
-    """The :class:`TrainState` of :func:`create_train_state` as shapes, dtypes and shardings.
-
-    Nothing is computed; use it to compile the steps ahead of time
-    (``train_step.lower(abstract_state, batch_spec).compile()``). ``cache``: where the
-    shapes may be found (or saved) without tracing the initialization.
-    """
+    """The :class:`TrainState` of :func:`create_train_state` as shapes, dtypes and shardings,
+    to compile the steps for; nothing is computed (``cache``: where the shapes may be found,
+    or saved, without tracing the initialization)."""
     tx = optim.create_optimizer(config, total_steps=total_steps)
     init = _init_function(model, tx, tuple(image_shape), mesh, *tracking.options(config))
 
@@ -123,8 +112,7 @@ def abstract_train_state(config: Config, model: nn.Module, *, image_shape: tuple
 @functools.partial(jax.jit, static_argnums=0)  # One program, not five eager ones.
 def _init_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """The initialization key and the training key data of ``seed``."""
-    # XLA:CPU takes seconds per hundred threefry draws to compile (MobileNetV2 init: ~15 s);
-    # the "rbg" generator compiles about twice as fast. Init runs once, so its key can differ.
+    # "rbg" compiles about twice as fast as threefry on XLA:CPU (docs/example.md).
     return (jax.random.key(seed, impl="rbg"),
             jax.random.fold_in(jax.random.PRNGKey(seed), 1))
 
@@ -162,22 +150,12 @@ def make_train_step(*, mesh: Mesh, num_classes: int, mean: Iterable[float],
                     donate: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted training step ``(state, batch) -> (state, metrics)``.
 
-    One SGD/AdamW step on a global batch split over ``mesh``: on-device
-    augmentation and normalization, forward in train mode (batch statistics,
-    dropout), label-smoothed cross-entropy in float32, the optax update.
-    Batch-norm statistics are computed over the global batch, so the result
-    does not depend on the number of devices.
-
-    Args:
-      mesh: The device mesh (state replicated, batch split on ``"data"``).
-      num_classes: Classifier outputs.
-      mean: Per-channel mean of the images in ``[0, 1]`` units.
-      std: Per-channel standard deviation.
-      dtype: Compute dtype of the input (the model casts its own).
-      label_smoothing: Label smoothing of the loss.
-      max_shift: Largest random translation in pixels (0: none).
-      flip: Random horizontal flips.
-      donate: Donate the input state (its buffers are reused for the output).
+    One optimizer step on a global batch split over ``mesh``: on-device augmentation
+    (:func:`~mobilenet.input_pipeline.augment`) and normalization (``mean`` and ``std`` per
+    channel, in ``[0, 1]`` units; then ``dtype``), the forward pass in train mode,
+    label-smoothed cross-entropy in float32, the optax update. Batch-norm statistics are
+    over the global batch: the result does not depend on the number of devices.
+    ``donate``: the input state's buffers are reused for the output.
 
     Returns:
       The jitted step. ``batch`` is ``{"image": uint8 [B, H, W, C], "label": int32 [B]}``;
@@ -203,10 +181,7 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
         labels = batch["label"]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes, dtype=jnp.float32),
                                       label_smoothing)
-
-        # Quantization-aware training freezes folded batch norm from a chosen step.
-        freeze = getattr(state.model, "bn_freeze_step", None)
-        frozen = {} if freeze is None else {"bn_frozen": state.step >= freeze}
+        frozen = qat_layers.bn_frozen(state.model, state.step)  # QAT may freeze batch norm.
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array, Any]]:
             logits, recorded = state.apply_fn(_variables(state, params), images, train=True,
@@ -251,20 +226,11 @@ def _train_step(mesh: Mesh, num_classes: int, mean: tuple[float, ...], std: tupl
 
 def make_eval_step(*, mesh: Mesh, mean: Iterable[float], std: Iterable[float],
                    dtype: Any = jnp.float32) -> Callable[[TrainState, dict], dict]:
-    """The jitted evaluation step ``(state, batch) -> sums``.
+    """The jitted evaluation step ``(state, batch) -> sums``, normalizing as the train step.
 
-    The model runs in eval mode: batch norm uses the running statistics, so an
-    example's prediction does not depend on the rest of its batch.
-
-    Args:
-      mesh: The device mesh.
-      mean: Per-channel mean of the images in ``[0, 1]`` units.
-      std: Per-channel standard deviation.
-      dtype: Compute dtype of the input.
-
-    Returns:
-      The jitted step. ``batch`` is ``{"image", "label", "mask"}`` (mask 0 marks
-      padding); the result holds the batch's ``loss_sum``, ``correct`` and ``count``.
+    The model runs in eval mode (running statistics: an example's prediction does not
+    depend on its batch). ``batch`` is ``{"image", "label", "mask"}`` (mask 0: padding);
+    the sums are the batch's ``loss_sum``, ``correct`` and ``count``.
     """
     return _eval_step(mesh, tuple(float(m) for m in mean), tuple(float(s) for s in std), dtype)
 

@@ -9,14 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mobilenet import export, input_pipeline, qat_export
+from mobilenet import export, qat_export
+from mobilenet.infra import datasets
 
 
 def settled_run(model: nn.Module, *, image_size: int, num_test: int) -> export.Run:
     """``model`` initialized, then four train-mode passes of 16 synthetic images (its
     batch-norm statistics and moving ranges set), as a :class:`mobilenet.export.Run`."""
     shape = (image_size, image_size, 3)
-    dataset = input_pipeline.make_synthetic(num_train=64, num_test=num_test,
+    dataset = datasets.make_synthetic(num_train=64, num_test=num_test,
                                             image_size=image_size)
     variables = jax.jit(functools.partial(model.init, train=False))(
         jax.random.key(0), jnp.zeros((1, *shape)))

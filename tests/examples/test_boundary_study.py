@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import boundary_study
+from mobilenet.infra import datasets
 
 
 @pytest.mark.parametrize(
@@ -239,7 +240,7 @@ def test_the_probe_gradients_differ_exactly_where_a_layer_sits_on_the_kink(dtype
     # A zero stem kernel feeds batch norm zeros, which it maps to its bias, 0: the
     # stem's relu6 then sees only exact zeros, so the stem kernel's gradient is 0
     # with relu6'(0) = 0 and not with relu6'(0) = 1.
-    data = boundary_study.input_pipeline.load_digits()
+    data = datasets.load_digits()
     images, labels = boundary_study._probe_batch(data, 8, dtype)
     grads = []
     for g in (0.0, 1.0):

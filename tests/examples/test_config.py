@@ -76,6 +76,13 @@ def test_epochs_set_the_total_steps(epochs, batch_size, num_train, steps):
 
 def test_without_epochs_the_steps_are_the_total():
     assert default.resolve(Config(steps=7, batch_size=16), num_train=64).total_steps == 7
+    assert default.total_steps(Config(steps=7), num_train=64) == 7
+    assert default.total_steps(Config(epochs=2.5, batch_size=16), num_train=64) == 10
+
+
+def test_the_default_schedule_warms_up_over_a_tenth_of_the_steps():
+    schedule = optim.learning_rate_schedule(Config(), total_steps=300)  # 0.05, 30 warm-up.
+    assert (round(float(schedule(0)), 6), round(float(schedule(29)), 6)) == (0.001667, 0.05)
 
 
 def test_a_batch_larger_than_the_training_set_is_refused():
@@ -206,7 +213,8 @@ FLOAT_FIELDS = [f.name for f in dataclasses.fields(Config)
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
 def test_every_non_finite_number_is_refused(name, value):
-    with pytest.raises(infra_settings.InvalidSetting, match=f"{name} must be a finite number"):
+    with pytest.raises(infra_settings.InvalidSetting,
+                       match=f"^Config: {name} must be a finite number, got {value}.$"):
         default.get_config(**{name: value})
 
 

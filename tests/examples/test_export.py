@@ -23,6 +23,7 @@ import pytest
 import qat_runs  # tests/examples/qat_runs.py: a settled QAT network (shared).
 
 from mobilenet import export, input_pipeline, models, qat_export
+from mobilenet.infra import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = (16, 16, 3)
@@ -57,7 +58,7 @@ def _run(name: str) -> export.Run:
     stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
                          variables["batch_stats"])
     variables = {"params": jax.tree.map(np.asarray, variables["params"]), "batch_stats": stats}
-    dataset = input_pipeline.make_synthetic(num_train=32, num_test=24, image_size=IMAGE[0])
+    dataset = datasets.make_synthetic(num_train=32, num_test=24, image_size=IMAGE[0])
     return export.Run(None, model, variables, 0, dataset)
 
 

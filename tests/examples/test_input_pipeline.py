@@ -15,7 +15,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mobilenet import input_pipeline
-from mobilenet.infra import cifar10
+from mobilenet.configs import default
+from mobilenet.infra import cifar10, datasets
 
 
 def write_fake_cifar10(directory: str, *, per_batch: int = 4, seed: int = 0) -> dict:
@@ -49,7 +50,7 @@ def _mesh() -> Mesh:
 
 def test_cifar10_loader_reads_the_pickle_layout(tmp_path):
     written = write_fake_cifar10(str(tmp_path), per_batch=4)
-    data = input_pipeline.load_cifar10(str(tmp_path))
+    data = datasets.load_cifar10(str(tmp_path))
     assert data.train_images.shape == (20, 32, 32, 3)
     assert data.test_images.shape == (4, 32, 32, 3)
     assert data.train_images.dtype == np.uint8 and data.train_labels.dtype == np.int32
@@ -64,7 +65,7 @@ def test_cifar10_loader_reads_the_pickle_layout(tmp_path):
 
 def test_cifar10_loader_accepts_the_archive_directory(tmp_path):
     write_fake_cifar10(str(tmp_path / cifar10.SUBDIR), per_batch=2)
-    assert input_pipeline.load_cifar10(str(tmp_path)).train_images.shape[0] == 10
+    assert datasets.load_cifar10(str(tmp_path)).train_images.shape[0] == 10
 
 
 def _remove_test_batch(d):
@@ -109,24 +110,24 @@ def _no_meta(d):
 def test_cifar10_loader_rejects_a_corrupt_directory_in_one_line(tmp_path, damage, fragment):
     write_fake_cifar10(str(tmp_path), per_batch=2)
     damage(str(tmp_path))
-    with pytest.raises(input_pipeline.DataError, match="cifar10") as info:
-        input_pipeline.load_cifar10(str(tmp_path))
+    with pytest.raises(datasets.DataError, match="cifar10") as info:
+        datasets.load_cifar10(str(tmp_path))
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_cifar10_loader_rejects_a_missing_directory(tmp_path):
-    with pytest.raises(input_pipeline.DataError, match="does not exist"):
-        input_pipeline.load_cifar10(str(tmp_path / "nowhere"))
+    with pytest.raises(datasets.DataError, match="does not exist"):
+        datasets.load_cifar10(str(tmp_path / "nowhere"))
 
 
 def test_cifar10_needs_a_data_dir():
-    with pytest.raises(input_pipeline.DataError, match="--data-dir"):
-        input_pipeline.load_dataset("cifar10")
+    with pytest.raises(datasets.DataError, match="--data-dir"):
+        datasets.load_dataset("cifar10")
 
 
 def test_digits_are_32x32x3_uint8_with_a_fixed_split():
-    a, b = input_pipeline.load_digits(), input_pipeline.load_digits()
+    a, b = datasets.load_digits(), datasets.load_digits()
     assert a.train_images.shape == (1437, 32, 32, 3) and a.test_images.shape == (360, 32, 32, 3)
     assert a.train_images.dtype == np.uint8 and a.num_classes == 10 and not a.flip
     np.testing.assert_array_equal(a.test_labels, b.test_labels)
@@ -136,9 +137,9 @@ def test_digits_are_32x32x3_uint8_with_a_fixed_split():
 
 
 def test_synthetic_data_is_deterministic_per_seed():
-    a = input_pipeline.make_synthetic(num_train=32, num_test=8, image_size=16, seed=1)
-    b = input_pipeline.make_synthetic(num_train=32, num_test=8, image_size=16, seed=1)
-    c = input_pipeline.make_synthetic(num_train=32, num_test=8, image_size=16, seed=2)
+    a = datasets.make_synthetic(num_train=32, num_test=8, image_size=16, seed=1)
+    b = datasets.make_synthetic(num_train=32, num_test=8, image_size=16, seed=1)
+    c = datasets.make_synthetic(num_train=32, num_test=8, image_size=16, seed=2)
     assert a.train_images.shape == (32, 16, 16, 3)
     np.testing.assert_array_equal(a.train_images, b.train_images)
     assert not np.array_equal(a.train_images, c.train_images)
@@ -148,7 +149,7 @@ def test_synthetic_data_is_deterministic_per_seed():
 
 
 def test_each_epoch_visits_distinct_examples_in_a_seeded_order():
-    steps = input_pipeline.steps_per_epoch(100, 8)
+    steps = default.steps_per_epoch(100, 8)
     epoch = [input_pipeline.batch_indices(100, batch_size=8, seed=3, step=s) for s in range(steps)]
     seen = np.concatenate(epoch)
     assert len(seen) == 96 and len(set(seen.tolist())) == 96
@@ -158,13 +159,19 @@ def test_each_epoch_visits_distinct_examples_in_a_seeded_order():
     assert not np.array_equal(other_seed, epoch[0])
 
 
+def test_a_batch_is_a_function_of_its_step_alone():
+    a = input_pipeline.batch_indices(100, batch_size=8, seed=0, step=30)
+    b = input_pipeline.batch_indices(100, batch_size=8, seed=0, step=30)
+    assert a.shape == (8,) and np.array_equal(a, b)
+
+
 def test_batch_larger_than_the_data_is_an_error():
     with pytest.raises(ValueError, match="batch_size 16"):
-        input_pipeline.steps_per_epoch(10, 16)
+        default.steps_per_epoch(10, 16)
 
 
 def test_train_batches_resume_at_any_step_with_the_same_data():
-    data = input_pipeline.make_synthetic(num_train=40, num_test=8, image_size=8)
+    data = datasets.make_synthetic(num_train=40, num_test=8, image_size=8)
     sharding = NamedSharding(_mesh(), PartitionSpec("data"))
     from_zero = input_pipeline.train_batches(data, batch_size=16, seed=0, start_step=0,
                                              sharding=sharding)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import jrelu6.linen
-from mobilenet import input_pipeline, loss_scale, sharding, tracking, train, train_state
+from mobilenet import loss_scale, sharding, tracking, train, train_state
 from mobilenet.configs import get_config
+from mobilenet.infra import distributed
 
 IMAGE = (16, 16, 3)
 BATCH = 16
@@ -49,7 +50,7 @@ def _batch(mesh, *, seed=0):
     rng = np.random.default_rng(seed)
     host = {"image": rng.integers(0, 256, (BATCH, *IMAGE), dtype=np.uint8),
             "label": rng.integers(0, 10, BATCH).astype(np.int32)}
-    return input_pipeline.place(host, sharding.batch_sharding(mesh))
+    return distributed.place(host, sharding.batch_sharding(mesh))
 
 
 def _state_and_step(config, model=None):

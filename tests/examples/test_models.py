@@ -145,6 +145,7 @@ def test_models_registry_and_create_model():
     model = models.create_model("mobilenet_v3_small", num_classes=7, width_multiplier=0.5)
     assert isinstance(model, models.MobileNetV3Small)
     assert (model.num_classes, model.width_multiplier) == (7, 0.5)
+    assert models.create_model("tiny", num_classes=10).num_classes == 10
 
 
 def test_create_model_rejects_unknown_name():

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mobilenet import input_pipeline, native, sharding, train_state
+from mobilenet import native, sharding, train_state
 from mobilenet.configs import get_config
 from mobilenet.depthwise import depthwise_conv
+from mobilenet.infra import distributed
 
 IMAGE = (16, 16, 3)
 CUSTOM_CALL = re.compile(r'= (f32\[[\d,]*\])\S* custom-call\(([^)]*)\), '
@@ -91,7 +92,7 @@ def test_the_compiled_training_step_gathers_no_batch():
                                            total_steps=config.steps)
     step = train_state.make_train_step(mesh=mesh, num_classes=10, mean=(0.5,) * 3,
                                        std=(0.25,) * 3)
-    batch = input_pipeline.place(
+    batch = distributed.place(
         {"image": np.zeros((16, *IMAGE), np.uint8), "label": np.zeros(16, np.int32)},
         sharding.batch_sharding(mesh))
     hlo = step.lower(state, batch).compile().as_text()

@@ -13,9 +13,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import jrelu6
-from mobilenet import finetune, input_pipeline, models, quantization, sharding, train, train_state
+from mobilenet import finetune, models, quantization, sharding, train, train_state
 from mobilenet.configs import get_config
-from mobilenet.infra import workdir
+from mobilenet.infra import distributed, workdir
 from mobilenet.infra.settings import ConfigMismatch, InvalidSetting
 
 IMAGE = (16, 16, 3)
@@ -291,7 +291,7 @@ def test_the_train_step_freezes_batch_norm_from_the_chosen_step():
     rng = np.random.default_rng(0)
     means = [_bn_means(state)]
     for _ in range(4):
-        batch = input_pipeline.place(
+        batch = distributed.place(
             {"image": rng.integers(0, 256, (16, *IMAGE), dtype=np.uint8),
              "label": rng.integers(0, 10, 16).astype(np.int32)},
             sharding.batch_sharding(mesh))

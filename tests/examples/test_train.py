@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mobilenet import input_pipeline, model_summary, sharding, train, train_state
+from mobilenet import model_summary, sharding, train, train_state
 from mobilenet.configs import get_config
-from mobilenet.infra import checkpoints, host_memory, lifecycle, workdir
+from mobilenet.infra import checkpoints, distributed, host_memory, lifecycle, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = os.path.join(ROOT, "examples", "train.py")
@@ -51,7 +51,7 @@ def _batch(mesh, *, size=16, seed=0):
     rng = np.random.default_rng(seed)
     host = {"image": rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8),
             "label": rng.integers(0, 10, size).astype(np.int32)}
-    return input_pipeline.place(host, sharding.batch_sharding(mesh))
+    return distributed.place(host, sharding.batch_sharding(mesh))
 
 
 def _fetch(tree):
@@ -219,11 +219,22 @@ def _restore_latest(config, run):
                                                 total_steps=config.steps)
     saved = checkpoints.Checkpoints(os.path.join(run, workdir.CHECKPOINT_SUBDIR), keep=2)
     try:
-        restored, damaged = saved.restore_latest(train._saved_tree(abstract))
+        restored, damaged = saved.restore_latest(checkpoints.state_tree(abstract))
     finally:
         saved.close()
     assert damaged == []
     return restored
+
+
+def test_a_checkpoint_holds_the_train_states_arrays_not_its_model_or_optimizer():
+    config = _config()
+    model = train_state.create_model(config, num_classes=10)
+    abstract = train_state.abstract_train_state(config, model, image_shape=IMAGE,
+                                                mesh=sharding.create_mesh(),
+                                                total_steps=config.steps)
+    tree = checkpoints.state_tree(abstract)
+    assert list(tree) == ["step", "params", "batch_stats", "opt_state", "rng", "metrics"]
+    assert tree["params"] is abstract.params
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

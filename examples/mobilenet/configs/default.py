@@ -1,21 +1,10 @@
 """The default configuration: MobileNetV2 on scikit-learn's digits, tuned for a 2-core CPU.
 
-``python examples/train.py`` with no flags trains exactly this configuration.
-Each :class:`Config` field carries its help text, its choices and its bounds in
-its ``dataclasses.field`` metadata; ``examples/train.py`` generates one flag per
-field from them (``--batch-size`` for ``batch_size``), and :meth:`Config.validate`
-checks every field against them (the machinery: :mod:`mobilenet.infra.settings`).
-Defaults that depend on other settings (the learning rate and weight decay per
-optimizer, the warm-up, the largest shift, the number of steps) are ``None`` in
-the config and resolved by :func:`resolve`, here and nowhere else. A resumed run
-is checked against the settings it was started with by
-:func:`mobilenet.infra.resume_check.check_resume`; the fields that cannot change
-its result say why in their metadata (``neutral``).
-
-The defaults were chosen by measurement on a 2-core CPU (docs/example.md).
-
-This module imports no JAX: the command line parses and checks its flags
-without it.
+``python examples/train.py`` with no flags trains exactly this configuration. Each
+:class:`Config` field carries its help, choices and bounds (:mod:`mobilenet.infra.settings`):
+``examples/train.py`` makes one flag per field and :meth:`Config.validate` checks them.
+Defaults that depend on other settings are ``None`` here and resolved by :func:`resolve`.
+No JAX is imported (docs/example.md says why these defaults).
 
 Examples:
   >>> from mobilenet.configs import get_config
@@ -28,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 
 from mobilenet.infra import settings
 from mobilenet.infra.run_settings import RunSettings
@@ -39,7 +27,7 @@ DATASETS = ("digits", "cifar10", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 DTYPES = ("float32", "bfloat16", "float16")
 
-# Derived defaults (see `resolve`). The learning rates were measured best on digits.
+# Derived defaults (see `resolve`).
 DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adamw": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.05}
 WARMUP_DIVISOR = 10  # The default warm-up is total_steps // WARMUP_DIVISOR (10%).
@@ -48,10 +36,6 @@ FALLBACK_MAX_SHIFT = 4  # CIFAR's usual shift, for every other dataset.
 
 
 _field = settings.setting  # A field with its help, --help group, choices and bounds.
-
-
-def _per_optimizer(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{value:g} for {name}" for name, value in values.items())
 
 
 @dataclasses.dataclass
@@ -88,9 +72,7 @@ class _FloatRecipe:
         group="data", choices=DATASETS)
     data_dir: str | None = _field(
         None, "CIFAR-10 directory with data_batch_1..5, test_batch, batches.meta",
-        group="data",
-        # The data are named by `data`; this is only where a copy of them lies.
-        neutral="where the data set is read from, not which one")
+        group="data", neutral="where the data set is read from, not which one")
     image_size: int = _field(32, "side of the synthetic images (digits and CIFAR-10 are 32)",
                              group="data", minimum=1)
     synthetic_examples: int = _field(1024, "training examples of the synthetic data set",
@@ -110,20 +92,18 @@ class _FloatRecipe:
                              group="training", minimum=1)
     eval_batch_size: int = _field(
         512, "global evaluation batch size", group="training", minimum=1,
-        # Evaluation runs in eval mode (running statistics), example by example;
-        # the batch size only changes the padding of the last batch, which is masked.
         neutral="evaluation is per example; the batch only changes the masked padding")
     optimizer: str = _field("sgd", "SGD with Nesterov momentum, or AdamW", group="training",
                             choices=OPTIMIZERS)
     learning_rate: float | None = _field(
         None, "peak learning rate after the linear warm-up, then cosine decay to 0",
-        group="training", above=0, derived=_per_optimizer(DEFAULT_LEARNING_RATE))
+        group="training", above=0, derived=settings.per_choice(DEFAULT_LEARNING_RATE))
     momentum: float = _field(0.9, "SGD momentum, AdamW's b1", group="training",
                              minimum=0, below=1)
     weight_decay: float | None = _field(
         None, "weight decay of the kernels, not of batch-norm parameters or biases (added "
         "to the gradient for sgd, decoupled for adamw)", group="training", minimum=0,
-        derived=_per_optimizer(DEFAULT_WEIGHT_DECAY))
+        derived=settings.per_choice(DEFAULT_WEIGHT_DECAY))
     warmup_steps: int | None = _field(None, "linear warm-up steps", group="training",
                                       minimum=0,
                                       derived=f"1/{WARMUP_DIVISOR} of the steps, rounded down")
@@ -131,7 +111,6 @@ class _FloatRecipe:
                                     "loss is plain)", group="training", minimum=0, below=1)
     seed: int = _field(0, "seeds initialization, data order, augmentation and dropout",
                        group="training", minimum=0)
-
 
 
 @settings.documented
@@ -143,19 +122,11 @@ class Config(RunSettings, QuantizationSettings, _FloatRecipe):
     metadata, in that order."""
 
     def validate(self) -> Config:
-        """Checks every field against its type, choices and bounds; returns ``self``.
-
-        Numbers must be finite (no NaN or infinity).
+        """Checks every field against its type, choices and bounds (numbers finite); returns
+        ``self``.
 
         Raises:
           InvalidSetting: (a ``ValueError``) naming the bad field and what is allowed.
-
-        Examples:
-          >>> try:
-          ...     Config(width=float("nan")).validate()
-          ... except ValueError as error:
-          ...     print(error)
-          Config: width must be a finite number, got nan.
         """
         settings.validate(self)
         check_qat(self)
@@ -163,23 +134,14 @@ class Config(RunSettings, QuantizationSettings, _FloatRecipe):
 
 
 def get_config(**overrides: object) -> Config:
-    """The default configuration, with ``overrides`` applied and validated.
-
-    Args:
-      **overrides: Field names of :class:`Config` and their values.
-
-    Returns:
-      A validated :class:`Config`.
+    """The default configuration, with ``overrides`` (fields of :class:`Config`) applied
+    and validated.
 
     Raises:
       TypeError: if an override names no field.
       ValueError: if a value is not allowed (:meth:`Config.validate`).
     """
-    fields = {field.name for field in dataclasses.fields(Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"get_config: unknown setting(s) {unknown}; known: {sorted(fields)}.")
-    return Config(**overrides).validate()  # type: ignore[arg-type]
+    return settings.create(Config, overrides, caller="get_config").validate()
 
 
 # --- derived defaults (the examples of `resolve` show each) ---------------------------------
@@ -220,8 +182,6 @@ def max_shift(config: Config) -> int:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     """Full batches per pass over ``num_examples`` (the remainder of each epoch is skipped).
 
-    Defined here, where no JAX is imported, for the settings and the input pipeline alike.
-
     Raises:
       ValueError: if the batch is larger than the dataset.
     """
@@ -237,12 +197,6 @@ def total_steps(config: Config, *, num_train: int) -> int:
     Raises:
       ValueError: with ``epochs``, if the batch is larger than the ``num_train`` training
         examples.
-
-    Examples:
-      >>> total_steps(Config(steps=7), num_train=64)
-      7
-      >>> total_steps(Config(epochs=2.5, batch_size=16), num_train=64)  # 4 steps per epoch.
-      10
     """
     if config.epochs is None:
         return config.steps
@@ -251,16 +205,9 @@ def total_steps(config: Config, *, num_train: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """The settings a run uses, with every derived default resolved (:func:`resolve`).
-
-    Attributes:
-      learning_rate: Peak learning rate of the schedule.
-      weight_decay: Weight decay of the kernels.
-      total_steps: Training steps (the schedule's length).
-      steps_per_epoch: Full batches per pass over the training set.
-      warmup_steps: Linear warm-up steps.
-      max_shift: Largest random shift of the augmentation in pixels (0 without augment).
-    """
+    """The settings a run uses, with every derived default resolved (:func:`resolve`): the
+    :class:`Config` fields of the same names (``max_shift`` is 0 without ``augment``), the
+    run's length in steps and its full batches per pass over the training set."""
 
     learning_rate: float
     weight_decay: float
@@ -272,13 +219,6 @@ class Resolved:
 
 def resolve(config: Config, *, num_train: int) -> Resolved:
     """Resolves the derived defaults of ``config`` for a training set of ``num_train`` examples.
-
-    Args:
-      config: The configuration; its ``None`` fields take their derived defaults.
-      num_train: Training examples of the data set (for ``epochs``).
-
-    Returns:
-      The :class:`Resolved` settings.
 
     Raises:
       ValueError: if the batch is larger than the training set (a run needs one batch).

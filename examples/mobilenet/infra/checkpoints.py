@@ -282,6 +282,13 @@ class Checkpoints:
                 logging.getLogger("absl").removeFilter(self._quiet)
 
 
+def state_tree(state: Any) -> dict[str, Any]:
+    """The part of a flax ``struct`` state that a checkpoint holds: its pytree fields, by
+    name (the static fields, such as the model and the optimizer, come from the settings)."""
+    return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)
+            if field.metadata.get("pytree_node", True)}
+
+
 class _OrbaxErrors(logging.Filter):
     """Drops orbax's error records (their errors reach the caller as exceptions) and its
     warnings that a preemption sync point was reached (the caller says what it saved)."""

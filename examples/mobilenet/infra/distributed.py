@@ -1,5 +1,6 @@
 """``jax.distributed.initialize()`` for the example's ``--distributed``, and each
-process's share of a global batch (:func:`process_share`).
+process's share of a global batch (:func:`process_share`), placed on the devices
+(:func:`place`).
 
 Example:
   >>> sorted(DISTRIBUTED_ENV)
@@ -59,3 +60,13 @@ def process_share(array: np.ndarray) -> np.ndarray:
         return array
     share = array.shape[0] // count
     return array[index * share:(index + 1) * share]
+
+
+def place(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """Places a host batch on the devices with ``sharding`` (batch axis split over the mesh).
+
+    Each process passes its own share of the global batch (:func:`process_share`);
+    on one host that is the whole batch.
+    """
+    return {key: jax.make_array_from_process_local_data(sharding, value)
+            for key, value in batch.items()}

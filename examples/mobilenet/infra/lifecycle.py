@@ -11,13 +11,15 @@ how it ended, in one line:
   error that can stop a started run turned into one of this module's exceptions;
 - :meth:`Lifecycle.restore`: the saved settings checked, the newest intact
   checkpoint restored, ``metrics.jsonl`` cut back to it, ``config.json`` written;
-- :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes;
+- :meth:`Lifecycle.compiling`: the steps compiled in threads while the state initializes
+  (for the arguments :func:`spec_of` and :func:`batch_spec` describe);
 - :meth:`Lifecycle.save` and what a rerun would start from (:meth:`Lifecycle.kept`);
 - the errors that stop a run in its loop (:meth:`Lifecycle.diverged`,
-  :meth:`Lifecycle.preempted`), each saying what is kept.
+  :meth:`Lifecycle.check_finite`, :meth:`Lifecycle.preempted`), each saying what is kept.
 
 Nothing here knows the model or the training step: the loop hands over the tree
-to save, and the settings only to compare them with the saved ones.
+to save, and the settings only to compare them with the saved ones and to record
+the data position with each checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import jax
 
-from mobilenet.configs.default import Config
+from mobilenet.configs.default import Config, steps_per_epoch
 from mobilenet.infra import compile_cache, disk, resume_check
 from mobilenet.infra import distributed as cluster
 from mobilenet.infra.background import Background
@@ -81,6 +83,21 @@ def compile_ahead(name: str, step: Any, *args: Any, cache: ProgramCache | None =
     return cache.compile(name, step, *args)
 
 
+def spec_of(tree: Any) -> Any:
+    """``tree``'s arrays as :class:`jax.ShapeDtypeStruct` (shape, dtype, sharding): what a
+    step is compiled for ahead of time."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        tree)
+
+
+def batch_spec(batch_size: int, fields: dict[str, tuple[tuple[int, ...], Any]],
+               sharding: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """A batch of ``batch_size`` examples, ``{name: (shape of one example, dtype)}``, as
+    :class:`jax.ShapeDtypeStruct` split by ``sharding``."""
+    return {name: jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
+            for name, (shape, dtype) in fields.items()}
+
+
 class Lifecycle:
     """A run's work directory, checkpoints, metrics log, preemption and background threads.
 
@@ -119,6 +136,7 @@ class Lifecycle:
         self.training = False
         self.verbose = False
         self._background: list[Background] = []
+        self._position = (0, 1)  # The seed and the steps per epoch, set by restore().
 
     @contextlib.contextmanager
     def running(self, *, keep: int, progress: bool) -> Iterator[Lifecycle]:
@@ -156,6 +174,7 @@ class Lifecycle:
                     f"resuming from step {restored.step}" if restored else
                     "no intact checkpoint is left: starting from step 0"))
         self.step = restored.step if restored else None
+        self._position = (config.seed, steps_per_epoch(num_train, config.batch_size))
         main = work is not None and jax.process_index() == 0
         self.log = MetricsLog(work.metrics if main else None,
                               resume_step=restored.step if restored else 0)
@@ -166,17 +185,27 @@ class Lifecycle:
             work.write_config(dataclasses.asdict(config))
         return restored
 
-    def save(self, step: int, tree: dict[str, Any], *, meta: dict[str, Any],
-             wait: bool) -> None:
+    def save(self, step: int, tree: dict[str, Any], *, first_nonfinite: Any,
+             last_train: dict[str, float], wait: bool) -> None:
         """Saves ``tree`` as step ``step`` (in the background unless ``wait``), once per step.
 
+        Its metadata hold the data position (the step, its epoch, the seed) and
+        ``last_train``, the training metrics last logged (a resumed run reports them).
+        A state that has seen a NaN/inf (``first_nonfinite``, :meth:`check_finite`) is
+        never saved.
+
         Raises:
+          TrainingDiverged: from :meth:`check_finite`.
           disk.WriteFailed: this save or the one before failed.
         """
         if self.checkpoints is None:
             return
+        self.check_finite(first_nonfinite)
         if self.step != step:
-            self.checkpoints.save(step, tree, meta=meta)
+            seed, per_epoch = self._position
+            self.checkpoints.save(step, tree, meta={
+                "step": step, "seed": seed, "data_position": step, "epoch": step // per_epoch,
+                "last_train": last_train})
         if wait:
             self.checkpoints.wait()
         self.step = step
@@ -228,10 +257,10 @@ class Lifecycle:
 
             tqdm.write(message)
 
-    def plot_ahead(self) -> None:
-        """Starts :meth:`plot`'s imports in the background, for a time the main thread
-        only waits (the final checkpoint's write)."""
-        if self.work is not None and jax.process_index() == 0:
+    def plot_ahead(self, plot: bool = True) -> None:
+        """Starts :meth:`plot`'s imports in the background (if ``plot``), for a time the
+        main thread only waits (the final checkpoint's write)."""
+        if plot and self.work is not None and jax.process_index() == 0:
             self.in_background(plotting_modules)
 
     def plot(self) -> None:
@@ -259,6 +288,13 @@ class Lifecycle:
         return TrainingDiverged(
             f"train: the loss or gradient became NaN/inf at step {step}; stopped "
             f"({self.kept()}). Try a lower --lr or --dtype float32.")
+
+    def check_finite(self, first_nonfinite: Any) -> None:
+        """Raises :meth:`diverged` if ``first_nonfinite`` (the first step whose loss or
+        gradient was NaN/inf, -1 while none; on the device or the host) names a step."""
+        first_bad = int(jax.device_get(first_nonfinite))
+        if first_bad >= 0:
+            raise self.diverged(first_bad + 1)
 
     def preempted(self, step: int | None) -> Preempted:
         """The error that stops the run after a SIGTERM, saved at ``step`` (``None``: before

@@ -52,7 +52,7 @@ from jax.experimental import serialize_executable
 from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 import jrelu6
-from mobilenet.native import cpu_signature
+from mobilenet import native
 
 ENV_SWITCH = "JRELU6_PROGRAM_CACHE"
 KEEP = 8  # Entries (one per distinct run setting) kept; older ones are removed.
@@ -105,7 +105,7 @@ def fingerprint(*parts: object, sources: Iterable[str]) -> str:
     add(sorted((name, value) for name, value in os.environ.items()
                if name == "XLA_FLAGS" or name.startswith("JAX_")))
     add([(d.platform, d.device_kind, d.id, d.process_index) for d in jax.devices()],
-        jax.devices()[0].client.platform_version, cpu_signature())
+        jax.devices()[0].client.platform_version, native.cpu_signature())
     add(*parts)
     return key.hexdigest()
 
@@ -301,6 +301,18 @@ def open_cache(*parts: object, settings: object, live: Mapping[str, object],
     return ProgramCache(os.path.join(directory, FOLDER),
                         fingerprint(type(settings).__qualname__, keyed, *parts, sources=sources),
                         live=live)
+
+
+def open_for_run(settings: object, dataset: Any, model: object, tx: object, *,
+                 num_classes: int) -> ProgramCache | None:
+    """:func:`open_cache` for a training run of ``model`` on ``dataset`` (a
+    :class:`mobilenet.infra.datasets.Dataset`): keyed also by the data's name, shapes,
+    statistics and size, the class count, the native kernels' library and the model's
+    ``repr``; ``model`` and the optax ``tx`` stand in for themselves."""
+    return open_cache(dataset.name, dataset.image_shape, dataset.mean, dataset.std,
+                      num_classes, dataset.train_images.shape[0], dataset.flip,
+                      native.library_path(), repr(model), settings=settings,
+                      live={"model": model, "tx": tx})
 
 
 def _prune(directory: str, *, keep: int) -> None:

@@ -61,3 +61,12 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def describe_run(config: Any, dataset: Any, *, params: int, devices: int, steps: int,
+                 start: int) -> str:
+    """The line that opens a run's output: model, data, devices, batch and length."""
+    return (f"{config.model} x{config.width} ({params:,} parameters) on {dataset.name} "
+            f"({dataset.train_images.shape[0]} train / {dataset.test_images.shape[0]} test), "
+            f"{devices} {jax.devices()[0].platform} device(s), batch {config.batch_size}, "
+            f"{steps} steps" + (f"; resuming from step {start}" if start else ""))

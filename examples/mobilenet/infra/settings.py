@@ -1,10 +1,10 @@
 """Settings as dataclass fields that carry their own help, choices and bounds.
 
 The machinery behind :class:`mobilenet.configs.default.Config`, for any dataclass
-whose fields are made by :func:`setting`: validation (:func:`validate`), the text
-``--help`` shows (:func:`flag`, :func:`default_text`, :func:`field_kind`) and the
-docstring's ``Attributes:`` (:func:`documented`). It imports no JAX and nothing of
-the example.
+whose fields are made by :func:`setting`: construction by name (:func:`create`),
+validation (:func:`validate`), the text ``--help`` shows (:func:`flag`,
+:func:`default_text`, :func:`field_kind`) and the docstring's ``Attributes:``
+(:func:`documented`). It imports no JAX and nothing of the example.
 
 Examples:
   >>> import dataclasses
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -84,6 +85,16 @@ def default_text(field: dataclasses.Field) -> str:
     return str(field.default)
 
 
+def per_choice(values: Mapping[str, float]) -> str:
+    """A default per choice, in words (for ``derived``).
+
+    Examples:
+      >>> per_choice({"sgd": 0.05, "adamw": 1e-2})
+      '0.05 for sgd, 0.01 for adamw'
+    """
+    return ", ".join(f"{value:g} for {name}" for name, value in values.items())
+
+
 def flag(name: str) -> str:
     """The command-line flag of the field ``name``.
 
@@ -107,6 +118,19 @@ def documented(cls: type[T]) -> type[T]:
         f"  {field.name}: {field.metadata['help']} (default: {default_text(field)})."
         for field in dataclasses.fields(cls)))  # type: ignore[arg-type]
     return cls
+
+
+def create(cls: type[T], overrides: dict[str, Any], *, caller: str) -> T:
+    """``cls(**overrides)``, for a dataclass ``cls`` (not validated).
+
+    Raises:
+      TypeError: an override names no field (the message names ``caller``).
+    """
+    fields = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"{caller}: unknown setting(s) {unknown}; known: {sorted(fields)}.")
+    return cls(**overrides)
 
 
 def validate(settings: T) -> T:

@@ -100,7 +100,11 @@ def test_the_command_prints_its_fixed_cost(tmp_path):
                          r"for (\d+) programs, (\d+) from the persistent cache.*", line)
     assert match, result.stdout
     total, steps, fixed = (float(match[i]) for i in (1, 2, 3))
-    assert abs(total - steps - fixed) <= 0.11 and steps > 0
+    assert abs(total - steps - fixed) <= 0.11
+    with open(tmp_path / "run" / "metrics.jsonl") as file:  # Steps 2-3 and 4-6, as timed.
+        rates = [r["images_per_second"] for r in map(json.loads, file) if "step" in r
+                 and "images_per_second" in r]
+    assert steps == pytest.approx(2 * 16 / rates[0] + 3 * 16 / rates[1], abs=0.051)
     assert int(match[4]) >= 3  # init, train and eval steps at least
 
 

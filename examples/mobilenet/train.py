@@ -165,8 +165,9 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
     with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
                          "eval": (run.eval_step, (run.abstract, eval_spec))},
                         cache=run.programs) as compiled:
-        # The logged learning rate's eager programs (11), found while the steps load.
+        # The logged learning rate's eager programs (11) and the plot's imports, as steps load.
         life.in_background(optim.learning_rate_schedule(config, total_steps=run.steps), 0)
+        life.plot_ahead(config.plot)
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:
@@ -262,7 +263,6 @@ def _finish(run: Prepared, life: Lifecycle, state: TrainState, *, start: int,
     """The final evaluation (logged if this run trained, once the final checkpoint is
     complete: it is written meanwhile) and the summary."""
     life.check_finite(state.metrics["first_nonfinite"])
-    life.plot_ahead(run.config.plot)  # The plot's imports, also while it is written.
     results = train_state.evaluate(run.eval_step, state, run.test_batches)
     life.wait_for_save()
     if start < run.steps:

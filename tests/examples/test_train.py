@@ -237,6 +237,31 @@ def test_a_checkpoint_holds_the_train_states_arrays_not_its_model_or_optimizer()
     assert tree["params"] is abstract.params
 
 
+def test_a_checkpoint_needs_no_device_buffer_once_saved_and_restores_as_asked(tmp_path):
+    # The next training step donates the state's buffers while the save is still writing.
+    mesh = sharding.create_mesh()
+    tree = {"replicated": jax.device_put(jnp.arange(12.0).reshape(3, 4),
+                                         sharding.replicated(mesh)),
+            "split": jax.device_put(jnp.arange(16.0).reshape(8, 2),
+                                    sharding.batch_sharding(mesh))}
+    expected = jax.device_get(tree)
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                            tree)
+    saved = checkpoints.Checkpoints(str(tmp_path / "checkpoints"), keep=1)
+    try:
+        saved.save(1, tree, {"note": "x"})
+        for leaf in jax.tree.leaves(tree):
+            leaf.delete()
+        saved.wait()
+        restored, damaged = saved.restore_latest(abstract)
+    finally:
+        saved.close()
+    assert damaged == [] and restored is not None and restored.meta == {"note": "x"}
+    for name, leaf in restored.tree.items():
+        assert leaf.sharding == abstract[name].sharding
+        np.testing.assert_array_equal(jax.device_get(leaf), expected[name])
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = _config(log_every=100)  # Only the checkpoint guard sees the NaN.
     mesh = sharding.create_mesh()

@@ -259,7 +259,7 @@ class Lifecycle:
 
     def plot_ahead(self, plot: bool = True) -> None:
         """Starts :meth:`plot`'s imports in the background (if ``plot``), for a time the
-        main thread only waits (the final checkpoint's write)."""
+        main thread only waits (the steps' loading, which holds no lock of Python's)."""
         if plot and self.work is not None and jax.process_index() == 0:
             self.in_background(plotting_modules)
 

@@ -43,7 +43,7 @@ QUICK_ARGS = ("--model tiny --data synthetic --synthetic-examples 64 --image-siz
               "--batch-size 16 --eval-batch-size 32 --steps 12 --log-every 3")
 # What a warm run imports, in the order it does (each line's time is on top of the
 # lines before it).
-IMPORTS = (("python start and exit", "pass"), ("numpy", "import numpy"),
+IMPORTS = (("python start, and exit after the imports", "pass"), ("numpy", "import numpy"),
            ("ml_dtypes (numpy dtypes for jax)", "import ml_dtypes"), ("jax", "import jax"),
            ("flax.linen", "import flax.linen"), ("optax", "import optax"),
            ("orbax.checkpoint", "import orbax.checkpoint"),
@@ -111,7 +111,7 @@ def import_times(tree: str, *, skip_sklearn: bool, python: str = sys.executable
     out = subprocess.run([python, "-c", "\n".join(lines)], capture_output=True,
                          text=True, check=True).stdout
     rows = [(line.rsplit(" ", 1)[0], float(line.rsplit(" ", 1)[1])) for line in out.splitlines()]
-    rows[0] = ("python start and exit", time.perf_counter() - start - sum(s for _, s in rows[1:]))
+    rows[0] = (rows[0][0], time.perf_counter() - start - sum(s for _, s in rows[1:]))
     return rows
 
 

@@ -219,8 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main_as_process() -> int:
     """:func:`main` as the whole life of this process, with Python's garbage collector told
-    which objects live as long as it does (on a 2-core EPYC this saves about 0.3 s of
-    collections while the default run trains and 0.35 s of the 0.42 s exit)."""
+    what it holds: few cycles and many objects that live as long as the process. On a
+    2-core EPYC the default run's collections then take 0.12 s instead of 0.35 s, and its
+    exit 0.07 s instead of 0.42 s."""
+    gc.set_threshold(10_000)  # (from 700) The loop allocates much; little of it is cyclic.
     import mobilenet.train  # noqa: F401 - main's imports: JAX, flax, optax, made here
 
     gc.freeze()  # Their objects are never garbage: the collections while training skip them.

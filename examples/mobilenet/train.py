@@ -165,9 +165,9 @@ def _initialize(run: Prepared, life: Lifecycle, restored: Restored | None
     with life.compiling({"train": (run.train_step, (run.abstract, train_spec)),
                          "eval": (run.eval_step, (run.abstract, eval_spec))},
                         cache=run.programs) as compiled:
-        # The logged learning rate's eager programs (11) and the plot's imports, as steps load.
+        # The logged learning rate's eager programs (11) and later imports, as steps load.
         life.in_background(optim.learning_rate_schedule(config, total_steps=run.steps), 0)
-        life.plot_ahead(config.plot)
+        life.import_ahead(plot=config.plot)
         if restored is not None:
             state = run.abstract.replace(**restored.tree)
         else:

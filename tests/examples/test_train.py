@@ -262,6 +262,18 @@ def test_a_checkpoint_needs_no_device_buffer_once_saved_and_restores_as_asked(tm
         np.testing.assert_array_equal(jax.device_get(leaf), expected[name])
 
 
+def test_checkpoints_of_a_new_directory_list_none_and_create_nothing(tmp_path):
+    folder = tmp_path / "checkpoints"  # orbax is imported when a step is first saved or read.
+    saved = checkpoints.Checkpoints(str(folder), keep=1)
+    try:
+        assert saved.all_steps() == [] and saved.latest() is None
+        assert saved.restore_latest({"x": jax.ShapeDtypeStruct((2,), jnp.float32)}) == (None, [])
+        saved.wait()
+    finally:
+        saved.close()
+    assert not folder.exists()
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     config = _config(log_every=100)  # Only the checkpoint guard sees the NaN.
     mesh = sharding.create_mesh()

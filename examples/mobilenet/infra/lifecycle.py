@@ -257,11 +257,22 @@ class Lifecycle:
 
             tqdm.write(message)
 
-    def plot_ahead(self, plot: bool = True) -> None:
-        """Starts :meth:`plot`'s imports in the background (if ``plot``), for a time the
-        main thread only waits (the steps' loading, which holds no lock of Python's)."""
-        if plot and self.work is not None and jax.process_index() == 0:
-            self.in_background(plotting_modules)
+    def import_ahead(self, *, plot: bool) -> None:
+        """Starts the imports the run needs later in a thread, for a time the main thread
+        only waits (the steps' loading, which holds no lock of Python's): orbax, for the
+        first save, and the plot's modules (if ``plot``). Both are pure Python: beside
+        the last save they hold it up (its wait 0.58 s with the plot's imports beside it,
+        0.2 s without, on a 2-core EPYC)."""
+        checkpoints = self.checkpoints is not None
+        plots = plot and self.work is not None and jax.process_index() == 0
+
+        def imports() -> None:
+            if checkpoints:
+                import orbax.checkpoint  # noqa: F401 - the first save's (Checkpoints.manager)
+            if plots:
+                plotting_modules()
+
+        self.in_background(imports)
 
     def plot(self) -> None:
         """Plots ``metrics.jsonl`` to ``metrics.png`` (process 0; nothing without a log)."""

@@ -364,11 +364,11 @@ def _host_copy(leaf: Any) -> np.ndarray:
 
 
 def _saved_form(leaf: Any) -> Any:
-    """A replicated array's own host copy, which orbax writes in about half the time of
-    the array (one replica, no sharding metadata: 0.3 ms against 0.7 ms a leaf, a step's
-    428 leaves in 0.15 s against 0.3 s on a 2-core EPYC); a copy, so that the next
-    step may reuse the array's buffer while the save runs. Other leaves as they are
-    (a restore gives each the sharding asked for, whichever form was written)."""
+    """A replicated array's own host copy, which orbax writes in half the time of the
+    array (one replica, no sharding metadata: 200 arrays in 0.14 s against 0.30 s on a
+    2-core EPYC); a copy, so that the next step may reuse the array's buffer while the
+    save runs. Other leaves as they are (a restore gives each the sharding asked for,
+    whichever form was written)."""
     if (isinstance(leaf, jax.Array) and leaf.is_fully_replicated
             and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)):
         return np.array(leaf.addressable_shards[0].data, copy=True)

@@ -59,8 +59,8 @@ def test_a_second_run_loads_its_programs_and_trains_the_same(tmp_path):
     assert sorted(p.name for p in entry.iterdir()) == [
         "eval.program", "init.program", "init.result", "state.shapes", "train.program"]
     second = _run(tmp_path, "b")
-    # The initial state (not its program: a hit on the result skips it), train and eval.
-    assert LOADED not in first and f"3 {LOADED}" in second
+    # Train and eval, and the initial state (not its program: a hit on the result skips it).
+    assert LOADED not in first and f"2 programs and 1 result {LOADED}" in second
     assert _metrics(tmp_path, "b") == _metrics(tmp_path, "a")
 
 
@@ -86,7 +86,8 @@ def test_a_damaged_program_is_compiled_again(tmp_path):
     (entry,) = _entries(tmp_path)
     (entry / "train.program").write_bytes(b"not a program")
     second = _run(tmp_path, "b")
-    assert f"2 {LOADED}" in second  # Init and eval; train compiled again and saved.
+    # Eval, and init's result; train compiled again and saved.
+    assert f"1 program and 1 result {LOADED}" in second
     assert (entry / "train.program").stat().st_size > 1000
     assert _metrics(tmp_path, "b") == _metrics(tmp_path, "a")
 
@@ -216,7 +217,7 @@ def test_a_result_is_loaded_without_its_program(tmp_path):
     os.remove(os.path.join(writer.folder, "init.program"))  # Not needed again.
     reader = program_cache.ProgramCache(str(tmp_path), "k" * 32, live={})
     loaded = reader.result("init", jax.jit(_init), key, sharding=sharding)
-    assert (reader.hits, reader.misses) == (1, 0)
+    assert (reader.results, reader.hits, reader.misses) == (1, 0, 0)
     assert loaded["w"].sharding == sharding and loaded["step"].dtype == jnp.int32
     np.testing.assert_array_equal(loaded["w"], fresh["w"])
 
@@ -227,7 +228,8 @@ def test_a_result_for_other_argument_values_is_computed_again(tmp_path):
     cache.result("init", jax.jit(_init), jax.random.key(3, impl="rbg"), sharding=sharding)
     other = cache.result("init", jax.jit(_init), jax.random.key(4, impl="rbg"),
                          sharding=sharding)
-    assert cache.hits == 1  # The program, for the second seed; not the first seed's result.
+    # The program, for the second seed; not the first seed's result.
+    assert (cache.results, cache.hits) == (0, 1)
     np.testing.assert_array_equal(other["w"], _init(jax.random.key(4, impl="rbg"))["w"])
 
 

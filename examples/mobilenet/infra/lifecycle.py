@@ -238,8 +238,9 @@ class Lifecycle:
             yield compiled
             compiled.update((name, task.result()) for name, task in tasks.items())
         counts = stats.counts()
-        loaded = (f", {cache.hits} loaded whole from the program cache" if cache and cache.hits
-                  else "")
+        found = [f"{count} {what}{'s' if count != 1 else ''}" for count, what in
+                 ((cache.hits, "program"), (cache.results, "result")) if count] if cache else []
+        loaded = f", {' and '.join(found)} loaded whole from the program cache" if found else ""
         self.say(f"initialized and compiled in {time.perf_counter() - start:.1f} s "
                  f"({counts['compile_seconds']:.1f} s in the compiler, {counts['cache_hits']} "
                  f"programs from the persistent cache{loaded})")

@@ -117,6 +117,7 @@ class ProgramCache:
       folder: Where this key's files are.
       hits: Programs loaded from the cache so far.
       misses: Programs compiled (and saved, where they could be) so far.
+      results: Results (:meth:`result`) loaded from the cache, without their program.
     """
 
     def __init__(self, directory: str, key: str, *, live: Mapping[str, object]):
@@ -129,6 +130,7 @@ class ProgramCache:
         self.folder = os.path.join(directory, key[:32])
         self.hits = 0
         self.misses = 0
+        self.results = 0
         self._live = dict(live)
 
     def shapes(self, name: str, build: Callable[[], T]) -> T:
@@ -186,7 +188,7 @@ class ProgramCache:
         digest = _digest(args)
         loaded = self._read(name + ".result")
         if loaded is not None and loaded[0] == digest:
-            self.hits += 1
+            self.results += 1
             return jax.device_put(loaded[1], sharding)
         out = self.compile(name, jitted, *args)(*args)
         if sum(leaf.nbytes for leaf in jax.tree.leaves(out)) > RESULT_LIMIT:

@@ -20,6 +20,7 @@ package after another in a fresh process, and prints where the fixed cost goes.
     python benchmarks/startup.py --against /tmp/old --repeats 3
     python benchmarks/startup.py --against /tmp/old --against-python /tmp/venv/bin/python
     python benchmarks/startup.py --quick               # a tiny model, 12 steps
+    python benchmarks/startup.py --repeats 1 --phases  # and where a warm run's time goes
 """
 
 from __future__ import annotations
@@ -51,6 +52,76 @@ IMPORTS = (("python start, and exit after the imports", "pass"), ("numpy", "impo
            ("matplotlib.pyplot (the plot)", "import matplotlib.pyplot"),
            ("sklearn.datasets, model_selection (uncached digits)",
             "import sklearn.datasets, sklearn.model_selection"))
+
+
+# Run as `python -c` with TREE and ARGS prepended: the command of `examples/train.py` as its
+# `__main__` runs it, with the run's phases timed (wrappers around the recipe's functions;
+# one JSON line of (phase, start s, seconds) on stderr at the end).
+PHASE_DRIVER = r"""
+import json, os, sys, time
+sys.path.insert(0, os.path.join(TREE, "examples"))
+sys.argv = [os.path.join(TREE, "examples", "train.py"), *ARGS]
+import train as command
+from mobilenet import train, train_state
+from mobilenet.infra import lifecycle, progress, startup
+EVENTS = [("imports (from the process's start)", 0.0, startup.process_seconds())]
+
+def timed(owner, name, label):
+    function = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        start = startup.process_seconds()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            EVENTS.append((label, start, startup.process_seconds() - start))
+    setattr(owner, name, wrapper)
+
+for owner, name, label in (
+        (train, "prepare", "data and steps built"),
+        (lifecycle.Lifecycle, "restore", "settings checked, checkpoint restored"),
+        (train, "_initialize", "steps loaded or compiled, state initialized"),
+        (train_state, "evaluate", "evaluation"), (lifecycle.Lifecycle, "save", "save (its start)"),
+        (lifecycle.Lifecycle, "wait_for_save", "final save's wait"),
+        (lifecycle.Lifecycle, "plot", "plot")):
+    timed(owner, name, label)
+first = progress.Progress.stepped
+def stepped(self, done, *args, **kwargs):
+    result = first(self, done, *args, **kwargs)
+    if not any(event[0] == "first step" for event in EVENTS):
+        loaded = [e for e in EVENTS if e[0].startswith("steps loaded")][-1]
+        end = loaded[1] + loaded[2]
+        EVENTS.append(("first step", end, startup.process_seconds() - end))
+    return result
+progress.Progress.stepped = stepped
+code = command._main_as_process()
+EVENTS.append(("main() returned at", startup.process_seconds(), 0.0))
+print("PHASES " + json.dumps(EVENTS), file=sys.stderr, flush=True)
+sys.exit(code)
+"""
+
+
+def phases(tree: str, cache_home: str, extra: list[str]) -> list[tuple[str, int, float]]:
+    """One warm run of ``tree``'s command with its phases timed: (phase, count, seconds),
+    the last row the exit (the process's wall time after ``main()`` returned)."""
+    workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(cache_home))
+    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
+    env.pop("PYTHONPATH", None)
+    env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # As the command's restart.
+    driver = f"TREE = {tree!r}\nARGS = {['--workdir', workdir, *extra]!r}\n" + PHASE_DRIVER
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", driver], cwd=tree, env=env,
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    line = [row for row in done.stderr.splitlines() if row.startswith("PHASES ")]
+    if done.returncode != 0 or not line:
+        raise SystemExit(f"the timed run failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    events = json.loads(line[-1][len("PHASES "):])
+    rows: dict[str, list[float]] = {}
+    for name, _, seconds in events[:-1]:
+        rows.setdefault(name, []).append(seconds)
+    returned = events[-1][1]
+    return [(name, len(values), sum(values)) for name, values in rows.items()] + [
+        ("exit (after main() returned)", 1, max(wall - returned, 0.0))]
 
 
 def steps_seconds(workdir: str) -> float:
@@ -123,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against-python", metavar="PYTHON", default=sys.executable,
                         help="the interpreter (environment) of --against (default: this one)")
     parser.add_argument("--args", default="", help="extra flags for examples/train.py")
+    parser.add_argument("--phases", action="store_true",
+                        help="also time one more warm run of this tree phase by phase")
     _harness.add_output_arguments(parser, "startup")
     args = parser.parse_args(argv)
     extra = shlex.split(args.args) + (shlex.split(QUICK_ARGS) if args.quick else [])
@@ -141,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in (list(trees) if repeat % 2 == 0 else list(reversed(trees))):
                 results[name]["warm"].append(
                     run_once(trees[name], homes[name], extra, pythons[name]))
+        timed = phases(ROOT, homes["this tree"], extra) if args.phases else []
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = []
@@ -164,10 +238,14 @@ def main(argv: list[str] | None = None) -> None:
     for index, (label, _) in enumerate(imports["this tree"]):
         print(f"  {label:52s} " + " ".join(f"{imports[name][index][1]:10.2f}"
                                             for name in trees))
+    if timed:
+        print("\na warm run of this tree, phase by phase (seconds, summed over a phase's calls):")
+        for label, count, seconds in timed:
+            print(f"  {label:52s} {seconds:6.2f}" + (f"  ({count} calls)" if count > 1 else ""))
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     path = _harness.write_json(args, "startup", {
         "machine": info, "command": command, "runs": results, "table": rows,
-        "imports": imports})
+        "imports": imports, "phases": timed})
     print(f"wrote {path}")
 
 

@@ -117,3 +117,18 @@ def test_the_benchmark_sums_the_steps_as_the_run_timed_them(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     # Steps 2-25 (the first compiles) at 1600 images/s, 26-50 at 800.
     assert benchmark.steps_seconds(str(tmp_path)) == pytest.approx(24 * 64 / 1600 + 25 * 64 / 800)
+
+
+def test_the_benchmark_times_a_warm_run_phase_by_phase(tmp_path):
+    out = tmp_path / "startup.json"
+    done = subprocess.run([sys.executable, os.path.join("benchmarks", "startup.py"), "--quick",
+                           "--repeats", "1", "--phases", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["phases"]
+    timed = {name: (count, seconds) for name, count, seconds in rows}
+    assert rows[0][0] == "imports (from the process's start)"
+    assert {"steps loaded or compiled, state initialized", "first step", "final save's wait",
+            "plot", "exit (after main() returned)"} <= set(timed)
+    assert timed["save (its start)"][0] >= 1 and timed["evaluation"][0] >= 1  # The final ones.
+    assert all(seconds >= 0 for _, seconds in timed.values())

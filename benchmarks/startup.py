@@ -124,6 +124,14 @@ def phases(tree: str, cache_home: str, extra: list[str]) -> list[tuple[str, int,
         ("exit (after main() returned)", 1, max(wall - returned, 0.0))]
 
 
+def print_phases(timed: list[tuple[str, int, float]]) -> None:
+    """The table of :func:`phases` (nothing if empty)."""
+    if timed:
+        print("\na warm run of this tree, phase by phase (seconds, summed over a phase's calls):")
+        for label, count, seconds in timed:
+            print(f"  {label:52s} {seconds:6.2f}" + (f"  ({count} calls)" if count > 1 else ""))
+
+
 def steps_seconds(workdir: str) -> float:
     """The training steps' own time, summed from ``metrics.jsonl``."""
     with open(os.path.join(workdir, "config.json")) as file:
@@ -238,10 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     for index, (label, _) in enumerate(imports["this tree"]):
         print(f"  {label:52s} " + " ".join(f"{imports[name][index][1]:10.2f}"
                                             for name in trees))
-    if timed:
-        print("\na warm run of this tree, phase by phase (seconds, summed over a phase's calls):")
-        for label, count, seconds in timed:
-            print(f"  {label:52s} {seconds:6.2f}" + (f"  ({count} calls)" if count > 1 else ""))
+    print_phases(timed)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     path = _harness.write_json(args, "startup", {
         "machine": info, "command": command, "runs": results, "table": rows,

@@ -9,6 +9,7 @@ as it is. A write that fails (a full disk) leaves the file as it was and raises
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -81,11 +82,12 @@ class MetricsLog:
         self.records.append(record)
 
 
+@functools.cache
 def plotting_modules() -> tuple[Any, Any]:
     """matplotlib's ``Figure`` and its Agg canvas: the plot's imports (about 0.45 s on a
     2-core CPU), which :meth:`~mobilenet.infra.lifecycle.Lifecycle.import_ahead` does in
-    the background, with the parser of the log axis's labels (built on first use, 0.05 s).
-    No ``pyplot``: no global figure state, safe in any thread."""
+    the background, with the parser of the log axis's labels (built on first use, 0.05 s);
+    once per process. No ``pyplot``: no global figure state, safe in any thread."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.mathtext import MathTextParser

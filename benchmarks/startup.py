@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import _harness
 
@@ -86,11 +87,11 @@ for owner, name, label in (
     timed(owner, name, label)
 first = progress.Progress.stepped
 def stepped(self, done, *args, **kwargs):
+    progress.Progress.stepped = first  # Only the first step is timed.
     result = first(self, done, *args, **kwargs)
-    if not any(event[0] == "first step" for event in EVENTS):
-        loaded = [e for e in EVENTS if e[0].startswith("steps loaded")][-1]
-        end = loaded[1] + loaded[2]
-        EVENTS.append(("first step", end, startup.process_seconds() - end))
+    loaded = [e for e in EVENTS if e[0].startswith("steps loaded")][-1]
+    end = loaded[1] + loaded[2]
+    EVENTS.append(("first step", end, startup.process_seconds() - end))
     return result
 progress.Progress.stepped = stepped
 code = command._main_as_process()
@@ -103,18 +104,14 @@ sys.exit(code)
 def phases(tree: str, cache_home: str, extra: list[str]) -> list[tuple[str, int, float]]:
     """One warm run of ``tree``'s command with its phases timed: (phase, count, seconds),
     the last row the exit (the process's wall time after ``main()`` returned)."""
-    workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(cache_home))
-    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
-    env.pop("PYTHONPATH", None)
-    env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # As the command's restart.
-    driver = f"TREE = {tree!r}\nARGS = {['--workdir', workdir, *extra]!r}\n" + PHASE_DRIVER
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", driver], cwd=tree, env=env,
-                          capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
+    done, wall, _ = _fresh_run(
+        tree, cache_home, lambda workdir: [sys.executable, "-c", (
+            f"TREE = {tree!r}\nARGS = {['--workdir', workdir, *extra]!r}\n" + PHASE_DRIVER)],
+        # As the command's restart, which the driver bypasses.
+        GLIBC_TUNABLES=os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"))
     line = [row for row in done.stderr.splitlines() if row.startswith("PHASES ")]
-    if done.returncode != 0 or not line:
-        raise SystemExit(f"the timed run failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    if not line:
+        raise SystemExit(f"startup: the timed run printed no phases:\n{done.stderr[-2000:]}")
     events = json.loads(line[-1][len("PHASES "):])
     rows: dict[str, list[float]] = {}
     for name, _, seconds in events[:-1]:
@@ -145,21 +142,30 @@ def steps_seconds(workdir: str) -> float:
     return seconds
 
 
-def run_once(tree: str, cache_home: str, extra: list[str], python: str = sys.executable
-             ) -> dict[str, float | None]:
-    """Runs the command of checkout ``tree`` with ``python`` in a fresh work directory (in
-    ``cache_home``'s folder, removed with it); its figures."""
+def _fresh_run(tree: str, cache_home: str, command: Callable[[str], list[str]],
+               **env: str) -> tuple[subprocess.CompletedProcess[str], float, str]:
+    """Runs ``command(workdir)`` in checkout ``tree`` with a fresh work directory (in
+    ``cache_home``'s folder, removed with it), ``cache_home`` as ``$XDG_CACHE_HOME`` and
+    ``env`` added: the finished process, its wall seconds and the work directory."""
     workdir = tempfile.mkdtemp(prefix="run-", dir=os.path.dirname(cache_home))
-    env = {**os.environ, "XDG_CACHE_HOME": cache_home}
-    env.pop("PYTHONPATH", None)  # The script finds its own `mobilenet` package.
+    environment = {**os.environ, "XDG_CACHE_HOME": cache_home, **env}
+    environment.pop("PYTHONPATH", None)  # The script finds its own `mobilenet` package.
     start = time.perf_counter()
-    done = subprocess.run([python, os.path.join(tree, "examples", "train.py"),
-                           "--workdir", workdir, *extra], cwd=tree, env=env,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(command(workdir), cwd=tree, env=environment, capture_output=True,
+                          text=True, check=False)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"startup: {tree}'s command failed ({done.returncode}):\n"
                          f"{done.stderr[-2000:]}")
+    return done, wall, workdir
+
+
+def run_once(tree: str, cache_home: str, extra: list[str], python: str = sys.executable
+             ) -> dict[str, float | None]:
+    """Runs the command of checkout ``tree`` with ``python`` in a fresh work directory (in
+    ``cache_home``'s folder, removed with it); its figures."""
+    done, wall, workdir = _fresh_run(tree, cache_home, lambda workdir: [
+        python, os.path.join(tree, "examples", "train.py"), "--workdir", workdir, *extra])
     steps = steps_seconds(workdir)
     text = done.stdout + done.stderr
 

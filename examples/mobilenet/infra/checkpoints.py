@@ -371,7 +371,7 @@ def _saved_form(leaf: Any) -> Any:
     whichever form was written)."""
     if (isinstance(leaf, jax.Array) and leaf.is_fully_replicated
             and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)):
-        return np.array(leaf.addressable_shards[0].data, copy=True)
+        return np.array(_host_copy(leaf), copy=True)
     return leaf
 
 

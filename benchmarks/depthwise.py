@@ -64,6 +64,12 @@ CONV_FORMS = {
 }
 
 
+def _through_float32(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The native kernels on float32 casts of ``x`` and ``kernel``, cast back to ``x``'s dtype."""
+    wide = CONV_FORMS["native"](x.astype(jnp.float32), kernel.astype(jnp.float32))
+    return wide.astype(x.dtype)
+
+
 def _case(fn, *args) -> harness.Case:
     return harness.Case(setup=lambda _: None, run=lambda _: fn(*args))
 
@@ -72,14 +78,16 @@ def conv_rows(shape: Sequence[int], repeats: int, dtype: Any = jnp.float32
               ) -> list[dict[str, Any]]:
     """Forward and forward+backward times of the depthwise forms at ``shape``.
 
-    In a 16-bit ``dtype`` a last row times the native kernels on float32 copies of
-    the same inputs (made outside the timing): what the casts around them cost.
+    In bfloat16 two more rows time the native kernels through float32 casts (inside the
+    timing: what the kernels did before they read bfloat16) and on float32 copies of the
+    same inputs (made outside the timing: the float32 kernels' own time).
     """
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape, dtype=np.float32), dtype)
     kernel = jnp.asarray(rng.standard_normal((3, 3, 1, shape[-1]), dtype=np.float32), dtype)
     candidates = {name: (form, (x, kernel)) for name, form in CONV_FORMS.items()}
     if jnp.dtype(dtype).itemsize < 4:
+        candidates["native through float32 casts"] = (_through_float32, (x, kernel))
         candidates["native on float32 copies"] = (
             CONV_FORMS["native"], (x.astype(jnp.float32), kernel.astype(jnp.float32)))
     forward, backward, rows = {}, {}, {}
@@ -155,7 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "default) or the ImageNet one (by 32: 1x1 maps at 32x32)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="the single convolution's dtype (bfloat16 adds the native "
-                             "kernels on float32 copies: the casts' cost)")
+                             "kernels through float32 casts and on float32 copies)")
     parser.add_argument("--skip-step", action="store_true",
                         help="time the single convolution only")
     return parser.parse_args(argv)

@@ -231,16 +231,21 @@ def _native_supported(pads) -> bool:
     return all(p >= 0 for pair in pads for p in pair) and native.available()
 
 
+# The element types the native kernels compute in; any other is cast to float32 around them.
+NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
 def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
-    """:func:`_native` in float32 (the kernels' only dtype), returned in ``x``'s dtype."""
-    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+    """:func:`_native` in ``x``'s dtype: float32 and bfloat16 as they are (the kernels read
+    and write both, summing in float32), others through float32 copies."""
+    if x.dtype in NATIVE_DTYPES and kernel.dtype == x.dtype:
         return _native(x, kernel, strides, pads)
     wide = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads)
     return wide.astype(x.dtype)
 
 
 def _ffi_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), operands[0].dtype))
     return call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
                 pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
@@ -402,8 +407,9 @@ def depthwise_conv(
       impl: ``"grouped"`` (the grouped convolution: fast on GPU/TPU, slow on
         XLA:CPU), ``"shifted"`` (``kh * kw`` shifted multiply-adds of XLA ops
         with a matching custom backward pass: fast on CPU), ``"native"`` (the
-        C++ kernels of :mod:`mobilenet.native` through XLA's FFI, CPU only, in
-        float32: fastest on CPU; padding must be >= 0) or ``"auto"`` (on CPU
+        C++ kernels of :mod:`mobilenet.native` through XLA's FFI, CPU only, on
+        float32 and bfloat16 arrays as they are (other dtypes through float32
+        copies): fastest on CPU; padding must be >= 0) or ``"auto"`` (on CPU
         native where its kernels could be built, else shifted; grouped
         elsewhere; chosen at lowering time, so it follows the device the
         jitted function runs on).

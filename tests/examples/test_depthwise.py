@@ -28,6 +28,9 @@ CASES = [
     ((2, 9, 7, 4), 5, 1, "SAME"),
     ((2, 7, 9, 5), 3, 2, "VALID"),
     ((1, 6, 7, 3), 3, (2, 1), ((0, 1), (2, 1))),
+    # 45 and 40 channels: the native kernels' blocks of 32 and of 8 channels, and the rest.
+    ((2, 7, 9, 45), 3, 2, "SAME"),
+    ((1, 6, 7, 40), 3, (2, 1), ((0, 1), (2, 1))),
 ]
 
 
@@ -83,6 +86,57 @@ def test_half_precision_keeps_dtype(impl):
                           impl="grouped")
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(y.astype(jnp.float32), want, rtol=3e-2, atol=3e-2)
+
+
+def _native_values_and_grads(x, kernel, g, strides, padding, *, through_float32=False):
+    def f(x, kernel):
+        if through_float32:  # The float32 kernels on widened copies, rounded back.
+            wide = depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32),
+                                  strides=strides, padding=padding, impl="native")
+            return wide.astype(x.dtype)
+        return depthwise_conv(x, kernel, strides=strides, padding=padding, impl="native")
+
+    def run(x, kernel, g):
+        y, vjp = jax.vjp(f, x, kernel)
+        return (y, *vjp(g))
+
+    return jax.jit(run)(x, kernel, g)
+
+
+@pytest.mark.parametrize("shape,k,strides,padding", CASES)
+def test_native_bfloat16_is_the_float32_kernels_rounded_once(shape, k, strides, padding):
+    # The kernels read bfloat16, sum in float32 and round each result once: the bits of
+    # the float32 kernels on widened copies with the results converted to bfloat16.
+    # Non-finite values too: an inf kernel tap and a NaN in the output gradient.
+    _skip_without_native("native")
+    x, kernel = _inputs(shape, k, jnp.bfloat16)
+    kernel = kernel.at[0, 0, 0, 1].set(jnp.inf)
+    y_shape = jax.eval_shape(functools.partial(depthwise_conv, strides=strides, padding=padding),
+                             x, kernel).shape
+    g = jnp.asarray(np.random.default_rng(1).normal(size=y_shape), jnp.bfloat16)
+    g = g.at[0, 0, 0, 2].set(jnp.nan)
+    got = _native_values_and_grads(x, kernel, g, strides, padding)
+    want = _native_values_and_grads(x, kernel, g, strides, padding, through_float32=True)
+    for name, a, b in zip(("output", "d/dx", "d/dkernel"), got, want):
+        assert a.dtype == b.dtype == jnp.bfloat16, name
+        a, b = np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32))
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_array_equal(np.where(np.isnan(a), 0, a).view(np.uint32),
+                                      np.where(np.isnan(b), 0, b).view(np.uint32), err_msg=name)
+
+
+def test_native_bfloat16_runs_without_float32_copies():
+    _skip_without_native("native")
+    x, kernel = _inputs((2, 6, 6, 4), 3, jnp.bfloat16)
+    def loss(x, k):  # Non-linear, so that the forward call stays in the gradient.
+        return jnp.sum(jnp.sin(depthwise_conv(x, k, impl="native").astype(jnp.float32)))
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
+    calls = [line for line in hlo.splitlines() if "custom_call_target=\"jrelu6_depthwise" in line]
+    assert len(calls) == 3
+    for line in calls:  # Result and operands in bfloat16.
+        assert "f32[" not in line.split("custom_call_target")[0], line
 
 
 def _cpu_gradient_hlo(impl: str) -> str:

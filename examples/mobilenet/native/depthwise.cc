@@ -4,8 +4,9 @@
 // generic loop, and the shifted multiply-adds that mobilenet/depthwise.py
 // builds from XLA ops pay for a padded copy of the input and compute the
 // kernel gradient as a reduction whose inner loop is not vectorised. These
-// three kernels do the same arithmetic directly on NHWC float32 arrays, with
-// the channel axis (contiguous in memory) as the vectorised inner loop:
+// three kernels do the same arithmetic directly on NHWC float32 or bfloat16
+// arrays, with the channel axis (contiguous in memory) as the vectorised inner
+// loop:
 //
 //   forward        y[n, p, q, c]  = sum_{i, j} x[n, p*sh - pt + i, q*sw - pl + j, c] * k[i, j, c]
 //   input grad     dx[n, a, b, c] = sum of g[n, p, q, c] * k[i, j, c] over the (p, q, i, j)
@@ -29,15 +30,28 @@
 //   value. The kernels skip padding taps while that changes nothing (a finite
 //   kernel, a finite output-gradient pixel) and multiply a row of zeros in
 //   their place otherwise.
+//
+// bfloat16 arrays are read and written as they are: each value is widened to
+// float32 as it is loaded (a 16-bit shift), every sum is a float32 sum in the
+// same order as for float32 arrays, and each result is rounded to the nearest
+// bfloat16 (ties to even) once, as it is stored. That gives the bits of the
+// float32 kernels run on widened copies with the results converted back, as
+// XLA converts, without the copies: two passes over each array fewer.
 
 #include <algorithm>
 #include <cstring>
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -90,15 +104,45 @@ int64_t KernelGradChunks(int64_t rows, int64_t row_pixels) {
   return std::clamp<int64_t>(std::min(rows, rows * row_pixels / 64), 1, 16);
 }
 
-// Whether no element is inf or NaN (all exponent bits set). On the bits, as an integer
-// OR-reduction: it vectorises, where a loop of std::isfinite does not.
-bool AllFinite(const float* v, int64_t n) {
+// The element types: float32, and bfloat16 held as the upper 16 bits of a float32.
+using Bf16 = uint16_t;
+
+inline float Widen(float v) { return v; }
+
+inline float Widen(Bf16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float wide;
+  std::memcpy(&wide, &bits, sizeof wide);
+  return wide;
+}
+
+inline void Narrow(float v, float* out) { *out = v; }
+
+// Round to nearest, ties to even (XLA's and ml_dtypes' conversion); a NaN stays a quiet
+// NaN of the same sign. Branch-free integer arithmetic, so the store loop vectorises.
+inline void Narrow(float v, Bf16* out) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  *out = static_cast<Bf16>(nan ? ((bits >> 16) & 0x8000u) | 0x7fc0u : rounded);
+}
+
+// Whether a value is inf or NaN (all exponent bits set), on its bits.
+inline uint32_t NonFinite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+}
+
+inline uint32_t NonFinite(Bf16 v) { return static_cast<uint32_t>((v & 0x7f80u) == 0x7f80u); }
+
+// Whether no element is inf or NaN. An integer OR-reduction over the bits: it
+// vectorises, where a loop of std::isfinite does not.
+template <typename T>
+bool AllFinite(const T* v, int64_t n) {
   uint32_t non_finite = 0;
-  for (int64_t e = 0; e < n; ++e) {
-    uint32_t bits;
-    std::memcpy(&bits, v + e, sizeof bits);
-    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
+  for (int64_t e = 0; e < n; ++e) non_finite |= NonFinite(v[e]);
   return non_finite == 0;
 }
 
@@ -110,35 +154,126 @@ struct Geometry {
   int64_t pt, pl;        // padding before (top, left)
 };
 
-// The channel loops, kept out of line: inlined into the loops over taps and pixels,
-// GCC vectorises across those with gathers instead (several times slower).
-__attribute__((noinline)) void Multiply(float* __restrict out, const float* __restrict a,
-                                        const float* __restrict b, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) out[c] = a[c] * b[c];
+// Eight float32 lanes: one AVX register (two SSE or NEON registers elsewhere). The
+// channel loops below hold their sums in these across the taps (or, in the kernel
+// gradient, across a row's pixels) and store each once, where a loop over taps of
+// loops over channels would load and store the sum at every tap.
+typedef float F8 __attribute__((vector_size(32)));
+typedef uint32_t U8 __attribute__((vector_size(32)));
+typedef uint16_t H8 __attribute__((vector_size(16)));
+constexpr int64_t kLanes = 8;
+
+inline F8 Load8(const float* p) {
+  F8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 
-__attribute__((noinline)) void MultiplyAdd(float* __restrict out, const float* __restrict a,
-                                           const float* __restrict b, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) out[c] += a[c] * b[c];
+inline F8 Load8(const Bf16* p) {
+#ifdef __AVX2__  // One zero-extending load and a shift (GCC's generic form takes six).
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+  return reinterpret_cast<F8>(_mm256_castsi256_ps(bits));
+#else
+  H8 half;
+  std::memcpy(&half, p, sizeof half);
+  const U8 bits = __builtin_convertvector(half, U8) << 16;
+  F8 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+#endif
 }
 
-// out[0:C] = sum over the taps t of a[t][0:C] * b[t][0:C]. The output row (at most a
-// few KiB) stays in L1 while each tap streams over it.
-inline void DotTaps(const float* const* a, const float* const* b, int taps, int64_t channels,
-                    float* out) {
-  if (taps == 0) {
-    std::fill(out, out + channels, 0.0f);
-    return;
+inline void Store8(float* p, F8 v) { std::memcpy(p, &v, sizeof v); }
+
+// Narrow's rounding, lane by lane.
+inline void Store8(Bf16* p, F8 v) {
+  U8 bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const U8 nan = (U8)((bits & 0x7fffffffu) > 0x7f800000u);  // All ones where NaN.
+  const U8 rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const U8 quiet = ((bits >> 16) & 0x8000u) | 0x7fc0u;
+  const H8 half = __builtin_convertvector((nan & quiet) | (~nan & rounded), H8);
+  std::memcpy(p, &half, sizeof half);
+}
+
+// Sums kept in registers: blocks of kWide vectors (32 channels) give four independent
+// chains of additions, where one vector's chain would wait on each addition's latency.
+constexpr int kWide = 4;
+
+// out[c:c + V * 8] = sum over the taps t of a[t] * b[t] there, in tap order.
+template <int V, typename T>
+inline void DotTapsBlock(const T* const* a, const float* const* b, int taps, int64_t c,
+                         T* out) {
+  F8 sum[V] = {};
+  if (taps > 0)
+    for (int v = 0; v < V; ++v) sum[v] = Load8(a[0] + c + v * kLanes) * Load8(b[0] + c + v * kLanes);
+  for (int t = 1; t < taps; ++t)
+    for (int v = 0; v < V; ++v) sum[v] += Load8(a[t] + c + v * kLanes) * Load8(b[t] + c + v * kLanes);
+  for (int v = 0; v < V; ++v) Store8(out + c + v * kLanes, sum[v]);
+}
+
+// out[0:C] = sum over the taps t of a[t][0:C] * b[t][0:C], summed in float32 in tap
+// order, rounded to T once.
+template <typename T>
+void DotTaps(const T* const* a, const float* const* b, int taps, int64_t channels, T* out) {
+  int64_t c = 0;
+  for (; c + kWide * kLanes <= channels; c += kWide * kLanes) DotTapsBlock<kWide>(a, b, taps, c, out);
+  for (; c + kLanes <= channels; c += kLanes) DotTapsBlock<1>(a, b, taps, c, out);
+  for (; c < channels; ++c) {
+    float sum = 0.0f;
+    if (taps > 0) sum = Widen(a[0][c]) * b[0][c];
+    for (int t = 1; t < taps; ++t) sum += Widen(a[t][c]) * b[t][c];
+    Narrow(sum, out + c);
   }
-  Multiply(out, a[0], b[0], channels);
-  for (int t = 1; t < taps; ++t) MultiplyAdd(out, a[t], b[t], channels);
+}
+
+// out[c:c + V * 8] += sum over q in [q_begin, q_end) of dy[q * C + c] * x[(q * sw + offset) * C + c]
+// there, in q order.
+template <int V, typename T>
+inline void DotPixelsBlock(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t sw,
+                           int64_t offset, int64_t channels, int64_t c, float* out) {
+  F8 sum[V];
+  for (int v = 0; v < V; ++v) sum[v] = Load8(out + c + v * kLanes);
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const T* g = dy + q * channels + c;
+    const T* in = x + (q * sw + offset) * channels + c;
+    for (int v = 0; v < V; ++v) sum[v] += Load8(g + v * kLanes) * Load8(in + v * kLanes);
+  }
+  for (int v = 0; v < V; ++v) Store8(out + c + v * kLanes, sum[v]);
+}
+
+// out[0:C] += sum over q in [q_begin, q_end) of dy[q * C + c] * x[(q * sw + offset) * C + c],
+// in q order.
+template <typename T>
+void DotPixels(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t sw,
+               int64_t offset, int64_t channels, float* out) {
+  int64_t c = 0;
+  for (; c + kWide * kLanes <= channels; c += kWide * kLanes)
+    DotPixelsBlock<kWide>(dy, x, q_begin, q_end, sw, offset, channels, c, out);
+  for (; c + kLanes <= channels; c += kLanes)
+    DotPixelsBlock<1>(dy, x, q_begin, q_end, sw, offset, channels, c, out);
+  for (; c < channels; ++c) {
+    float sum = out[c];
+    for (int64_t q = q_begin; q < q_end; ++q)
+      sum += Widen(dy[q * channels + c]) * Widen(x[(q * sw + offset) * channels + c]);
+    out[c] = sum;
+  }
+}
+
+// out[0:C] += a[0:C] * b[0:C]: a padding tap's product in the kernel gradient.
+template <typename T>
+void MultiplyAdd(float* out, const T* a, const T* b, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) out[c] += Widen(a[c]) * Widen(b[c]);
 }
 
 // `zeros` (C zeros) stands for the padding where it must be multiplied (a kernel that
-// is not finite); null where padding taps can be skipped.
-void Forward(const Geometry& g, const float* x, const float* k, const float* zeros, float* y,
+// is not finite); null where padding taps can be skipped. `k` is the kernel in float32.
+template <typename T>
+void Forward(const Geometry& g, const T* x, const float* k, const T* zeros, T* y,
              int64_t row_begin, int64_t row_end) {
-  std::vector<const float*> xs(g.kh * g.kw), ks(g.kh * g.kw);
+  std::vector<const T*> xs(g.kh * g.kw);
+  std::vector<const float*> ks(g.kh * g.kw);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
     for (int64_t q = 0; q < g.wo; ++q) {
@@ -163,9 +298,11 @@ void Forward(const Geometry& g, const float* x, const float* k, const float* zer
 
 // As lax.conv's transpose: a tap that falls on padding or between strided outputs
 // multiplies a zero (`zeros`, when the kernel is not finite; else it is skipped).
-void InputGrad(const Geometry& g, const float* dy, const float* k, const float* zeros,
-               float* dx, int64_t row_begin, int64_t row_end) {
-  std::vector<const float*> gs(g.kh * g.kw), ks(g.kh * g.kw);
+template <typename T>
+void InputGrad(const Geometry& g, const T* dy, const float* k, const T* zeros, T* dx,
+               int64_t row_begin, int64_t row_end) {
+  std::vector<const T*> gs(g.kh * g.kw);
+  std::vector<const float*> ks(g.kh * g.kw);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.h, a = row % g.h;
     for (int64_t b = 0; b < g.w; ++b) {
@@ -188,27 +325,33 @@ void InputGrad(const Geometry& g, const float* dy, const float* k, const float* 
   }
 }
 
-// Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c]. A padding tap
-// adds dy * 0: nothing where that dy pixel is finite (checked only there, at the
-// borders), NaN in the channels where it is not.
-void KernelGrad(const Geometry& g, const float* x, const float* dy, const float* zeros,
-                float* acc, int64_t row_begin, int64_t row_end) {
+// Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c] (float32), in row
+// and then q order. A padding tap adds dy * 0: nothing where that dy pixel is finite
+// (checked only there, at the borders), NaN in the channels where it is not.
+template <typename T>
+void KernelGrad(const Geometry& g, const T* x, const T* dy, const T* zeros, float* acc,
+                int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
-    const float* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
+    const T* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t a = p * g.sh - g.pt + i;
       const bool row_inside = a >= 0 && a < g.h;
       for (int64_t j = 0; j < g.kw; ++j) {
         float* out = acc + (i * g.kw + j) * g.c;
+        // The output columns q whose tap column b = q * sw - pl + j lies inside the input.
+        const int64_t offset = j - g.pl;
+        int64_t q_begin = 0, q_end = 0;  // Empty: every tap of this row is padding.
+        if (row_inside && g.w - 1 - offset >= 0) {
+          q_begin = std::min(g.wo, offset >= 0 ? 0 : (-offset + g.sw - 1) / g.sw);
+          q_end = std::max(q_begin, std::min(g.wo, (g.w - 1 - offset) / g.sw + 1));
+          DotPixels(dy_row, x + (n * g.h + a) * g.w * g.c, q_begin, q_end, g.sw, offset, g.c,
+                    out);
+        }
         for (int64_t q = 0; q < g.wo; ++q) {
-          const int64_t b = q * g.sw - g.pl + j;
-          const float* dy_pixel = dy_row + q * g.c;
-          if (row_inside && b >= 0 && b < g.w) {
-            MultiplyAdd(out, dy_pixel, x + ((n * g.h + a) * g.w + b) * g.c, g.c);
-          } else if (!AllFinite(dy_pixel, g.c)) {
-            MultiplyAdd(out, dy_pixel, zeros, g.c);
-          }
+          if (q >= q_begin && q < q_end) continue;
+          const T* dy_pixel = dy_row + q * g.c;
+          if (!AllFinite(dy_pixel, g.c)) MultiplyAdd(out, dy_pixel, zeros, g.c);
         }
       }
     }
@@ -222,94 +365,141 @@ Geometry MakeGeometry(ffi::Span<const int64_t> input, ffi::Span<const int64_t> o
                   window[0], window[1], sh,      sw,       pt,        pl};
 }
 
-ffi::Error CheckGeometry(const Geometry& g) {
-  if (g.sh < 1 || g.sw < 1) return ffi::Error::InvalidArgument("depthwise: strides must be >= 1");
+// The geometry of a call whose image operands/results have rank 4 and whose kernel (or
+// kernel gradient) has rank 3; an error for anything else.
+ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& output,
+                           const ffi::AnyBuffer& window, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pl, Geometry* g) {
+  if (input.dimensions().size() != 4 || output.dimensions().size() != 4 ||
+      window.dimensions().size() != 3)
+    return ffi::Error::InvalidArgument("depthwise: need NHWC images and a (kh, kw, C) kernel");
+  if (sh < 1 || sw < 1) return ffi::Error::InvalidArgument("depthwise: strides must be >= 1");
+  *g = MakeGeometry(input.dimensions(), output.dimensions(), window.dimensions(), sh, sw, pt,
+                    pl);
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x,
-                       ffi::Buffer<ffi::F32, 3> k, ffi::ResultBuffer<ffi::F32, 4> y,
-                       int64_t stride_h, int64_t stride_w, int64_t pad_top, int64_t pad_left) {
-  const Geometry g = MakeGeometry(x.dimensions(), y->dimensions(), k.dimensions(), stride_h,
-                                  stride_w, pad_top, pad_left);
-  if (auto error = CheckGeometry(g); error.failure()) return error;
-  const float* xp = x.typed_data();
-  const float* kp = k.typed_data();
-  float* yp = y->typed_data();
-  const std::vector<float> zeros(g.c, 0.0f);
-  const float* pad = AllFinite(kp, g.kh * g.kw * g.c) ? nullptr : zeros.data();
-  const int64_t rows = g.n * g.ho;
-  ParallelFor(pool, rows, Chunks(pool, rows),
-              [&](int64_t begin, int64_t end) { Forward(g, xp, kp, pad, yp, begin, end); });
+// Calls body(T{}) with T the element type that all of `types` share: float (F32) or
+// Bf16 (BF16); an error for any other type or a mix.
+template <typename Body>
+ffi::Error WithElementType(std::initializer_list<ffi::DataType> types, Body&& body) {
+  const ffi::DataType type = *types.begin();
+  for (ffi::DataType other : types)
+    if (other != type)
+      return ffi::Error::InvalidArgument("depthwise: operands and result must share a dtype");
+  if (type == ffi::DataType::F32) return body(float{});
+  if (type == ffi::DataType::BF16) return body(Bf16{});
+  return ffi::Error::InvalidArgument("depthwise: float32 or bfloat16 only");
+}
+
+// The kernel taps in float32: the buffer itself for float32, else a widened copy.
+template <typename T>
+const float* WideTaps(const T* k, int64_t size, std::vector<float>& copy) {
+  if constexpr (std::is_same_v<T, float>) {
+    return k;
+  } else {
+    copy.resize(size);
+    for (int64_t e = 0; e < size; ++e) copy[e] = Widen(k[e]);
+    return copy.data();
+  }
+}
+
+// The forward and input-gradient calls differ only in which kernel runs over which rows.
+template <typename T, typename Kernel>
+ffi::Error ByRows(ffi::ThreadPool& pool, const Geometry& g, const ffi::AnyBuffer& image,
+                  const ffi::AnyBuffer& taps, ffi::Result<ffi::AnyBuffer>& out, int64_t rows,
+                  Kernel kernel) {
+  std::vector<float> wide;
+  const float* k = WideTaps(taps.reinterpret_data<T>(), g.kh * g.kw * g.c, wide);
+  const std::vector<T> zeros(g.c, T{});
+  const T* pad = AllFinite(k, g.kh * g.kw * g.c) ? nullptr : zeros.data();
+  const T* in = image.reinterpret_data<T>();
+  T* result = out->reinterpret_data<T>();
+  ParallelFor(pool, rows, Chunks(pool, rows), [&](int64_t begin, int64_t end) {
+    kernel(g, in, k, pad, result, begin, end);
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> dy,
-                         ffi::Buffer<ffi::F32, 3> k, ffi::ResultBuffer<ffi::F32, 4> dx,
-                         int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                         int64_t pad_left) {
-  const Geometry g = MakeGeometry(dx->dimensions(), dy.dimensions(), k.dimensions(), stride_h,
-                                  stride_w, pad_top, pad_left);
-  if (auto error = CheckGeometry(g); error.failure()) return error;
-  const float* gp = dy.typed_data();
-  const float* kp = k.typed_data();
-  float* dxp = dx->typed_data();
-  const std::vector<float> zeros(g.c, 0.0f);
-  const float* pad = AllFinite(kp, g.kh * g.kw * g.c) ? nullptr : zeros.data();
-  const int64_t rows = g.n * g.h;
-  ParallelFor(pool, rows, Chunks(pool, rows),
-              [&](int64_t begin, int64_t end) { InputGrad(g, gp, kp, pad, dxp, begin, end); });
-  return ffi::Error::Success();
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer k,
+                       ffi::Result<ffi::AnyBuffer> y, int64_t stride_h, int64_t stride_w,
+                       int64_t pad_top, int64_t pad_left) {
+  Geometry g;
+  if (auto error = CheckedGeometry(x, *y, k, stride_h, stride_w, pad_top, pad_left, &g);
+      error.failure())
+    return error;
+  return WithElementType({x.element_type(), k.element_type(), y->element_type()}, [&](auto tag) {
+    using T = decltype(tag);
+    return ByRows<T>(pool, g, x, k, y, g.n * g.ho, Forward<T>);
+  });
 }
 
-ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x,
-                          ffi::Buffer<ffi::F32, 4> dy, ffi::ResultBuffer<ffi::F32, 3> dk,
-                          int64_t stride_h, int64_t stride_w, int64_t pad_top,
-                          int64_t pad_left) {
-  const Geometry g = MakeGeometry(x.dimensions(), dy.dimensions(), dk->dimensions(), stride_h,
-                                  stride_w, pad_top, pad_left);
-  if (auto error = CheckGeometry(g); error.failure()) return error;
-  const float* xp = x.typed_data();
-  const float* gp = dy.typed_data();
-  float* dkp = dk->typed_data();
+ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer k,
+                         ffi::Result<ffi::AnyBuffer> dx, int64_t stride_h, int64_t stride_w,
+                         int64_t pad_top, int64_t pad_left) {
+  Geometry g;
+  if (auto error = CheckedGeometry(*dx, dy, k, stride_h, stride_w, pad_top, pad_left, &g);
+      error.failure())
+    return error;
+  return WithElementType({dy.element_type(), k.element_type(), dx->element_type()},
+                         [&](auto tag) {
+                           using T = decltype(tag);
+                           return ByRows<T>(pool, g, dy, k, dx, g.n * g.h, InputGrad<T>);
+                         });
+}
+
+template <typename T>
+ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy,
+                           T* dk) {
   const int64_t size = g.kh * g.kw * g.c;
   const int64_t rows = g.n * g.ho;
   // One partial sum per chunk (not per thread), the chunks set by the shape alone:
   // the sum's order is fixed whatever the pool's size and schedule.
   const int64_t chunks = KernelGradChunks(rows, g.wo);
   std::vector<float> partial(chunks * size, 0.0f);
-  const std::vector<float> zeros(g.c, 0.0f);
+  const std::vector<T> zeros(g.c, T{});
   ParallelFor(pool, chunks, chunks, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      KernelGrad(g, xp, gp, zeros.data(), partial.data() + c * size, c * rows / chunks,
+      KernelGrad(g, x, dy, zeros.data(), partial.data() + c * size, c * rows / chunks,
                  (c + 1) * rows / chunks);
   });
-  std::fill(dkp, dkp + size, 0.0f);
+  std::vector<float> total(size, 0.0f);
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t e = 0; e < size; ++e) dkp[e] += partial[c * size + e];
+    for (int64_t e = 0; e < size; ++e) total[e] += partial[c * size + e];
+  for (int64_t e = 0; e < size; ++e) Narrow(total[e], dk + e);
   return ffi::Error::Success();
+}
+
+ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                          ffi::Result<ffi::AnyBuffer> dk, int64_t stride_h, int64_t stride_w,
+                          int64_t pad_top, int64_t pad_left) {
+  Geometry g;
+  if (auto error = CheckedGeometry(x, dy, *dk, stride_h, stride_w, pad_top, pad_left, &g);
+      error.failure())
+    return error;
+  return WithElementType({x.element_type(), dy.element_type(), dk->element_type()},
+                         [&](auto tag) {
+                           using T = decltype(tag);
+                           return KernelGradTyped<T>(pool, g, x.reinterpret_data<T>(),
+                                                     dy.reinterpret_data<T>(),
+                                                     dk->reinterpret_data<T>());
+                         });
 }
 
 }  // namespace
 
-// Aliases keep the commas of template arguments out of the macro arguments.
-using Image = ffi::Buffer<ffi::F32, 4>;
-using Taps = ffi::Buffer<ffi::F32, 3>;
-
-#define JRELU6_DEPTHWISE_BINDING(First, Second, Result)                             \
+#define JRELU6_DEPTHWISE_BINDING                                                    \
   ffi::Ffi::Bind()                                                                  \
       .Ctx<ffi::ThreadPool>()                                                       \
-      .Arg<First>()                                                                 \
-      .Arg<Second>()                                                                \
-      .Ret<Result>()                                                                \
+      .Arg<ffi::AnyBuffer>()                                                        \
+      .Arg<ffi::AnyBuffer>()                                                        \
+      .Ret<ffi::AnyBuffer>()                                                        \
       .Attr<int64_t>("stride_h")                                                    \
       .Attr<int64_t>("stride_w")                                                    \
       .Attr<int64_t>("pad_top")                                                     \
       .Attr<int64_t>("pad_left")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Jrelu6DepthwiseForward, ForwardImpl,
-                              JRELU6_DEPTHWISE_BINDING(Image, Taps, Image));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Jrelu6DepthwiseInputGrad, InputGradImpl,
-                              JRELU6_DEPTHWISE_BINDING(Image, Taps, Image));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Jrelu6DepthwiseForward, ForwardImpl, JRELU6_DEPTHWISE_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Jrelu6DepthwiseInputGrad, InputGradImpl, JRELU6_DEPTHWISE_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(Jrelu6DepthwiseKernelGrad, KernelGradImpl,
-                              JRELU6_DEPTHWISE_BINDING(Image, Image, Taps));
+                              JRELU6_DEPTHWISE_BINDING);

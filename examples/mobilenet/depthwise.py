@@ -245,7 +245,11 @@ def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Arr
 
 
 def _ffi_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), operands[0].dtype))
+    # The kernel gradient, a sum over the batch, stays in float32 (the kernels' sums):
+    # under a batch sharding the devices' partial sums are added in float32 too.
+    kernel_grad = target == "jrelu6_depthwise_kernel_grad"
+    dtype = jnp.float32 if kernel_grad else operands[0].dtype
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))
     return call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
                 pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
@@ -367,7 +371,7 @@ def _native_bwd(strides, pads, residuals, g):
     dx = _native_call("jrelu6_depthwise_input_grad", x.shape[1:3], strides, pads, g,
                       kernel.reshape(kh, kw, c))
     dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw), strides, pads, x, g)
-    return dx, dk.reshape(kernel.shape)
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
 _native.defvjp(_native_fwd, _native_bwd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 
@@ -133,10 +134,13 @@ def test_native_bfloat16_runs_without_float32_copies():
 
     grad = jax.grad(loss, argnums=(0, 1))
     hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
-    calls = [line for line in hlo.splitlines() if "custom_call_target=\"jrelu6_depthwise" in line]
-    assert len(calls) == 3
-    for line in calls:  # Result and operands in bfloat16.
-        assert "f32[" not in line.split("custom_call_target")[0], line
+    call = re.compile(r"= (\w+)\[[^=]* custom-call\(.*custom_call_target=\"(\w+)\", "
+                      r"operand_layout_constraints=\{(\w+)\[[^]]*\]\{[^}]*\}, (\w+)\[")
+    calls = {target: (result, *operands) for result, target, *operands in call.findall(hlo)}
+    # Operands in bfloat16, results too but for the kernel gradient (a float32 sum).
+    assert calls == {"jrelu6_depthwise_forward": ("bf16", "bf16", "bf16"),
+                     "jrelu6_depthwise_input_grad": ("bf16", "bf16", "bf16"),
+                     "jrelu6_depthwise_kernel_grad": ("f32", "bf16", "bf16")}
 
 
 def _cpu_gradient_hlo(impl: str) -> str:

@@ -33,10 +33,13 @@
 //
 // bfloat16 arrays are read and written as they are: each value is widened to
 // float32 as it is loaded (a 16-bit shift), every sum is a float32 sum in the
-// same order as for float32 arrays, and each result is rounded to the nearest
-// bfloat16 (ties to even) once, as it is stored. That gives the bits of the
-// float32 kernels run on widened copies with the results converted back, as
-// XLA converts, without the copies: two passes over each array fewer.
+// same order as for float32 arrays, and each forward and input-gradient
+// result is rounded to the nearest bfloat16 (ties to even) once, as it is
+// stored. That gives the bits of the float32 kernels run on widened copies with
+// the results converted back, as XLA converts, without the copies: two passes
+// over each array fewer. The kernel gradient, a sum over the whole batch, is
+// returned in float32 whatever the inputs' type, so that devices that each hold
+// part of the batch add their partial sums before anything is rounded.
 
 #include <algorithm>
 #include <cstring>
@@ -450,7 +453,7 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer
 
 template <typename T>
 ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy,
-                           T* dk) {
+                           float* dk) {
   const int64_t size = g.kh * g.kw * g.c;
   const int64_t rows = g.n * g.ho;
   // One partial sum per chunk (not per thread), the chunks set by the shape alone:
@@ -463,10 +466,9 @@ ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const T* x,
       KernelGrad(g, x, dy, zeros.data(), partial.data() + c * size, c * rows / chunks,
                  (c + 1) * rows / chunks);
   });
-  std::vector<float> total(size, 0.0f);
+  std::fill(dk, dk + size, 0.0f);
   for (int64_t c = 0; c < chunks; ++c)
-    for (int64_t e = 0; e < size; ++e) total[e] += partial[c * size + e];
-  for (int64_t e = 0; e < size; ++e) Narrow(total[e], dk + e);
+    for (int64_t e = 0; e < size; ++e) dk[e] += partial[c * size + e];
   return ffi::Error::Success();
 }
 
@@ -477,13 +479,13 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   if (auto error = CheckedGeometry(x, dy, *dk, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementType({x.element_type(), dy.element_type(), dk->element_type()},
-                         [&](auto tag) {
-                           using T = decltype(tag);
-                           return KernelGradTyped<T>(pool, g, x.reinterpret_data<T>(),
-                                                     dy.reinterpret_data<T>(),
-                                                     dk->reinterpret_data<T>());
-                         });
+  if (dk->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("depthwise: the kernel gradient is float32");
+  return WithElementType({x.element_type(), dy.element_type()}, [&](auto tag) {
+    using T = decltype(tag);
+    return KernelGradTyped<T>(pool, g, x.reinterpret_data<T>(), dy.reinterpret_data<T>(),
+                              dk->reinterpret_data<float>());
+  });
 }
 
 }  // namespace

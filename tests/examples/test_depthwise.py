@@ -129,6 +129,7 @@ def test_native_bfloat16_is_the_float32_kernels_rounded_once(shape, k, strides, 
 def test_native_bfloat16_runs_without_float32_copies():
     _skip_without_native("native")
     x, kernel = _inputs((2, 6, 6, 4), 3, jnp.bfloat16)
+
     def loss(x, k):  # Non-linear, so that the forward call stays in the gradient.
         return jnp.sum(jnp.sin(depthwise_conv(x, k, impl="native").astype(jnp.float32)))
 

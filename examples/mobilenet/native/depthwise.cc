@@ -209,10 +209,14 @@ template <int V, typename T>
 inline void DotTapsBlock(const T* const* a, const float* const* b, int taps, int64_t c,
                          T* out) {
   F8 sum[V] = {};
-  if (taps > 0)
-    for (int v = 0; v < V; ++v) sum[v] = Load8(a[0] + c + v * kLanes) * Load8(b[0] + c + v * kLanes);
-  for (int t = 1; t < taps; ++t)
-    for (int v = 0; v < V; ++v) sum[v] += Load8(a[t] + c + v * kLanes) * Load8(b[t] + c + v * kLanes);
+  if (taps > 0) {
+    for (int v = 0; v < V; ++v)
+      sum[v] = Load8(a[0] + c + v * kLanes) * Load8(b[0] + c + v * kLanes);
+  }
+  for (int t = 1; t < taps; ++t) {
+    for (int v = 0; v < V; ++v)
+      sum[v] += Load8(a[t] + c + v * kLanes) * Load8(b[t] + c + v * kLanes);
+  }
   for (int v = 0; v < V; ++v) Store8(out + c + v * kLanes, sum[v]);
 }
 
@@ -221,7 +225,8 @@ inline void DotTapsBlock(const T* const* a, const float* const* b, int taps, int
 template <typename T>
 void DotTaps(const T* const* a, const float* const* b, int taps, int64_t channels, T* out) {
   int64_t c = 0;
-  for (; c + kWide * kLanes <= channels; c += kWide * kLanes) DotTapsBlock<kWide>(a, b, taps, c, out);
+  for (; c + kWide * kLanes <= channels; c += kWide * kLanes)
+    DotTapsBlock<kWide>(a, b, taps, c, out);
   for (; c + kLanes <= channels; c += kLanes) DotTapsBlock<1>(a, b, taps, c, out);
   for (; c < channels; ++c) {
     float sum = 0.0f;
@@ -231,8 +236,8 @@ void DotTaps(const T* const* a, const float* const* b, int taps, int64_t channel
   }
 }
 
-// out[c:c + V * 8] += sum over q in [q_begin, q_end) of dy[q * C + c] * x[(q * sw + offset) * C + c]
-// there, in q order.
+// out[c:c + V * 8] += sum over q in [q_begin, q_end) of dy[q * C + c] times
+// x[(q * sw + offset) * C + c] there, in q order.
 template <int V, typename T>
 inline void DotPixelsBlock(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t sw,
                            int64_t offset, int64_t channels, int64_t c, float* out) {

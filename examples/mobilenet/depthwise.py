@@ -244,11 +244,8 @@ def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Arr
     return wide.astype(x.dtype)
 
 
-def _ffi_call(target: str, shape: Sequence[int], strides, pads, *operands) -> jax.Array:
-    # The kernel gradient, a sum over the batch, stays in float32 (the kernels' sums):
-    # under a batch sharding the devices' partial sums are added in float32 too.
-    kernel_grad = target == "jrelu6_depthwise_kernel_grad"
-    dtype = jnp.float32 if kernel_grad else operands[0].dtype
+def _ffi_call(target: str, shape: Sequence[int], dtype: Any, strides, pads, *operands
+              ) -> jax.Array:
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), dtype))
     return call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
                 pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
@@ -293,7 +290,9 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Cal
             shape = (*static_shape, c)
         else:
             shape = (n, *static_shape, c)
-        return _ffi_call(target, shape, strides, pads, a, b)
+        # The kernel gradient (a sum over the batch) in float32: shards' partial sums too.
+        dtype = jnp.float32 if kernel_grad else a.dtype
+        return _ffi_call(target, shape, dtype, strides, pads, a, b)
 
     def shardings(mesh, arg_shapes):
         batch, _, _, channels = _spec_of(arg_shapes[0].sharding, 4)

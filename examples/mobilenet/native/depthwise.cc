@@ -366,13 +366,6 @@ void KernelGrad(const Geometry& g, const T* x, const T* dy, const T* zeros, floa
   }
 }
 
-Geometry MakeGeometry(ffi::Span<const int64_t> input, ffi::Span<const int64_t> output,
-                      ffi::Span<const int64_t> window, int64_t sh, int64_t sw, int64_t pt,
-                      int64_t pl) {
-  return Geometry{input[0],  input[1], input[2], input[3], output[1], output[2],
-                  window[0], window[1], sh,      sw,       pt,        pl};
-}
-
 // The geometry of a call whose image operands/results have rank 4 and whose kernel (or
 // kernel gradient) has rank 3; an error for anything else.
 ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& output,
@@ -382,8 +375,8 @@ ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& ou
       window.dimensions().size() != 3)
     return ffi::Error::InvalidArgument("depthwise: need NHWC images and a (kh, kw, C) kernel");
   if (sh < 1 || sw < 1) return ffi::Error::InvalidArgument("depthwise: strides must be >= 1");
-  *g = MakeGeometry(input.dimensions(), output.dimensions(), window.dimensions(), sh, sw, pt,
-                    pl);
+  const auto in = input.dimensions(), out = output.dimensions(), k = window.dimensions();
+  *g = Geometry{in[0], in[1], in[2], in[3], out[1], out[2], k[0], k[1], sh, sw, pt, pl};
   return ffi::Error::Success();
 }
 

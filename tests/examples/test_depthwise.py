@@ -89,6 +89,15 @@ def test_half_precision_keeps_dtype(impl):
     np.testing.assert_allclose(y.astype(jnp.float32), want, rtol=3e-2, atol=3e-2)
 
 
+def _jitted_vjp(f):
+    """``(x, kernel, g) -> (f(x, kernel), d/dx, d/dkernel)`` for the output gradient ``g``."""
+    def run(x, kernel, g):
+        y, vjp = jax.vjp(f, x, kernel)
+        return (y, *vjp(g))
+
+    return jax.jit(run)
+
+
 def _native_values_and_grads(x, kernel, g, strides, padding, *, through_float32=False):
     def f(x, kernel):
         if through_float32:  # The float32 kernels on widened copies, rounded back.
@@ -97,11 +106,7 @@ def _native_values_and_grads(x, kernel, g, strides, padding, *, through_float32=
             return wide.astype(x.dtype)
         return depthwise_conv(x, kernel, strides=strides, padding=padding, impl="native")
 
-    def run(x, kernel, g):
-        y, vjp = jax.vjp(f, x, kernel)
-        return (y, *vjp(g))
-
-    return jax.jit(run)(x, kernel, g)
+    return _jitted_vjp(f)(x, kernel, g)
 
 
 @pytest.mark.parametrize("shape,k,strides,padding", CASES)
@@ -328,14 +333,9 @@ def test_non_finite_values_meet_padding_as_in_lax_conv(impl, shape, k, strides, 
     _skip_without_native(impl)
     x, kernel = _inputs(shape, k)
 
-    def values_and_grads(impl):
-        def run(x, kernel, g):
-            f = functools.partial(depthwise_conv, strides=strides, padding=padding, impl=impl)
-            y, vjp = jax.vjp(f, x, kernel)
-            return (y, *vjp(g))
-        return jax.jit(run)
-
-    forms = {impl: values_and_grads(impl) for impl in ("grouped", impl)}
+    forms = {impl: _jitted_vjp(functools.partial(depthwise_conv, strides=strides,
+                                                 padding=padding, impl=impl))
+             for impl in ("grouped", impl)}
     y_shape = jax.eval_shape(functools.partial(depthwise_conv, strides=strides, padding=padding),
                              x, kernel).shape
 

@@ -135,6 +135,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide which kernels XLA and PyTorch can use (AVX-512, bfloat16
+# and int8 dot products, AMX tiles): a "model name" alone ("AMD EPYC") says too little.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_details() -> dict[str, Any]:
+    """The CPU's family, model and which of :data:`CPU_FLAGS` it has (Linux; empty
+    elsewhere)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "flags") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
+    except OSError:
+        return {}
+    flags = set(fields.get("flags", "").split())
+    return {"family": fields.get("cpu family"), "model": fields.get("model"),
+            "flags": [flag for flag in CPU_FLAGS if flag in flags]}
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: device, CPU, versions, load."""
     device = jax.devices()[0]
@@ -144,6 +170,7 @@ def machine_info() -> dict[str, Any]:
         "device": device.device_kind,
         "device_count": jax.device_count(),
         "cpu": cpu_model(),
+        "cpu_details": cpu_details(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -195,8 +222,13 @@ def describe_machine(info: dict[str, Any]) -> str:
         "torch"] else ", torch not installed"
     pages = ("on" if "glibc.malloc.hugetlb=1" in (info.get("glibc_tunables") or "")
              else "off")
+    details = info.get("cpu_details") or {}
+    cpu = info["cpu"]
+    if details:
+        cpu += (f" (family {details['family']} model {details['model']}; "
+                f"{' '.join(details['flags']) or 'no AVX2'})")
     return (
-        f"{info['backend']} / {info['device']} x{info['device_count']}, CPU {info['cpu']} "
+        f"{info['backend']} / {info['device']} x{info['device_count']}, CPU {cpu} "
         f"({info['cpu_count']} cores, load {info['load_average_1min']}), "
         f"jax {info['jax']}, jaxlib {info['jaxlib']}, numpy {info['numpy']}{torch_part}, "
         f"huge pages for malloc {pages}"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 
-from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv
+from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
 from mobilenet.qat_layers import QATLayers, check_quantization
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -85,14 +85,17 @@ class LayerOptions(_LayerFields, QATLayers):
         """A float convolution as ``depthwise`` and ``pointwise`` choose: the depthwise one
         (:class:`~mobilenet.depthwise.DepthwiseConv`), a 1x1 one as one matrix product
         (:class:`~mobilenet.depthwise.PointwiseConv`) or ``nn.Conv``; a bias only without
-        batch norm."""
+        batch norm. Before a batch norm (which works in float32) a half-precision 1x1
+        product returns its float32 sums as they are (:func:`~mobilenet.depthwise.mixed_matmul`)."""
         use_bias = not self.batch_norm
         if depthwise:
             return DepthwiseConv(features, (kernel_size, kernel_size), strides=strides,
                                  padding=self.padding(kernel_size), use_bias=use_bias,
                                  impl=self.depthwise, dtype=self.dtype, name=name)
         if kernel_size == 1 and strides == 1 and self.pointwise == "matmul":
-            return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype, name=name)
+            out_dtype = accumulator_dtype(self.dtype) if self.batch_norm else None
+            return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype,
+                                 preferred_element_type=out_dtype, name=name)
         return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
                        padding=self.padding(kernel_size), use_bias=use_bias, dtype=self.dtype,
                        name=name)

@@ -109,14 +109,14 @@ class ConvBN(QATConvBN):
             return self.quantized(x, train=train, in_scale=in_scale)
         x = cfg.conv(self.features, self.kernel_size, self.strides, depthwise=self.depthwise,
                      name="conv")(x)
-        if cfg.batch_norm:
-            # flax's BatchNorm with its own backward pass, in float32 (docs/example.md).
-            bn_dtype = accumulator_dtype(x.dtype)
+        dtype = x.dtype if cfg.dtype is None else jnp.dtype(cfg.dtype)
+        wide = accumulator_dtype(dtype)  # Half precision: batch norm and act. in float32.
+        if cfg.batch_norm:  # flax's, with its own backward pass (docs/example.md).
             x = BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
-                          epsilon=cfg.bn_epsilon, dtype=bn_dtype,
-                          name="bn")(x.astype(bn_dtype)).astype(x.dtype)
-        if self.act is not None:
-            x = cfg.act(self.act)(x)
+                          epsilon=cfg.bn_epsilon, dtype=wide,
+                          name="bn")(x.astype(wide)).astype(dtype)
+        if self.act is not None:  # Rounded inputs (same kinks), one rounding: docs/speed_notes.md
+            x = cfg.act(self.act)(x.astype(wide)).astype(dtype)
         return x
 
 

@@ -296,6 +296,51 @@ def test_pointwise_layer_computes_in_its_dtype_with_float32_params():
     assert layer.apply(variables, x).dtype == jnp.bfloat16
 
 
+def _mixed_inputs(m=37, k=11, n=5):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(m, k)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(k, n)), jnp.float32)
+    return x, kernel
+
+
+def _widened(a):
+    return np.asarray(a.astype(jnp.float32), np.float64)
+
+
+def test_mixed_matmul_is_the_product_of_the_rounded_values_in_float32():
+    x, kernel = _mixed_inputs()
+    y = depthwise.mixed_matmul(x, kernel, jnp.float32)
+    assert y.dtype == jnp.float32
+    expected = _widened(x) @ _widened(kernel.astype(jnp.bfloat16))
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_matmul_gradients_are_rounded_products_summed_in_float32():
+    x, kernel = _mixed_inputs()
+    g = jnp.asarray(np.random.default_rng(2).normal(size=(x.shape[0], kernel.shape[1])),
+                    jnp.float32)
+    _, vjp = jax.vjp(lambda x, k: depthwise.mixed_matmul(x, k, jnp.float32), x, kernel)
+    dx, dkernel = vjp(g)
+    # The input's gradient in the input's dtype, the float32 kernel's in float32.
+    assert dx.dtype == jnp.bfloat16 and dkernel.dtype == jnp.float32
+    g16, k16 = _widened(g.astype(jnp.bfloat16)), _widened(kernel.astype(jnp.bfloat16))
+    np.testing.assert_allclose(_widened(dx), g16 @ k16.T, rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(dkernel, _widened(x).T @ g16, rtol=1e-6, atol=1e-6)
+
+
+def test_pointwise_layer_hands_float32_sums_on_when_asked():
+    x, _ = _inputs((2, 3, 3, 4), 1, jnp.bfloat16)
+    mixed = PointwiseConv(3, dtype=jnp.bfloat16, preferred_element_type=jnp.float32)
+    plain = PointwiseConv(3, dtype=jnp.bfloat16)
+    variables = mixed.init(jax.random.key(0), x)
+    y = mixed.apply(variables, x)
+    assert y.dtype == jnp.float32 and plain.apply(variables, x).dtype == jnp.bfloat16
+    params = variables["params"]
+    expected = (_widened(x).reshape(-1, 4) @ _widened(params["kernel"].astype(jnp.bfloat16))
+                .reshape(4, 3) + _widened(params["bias"]))
+    np.testing.assert_allclose(y.reshape(-1, 3), expected, rtol=1e-6, atol=1e-6)
+
+
 # --- geometries without output, non-finite values, thread counts -------------------
 
 

@@ -315,6 +315,24 @@ def test_mixed_precision_float32_params_and_logits(dtype):
     assert {s.dtype for s in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
 
 
+def test_widened_half_precision_relu6_is_the_half_precision_one_bit_for_bit():
+    # ConvBN applies a half-precision activation to the widened values and rounds once
+    # (one fused pass on XLA:CPU); for relu6 that must change nothing: every bfloat16
+    # value, its relu6 and its derivative (kinks included).
+    x = jax.lax.bitcast_convert_type(jnp.arange(2**16, dtype=jnp.uint32).astype(jnp.uint16),
+                                     jnp.bfloat16)
+    x = x[~jnp.isnan(x)]
+
+    def widened(v):
+        return jrelu6.relu6(v.astype(jnp.float32)).astype(v.dtype)
+
+    for f in (lambda g: g, lambda g: jax.vmap(jax.grad(g))):
+        ours, plain = f(widened)(x), f(jrelu6.relu6)(x)
+        assert ours.dtype == plain.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(jax.lax.bitcast_convert_type(ours, jnp.uint16),
+                                      jax.lax.bitcast_convert_type(plain, jnp.uint16))
+
+
 def test_dropout_needs_rng_and_is_off_in_eval(tiny):
     plain, variables = tiny
     model = models.create_model("tiny", num_classes=10, small_input=True, dropout_rate=0.5)

@@ -18,6 +18,9 @@ one process:
   run goes on without it (``--no-torch-compile`` leaves it out).
 - ``jax grouped`` (``--grouped``): the same Flax model as plain flax builds
   it, ``depthwise="grouped"`` and ``pointwise="conv"``; the naive baseline.
+- ``jax (ours, float32)`` (``--float32-too``, with ``--dtype bfloat16``): our
+  step in float32, so that one run says whether bfloat16 pays on this machine
+  (goal: the bfloat16 step faster where the CPU has bfloat16 arithmetic).
 
 Each sample is one step of one candidate; ``--steps-per-sample N`` makes it N
 consecutive steps, as a training loop runs them. Strict alternation can cost the
@@ -59,6 +62,7 @@ from _harness import torch
 from mobilenet.model_summary import count_params
 
 OURS, GROUPED, TORCH, TORCH_COMPILE = "jax (ours)", "jax grouped", "torch", "torch.compile"
+OURS_FLOAT32 = "jax (ours, float32)"
 
 if torch is not None:
     from torch import nn as tnn
@@ -220,18 +224,19 @@ _RATIOS = {
     "ours_vs_torch": (TORCH, ">", 1.0, 1.25),
     "ours_vs_torch_compile": (TORCH_COMPILE, None, None, None),
     "ours_vs_grouped": (GROUPED, ">=", 3.0, None),
+    "ours_vs_float32": (OURS_FLOAT32, ">", 1.0, None),
 }
 
 
 def _goals(ratios: dict[str, float | None], backend: str) -> dict[str, dict[str, Any]]:
     """The goals: on CPU faster than PyTorch eager (target 1.25x) and >= 3x the
-    grouped baseline; on a GPU at least PyTorch's images/s. torch.compile is
-    reported, with no goal."""
+    grouped baseline; on a GPU at least PyTorch's images/s; a bfloat16 step faster
+    than our float32 one. torch.compile is reported, with no goal."""
     on_cpu = backend == "cpu"
     goals = {}
     for key, value in ratios.items():
         _, rule, goal, target = _RATIOS[key]
-        if not on_cpu:
+        if not on_cpu and key != "ours_vs_float32":
             rule, goal, target = (">=", 1.0, None) if key == "ours_vs_torch" else (None,) * 3
         met = None
         if value is not None and goal is not None:
@@ -251,6 +256,8 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--grouped", action="store_true",
                         help="also time the grouped-convolution baseline (plain flax; ~8x "
                              "slower than ours on CPU, so off by default)")
+    parser.add_argument("--float32-too", action="store_true",
+                        help="with --dtype bfloat16: also time our float32 step, side by side")
     parser.add_argument("--no-torch", action="store_true", help="leave out PyTorch")
     parser.add_argument("--no-torch-compile", action="store_true",
                         help="leave out torch.compile (inductor; compiling takes ~1-2 min "
@@ -269,6 +276,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     if args.steps_per_sample < 1:
         parser.error(f"--steps-per-sample must be >= 1, got {args.steps_per_sample}")
     config["steps_per_sample"] = args.steps_per_sample
+    if args.float32_too and config["dtype"] == "float32":
+        parser.error("--float32-too compares a bfloat16 step with the float32 one: "
+                     "give --dtype bfloat16")
     return args, config
 
 
@@ -312,6 +322,9 @@ def _cases(args: argparse.Namespace, config: dict[str, Any], images: Any, labels
         mstep.models.create_model(config["model"], **mstep.model_kwargs(config)), images.shape[1:])
     print(f"initialised in {time.perf_counter() - start:.1f} s; compiling the steps")
     cases[OURS], notes[OURS] = jax_case(config, "auto", images, labels, state)
+    if args.float32_too:
+        cases[OURS_FLOAT32], notes[OURS_FLOAT32] = jax_case(
+            {**config, "dtype": "float32"}, "auto", images, labels, state)
     if args.grouped:
         cases[GROUPED], notes[GROUPED] = jax_case(config, "grouped", images, labels, state)
     del state

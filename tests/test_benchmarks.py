@@ -49,6 +49,8 @@ def assert_machine_named(result: dict) -> None:
     machine = result["machine"]
     for key in ("backend", "device", "cpu", "cpu_count", "jax", "jaxlib", "numpy"):
         assert machine[key], key
+    if os.path.exists("/proc/cpuinfo") and machine["cpu_details"]:  # x86 Linux: flags named
+        assert set(machine["cpu_details"]) == {"family", "model", "flags"}
     assert result["command"].startswith("python benchmarks/")
 
 
@@ -163,6 +165,45 @@ def test_train_step_refuses_zero_steps_per_sample():
                           timeout=120, check=False)
     assert done.returncode == 2
     assert "--steps-per-sample must be >= 1, got 0" in done.stderr
+
+
+@pytest.mark.slow
+def test_train_step_times_float32_beside_bfloat16(tmp_path):
+    result = run_benchmark(tmp_path, "train_step.py", "--model", "tiny", "--batch", "2",
+                           "--size", "16", "--repeats", "1", "--dtype", "bfloat16",
+                           "--float32-too")
+    assert_machine_named(result)
+    assert set(result["images_per_second"]) == {"jax (ours)", "jax (ours, float32)"}
+    assert_positive_finite(result["ratios"]["ours_vs_float32"], "ours_vs_float32")
+
+
+def test_train_step_refuses_float32_too_in_float32():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"),
+                           "--dtype", "float32", "--float32-too"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "--float32-too compares a bfloat16 step with the float32 one" in done.stderr
+
+
+@pytest.mark.slow
+def test_step_ab_takes_turns_between_dtypes(tmp_path):
+    result = run_benchmark(tmp_path, "step_ab.py", "--dtypes", "float32,bfloat16")
+    assert_machine_named(result)
+    assert [row["candidate"] for row in result["results"]] == ["new float32", "new bfloat16"]
+    for name, times in result["step_seconds"].items():
+        assert len(times) == 3, name  # --quick: three steps each
+    for row in result["results"]:
+        assert_positive_finite(row["ratio"], row["candidate"])
+        assert row["temp_mib"] > 0
+    assert result["results"][0]["ratio"] == 1.0
+
+
+def test_step_ab_refuses_nothing_to_compare():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_ab.py"),
+                           "--dtype", "float32"], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 2
+    assert "nothing to compare: give --against or two --dtypes" in done.stderr
 
 
 @pytest.mark.slow

@@ -1,0 +1,166 @@
+"""Our training step in this checkout against another git revision, taking turns.
+
+The example's MobileNetV2 step (the same as ``train_step.py``'s ``jax (ours)``)
+is compiled in two worker processes, one importing ``examples/`` and
+``benchmarks/`` from this checkout, one from a copy of ``--against`` (``git
+archive``). The workers take turns, one step each, so that both see the machine
+in the same state; on the shared 2-core VMs this project runs on, a step's speed
+drifts by 20% over minutes, more than most changes, and consecutive processes do
+not see the same machine. Each worker can also run another dtype (``--dtypes``:
+float32 against bfloat16 in one checkout, say). Prints the medians and minimums
+and each candidate's ratio to the first.
+
+    python benchmarks/step_ab.py --against HEAD~3 --dtype bfloat16
+    python benchmarks/step_ab.py --against 23f409d --dtypes float32,bfloat16
+    python benchmarks/step_ab.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+NAME = "step_ab"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker(tree: str, config: dict[str, Any]) -> None:
+    """Compiles the step from ``tree``'s sources; then, for each line on stdin, runs one
+    step and prints its seconds (the protocol: ``ready <temp bytes>``, then one float
+    per step)."""
+    sys.path[:0] = [os.path.join(tree, "benchmarks"), os.path.join(tree, "examples")]
+    import jax
+
+    import _mobilenet_step as mstep
+
+    images, labels = mstep.synthetic_batch(config["batch"], config["size"],
+                                           config["num_classes"])
+    model = mstep.models.create_model("mobilenet_v2", **mstep.model_kwargs(config))
+    state = mstep.create_state(model, images.shape[1:])
+    compiled = mstep.jitted_step(model).lower(state, images, labels).compile()
+    state, loss = compiled(state, images, labels)
+    jax.block_until_ready((state, loss))
+    print(f"ready {compiled.memory_analysis().temp_size_in_bytes}", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        state, loss = compiled(state, images, labels)
+        jax.block_until_ready((state, loss))
+        print(time.perf_counter() - start, flush=True)
+
+
+def _copy_of(revision: str, folder: str) -> str:
+    """``revision``'s files, extracted under ``folder``; its path."""
+    archive = os.path.join(folder, "tree.tar")
+    subprocess.run(["git", "archive", "--format=tar", "-o", archive, revision], cwd=ROOT,
+                   check=True, capture_output=True)
+    tree = os.path.join(folder, "tree")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def _start(tree: str, config: dict[str, Any]) -> tuple[subprocess.Popen, int]:
+    """A worker for ``tree`` and ``config``, compiled; with its temp bytes."""
+    worker = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", tree, json.dumps(config)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    line = worker.stdout.readline().split()
+    if not line or line[0] != "ready":
+        raise RuntimeError(f"step_ab: the worker for {tree} failed (exit {worker.wait()})")
+    return worker, int(line[1])
+
+
+def _step(worker: subprocess.Popen) -> float:
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write("step\n")
+    worker.stdin.flush()
+    return float(worker.stdout.readline())
+
+
+def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[dict]]:
+    import _harness as harness
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--against", help="git revision to compare with (none: only this "
+                                          "checkout, one worker per dtype)")
+    parser.add_argument("--variant", choices=["small-input", "standard"], default="small-input")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtypes", help="comma-separated dtypes, each a worker per tree "
+                                         "(default: --dtype)")
+    parser.add_argument("--repeats", type=int, default=21, help="steps per worker (default 21)")
+    harness.add_output_arguments(parser, NAME)
+    args = parser.parse_args(argv)
+    dtypes = (args.dtypes or args.dtype).split(",")
+    if not set(dtypes) <= {"float32", "bfloat16"}:
+        parser.error(f"--dtypes: float32 and bfloat16 only, got {args.dtypes!r}")
+    if args.against is None and len(dtypes) < 2:
+        parser.error("nothing to compare: give --against or two --dtypes")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    small = args.variant == "small-input"
+    base = {"batch": 2 if args.quick else args.batch, "size": 32, "num_classes": 10,
+            "width": 0.35 if args.quick else 1.0, "small_input": small}
+    configs = [{**base, "dtype": dtype} for dtype in dtypes]
+    return args, configs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import _harness as harness
+
+    args, configs = _parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    info, command = harness.announce(
+        f"MobileNetV2 training step, this checkout vs {args.against or 'itself'}",
+        NAME + ".py", argv)
+    with tempfile.TemporaryDirectory() as folder:
+        trees = {"new": ROOT}
+        if args.against:
+            trees = {"old": _copy_of(args.against, folder), "new": ROOT}
+        workers: dict[str, tuple[subprocess.Popen, int]] = {}
+        try:
+            for label, tree in trees.items():
+                for config in configs:
+                    workers[f"{label} {config['dtype']}"] = _start(tree, config)
+            times: dict[str, list[float]] = {name: [] for name in workers}
+            names = list(workers)
+            for i in range(repeats):
+                for name in names if i % 2 == 0 else names[::-1]:
+                    times[name].append(_step(workers[name][0]))
+        finally:
+            for worker, _ in workers.values():
+                worker.kill()
+                worker.wait()
+    first = names[0]
+    rows = [{"candidate": name, "ms": 1e3 * harness.median(t), "min_ms": 1e3 * min(t),
+             "temp_mib": workers[name][1] / 2**20,
+             "ratio": harness.median(times[first]) / harness.median(t),
+             "min_ratio": min(times[first]) / min(t)} for name, t in times.items()]
+    print(harness.format_table(rows, [
+        ("candidate", "candidate", ""), ("ms", "median ms", ".1f"), ("min_ms", "min ms", ".1f"),
+        ("temp_mib", "temp MiB", ".0f"), ("ratio", f"x faster than {first}", ".3f"),
+        ("min_ratio", "the same, fastest steps", ".3f")]))
+    path = harness.write_json(args, NAME, {"machine": info, "command": command,
+                                           "configs": configs, "step_seconds": times,
+                                           "results": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], json.loads(sys.argv[3]))
+    else:
+        import _mobilenet_step
+
+        _mobilenet_step.host_memory.reexec_with_huge_pages()
+        sys.exit(main())

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     columns = [("shape", "rows x in x out", ""), ("product", "product", "")]
     for form in FORMS:
         columns += [(f"{form}_ms", f"{form} ms", ".2f"), (f"{form}_kernel", "kernel", "")]
-    print(harness.format_table(rows, columns + [("mixed_vs_float32", "mixed x faster", ".2f")]))
+    print(harness.format_table(rows, [*columns, ("mixed_vs_float32", "mixed x faster", ".2f")]))
     path = harness.write_json(args, NAME, {"machine": info, "command": command,
                                            "results": rows})
     print(f"wrote {path}")

@@ -198,6 +198,31 @@ def test_step_ab_takes_turns_between_dtypes(tmp_path):
     assert result["results"][0]["ratio"] == 1.0
 
 
+@pytest.mark.slow
+def test_cpu_products_names_each_products_kernel(tmp_path):
+    result = run_benchmark(tmp_path, "cpu_products.py")
+    assert_machine_named(result)
+    assert [row["product"] for row in result["results"]] == [
+        "y = x @ w", "dx = g @ w.T", "dw = x.T @ g"]
+    for row in result["results"]:
+        for form in ("float32", "bfloat16", "mixed"):
+            assert_positive_finite(row[f"{form}_ms"], form)
+            assert row[f"{form}_kernel"].split("+")[0] in ("ynn", "onednn", "dot", "other")
+        assert "convert" not in row["float32_kernel"]
+
+
+def test_cpu_products_kernel_kind_reads_the_entry_computation():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import cpu_products
+
+    text = ("%fused (p: f32[2]) -> f32[2] { %convert.1 = f32[2] convert(%p) }\n"
+            "ENTRY %main { %ynn_fusion = f32[4,2] fusion(%a, %b), "
+            "backend_config={\"fusion_config\":{\"kind\":\"__ynn_fusion\"}} }")
+    assert cpu_products.kernel_kind(text) == "ynn"
+    assert cpu_products.kernel_kind("ENTRY %main { %d = f32[2,2] dot(%a, %b) "
+                                    "%c = bf16[2,2] convert(%d) }") == "dot+convert"
+
+
 def test_step_ab_refuses_nothing_to_compare():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_ab.py"),
                            "--dtype", "float32"], capture_output=True, text=True, timeout=120,

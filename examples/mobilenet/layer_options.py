@@ -93,7 +93,8 @@ class LayerOptions(_LayerFields, QATLayers):
                                  padding=self.padding(kernel_size), use_bias=use_bias,
                                  impl=self.depthwise, dtype=self.dtype, name=name)
         if kernel_size == 1 and strides == 1 and self.pointwise == "matmul":
-            out_dtype = accumulator_dtype(self.dtype) if self.batch_norm else None
+            out_dtype = (accumulator_dtype(self.dtype)
+                         if self.batch_norm and self.dtype is not None else None)
             return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype,
                                  preferred_element_type=out_dtype, name=name)
         return nn.Conv(features, (kernel_size, kernel_size), strides=strides,

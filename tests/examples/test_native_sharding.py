@@ -22,7 +22,7 @@ from mobilenet.depthwise import depthwise_conv
 from mobilenet.infra import distributed
 
 IMAGE = (16, 16, 3)
-CUSTOM_CALL = re.compile(r'= (f32\[[\d,]*\])\S* custom-call\(([^)]*)\), '
+CUSTOM_CALL = re.compile(r'= ((?:f32|bf16)\[[\d,]*\])\S* custom-call\(([^)]*)\), '
                          r'custom_call_target="(jrelu6_depthwise_\w+)"')
 
 
@@ -100,10 +100,12 @@ def test_sharded_channels_split_the_work_too():
                                                           "f32[3,3,2]"}
 
 
-def test_the_compiled_training_step_gathers_no_batch():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_compiled_training_step_gathers_no_batch(dtype):
+    # bfloat16 too: its 1x1 products have a backward pass of their own (mixed_matmul).
     mesh = sharding.create_mesh()
     config = get_config(model="tiny", data="synthetic", image_size=IMAGE[0], batch_size=16,
-                        steps=2, progress=False, plot=False)
+                        steps=2, progress=False, plot=False, dtype=dtype)
     model = train_state.create_model(config, num_classes=10)
     state = train_state.create_train_state(config, model, image_shape=IMAGE, mesh=mesh,
                                            total_steps=config.steps)
@@ -115,8 +117,9 @@ def test_the_compiled_training_step_gathers_no_batch():
     hlo = step.lower(state, batch).compile().as_text()
     calls = _native_calls(hlo)
     assert calls, "the tiny model's depthwise convolutions should use the native kernels"
+    assert any(shape.startswith("bf16[") for _, shape in calls) == (dtype == "bfloat16")
     assert "all-gather" not in hlo
     per_device = 16 // mesh.size
     for target, shape in calls:
         if target != "jrelu6_depthwise_kernel_grad":
-            assert shape.startswith(f"f32[{per_device},"), (target, shape)
+            assert re.match(rf"(f32|bf16)\[{per_device},", shape), (target, shape)

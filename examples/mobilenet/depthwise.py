@@ -129,6 +129,33 @@ def accumulator_dtype(dtype: Any) -> Any:
     return jnp.dtype(jnp.float32) if jnp.dtype(dtype).itemsize < 4 else jnp.dtype(dtype)
 
 
+def rounded(x: jax.Array, dtype: Any) -> jax.Array:
+    r"""``x`` rounded to ``dtype``'s values and kept in ``x``'s dtype, with the identity as
+    its derivative (straight through); ``x`` itself when the two dtypes are one.
+
+    Between a float32 batch norm and an activation of a bfloat16 network it gives the
+    activation bfloat16 inputs (the kinks where a bfloat16 network has them) while the
+    cotangent stays float32: autodiff of ``x.astype(dtype).astype(x.dtype)`` would round
+    the cotangent to ``dtype`` too, in two passes of its own (a convert each way).
+
+    Examples:
+      >>> x = jnp.float32(1 + 2 ** -10)
+      >>> rounded(x, jnp.bfloat16), jax.grad(rounded)(x, jnp.bfloat16)
+      (Array(1., dtype=float32), Array(1., dtype=float32))
+    """
+    return x if jnp.dtype(dtype) == x.dtype else _straight_through_round(x, jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _straight_through_round(x: jax.Array, dtype: Any) -> jax.Array:
+    return x.astype(dtype).astype(x.dtype)
+
+
+@_straight_through_round.defjvp
+def _straight_through_round_jvp(dtype, primals, tangents):
+    return _straight_through_round(primals[0], dtype), tangents[0]
+
+
 def global_pool(x: jax.Array) -> jax.Array:
     """The spatial mean of an NHWC batch, accumulated in :func:`accumulator_dtype`, returned
     in ``x``'s dtype: ``(N, C)``."""

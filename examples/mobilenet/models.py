@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import jrelu6
 import jrelu6.linen
 from mobilenet.batch_norm import BatchNorm
-from mobilenet.depthwise import accumulator_dtype, global_pool
+from mobilenet.depthwise import accumulator_dtype, global_pool, rounded
 from mobilenet.layer_options import LayerOptions
 from mobilenet.qat_layers import (
     QATConvBN,
@@ -110,14 +110,13 @@ class ConvBN(QATConvBN):
         x = cfg.conv(self.features, self.kernel_size, self.strides, depthwise=self.depthwise,
                      name="conv")(x)
         dtype = x.dtype if cfg.dtype is None else jnp.dtype(cfg.dtype)
-        wide = accumulator_dtype(dtype)  # Half precision: batch norm and act. in float32.
+        x = x.astype(accumulator_dtype(dtype))  # Half precision: BN and act. in float32.
         if cfg.batch_norm:  # flax's, with its own backward pass (docs/example.md).
             x = BatchNorm(use_running_average=not train, momentum=cfg.bn_momentum,
-                          epsilon=cfg.bn_epsilon, dtype=wide,
-                          name="bn")(x.astype(wide)).astype(dtype)
+                          epsilon=cfg.bn_epsilon, dtype=x.dtype, name="bn")(x)
         if self.act is not None:  # Rounded inputs (same kinks), one rounding: docs/speed_notes.md
-            x = cfg.act(self.act)(x.astype(wide)).astype(dtype)
-        return x
+            x = cfg.act(self.act)(rounded(x, dtype))
+        return x.astype(dtype)
 
 
 class SqueezeExcite(QATSqueezeExcite):

@@ -99,11 +99,12 @@ def _explicit_padding(
 
 
 def _grouped(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-             pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+             pads: tuple[tuple[int, int], tuple[int, int]], out_dtype: Any) -> jax.Array:
     """The grouped convolution, as ``nn.Conv(..., feature_group_count=C)`` runs it."""
     return lax.conv_general_dilated(
         x, kernel, window_strides=strides, padding=pads,
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1],
+        preferred_element_type=None if out_dtype == x.dtype else out_dtype,
     )
 
 
@@ -173,12 +174,12 @@ def _out_shape(shape, window, strides, pads) -> tuple[int, int, int, int]:
             _out_size(w + sum(pads[1]), window[1], strides[1]), c)
 
 
-def _empty(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
+def _empty(x: jax.Array, kernel: jax.Array, strides, pads, out_dtype: Any) -> jax.Array:
     """The empty output of a geometry without output positions (or images, or channels).
 
     It depends on neither argument, so both gradients are zeros (an empty sum).
     """
-    return jnp.zeros(_out_shape(x.shape, kernel.shape[:2], strides, pads), x.dtype)
+    return jnp.zeros(_out_shape(x.shape, kernel.shape[:2], strides, pads), out_dtype)
 
 
 def _valid_shifted(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -207,6 +208,14 @@ def _shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
              pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """Depthwise correlation as ``kh * kw`` shifted multiply-adds (fast on XLA:CPU)."""
     return _valid_shifted(_pad_input(x, pads), kernel, strides)
+
+
+def _shifted_to(x: jax.Array, kernel: jax.Array, strides, pads, out_dtype: Any) -> jax.Array:
+    """:func:`_shifted` with an ``out_dtype`` result: for a wider one, the same sums of
+    the same (exact) products on widened copies."""
+    if out_dtype != x.dtype:
+        x, kernel = x.astype(out_dtype), kernel.astype(out_dtype)
+    return _shifted(x, kernel, strides, pads)
 
 
 def _shifted_fwd(x, kernel, strides, pads):
@@ -262,13 +271,16 @@ def _native_supported(pads) -> bool:
 NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 
-def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads) -> jax.Array:
-    """:func:`_native` in ``x``'s dtype: float32 and bfloat16 as they are (the kernels read
-    and write both, summing in float32), others through float32 copies."""
-    if x.dtype in NATIVE_DTYPES and kernel.dtype == x.dtype:
-        return _native(x, kernel, strides, pads)
-    wide = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads)
-    return wide.astype(x.dtype)
+def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads, out_dtype: Any
+                      ) -> jax.Array:
+    """:func:`_native` with an ``out_dtype`` result: float32 and bfloat16 arrays as they
+    are (the kernels read and write both, summing in float32), others through float32
+    copies."""
+    if all(dtype in NATIVE_DTYPES for dtype in (x.dtype, kernel.dtype, out_dtype)):
+        return _native(x, kernel, strides, pads, out_dtype)
+    wide = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads,
+                   jnp.dtype(jnp.float32))
+    return wide.astype(out_dtype)
 
 
 def _ffi_call(target: str, shape: Sequence[int], dtype: Any, strides, pads, *operands
@@ -294,7 +306,8 @@ _SHARDING_RULES = {
 
 
 @functools.cache
-def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Callable:
+def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dtype: Any
+               ) -> Callable:
     """The native kernel ``target`` as an op that XLA partitions by batch and channels.
 
     Each kernel is independent per image and per channel, so under a sharded batch
@@ -305,7 +318,8 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Cal
     every device around each call. ``static_shape`` is what the output's shape
     needs besides the operands': the kernel window (forward), the input's
     ``(H, W)`` (input gradient) or nothing (kernel gradient: its window is in
-    ``static_shape`` too).
+    ``static_shape`` too); ``out_dtype`` is the result's (float32 for the kernel
+    gradient, a sum over the batch: the shards' partial sums too).
     """
     kernel_grad = target == "jrelu6_depthwise_kernel_grad"
 
@@ -317,9 +331,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...]) -> Cal
             shape = (*static_shape, c)
         else:
             shape = (n, *static_shape, c)
-        # The kernel gradient (a sum over the batch) in float32: shards' partial sums too.
-        dtype = jnp.float32 if kernel_grad else a.dtype
-        return _ffi_call(target, shape, dtype, strides, pads, a, b)
+        return _ffi_call(target, shape, out_dtype, strides, pads, a, b)
 
     def shardings(mesh, arg_shapes):
         batch, _, _, channels = _spec_of(arg_shapes[0].sharding, 4)
@@ -373,30 +385,33 @@ def _sequential_vmap(op: Callable) -> Callable:
     return op
 
 
-def _native_call(target: str, static_shape: Sequence[int], strides, pads,
+def _native_call(target: str, static_shape: Sequence[int], strides, pads, out_dtype: Any,
                  a: jax.Array, b: jax.Array) -> jax.Array:
-    return _native_op(target, strides, pads, tuple(static_shape))(a, b)
+    return _native_op(target, strides, pads, tuple(static_shape), jnp.dtype(out_dtype))(a, b)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _native(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-            pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-    """Depthwise correlation by the native C++ kernels (:mod:`mobilenet.native`)."""
+            pads: tuple[tuple[int, int], tuple[int, int]], out_dtype: Any) -> jax.Array:
+    """Depthwise correlation by the native C++ kernels (:mod:`mobilenet.native`), its
+    float32 sums returned in ``out_dtype``."""
     (kh, kw), c = kernel.shape[:2], x.shape[3]
-    return _native_call("jrelu6_depthwise_forward", (kh, kw), strides, pads, x,
+    return _native_call("jrelu6_depthwise_forward", (kh, kw), strides, pads, out_dtype, x,
                         kernel.reshape(kh, kw, c))
 
 
-def _native_fwd(x, kernel, strides, pads):
-    return _native(x, kernel, strides, pads), (x, kernel)
+def _native_fwd(x, kernel, strides, pads, out_dtype):
+    return _native(x, kernel, strides, pads, out_dtype), (x, kernel)
 
 
-def _native_bwd(strides, pads, residuals, g):
+def _native_bwd(strides, pads, out_dtype, residuals, g):
+    del out_dtype  # g's dtype: the kernels read it as it is.
     x, kernel = residuals
     kh, kw, _, c = kernel.shape
-    dx = _native_call("jrelu6_depthwise_input_grad", x.shape[1:3], strides, pads, g,
+    dx = _native_call("jrelu6_depthwise_input_grad", x.shape[1:3], strides, pads, x.dtype, g,
                       kernel.reshape(kh, kw, c))
-    dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw), strides, pads, x, g)
+    dk = _native_call("jrelu6_depthwise_kernel_grad", (kh, kw), strides, pads, jnp.float32,
+                      x, g)
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -422,6 +437,7 @@ def depthwise_conv(
     strides: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     impl: str = "auto",
+    preferred_element_type: Any = None,
 ) -> jax.Array:
     """Depthwise 2-D convolution (cross-correlation, as ``lax.conv``) of an NHWC batch.
 
@@ -430,8 +446,7 @@ def depthwise_conv(
 
     Args:
       x: the input, shape ``(N, H, W, C)``.
-      kernel: shape ``(kh, kw, 1, C)`` (flax's depthwise ``nn.Conv`` layout); same
-        dtype as ``x``.
+      kernel: ``(kh, kw, 1, C)`` (flax's depthwise ``nn.Conv`` layout) in ``x``'s dtype.
       strides: an int or a pair.
       padding: ``"SAME"``, ``"VALID"`` or ``((lo, hi), (lo, hi))``.
       impl: ``"grouped"`` (the grouped convolution: fast on GPU/TPU, slow on
@@ -443,9 +458,12 @@ def depthwise_conv(
         native where its kernels could be built, else shifted; grouped
         elsewhere; chosen at lowering time, so it follows the device the
         jitted function runs on).
+      preferred_element_type: the result's dtype (``None``: ``x``'s), as in
+        ``lax.conv``: float32 for bfloat16 operands gives their products' float32
+        sums unrounded, and takes a float32 cotangent as it is.
 
     Returns:
-      ``(N, H', W', C)`` in ``x``'s dtype.
+      ``(N, H', W', C)`` in ``preferred_element_type`` (``None``: ``x``'s dtype).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -456,25 +474,22 @@ def depthwise_conv(
              [6., 4.]], dtype=float32)
     """
     strides, pads = _checked_geometry(x, kernel, strides, padding, impl)
+    out = x.dtype if preferred_element_type is None else jnp.dtype(preferred_element_type)
     if 0 in _out_shape(x.shape, kernel.shape[:2], strides, pads):
         # Nothing to compute (lax.conv's answer too): an empty array whose gradients
         # are zeros, in every form (the shifted and native forms cannot express it).
-        return _empty(x, kernel, strides, pads)
-    grouped = functools.partial(_grouped, strides=strides, pads=pads)
-    shifted = functools.partial(_shifted, strides=strides, pads=pads)
-    if impl == "grouped":
-        return grouped(x, kernel)
-    if impl == "shifted":
-        return shifted(x, kernel)
-    native_form = functools.partial(_native_any_dtype, strides=strides, pads=pads)
-    if impl == "native":
-        if not _native_supported(pads):
-            raise ValueError(
-                f"depthwise_conv: impl='native' needs padding >= 0 and the native kernels "
-                f"({native.unavailable_reason() or 'available'}); got padding {pads}")
-        return native_form(x, kernel)
-    cpu = native_form if _native_supported(pads) else shifted
-    return lax.platform_dependent(x, kernel, cpu=cpu, default=grouped)
+        return _empty(x, kernel, strides, pads, out)
+    forms = {name: functools.partial(form, strides=strides, pads=pads, out_dtype=out)
+             for name, form in (("grouped", _grouped), ("shifted", _shifted_to),
+                                ("native", _native_any_dtype))}
+    if impl == "native" and not _native_supported(pads):
+        raise ValueError(
+            f"depthwise_conv: impl='native' needs padding >= 0 and the native kernels "
+            f"({native.unavailable_reason() or 'available'}); got padding {pads}")
+    if impl != "auto":
+        return forms[impl](x, kernel)
+    cpu = forms["native"] if _native_supported(pads) else forms["shifted"]
+    return lax.platform_dependent(x, kernel, cpu=cpu, default=forms["grouped"])
 
 
 class DepthwiseConv(nn.Module):
@@ -494,6 +509,8 @@ class DepthwiseConv(nn.Module):
       impl: ``"auto"``, ``"grouped"`` or ``"shifted"`` (see :func:`depthwise_conv`).
       dtype: the compute dtype (``None``: the input's).
       param_dtype: the parameters' dtype.
+      preferred_element_type: the output dtype (``None``: ``dtype``; see
+        :func:`depthwise_conv`).
       kernel_init: the kernel initialiser.
       bias_init: the bias initialiser.
     """
@@ -506,6 +523,7 @@ class DepthwiseConv(nn.Module):
     impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    preferred_element_type: Any = None
     kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
     bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
 
@@ -520,7 +538,7 @@ class DepthwiseConv(nn.Module):
                 if self.use_bias else None)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = depthwise_conv(x, kernel, strides=self.strides, padding=self.padding,
-                           impl=self.impl)
+                           impl=self.impl, preferred_element_type=self.preferred_element_type)
         if bias is not None:
             y = y + bias
         return y

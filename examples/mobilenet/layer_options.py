@@ -85,16 +85,19 @@ class LayerOptions(_LayerFields, QATLayers):
         """A float convolution as ``depthwise`` and ``pointwise`` choose: the depthwise one
         (:class:`~mobilenet.depthwise.DepthwiseConv`), a 1x1 one as one matrix product
         (:class:`~mobilenet.depthwise.PointwiseConv`) or ``nn.Conv``; a bias only without
-        batch norm. Before a batch norm (which works in float32) a half-precision 1x1
-        product returns its float32 sums as they are (:func:`~mobilenet.depthwise.mixed_matmul`)."""
+        batch norm. Before a batch norm (which works in float32) a half-precision depthwise
+        convolution or 1x1 product returns its float32 sums as they are
+        (:func:`~mobilenet.depthwise.depthwise_conv`'s ``preferred_element_type``,
+        :func:`~mobilenet.depthwise.mixed_matmul`)."""
         use_bias = not self.batch_norm
+        out_dtype = (accumulator_dtype(self.dtype)
+                     if self.batch_norm and self.dtype is not None else None)
         if depthwise:
             return DepthwiseConv(features, (kernel_size, kernel_size), strides=strides,
                                  padding=self.padding(kernel_size), use_bias=use_bias,
-                                 impl=self.depthwise, dtype=self.dtype, name=name)
+                                 impl=self.depthwise, dtype=self.dtype,
+                                 preferred_element_type=out_dtype, name=name)
         if kernel_size == 1 and strides == 1 and self.pointwise == "matmul":
-            out_dtype = (accumulator_dtype(self.dtype)
-                         if self.batch_norm and self.dtype is not None else None)
             return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype,
                                  preferred_element_type=out_dtype, name=name)
         return nn.Conv(features, (kernel_size, kernel_size), strides=strides,

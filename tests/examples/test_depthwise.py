@@ -99,54 +99,92 @@ def _jitted_vjp(f):
 
 
 def _native_values_and_grads(x, kernel, g, strides, padding, *, through_float32=False):
+    """The native form's output (in ``g``'s dtype) and gradients for the cotangent ``g``."""
     def f(x, kernel):
         if through_float32:  # The float32 kernels on widened copies, rounded back.
             wide = depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32),
                                   strides=strides, padding=padding, impl="native")
-            return wide.astype(x.dtype)
-        return depthwise_conv(x, kernel, strides=strides, padding=padding, impl="native")
+            return wide.astype(g.dtype)
+        return depthwise_conv(x, kernel, strides=strides, padding=padding, impl="native",
+                              preferred_element_type=g.dtype)
 
     return _jitted_vjp(f)(x, kernel, g)
 
 
+@pytest.mark.parametrize("result", [jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("shape,k,strides,padding", CASES)
-def test_native_bfloat16_is_the_float32_kernels_rounded_once(shape, k, strides, padding):
-    # The kernels read bfloat16, sum in float32 and round each result once: the bits of
-    # the float32 kernels on widened copies with the results converted to bfloat16.
-    # Non-finite values too: an inf kernel tap and a NaN in the output gradient.
+def test_native_bfloat16_is_the_float32_kernels_rounded_once(shape, k, strides, padding,
+                                                             result):
+    # The kernels read bfloat16, sum in float32 and round each bfloat16 result once: the
+    # bits of the float32 kernels on widened copies with the results converted to
+    # bfloat16. A float32 result (and cotangent) is passed as it is. Non-finite values
+    # too: an inf kernel tap and a NaN in the output gradient.
     _skip_without_native("native")
     x, kernel = _inputs(shape, k, jnp.bfloat16)
     kernel = kernel.at[0, 0, 0, 1].set(jnp.inf)
     y_shape = jax.eval_shape(functools.partial(depthwise_conv, strides=strides, padding=padding),
                              x, kernel).shape
-    g = jnp.asarray(np.random.default_rng(1).normal(size=y_shape), jnp.bfloat16)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=y_shape), result)
     g = g.at[0, 0, 0, 2].set(jnp.nan)
     got = _native_values_and_grads(x, kernel, g, strides, padding)
     want = _native_values_and_grads(x, kernel, g, strides, padding, through_float32=True)
-    for name, a, b in zip(("output", "d/dx", "d/dkernel"), got, want):
-        assert a.dtype == b.dtype == jnp.bfloat16, name
+    for name, a, b, dtype in zip(("output", "d/dx", "d/dkernel"), got, want,
+                                 (result, jnp.bfloat16, jnp.bfloat16)):
+        assert a.dtype == b.dtype == dtype, name
         a, b = np.asarray(a.astype(jnp.float32)), np.asarray(b.astype(jnp.float32))
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
         np.testing.assert_array_equal(np.where(np.isnan(a), 0, a).view(np.uint32),
                                       np.where(np.isnan(b), 0, b).view(np.uint32), err_msg=name)
 
 
-def test_native_bfloat16_runs_without_float32_copies():
+@pytest.mark.parametrize("result,calls", [
+    # Operands in bfloat16, results too but for the kernel gradient (a float32 sum).
+    ("bf16", {"jrelu6_depthwise_forward": ("bf16", "bf16", "bf16"),
+              "jrelu6_depthwise_input_grad": ("bf16", "bf16", "bf16"),
+              "jrelu6_depthwise_kernel_grad": ("f32", "bf16", "bf16")}),
+    # A float32 result: the output and its cotangent in float32, nothing else.
+    ("f32", {"jrelu6_depthwise_forward": ("f32", "bf16", "bf16"),
+             "jrelu6_depthwise_input_grad": ("bf16", "f32", "bf16"),
+             "jrelu6_depthwise_kernel_grad": ("f32", "bf16", "f32")}),
+])
+def test_native_bfloat16_runs_without_float32_copies(result, calls):
     _skip_without_native("native")
     x, kernel = _inputs((2, 6, 6, 4), 3, jnp.bfloat16)
+    dtype = {"bf16": jnp.bfloat16, "f32": jnp.float32}[result]
 
     def loss(x, k):  # Non-linear, so that the forward call stays in the gradient.
-        return jnp.sum(jnp.sin(depthwise_conv(x, k, impl="native").astype(jnp.float32)))
+        y = depthwise_conv(x, k, impl="native", preferred_element_type=dtype)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
 
     grad = jax.grad(loss, argnums=(0, 1))
     hlo = jax.jit(grad).lower(x, kernel).compile().as_text()
     call = re.compile(r"= (\w+)\[[^=]* custom-call\(.*custom_call_target=\"(\w+)\", "
                       r"operand_layout_constraints=\{(\w+)\[[^]]*\]\{[^}]*\}, (\w+)\[")
-    calls = {target: (result, *operands) for result, target, *operands in call.findall(hlo)}
-    # Operands in bfloat16, results too but for the kernel gradient (a float32 sum).
-    assert calls == {"jrelu6_depthwise_forward": ("bf16", "bf16", "bf16"),
-                     "jrelu6_depthwise_input_grad": ("bf16", "bf16", "bf16"),
-                     "jrelu6_depthwise_kernel_grad": ("f32", "bf16", "bf16")}
+    found = {target: (result, *operands) for result, target, *operands in call.findall(hlo)}
+    assert found == calls
+
+
+@pytest.mark.parametrize("impl", depthwise.IMPLS)
+def test_float32_result_of_bfloat16_operands_in_every_form(impl):
+    # preferred_element_type=float32: the float32 sums of the bfloat16 products (exact in
+    # float32) as they are, and gradients from the float32 cotangent, rounded once.
+    _skip_without_native(impl)
+    x, kernel = _inputs((2, 7, 9, 45), 3, jnp.bfloat16)
+    g = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 5, 45)), jnp.float32)
+
+    def f(x, kernel):
+        return depthwise_conv(x, kernel, strides=2, impl=impl, preferred_element_type=g.dtype)
+
+    y, dx, dk = _jitted_vjp(f)(x, kernel, g)
+    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.float32, jnp.bfloat16, jnp.bfloat16)
+    wide = jax.jit(lambda x, k: jax.vjp(functools.partial(
+        depthwise_conv, strides=2, impl="grouped"), x, k)[1](g))
+    want_dx, want_dk = wide(x.astype(jnp.float32), kernel.astype(jnp.float32))
+    want_y = depthwise_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), strides=2,
+                            impl="grouped")
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    for got, want in ((dx, want_dx), (dk, want_dk)):  # One rounding to bfloat16 apart.
+        np.testing.assert_allclose(_widened(got), want, rtol=2**-8, atol=1e-5)
 
 
 def _cpu_gradient_hlo(impl: str) -> str:

@@ -31,22 +31,24 @@
 //   kernel, a finite output-gradient pixel) and multiply a row of zeros in
 //   their place otherwise.
 //
-// bfloat16 arrays are read and written as they are: each value is widened to
-// float32 as it is loaded (a 16-bit shift), every sum is a float32 sum in the
-// same order as for float32 arrays, and each forward and input-gradient
-// result is rounded to the nearest bfloat16 (ties to even) once, as it is
-// stored. That gives the bits of the float32 kernels run on widened copies with
-// the results converted back, as XLA converts, without the copies: two passes
-// over each array fewer. The kernel gradient, a sum over the whole batch, is
-// returned in float32 whatever the inputs' type, so that devices that each hold
-// part of the batch add their partial sums before anything is rounded.
+// Each operand and result is float32 or bfloat16, each independently of the
+// others. bfloat16 arrays are read and written as they are: each value is
+// widened to float32 as it is loaded (a 16-bit shift), every sum is a float32
+// sum in the same order as for float32 arrays, and a bfloat16 forward or
+// input-gradient result is rounded to the nearest bfloat16 (ties to even) once,
+// as it is stored. That gives the bits of the float32 kernels run on widened
+// copies with the results converted back, as XLA converts, without the copies:
+// two passes over each array fewer. A float32 result of bfloat16 operands is the
+// float32 sums as they are (for a float32 batch norm that follows; its float32
+// cotangent comes back as it is). The kernel gradient, a sum over the whole
+// batch, is returned in float32 whatever the inputs' type, so that devices that
+// each hold part of the batch add their partial sums before anything is rounded.
 
 #include <algorithm>
 #include <cstring>
 #include <atomic>
 #include <cstdint>
 #include <functional>
-#include <initializer_list>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -205,9 +207,9 @@ inline void Store8(Bf16* p, F8 v) {
 constexpr int kWide = 4;
 
 // out[c:c + V * 8] = sum over the taps t of a[t] * b[t] there, in tap order.
-template <int V, typename T>
-inline void DotTapsBlock(const T* const* a, const float* const* b, int taps, int64_t c,
-                         T* out) {
+template <int V, typename TA, typename TO>
+inline void DotTapsBlock(const TA* const* a, const float* const* b, int taps, int64_t c,
+                         TO* out) {
   F8 sum[V] = {};
   if (taps > 0) {
     for (int v = 0; v < V; ++v)
@@ -221,9 +223,9 @@ inline void DotTapsBlock(const T* const* a, const float* const* b, int taps, int
 }
 
 // out[0:C] = sum over the taps t of a[t][0:C] * b[t][0:C], summed in float32 in tap
-// order, rounded to T once.
-template <typename T>
-void DotTaps(const T* const* a, const float* const* b, int taps, int64_t channels, T* out) {
+// order, rounded to TO once.
+template <typename TA, typename TO>
+void DotTaps(const TA* const* a, const float* const* b, int taps, int64_t channels, TO* out) {
   int64_t c = 0;
   for (; c + kWide * kLanes <= channels; c += kWide * kLanes)
     DotTapsBlock<kWide>(a, b, taps, c, out);
@@ -238,14 +240,14 @@ void DotTaps(const T* const* a, const float* const* b, int taps, int64_t channel
 
 // out[c:c + V * 8] += sum over q in [q_begin, q_end) of dy[q * C + c] times
 // x[(q * sw + offset) * C + c] there, in q order.
-template <int V, typename T>
-inline void DotPixelsBlock(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t sw,
-                           int64_t offset, int64_t channels, int64_t c, float* out) {
+template <int V, typename TX, typename TD>
+inline void DotPixelsBlock(const TD* dy, const TX* x, int64_t q_begin, int64_t q_end,
+                           int64_t sw, int64_t offset, int64_t channels, int64_t c, float* out) {
   F8 sum[V];
   for (int v = 0; v < V; ++v) sum[v] = Load8(out + c + v * kLanes);
   for (int64_t q = q_begin; q < q_end; ++q) {
-    const T* g = dy + q * channels + c;
-    const T* in = x + (q * sw + offset) * channels + c;
+    const TD* g = dy + q * channels + c;
+    const TX* in = x + (q * sw + offset) * channels + c;
     for (int v = 0; v < V; ++v) sum[v] += Load8(g + v * kLanes) * Load8(in + v * kLanes);
   }
   for (int v = 0; v < V; ++v) Store8(out + c + v * kLanes, sum[v]);
@@ -253,8 +255,8 @@ inline void DotPixelsBlock(const T* dy, const T* x, int64_t q_begin, int64_t q_e
 
 // out[0:C] += sum over q in [q_begin, q_end) of dy[q * C + c] * x[(q * sw + offset) * C + c],
 // in q order.
-template <typename T>
-void DotPixels(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t sw,
+template <typename TX, typename TD>
+void DotPixels(const TD* dy, const TX* x, int64_t q_begin, int64_t q_end, int64_t sw,
                int64_t offset, int64_t channels, float* out) {
   int64_t c = 0;
   for (; c + kWide * kLanes <= channels; c += kWide * kLanes)
@@ -270,15 +272,15 @@ void DotPixels(const T* dy, const T* x, int64_t q_begin, int64_t q_end, int64_t 
 }
 
 // out[0:C] += a[0:C] * b[0:C]: a padding tap's product in the kernel gradient.
-template <typename T>
-void MultiplyAdd(float* out, const T* a, const T* b, int64_t channels) {
+template <typename TA, typename TB>
+void MultiplyAdd(float* out, const TA* a, const TB* b, int64_t channels) {
   for (int64_t c = 0; c < channels; ++c) out[c] += Widen(a[c]) * Widen(b[c]);
 }
 
 // `zeros` (C zeros) stands for the padding where it must be multiplied (a kernel that
 // is not finite); null where padding taps can be skipped. `k` is the kernel in float32.
-template <typename T>
-void Forward(const Geometry& g, const T* x, const float* k, const T* zeros, T* y,
+template <typename T, typename TO>
+void Forward(const Geometry& g, const T* x, const float* k, const T* zeros, TO* y,
              int64_t row_begin, int64_t row_end) {
   std::vector<const T*> xs(g.kh * g.kw);
   std::vector<const float*> ks(g.kh * g.kw);
@@ -306,8 +308,8 @@ void Forward(const Geometry& g, const T* x, const float* k, const T* zeros, T* y
 
 // As lax.conv's transpose: a tap that falls on padding or between strided outputs
 // multiplies a zero (`zeros`, when the kernel is not finite; else it is skipped).
-template <typename T>
-void InputGrad(const Geometry& g, const T* dy, const float* k, const T* zeros, T* dx,
+template <typename T, typename TO>
+void InputGrad(const Geometry& g, const T* dy, const float* k, const T* zeros, TO* dx,
                int64_t row_begin, int64_t row_end) {
   std::vector<const T*> gs(g.kh * g.kw);
   std::vector<const float*> ks(g.kh * g.kw);
@@ -336,12 +338,12 @@ void InputGrad(const Geometry& g, const T* dy, const float* k, const T* zeros, T
 // Adds sum_{rows, q} dy * x-under-tap into acc[(i * kw + j) * C + c] (float32), in row
 // and then q order. A padding tap adds dy * 0: nothing where that dy pixel is finite
 // (checked only there, at the borders), NaN in the channels where it is not.
-template <typename T>
-void KernelGrad(const Geometry& g, const T* x, const T* dy, const T* zeros, float* acc,
+template <typename TX, typename TD>
+void KernelGrad(const Geometry& g, const TX* x, const TD* dy, const TX* zeros, float* acc,
                 int64_t row_begin, int64_t row_end) {
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / g.ho, p = row % g.ho;
-    const T* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
+    const TD* dy_row = dy + (n * g.ho + p) * g.wo * g.c;
     for (int64_t i = 0; i < g.kh; ++i) {
       const int64_t a = p * g.sh - g.pt + i;
       const bool row_inside = a >= 0 && a < g.h;
@@ -358,7 +360,7 @@ void KernelGrad(const Geometry& g, const T* x, const T* dy, const T* zeros, floa
         }
         for (int64_t q = 0; q < g.wo; ++q) {
           if (q >= q_begin && q < q_end) continue;
-          const T* dy_pixel = dy_row + q * g.c;
+          const TD* dy_pixel = dy_row + q * g.c;
           if (!AllFinite(dy_pixel, g.c)) MultiplyAdd(out, dy_pixel, zeros, g.c);
         }
       }
@@ -380,17 +382,24 @@ ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& ou
   return ffi::Error::Success();
 }
 
-// Calls body(T{}) with T the element type that all of `types` share: float (F32) or
-// Bf16 (BF16); an error for any other type or a mix.
+// Calls body(T{}) with T the element type of `type`: float (F32) or Bf16 (BF16); an
+// error for any other.
 template <typename Body>
-ffi::Error WithElementType(std::initializer_list<ffi::DataType> types, Body&& body) {
-  const ffi::DataType type = *types.begin();
-  for (ffi::DataType other : types)
-    if (other != type)
-      return ffi::Error::InvalidArgument("depthwise: operands and result must share a dtype");
+ffi::Error WithElementType(ffi::DataType type, Body&& body) {
   if (type == ffi::DataType::F32) return body(float{});
   if (type == ffi::DataType::BF16) return body(Bf16{});
   return ffi::Error::InvalidArgument("depthwise: float32 or bfloat16 only");
+}
+
+// body(A{}, B{}, C{}) with the element types of the three buffers (each float or Bf16).
+template <typename Body>
+ffi::Error WithElementTypes(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
+                            const ffi::AnyBuffer& c, Body&& body) {
+  return WithElementType(a.element_type(), [&](auto ta) {
+    return WithElementType(b.element_type(), [&](auto tb) {
+      return WithElementType(c.element_type(), [&](auto tc) { return body(ta, tb, tc); });
+    });
+  });
 }
 
 // The kernel taps in float32: the buffer itself for float32, else a widened copy.
@@ -406,16 +415,17 @@ const float* WideTaps(const T* k, int64_t size, std::vector<float>& copy) {
 }
 
 // The forward and input-gradient calls differ only in which kernel runs over which rows.
-template <typename T, typename Kernel>
+// T: the image's element type, TK the taps', TO the result's.
+template <typename T, typename TK, typename TO, typename Kernel>
 ffi::Error ByRows(ffi::ThreadPool& pool, const Geometry& g, const ffi::AnyBuffer& image,
                   const ffi::AnyBuffer& taps, ffi::Result<ffi::AnyBuffer>& out, int64_t rows,
                   Kernel kernel) {
   std::vector<float> wide;
-  const float* k = WideTaps(taps.reinterpret_data<T>(), g.kh * g.kw * g.c, wide);
+  const float* k = WideTaps(taps.reinterpret_data<TK>(), g.kh * g.kw * g.c, wide);
   const std::vector<T> zeros(g.c, T{});
   const T* pad = AllFinite(k, g.kh * g.kw * g.c) ? nullptr : zeros.data();
   const T* in = image.reinterpret_data<T>();
-  T* result = out->reinterpret_data<T>();
+  TO* result = out->reinterpret_data<TO>();
   ParallelFor(pool, rows, Chunks(pool, rows), [&](int64_t begin, int64_t end) {
     kernel(g, in, k, pad, result, begin, end);
   });
@@ -429,9 +439,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer k,
   if (auto error = CheckedGeometry(x, *y, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementType({x.element_type(), k.element_type(), y->element_type()}, [&](auto tag) {
-    using T = decltype(tag);
-    return ByRows<T>(pool, g, x, k, y, g.n * g.ho, Forward<T>);
+  return WithElementTypes(x, k, *y, [&](auto tx, auto tk, auto ty) {
+    using T = decltype(tx);
+    using TO = decltype(ty);
+    return ByRows<T, decltype(tk), TO>(pool, g, x, k, y, g.n * g.ho, Forward<T, TO>);
   });
 }
 
@@ -442,15 +453,15 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer
   if (auto error = CheckedGeometry(*dx, dy, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementType({dy.element_type(), k.element_type(), dx->element_type()},
-                         [&](auto tag) {
-                           using T = decltype(tag);
-                           return ByRows<T>(pool, g, dy, k, dx, g.n * g.h, InputGrad<T>);
-                         });
+  return WithElementTypes(dy, k, *dx, [&](auto td, auto tk, auto tx) {
+    using T = decltype(td);
+    using TO = decltype(tx);
+    return ByRows<T, decltype(tk), TO>(pool, g, dy, k, dx, g.n * g.h, InputGrad<T, TO>);
+  });
 }
 
-template <typename T>
-ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const T* x, const T* dy,
+template <typename TX, typename TD>
+ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const TX* x, const TD* dy,
                            float* dk) {
   const int64_t size = g.kh * g.kw * g.c;
   const int64_t rows = g.n * g.ho;
@@ -458,7 +469,7 @@ ffi::Error KernelGradTyped(ffi::ThreadPool& pool, const Geometry& g, const T* x,
   // the sum's order is fixed whatever the pool's size and schedule.
   const int64_t chunks = KernelGradChunks(rows, g.wo);
   std::vector<float> partial(chunks * size, 0.0f);
-  const std::vector<T> zeros(g.c, T{});
+  const std::vector<TX> zeros(g.c, TX{});
   ParallelFor(pool, chunks, chunks, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
       KernelGrad(g, x, dy, zeros.data(), partial.data() + c * size, c * rows / chunks,
@@ -479,10 +490,13 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
     return error;
   if (dk->element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("depthwise: the kernel gradient is float32");
-  return WithElementType({x.element_type(), dy.element_type()}, [&](auto tag) {
-    using T = decltype(tag);
-    return KernelGradTyped<T>(pool, g, x.reinterpret_data<T>(), dy.reinterpret_data<T>(),
-                              dk->reinterpret_data<float>());
+  return WithElementType(x.element_type(), [&](auto tx) {
+    return WithElementType(dy.element_type(), [&](auto td) {
+      using TX = decltype(tx);
+      using TD = decltype(td);
+      return KernelGradTyped<TX, TD>(pool, g, x.reinterpret_data<TX>(),
+                                     dy.reinterpret_data<TD>(), dk->reinterpret_data<float>());
+    });
   });
 }
 

@@ -274,9 +274,10 @@ NATIVE_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 def _native_any_dtype(x: jax.Array, kernel: jax.Array, strides, pads, out_dtype: Any
                       ) -> jax.Array:
     """:func:`_native` with an ``out_dtype`` result: float32 and bfloat16 arrays as they
-    are (the kernels read and write both, summing in float32), others through float32
-    copies."""
-    if all(dtype in NATIVE_DTYPES for dtype in (x.dtype, kernel.dtype, out_dtype)):
+    are (the kernels read and write both, summing in float32; a bfloat16 input may have
+    a float32 result), others through float32 copies."""
+    if (x.dtype in NATIVE_DTYPES and kernel.dtype == x.dtype
+            and out_dtype in (x.dtype, jnp.dtype(jnp.float32))):
         return _native(x, kernel, strides, pads, out_dtype)
     wide = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), strides, pads,
                    jnp.dtype(jnp.float32))

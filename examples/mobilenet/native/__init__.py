@@ -3,7 +3,8 @@
 XLA:CPU has no fast depthwise convolution (see :mod:`mobilenet.depthwise`).
 ``depthwise.cc`` holds three small C++ kernels (forward, input gradient,
 kernel gradient) for NHWC float32 and bfloat16 arrays (bfloat16 read and
-written as it is, summed in float32) that XLA calls as custom calls
+written as it is, every sum in float32; a bfloat16 layer's output and its
+gradient may be float32), that XLA calls as custom calls
 (:func:`jax.ffi.ffi_call`), running on XLA's own intra-op thread pool.
 
 They are compiled the first time they are needed, with the machine's C++

@@ -31,18 +31,19 @@
 //   kernel, a finite output-gradient pixel) and multiply a row of zeros in
 //   their place otherwise.
 //
-// Each operand and result is float32 or bfloat16, each independently of the
-// others. bfloat16 arrays are read and written as they are: each value is
-// widened to float32 as it is loaded (a 16-bit shift), every sum is a float32
-// sum in the same order as for float32 arrays, and a bfloat16 forward or
-// input-gradient result is rounded to the nearest bfloat16 (ties to even) once,
-// as it is stored. That gives the bits of the float32 kernels run on widened
-// copies with the results converted back, as XLA converts, without the copies:
-// two passes over each array fewer. A float32 result of bfloat16 operands is the
-// float32 sums as they are (for a float32 batch norm that follows; its float32
-// cotangent comes back as it is). The kernel gradient, a sum over the whole
-// batch, is returned in float32 whatever the inputs' type, so that devices that
-// each hold part of the batch add their partial sums before anything is rounded.
+// The image (x, dx) and the kernel are float32 or bfloat16, the same type; the
+// forward's result (and so the output gradient) is of that type too, or float32
+// for bfloat16 images. bfloat16 arrays are read and written as they are: each
+// value is widened to float32 as it is loaded (a 16-bit shift), every sum is a
+// float32 sum in the same order as for float32 arrays, and a bfloat16 result is
+// rounded to the nearest bfloat16 (ties to even) once, as it is stored. That
+// gives the bits of the float32 kernels run on widened copies with the results
+// converted back, as XLA converts, without the copies: two passes over each
+// array fewer. A float32 result of bfloat16 operands is the float32 sums as they
+// are (for a float32 batch norm that follows, whose float32 cotangent comes back
+// as it is). The kernel gradient, a sum over the whole batch, is returned in
+// float32 whatever the inputs' type, so that devices that each hold part of the
+// batch add their partial sums before anything is rounded.
 
 #include <algorithm>
 #include <cstring>
@@ -382,24 +383,20 @@ ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& ou
   return ffi::Error::Success();
 }
 
-// Calls body(T{}) with T the element type of `type`: float (F32) or Bf16 (BF16); an
-// error for any other.
+// Calls body(T{}, TY{}) with T the image's and kernel's element type (float or Bf16)
+// and TY the forward result's (T, or float for Bf16 images); an error for any other
+// combination.
 template <typename Body>
-ffi::Error WithElementType(ffi::DataType type, Body&& body) {
-  if (type == ffi::DataType::F32) return body(float{});
-  if (type == ffi::DataType::BF16) return body(Bf16{});
-  return ffi::Error::InvalidArgument("depthwise: float32 or bfloat16 only");
-}
-
-// body(A{}, B{}, C{}) with the element types of the three buffers (each float or Bf16).
-template <typename Body>
-ffi::Error WithElementTypes(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b,
-                            const ffi::AnyBuffer& c, Body&& body) {
-  return WithElementType(a.element_type(), [&](auto ta) {
-    return WithElementType(b.element_type(), [&](auto tb) {
-      return WithElementType(c.element_type(), [&](auto tc) { return body(ta, tb, tc); });
-    });
-  });
+ffi::Error WithElementTypes(ffi::DataType image, ffi::DataType kernel, ffi::DataType result,
+                            Body&& body) {
+  using ffi::DataType;
+  if (kernel != image)
+    return ffi::Error::InvalidArgument("depthwise: the kernel must have the image's dtype");
+  if (image == DataType::F32 && result == DataType::F32) return body(float{}, float{});
+  if (image == DataType::BF16 && result == DataType::BF16) return body(Bf16{}, Bf16{});
+  if (image == DataType::BF16 && result == DataType::F32) return body(Bf16{}, float{});
+  return ffi::Error::InvalidArgument(
+      "depthwise: float32 or bfloat16 images, with results of their dtype or float32");
 }
 
 // The kernel taps in float32: the buffer itself for float32, else a widened copy.
@@ -415,7 +412,7 @@ const float* WideTaps(const T* k, int64_t size, std::vector<float>& copy) {
 }
 
 // The forward and input-gradient calls differ only in which kernel runs over which rows.
-// T: the image's element type, TK the taps', TO the result's.
+// T: the element type of `image` (what the kernel reads), TK the taps', TO the result's.
 template <typename T, typename TK, typename TO, typename Kernel>
 ffi::Error ByRows(ffi::ThreadPool& pool, const Geometry& g, const ffi::AnyBuffer& image,
                   const ffi::AnyBuffer& taps, ffi::Result<ffi::AnyBuffer>& out, int64_t rows,
@@ -439,11 +436,13 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer k,
   if (auto error = CheckedGeometry(x, *y, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementTypes(x, k, *y, [&](auto tx, auto tk, auto ty) {
-    using T = decltype(tx);
-    using TO = decltype(ty);
-    return ByRows<T, decltype(tk), TO>(pool, g, x, k, y, g.n * g.ho, Forward<T, TO>);
-  });
+  return WithElementTypes(x.element_type(), k.element_type(), y->element_type(),
+                          [&](auto tx, auto ty) {
+                            using T = decltype(tx);
+                            using TY = decltype(ty);
+                            return ByRows<T, T, TY>(pool, g, x, k, y, g.n * g.ho,
+                                                    Forward<T, TY>);
+                          });
 }
 
 ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer k,
@@ -453,11 +452,13 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer
   if (auto error = CheckedGeometry(*dx, dy, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementTypes(dy, k, *dx, [&](auto td, auto tk, auto tx) {
-    using T = decltype(td);
-    using TO = decltype(tx);
-    return ByRows<T, decltype(tk), TO>(pool, g, dy, k, dx, g.n * g.h, InputGrad<T, TO>);
-  });
+  return WithElementTypes(dx->element_type(), k.element_type(), dy.element_type(),
+                          [&](auto tx, auto ty) {
+                            using T = decltype(tx);
+                            using TY = decltype(ty);
+                            return ByRows<TY, T, T>(pool, g, dy, k, dx, g.n * g.h,
+                                                    InputGrad<TY, T>);
+                          });
 }
 
 template <typename TX, typename TD>
@@ -490,14 +491,14 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
     return error;
   if (dk->element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("depthwise: the kernel gradient is float32");
-  return WithElementType(x.element_type(), [&](auto tx) {
-    return WithElementType(dy.element_type(), [&](auto td) {
-      using TX = decltype(tx);
-      using TD = decltype(td);
-      return KernelGradTyped<TX, TD>(pool, g, x.reinterpret_data<TX>(),
-                                     dy.reinterpret_data<TD>(), dk->reinterpret_data<float>());
-    });
-  });
+  return WithElementTypes(x.element_type(), x.element_type(), dy.element_type(),
+                          [&](auto tx, auto ty) {
+                            using T = decltype(tx);
+                            using TY = decltype(ty);
+                            return KernelGradTyped<T, TY>(pool, g, x.reinterpret_data<T>(),
+                                                          dy.reinterpret_data<TY>(),
+                                                          dk->reinterpret_data<float>());
+                          });
 }
 
 }  // namespace

@@ -252,6 +252,23 @@ def test_native_rejects_negative_padding():
         depthwise_conv(x, kernel, padding=((-1, 1), (1, 1)), impl="native")
 
 
+@pytest.mark.parametrize("x_dtype,kernel_dtype,result_dtype,match", [
+    (jnp.float32, jnp.bfloat16, jnp.float32, "the kernel must have the image's dtype"),
+    (jnp.float32, jnp.float32, jnp.bfloat16, "results of their dtype or float32"),
+    (jnp.float16, jnp.float16, jnp.float16, "results of their dtype or float32"),
+])
+def test_native_kernels_refuse_other_dtypes(x_dtype, kernel_dtype, result_dtype, match):
+    # depthwise_conv never asks for these (it goes through float32 copies); a direct
+    # call gets the kernels' own error, not a misread buffer.
+    _skip_without_native("native")
+    x = jnp.ones((1, 4, 4, 2), x_dtype)
+    kernel = jnp.ones((3, 3, 2), kernel_dtype)
+    with pytest.raises(jax.errors.JaxRuntimeError, match=match):
+        jax.block_until_ready(depthwise._ffi_call(
+            "jrelu6_depthwise_forward", (1, 4, 4, 2), result_dtype, (1, 1), ((1, 1), (1, 1)),
+            x, kernel))
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -137,7 +137,7 @@ def rounded(x: jax.Array, dtype: Any) -> jax.Array:
     Between a float32 batch norm and an activation of a bfloat16 network it gives the
     activation bfloat16 inputs (the kinks where a bfloat16 network has them) while the
     cotangent stays float32: autodiff of ``x.astype(dtype).astype(x.dtype)`` would round
-    the cotangent to ``dtype`` too, in two passes of its own (a convert each way).
+    the cotangent to ``dtype`` and widen it again (XLA:CPU gives the widening a pass).
 
     Examples:
       >>> x = jnp.float32(1 + 2 ** -10)

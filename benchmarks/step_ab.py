@@ -15,7 +15,8 @@ and each candidate's ratio to the first.
     python benchmarks/step_ab.py --quick
 
 The revision must have ``benchmarks/_mobilenet_step.py`` with ``synthetic_batch``,
-``model_kwargs``, ``create_state`` and ``jitted_step`` (every one since 2026-12-06).
+``create_model``, ``model_kwargs``, ``create_state`` and ``jitted_step`` (every one
+since 2026-12-06).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _worker(tree: str, config: dict[str, Any]) -> None:
 
     images, labels = mstep.synthetic_batch(config["batch"], config["size"],
                                            config["num_classes"])
-    model = mstep.models.create_model("mobilenet_v2", **mstep.model_kwargs(config))
+    model = mstep.create_model(**mstep.model_kwargs(config))
     state = mstep.create_state(model, images.shape[1:])
     compiled = mstep.jitted_step(model).lower(state, images, labels).compile()
     state, loss = compiled(state, images, labels)

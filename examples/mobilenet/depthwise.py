@@ -345,13 +345,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
         batch, image, taps = shardings(mesh, arg_shapes)
         if not kernel_grad:
             return mesh, body, image, (image, taps)
-        axes = () if batch is None else (batch,) if isinstance(batch, str) else tuple(batch)
-
-        def summed(x, g):
-            partial = body(x, g)
-            return lax.psum(partial, axes) if axes else partial
-
-        return mesh, summed, taps, (image, image)
+        return mesh, _summed_over(batch, body), taps, (image, image)
 
     def infer(mesh, arg_shapes, result_shape):  # For the GSPMD partitioner.
         del result_shape
@@ -367,6 +361,18 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
                      reduction_factors=("n",) if kernel_grad else (),
                      need_replication_factors=whole)
     return _sequential_vmap(op)
+
+
+def _summed_over(axes: Any, body: Callable) -> Callable:
+    """``body`` (a sum over a sharded axis) followed by the sum of the devices' partial
+    results over the mesh axes ``axes`` (a name, a tuple of names or ``None``)."""
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+    def summed(a: jax.Array, b: jax.Array) -> jax.Array:
+        partial = body(a, b)
+        return lax.psum(partial, axes) if axes else partial
+
+    return summed
 
 
 def _sequential_vmap(op: Callable) -> Callable:
@@ -568,8 +574,10 @@ def mixed_matmul(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
     (AVX512-BF16 on a Zen 4 EPYC) XLA:CPU hands the forward and input-gradient products
     to YNNPACK as they are, 1.2-2.4x as fast as float32 ones at MobileNet shapes
     (``benchmarks/cpu_products.py``), where a bfloat16 ``jnp.matmul`` (bfloat16 result)
-    is converted to float32 around a float32 product, slower than float32; the kernel
-    gradient, summed over the rows, runs in XLA's own dot on float32 copies either way.
+    is converted to float32 around a float32 product, slower than float32. The kernel
+    gradient, summed over the rows, XLA:CPU would compute in its own dot on float32
+    copies of both operands; on CPU it is a native kernel that reads them as they are
+    (:mod:`mobilenet.native`, ``pointwise.cc``) where the kernels are built.
     Plain autodiff of ``lax.dot(..., preferred_element_type=float32)`` would compute
     both gradients in float32.
 
@@ -589,11 +597,51 @@ def _mixed_matmul_bwd(dtype, residuals, g):
     x, kernel = residuals
     g = g.astype(x.dtype)
     dx = _contract(g, kernel.astype(x.dtype), (1, 1), dtype)
-    dkernel = _contract(x, g, (0, 0), dtype)
+    dkernel = _rows_product(x, g, dtype)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
 mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def _rows_product(x: jax.Array, g: jax.Array, dtype: Any) -> jax.Array:
+    """``x.T @ g`` in ``dtype``, a 1x1 convolution's kernel gradient: on CPU by the native
+    kernel (:mod:`mobilenet.native`) for bfloat16 operands and a float32 result, where it
+    is built (a CPU with AVX512-BF16); XLA's dot otherwise (on CPU a float32 dot on
+    float32 copies of both)."""
+    xla = functools.partial(_contract, dims=(0, 0), dtype=dtype)
+    if not (x.dtype == g.dtype == jnp.bfloat16 and jnp.dtype(dtype) == jnp.float32
+            and native.has_pointwise_kernel_grad()):
+        return xla(x, g)
+    return lax.platform_dependent(x, g, cpu=_rows_product_op(), default=xla)
+
+
+@functools.cache
+def _rows_product_op() -> Callable:
+    """The native ``x.T @ g`` as an op that XLA partitions by rows: each device sums its
+    own rows (its shard of the batch) and the partial sums are added across devices."""
+    target = "jrelu6_pointwise_kernel_grad"
+
+    def body(x: jax.Array, g: jax.Array) -> jax.Array:
+        result = jax.ShapeDtypeStruct((x.shape[1], g.shape[1]), jnp.float32)
+        return jax.ffi.ffi_call(target, result)(x, g)
+
+    def partition(mesh, arg_shapes, result_shape):
+        del result_shape
+        rows = _spec_of(arg_shapes[0].sharding, 2)[0]
+        by_rows = NamedSharding(mesh, PartitionSpec(rows, None))
+        return mesh, _summed_over(rows, body), NamedSharding(mesh, PartitionSpec()), (
+            by_rows, by_rows)
+
+    def infer(mesh, arg_shapes, result_shape):  # For the GSPMD partitioner.
+        del arg_shapes, result_shape
+        return NamedSharding(mesh, PartitionSpec())
+
+    op = custom_partitioning(body)
+    op.def_partition(partition, infer_sharding_from_operands=infer,
+                     propagate_user_sharding=None, sharding_rule="k m, k n -> m n",
+                     reduction_factors=("k",), need_replication_factors=("m", "n"))
+    return _sequential_vmap(op)
 
 
 class PointwiseConv(nn.Module):

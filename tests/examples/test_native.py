@@ -65,9 +65,22 @@ def test_builds_once_then_loads_from_the_cache(tmp_path):
     if "available True" not in first.stdout:
         pytest.skip(f"no working C++ compiler here: {first.stderr.strip()[-200:]}")
     assert "custom call True" in first.stdout
-    (built,) = (tmp_path / "cache" / "jrelu6" / "native").glob("*/depthwise.so")
+    (built,) = (tmp_path / "cache" / "jrelu6" / "native").glob("*/kernels.so")
     stamp = built.stat().st_mtime_ns
     second = _probe(tmp_path)
     assert "available True" in second.stdout and "custom call True" in second.stdout
     assert built.stat().st_mtime_ns == stamp
     assert not list(built.parent.glob(".build-*"))
+
+
+def test_the_bfloat16_1x1_kernel_gradient_is_built_where_the_cpu_has_avx512_bf16():
+    from mobilenet import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line for line in cpuinfo if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags here")
+    assert native.has_pointwise_kernel_grad() == ("avx512_bf16" in flags)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from mobilenet import native, sharding, train_state
+from mobilenet import depthwise, native, sharding, train_state
 from mobilenet.configs import get_config
 from mobilenet.depthwise import depthwise_conv
 from mobilenet.infra import distributed
@@ -98,6 +98,32 @@ def test_sharded_channels_split_the_work_too():
     assert "all-gather" not in hlo
     assert {shape for _, shape in _native_calls(hlo)} == {"f32[2,3,3,2]", "f32[2,6,6,2]",
                                                           "f32[3,3,2]"}
+
+
+def test_each_device_sums_its_own_rows_of_a_1x1_kernel_gradient():
+    # mixed_matmul's kernel gradient x.T @ g (bfloat16, native on CPU): each device's
+    # rows (its images' pixels), then one float32 all-reduce of the partial sums.
+    if not native.has_pointwise_kernel_grad():
+        pytest.skip("the 1x1 kernel gradient needs a CPU with AVX512-BF16")
+    mesh = sharding.create_mesh()
+    rows = 4 * mesh.size
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(rows, 24)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(24, 40)), jnp.float32)
+
+    def loss(x, kernel):
+        return jnp.sum(jnp.sin(depthwise.mixed_matmul(x, kernel, jnp.float32)))
+
+    grad = jax.jit(jax.grad(loss, argnums=1))
+    args = _sharded(mesh, x, ("data",)), _sharded(mesh, kernel, ())
+    hlo = grad.lower(*args).compile().as_text()
+    assert "all-gather" not in hlo and re.search(r"f32\[24,40\]\S* all-reduce", hlo)
+    (call,) = [line for line in hlo.splitlines()
+               if 'custom_call_target="jrelu6_pointwise_kernel_grad"' in line]
+    assert re.search(r"= f32\[24,40\]", call)
+    assert "operand_layout_constraints={bf16[4,24]{1,0}, bf16[4,40]{1,0}}" in call
+    one_device = [jax.device_put(a, jax.devices()[0]) for a in (x, kernel)]
+    np.testing.assert_allclose(grad(*args), grad(*one_device), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

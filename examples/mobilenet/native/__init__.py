@@ -4,8 +4,10 @@ XLA:CPU has no fast depthwise convolution (see :mod:`mobilenet.depthwise`).
 ``depthwise.cc`` holds three small C++ kernels (forward, input gradient,
 kernel gradient) for NHWC float32 and bfloat16 arrays (bfloat16 read and
 written as it is, every sum in float32; a bfloat16 layer's output and its
-gradient may be float32), that XLA calls as custom calls
-(:func:`jax.ffi.ffi_call`), running on XLA's own intra-op thread pool.
+gradient may be float32), and ``pointwise.cc`` one for the kernel gradient
+of a bfloat16 1x1 convolution (a product summed over its operands' first
+axis, which XLA:CPU computes on float32 copies). XLA calls them as custom
+calls (:func:`jax.ffi.ffi_call`), running on XLA's own intra-op thread pool.
 
 They are compiled the first time they are needed, with the machine's C++
 compiler (``$CXX``, else ``c++`` or ``g++``) against the FFI headers that
@@ -42,14 +44,16 @@ import warnings
 import jax
 import jaxlib
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise.cc")
+SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+                for name in ("depthwise.cc", "pointwise.cc"))
 # -march=native: the kernels' inner loops are over channels, vectorised for this CPU;
 # the cache folder is per machine, so the build never runs on another CPU model.
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC")  # Each source's, then "-shared".
 TARGETS = {
     "jrelu6_depthwise_forward": "Jrelu6DepthwiseForward",
     "jrelu6_depthwise_input_grad": "Jrelu6DepthwiseInputGrad",
     "jrelu6_depthwise_kernel_grad": "Jrelu6DepthwiseKernelGrad",
+    "jrelu6_pointwise_kernel_grad": "Jrelu6PointwiseKernelGrad",
 }
 ENV_SWITCH = "JRELU6_NATIVE"
 BUILD_TIMEOUT_S = 300
@@ -84,39 +88,67 @@ def cpu_signature() -> str:
 
 
 def _build(compiler: str) -> tuple[str, bool]:
-    """Compiles ``depthwise.cc`` (once per source, compiler, flags and jaxlib).
+    """Compiles :data:`SOURCES` into one library (once per source, compiler, flags and
+    jaxlib).
 
     Returns:
       The library's path, and whether this call compiled it (``False``: cached).
     """
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=False, timeout=60).stdout.splitlines()[:1]
-    with open(SOURCE, "rb") as source:
-        key = hashlib.sha256(source.read())
+    key = hashlib.sha256()
+    for name in SOURCES:
+        with open(name, "rb") as source:
+            key.update(source.read())
     for part in (*version, *FLAGS, jax.__version__, jaxlib.__version__, platform.machine(),
                  cpu_signature()):
         key.update(part.encode())
     folder = os.path.join(cache_directory(), key.hexdigest()[:16])
-    library = os.path.join(folder, "depthwise.so")
+    library = os.path.join(folder, "kernels.so")
     if os.path.exists(library):
         return library, False
     os.makedirs(folder, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
-    os.close(handle)
-    command = [compiler, *FLAGS, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial]
+    scratch = tempfile.mkdtemp(dir=folder, prefix=".build-")
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False,
-                                timeout=BUILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.unlink(partial)
-        raise RuntimeError(f"{compiler} took over {BUILD_TIMEOUT_S} s") from None
-    if result.returncode != 0:
-        os.unlink(partial)
-        lines = result.stderr.strip().splitlines() or ["no output"]
-        first = next((line for line in lines if "error:" in line), lines[-1])
-        raise RuntimeError(f"{compiler} failed (exit {result.returncode}): {first.strip()}")
-    os.replace(partial, library)
+        objects = [os.path.join(scratch, os.path.basename(name) + ".o") for name in SOURCES]
+        include = f"-I{jax.ffi.include_dir()}"
+        _run_side_by_side([[compiler, *FLAGS, include, "-c", name, "-o", obj]
+                           for name, obj in zip(SOURCES, objects)], compiler, scratch)
+        partial = os.path.join(scratch, "kernels.so")
+        _run_side_by_side([[compiler, "-shared", *objects, "-o", partial]], compiler, scratch)
+        os.replace(partial, library)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return library, True
+
+
+def _run_side_by_side(commands: list[list[str]], compiler: str, scratch: str) -> None:
+    """Runs ``commands`` at once (one source each: a machine's cores build them side by
+    side), each within :data:`BUILD_TIMEOUT_S`; a ``RuntimeError`` with the first error
+    line of the first that fails."""
+    logs = [os.path.join(scratch, f"{index}.log") for index in range(len(commands))]
+    processes = []
+    try:
+        for command, log in zip(commands, logs):
+            with open(log, "w") as stderr:
+                processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                                  stderr=stderr))
+        deadline = time.monotonic() + BUILD_TIMEOUT_S
+        for process, log in zip(processes, logs):
+            try:
+                code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"{compiler} took over {BUILD_TIMEOUT_S} s") from None
+            if code != 0:
+                with open(log) as stderr:
+                    lines = stderr.read().strip().splitlines() or ["no output"]
+                first = next((line for line in lines if "error:" in line), lines[-1])
+                raise RuntimeError(f"{compiler} failed (exit {code}): {first.strip()}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 def _load() -> None:
@@ -155,6 +187,15 @@ def available() -> bool:
                               "convolutions use their XLA form (slower on CPU)",
                               RuntimeWarning, stacklevel=2)
         return bool(_state["ok"])
+
+
+def has_pointwise_kernel_grad() -> bool:
+    """Whether the library has the bfloat16 1x1 kernel gradient (``pointwise.cc``): built
+    and loaded (:func:`available`) for a CPU with AVX512-BF16, the only kind on which it
+    is faster than XLA's own float32 dot."""
+    if not available():
+        return False
+    return bool(_state["library"].Jrelu6PointwiseKernelGradBuilt())  # type: ignore[attr-defined]
 
 
 def build_seconds() -> float:

@@ -194,29 +194,37 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
     return ffi::Error::Success();
   }
   const int64_t pieces = RowPieces(s.k);
-  // Parts of the output, enough items for 8 threads: ranges of rows (m) or, where
-  // there are more column tiles than row tiles, of columns (n); each item packs only
-  // its own rows or columns.
+  // The output is split into a grid of blocks, each item one block of one piece. Each
+  // item packs its own rows of x and columns of g, so the grid is chosen for the least
+  // packing (rows_split * N + cols_split * M per row summed) among those with enough
+  // items for the pool; how the output is split does not change any sum's order.
   const int64_t row_tiles = s.m_pad / kRows;
   const int64_t col_tiles = (s.n_pad + kMaxVectors * kLanes - 1) / (kMaxVectors * kLanes);
-  const bool by_cols = col_tiles > row_tiles;
-  const int64_t tiles = by_cols ? col_tiles : row_tiles;
-  const int64_t parts = std::clamp<int64_t>((8 + pieces - 1) / pieces, 1, tiles);
+  const int64_t wanted = std::min(row_tiles * col_tiles,
+                                  (2 * (pool.num_threads() + 1) + pieces - 1) / pieces);
+  int64_t row_parts = 1, col_parts = row_tiles * col_tiles;
+  for (int64_t rows = 1; rows <= row_tiles; ++rows) {
+    const int64_t cols = std::min(col_tiles, (wanted + rows - 1) / rows);
+    if (rows * cols >= wanted &&
+        rows * s.n + cols * s.m < row_parts * s.n + col_parts * s.m) {
+      row_parts = rows;
+      col_parts = cols;
+    }
+  }
+  const int64_t parts = row_parts * col_parts;
   const int64_t size = s.m_pad * s.n_pad;
   std::vector<float> partial(pieces * size, 0.0f);
   const Bf16* xs = x.reinterpret_data<Bf16>();
   const Bf16* gs = g.reinterpret_data<Bf16>();
   ParallelItems(pool, pieces * parts, [&](int64_t item) {
-    const int64_t piece = item / parts, part = item % parts;
+    const int64_t piece = item / parts, r = item % parts / col_parts, c = item % col_parts;
     const int64_t k_begin = piece * s.k / pieces / 2 * 2;
     const int64_t k_end = piece + 1 == pieces ? s.k : (piece + 1) * s.k / pieces / 2 * 2;
-    const int64_t first = part * tiles / parts, last = (part + 1) * tiles / parts;
-    float* sums = partial.data() + piece * size;
-    if (by_cols)
-      SumRows(s, xs, gs, k_begin, k_end, 0, s.m_pad, first * kMaxVectors * kLanes,
-              std::min(s.n_pad, last * kMaxVectors * kLanes), sums);
-    else
-      SumRows(s, xs, gs, k_begin, k_end, first * kRows, last * kRows, 0, s.n_pad, sums);
+    const int64_t n_tile = kMaxVectors * kLanes;
+    SumRows(s, xs, gs, k_begin, k_end, r * row_tiles / row_parts * kRows,
+            (r + 1) * row_tiles / row_parts * kRows, c * col_tiles / col_parts * n_tile,
+            std::min(s.n_pad, (c + 1) * col_tiles / col_parts * n_tile),
+            partial.data() + piece * size);
   });
   for (int64_t m = 0; m < s.m; ++m)
     for (int64_t n = 0; n < s.n; ++n) {

@@ -199,6 +199,20 @@ def test_step_ab_takes_turns_between_dtypes(tmp_path):
 
 
 @pytest.mark.slow
+def test_data_parallel_splits_every_native_call_between_devices(tmp_path):
+    result = run_benchmark(tmp_path, "data_parallel.py", "--dtype", "bfloat16")
+    assert_machine_named(result)
+    one, two = result["results"]
+    assert (one["devices"], two["devices"]) == (1, 2)
+    assert one["all_gathers"] == two["all_gathers"] == 0
+    assert two["all_reduces"] > 0 and two["time_vs_1_device"] > 0
+    if one["native_call_batches"]:  # Native kernels built here: half the batch each.
+        assert two["native_call_batches"] == [b // 2 for b in one["native_call_batches"]]
+    if one["pointwise_call_rows"] != "-":  # AVX512-BF16: half the rows each.
+        assert two["pointwise_call_rows"] == [r // 2 for r in one["pointwise_call_rows"]]
+
+
+@pytest.mark.slow
 def test_cpu_products_names_each_products_kernel(tmp_path):
     result = run_benchmark(tmp_path, "cpu_products.py")
     assert_machine_named(result)

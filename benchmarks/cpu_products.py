@@ -14,6 +14,9 @@ with conversions of its operands or result around it):
 
 On a CPU with bfloat16 arithmetic (AVX512-BF16, AMX) the mixed product is the one
 that can be faster than float32; the bfloat16 one is converted to float32 and back.
+XLA runs the mixed ``dw = x.T @ g`` in its own dot on float32 copies; the ``native``
+column times the example's own kernel for it (``mobilenet/native/pointwise.cc``, built
+where the CPU has AVX512-BF16; ``-`` elsewhere and for the other products).
 
     python benchmarks/cpu_products.py
     python benchmarks/cpu_products.py --quick
@@ -32,10 +35,13 @@ import numpy as np
 from jax import lax
 
 import _harness as harness
+import _mobilenet_step  # noqa: F401  (puts examples/ on the path)
+from mobilenet import depthwise, native
 
 NAME = "cpu_products"
-# (rows, in, out): the first expand and project layers and a late one, batch 32.
-SHAPES = [(32768, 24, 144), (32768, 144, 24), (8192, 192, 32), (512, 960, 160)]
+# (rows, in, out): the first expand and project layers, later ones and the head, batch 32.
+SHAPES = [(32768, 24, 144), (32768, 144, 24), (8192, 192, 32), (2048, 96, 576),
+          (512, 960, 160), (512, 320, 1280)]
 # name -> (left operand, right operand, contracted axes): x (rows, in), w (in, out) and
 # g (rows, out), the output's cotangent.
 PRODUCTS = {"y = x @ w": ("x", "w", ((1,), (0,))), "dx = g @ w.T": ("g", "w", ((1,), (1,))),
@@ -82,17 +88,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     a, b, (d, ((), ())), preferred_element_type=r))
                 kinds[form] = kernel_kind(f.lower(a, b).compile().as_text())
                 cases[form] = harness.Case(lambda _: None, lambda _, f=f, a=a, b=b: f(a, b))
+            if product == "dw = x.T @ g" and native.has_pointwise_kernel_grad():
+                a, b = _operands(shape, product, jnp.bfloat16, rng)
+                f = jax.jit(lambda a, b: depthwise._rows_product(a, b, jnp.float32))
+                cases["native"] = harness.Case(lambda _: None, lambda _, f=f, a=a, b=b: f(a, b))
             times = harness.time_interleaved(cases, repeats=repeats, warmup=2)
             row = {"shape": "x".join(map(str, shape)), "product": product}
             for form in FORMS:
                 row[f"{form}_ms"] = 1e3 * harness.median(times[form])
                 row[f"{form}_kernel"] = kinds[form]
             row["mixed_vs_float32"] = row["float32_ms"] / row["mixed_ms"]
+            native_ms = 1e3 * harness.median(times["native"]) if "native" in times else None
+            row["native_ms"] = native_ms  # None: not built here, or another product.
+            row["native_vs_mixed"] = row["mixed_ms"] / native_ms if native_ms else None
             rows.append(row)
     columns = [("shape", "rows x in x out", ""), ("product", "product", "")]
     for form in FORMS:
         columns += [(f"{form}_ms", f"{form} ms", ".2f"), (f"{form}_kernel", "kernel", "")]
-    print(harness.format_table(rows, [*columns, ("mixed_vs_float32", "mixed x faster", ".2f")]))
+    columns += [("mixed_vs_float32", "mixed x faster", ".2f"), ("native_ms", "native ms", ".2f"),
+                ("native_vs_mixed", "native x faster than mixed", ".2f")]
+    print(harness.format_table(rows, columns))
     path = harness.write_json(args, NAME, {"machine": info, "command": command,
                                            "results": rows})
     print(f"wrote {path}")

@@ -223,6 +223,12 @@ def test_cpu_products_names_each_products_kernel(tmp_path):
             assert_positive_finite(row[f"{form}_ms"], form)
             assert row[f"{form}_kernel"].split("+")[0] in ("ynn", "onednn", "dot", "other")
         assert "convert" not in row["float32_kernel"]
+    native_rows = [row for row in result["results"] if row["native_ms"] is not None]
+    if native_rows:  # The native 1x1 kernel gradient (a CPU with AVX512-BF16).
+        (row,) = native_rows
+        assert row["product"] == "dw = x.T @ g"
+        assert_positive_finite(row["native_ms"], "native")
+        assert_positive_finite(row["native_vs_mixed"], "native vs mixed")
 
 
 def test_cpu_products_kernel_kind_reads_the_entry_computation():

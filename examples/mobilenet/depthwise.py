@@ -61,6 +61,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mobilenet import native
+from mobilenet.native import ops
 
 IMPLS = ("auto", "grouped", "shifted", "native")
 
@@ -291,12 +292,6 @@ def _ffi_call(target: str, shape: Sequence[int], dtype: Any, strides, pads, *ope
                 pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
 
-def _spec_of(sharding: Any, ndim: int) -> tuple[Any, ...]:
-    """A sharding's PartitionSpec padded to ``ndim`` entries (replicated if not named)."""
-    spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
-    return spec + (None,) * (ndim - len(spec))
-
-
 # Each kernel's factors for Shardy: n batch, c channels; the spatial and window axes
 # (h w: input, p q: output, i j: window) stay whole.
 _SHARDING_RULES = {
@@ -335,7 +330,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
         return _ffi_call(target, shape, out_dtype, strides, pads, a, b)
 
     def shardings(mesh, arg_shapes):
-        batch, _, _, channels = _spec_of(arg_shapes[0].sharding, 4)
+        batch, _, _, channels = ops.spec_of(arg_shapes[0].sharding, 4)
         image = NamedSharding(mesh, PartitionSpec(batch, None, None, channels))
         taps = NamedSharding(mesh, PartitionSpec(None, None, channels))
         return batch, image, taps
@@ -345,7 +340,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
         batch, image, taps = shardings(mesh, arg_shapes)
         if not kernel_grad:
             return mesh, body, image, (image, taps)
-        return mesh, _summed_over(batch, body), taps, (image, image)
+        return mesh, ops.summed_over(batch, body), taps, (image, image)
 
     def infer(mesh, arg_shapes, result_shape):  # For the GSPMD partitioner.
         del result_shape
@@ -360,36 +355,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
                      propagate_user_sharding=None, sharding_rule=rule,
                      reduction_factors=("n",) if kernel_grad else (),
                      need_replication_factors=whole)
-    return _sequential_vmap(op)
-
-
-def _summed_over(axes: Any, body: Callable) -> Callable:
-    """``body`` (a sum over a sharded axis) followed by the sum of the devices' partial
-    results over the mesh axes ``axes`` (a name, a tuple of names or ``None``)."""
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-
-    def summed(a: jax.Array, b: jax.Array) -> jax.Array:
-        partial = body(a, b)
-        return lax.psum(partial, axes) if axes else partial
-
-    return summed
-
-
-def _sequential_vmap(op: Callable) -> Callable:
-    """``op`` (of two arrays) under :func:`jax.vmap` as a loop over the mapped axis."""
-    op = jax.custom_batching.custom_vmap(op)
-
-    @op.def_vmap
-    def _rule(axis_size, in_batched, a, b):
-        del axis_size
-        a_batched, b_batched = in_batched
-        if a_batched and b_batched:
-            return lax.map(lambda ab: op(*ab), (a, b)), True
-        if a_batched:
-            return lax.map(lambda a: op(a, b), a), True
-        return lax.map(lambda b: op(a, b), b), True
-
-    return op
+    return ops.sequential_vmap(op)
 
 
 def _native_call(target: str, static_shape: Sequence[int], strides, pads, out_dtype: Any,
@@ -620,28 +586,10 @@ def _rows_product(x: jax.Array, g: jax.Array, dtype: Any) -> jax.Array:
 def _rows_product_op() -> Callable:
     """The native ``x.T @ g`` as an op that XLA partitions by rows: each device sums its
     own rows (its shard of the batch) and the partial sums are added across devices."""
-    target = "jrelu6_pointwise_kernel_grad"
-
-    def body(x: jax.Array, g: jax.Array) -> jax.Array:
-        result = jax.ShapeDtypeStruct((x.shape[1], g.shape[1]), jnp.float32)
-        return jax.ffi.ffi_call(target, result)(x, g)
-
-    def partition(mesh, arg_shapes, result_shape):
-        del result_shape
-        rows = _spec_of(arg_shapes[0].sharding, 2)[0]
-        by_rows = NamedSharding(mesh, PartitionSpec(rows, None))
-        return mesh, _summed_over(rows, body), NamedSharding(mesh, PartitionSpec()), (
-            by_rows, by_rows)
-
-    def infer(mesh, arg_shapes, result_shape):  # For the GSPMD partitioner.
-        del arg_shapes, result_shape
-        return NamedSharding(mesh, PartitionSpec())
-
-    op = custom_partitioning(body)
-    op.def_partition(partition, infer_sharding_from_operands=infer,
-                     propagate_user_sharding=None, sharding_rule="k m, k n -> m n",
-                     reduction_factors=("k",), need_replication_factors=("m", "n"))
-    return _sequential_vmap(op)
+    return ops.row_sum_op(
+        "jrelu6_pointwise_kernel_grad",
+        lambda x, g: jax.ShapeDtypeStruct((x.shape[1], g.shape[1]), jnp.float32),
+        rule="k m, k n -> m n")
 
 
 class PointwiseConv(nn.Module):

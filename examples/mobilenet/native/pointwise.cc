@@ -24,13 +24,12 @@
 //
 // Determinism: the rows are split into up to 16 pieces, each summed into its own
 // buffer and the pieces added in order; the split depends on the shape alone, so
-// 1, 2 or 64 threads give the same bits. Threads also share the output rows (m),
-// which does not change any sum's order.
+// 1, 2 or 64 threads give the same bits. Threads also share out blocks of the output
+// (rows m and columns n), which does not change any sum's order.
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>

@@ -7,11 +7,16 @@ archive``). The workers take turns, one step each, so that both see the machine
 in the same state; on the shared 2-core VMs this project runs on, a step's speed
 drifts by 20% over minutes, more than most changes, and consecutive processes do
 not see the same machine. Each worker can also run another dtype (``--dtypes``:
-float32 against bfloat16 in one checkout, say). Prints the medians and minimums
-and each candidate's ratio to the first.
+float32 against bfloat16 in one checkout, say). ``--torch`` adds, per dtype, a worker
+running ``train_step.py``'s PyTorch step (eager; bfloat16 autocast for bfloat16) in the
+same turns: each framework in a process of its own, where ``train_step.py`` runs them
+in one process, whose thread pools and allocator they then share. Prints the medians
+and minimums and each candidate's ratio to the first (and, with ``--torch``, ours
+against PyTorch's per dtype).
 
     python benchmarks/step_ab.py --against HEAD~3 --dtype bfloat16
     python benchmarks/step_ab.py --against 23f409d --dtypes float32,bfloat16
+    python benchmarks/step_ab.py --torch --variant standard --batch 128
     python benchmarks/step_ab.py --quick
 
 The revision must have ``benchmarks/_mobilenet_step.py`` with ``synthetic_batch``,
@@ -22,6 +27,7 @@ since 2026-12-06).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -47,6 +53,8 @@ def _worker(tree: str, config: dict[str, Any]) -> None:
 
     images, labels = mstep.synthetic_batch(config["batch"], config["size"],
                                            config["num_classes"])
+    if config.get("torch"):
+        return _torch_worker(config, images, labels)
     model = mstep.create_model(**mstep.model_kwargs(config))
     state = mstep.create_state(model, images.shape[1:])
     compiled = mstep.jitted_step(model).lower(state, images, labels).compile()
@@ -57,6 +65,21 @@ def _worker(tree: str, config: dict[str, Any]) -> None:
         start = time.perf_counter()
         state, loss = compiled(state, images, labels)
         jax.block_until_ready((state, loss))
+        print(time.perf_counter() - start, flush=True)
+
+
+def _torch_worker(config: dict[str, Any], images: Any, labels: Any) -> None:
+    """:func:`_worker`'s protocol for ``train_step.torch_step`` (temp bytes: 0, unknown)."""
+    import numpy as np
+
+    import train_step
+
+    step, _ = train_step.torch_step(config, np.asarray(images), np.asarray(labels), "cpu")
+    step()  # The first step allocates; as for ours, it is not timed.
+    print("ready 0", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        step().item()  # Waits for the step, as block_until_ready does for ours.
         print(time.perf_counter() - start, flush=True)
 
 
@@ -104,13 +127,17 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[di
     parser.add_argument("--dtypes", help="comma-separated dtypes, each a worker per tree "
                                          "(default: --dtype)")
     parser.add_argument("--repeats", type=int, default=21, help="steps per worker (default 21)")
+    parser.add_argument("--torch", action="store_true",
+                        help="a PyTorch worker per dtype too (eager; autocast for bfloat16)")
     harness.add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     dtypes = (args.dtypes or args.dtype).split(",")
     if not set(dtypes) <= {"float32", "bfloat16"}:
         parser.error(f"--dtypes: float32 and bfloat16 only, got {args.dtypes!r}")
-    if args.against is None and len(dtypes) < 2:
-        parser.error("nothing to compare: give --against or two --dtypes")
+    if args.against is None and len(dtypes) < 2 and not args.torch:
+        parser.error("nothing to compare: give --against, two --dtypes or --torch")
+    if args.torch and importlib.util.find_spec("torch") is None:
+        parser.error("--torch needs PyTorch (pip install torch); it is optional otherwise")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     small = args.variant == "small-input"
@@ -137,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, tree in trees.items():
                 for config in configs:
                     workers[f"{label} {config['dtype']}"] = _start(tree, config)
+            if args.torch:
+                for config in configs:
+                    workers[f"torch {config['dtype']}"] = _start(ROOT, {**config, "torch": True})
             times: dict[str, list[float]] = {name: [] for name in workers}
             names = list(workers)
             for i in range(repeats):
@@ -148,16 +178,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 worker.wait()
     first = names[0]
     rows = [{"candidate": name, "ms": 1e3 * harness.median(t), "min_ms": 1e3 * min(t),
-             "temp_mib": workers[name][1] / 2**20,
+             "temp_mib": None if name.startswith("torch") else workers[name][1] / 2**20,
              "ratio": harness.median(times[first]) / harness.median(t),
              "min_ratio": min(times[first]) / min(t)} for name, t in times.items()]
     print(harness.format_table(rows, [
         ("candidate", "candidate", ""), ("ms", "median ms", ".1f"), ("min_ms", "min ms", ".1f"),
         ("temp_mib", "temp MiB", ".0f"), ("ratio", f"x faster than {first}", ".3f"),
         ("min_ratio", "the same, fastest steps", ".3f")]))
+    versus = {}
+    for config in configs if args.torch else ():
+        ours, theirs = times[f"new {config['dtype']}"], times[f"torch {config['dtype']}"]
+        versus[config["dtype"]] = {"median": harness.median(theirs) / harness.median(ours),
+                                   "fastest": min(theirs) / min(ours)}
+        print(f"ours vs torch, {config['dtype']}: {versus[config['dtype']]['median']:.2f}x "
+              f"(fastest steps {versus[config['dtype']]['fastest']:.2f}x)")
     path = harness.write_json(args, NAME, {"machine": info, "command": command,
                                            "configs": configs, "step_seconds": times,
-                                           "results": rows})
+                                           "results": rows, "ours_vs_torch": versus})
     print(f"wrote {path}")
     return 0
 

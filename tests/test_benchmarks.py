@@ -243,12 +243,23 @@ def test_cpu_products_kernel_kind_reads_the_entry_computation():
                                     "%c = bf16[2,2] convert(%d) }") == "dot+convert"
 
 
+@pytest.mark.slow
+@pytest.mark.parity
+@pytest.mark.skipif(not HAS_TORCH, reason=TORCH_OPTIONAL)
+def test_step_ab_takes_turns_with_a_torch_worker(tmp_path):
+    result = run_benchmark(tmp_path, "step_ab.py", "--torch")
+    assert [row["candidate"] for row in result["results"]] == ["new float32", "torch float32"]
+    assert len(result["step_seconds"]["torch float32"]) == 3
+    for key in ("median", "fastest"):
+        assert_positive_finite(result["ours_vs_torch"]["float32"][key], key)
+
+
 def test_step_ab_refuses_nothing_to_compare():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_ab.py"),
                            "--dtype", "float32"], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 2
-    assert "nothing to compare: give --against or two --dtypes" in done.stderr
+    assert "nothing to compare: give --against, two --dtypes or --torch" in done.stderr
 
 
 @pytest.mark.slow

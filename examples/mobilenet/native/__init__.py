@@ -40,12 +40,14 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 
 import jax
 import jaxlib
 
-SOURCES = tuple(os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
-                for name in ("depthwise.cc", "pointwise.cc"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = tuple(os.path.join(_HERE, name) for name in ("depthwise.cc", "pointwise.cc"))
+HEADERS = (os.path.join(_HERE, "parallel.h"),)  # Included by the sources: in the cache key.
 # -march=native: the kernels' inner loops are over channels, vectorised for this CPU;
 # the cache folder is per machine, so the build never runs on another CPU model.
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC")  # Each source's, then "-shared".
@@ -88,8 +90,8 @@ def cpu_signature() -> str:
 
 
 def _build(compiler: str) -> tuple[str, bool]:
-    """Compiles :data:`SOURCES` into one library (once per source, compiler, flags and
-    jaxlib).
+    """Compiles :data:`SOURCES` into one library (once per source and header, compiler,
+    flags and jaxlib).
 
     Returns:
       The library's path, and whether this call compiled it (``False``: cached).
@@ -97,7 +99,7 @@ def _build(compiler: str) -> tuple[str, bool]:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=False, timeout=60).stdout.splitlines()[:1]
     key = hashlib.sha256()
-    for name in SOURCES:
+    for name in (*SOURCES, *HEADERS):
         with open(name, "rb") as source:
             key.update(source.read())
     for part in (*version, *FLAGS, jax.__version__, jaxlib.__version__, platform.machine(),
@@ -108,18 +110,34 @@ def _build(compiler: str) -> tuple[str, bool]:
     if os.path.exists(library):
         return library, False
     os.makedirs(folder, exist_ok=True)
-    scratch = tempfile.mkdtemp(dir=folder, prefix=".build-")
+    compile_library(SOURCES, library, compiler=compiler)
+    return library, True
+
+
+def compile_library(sources: Sequence[str], library: str, *, compiler: str | None = None
+                    ) -> None:
+    """Compiles ``sources`` (C++ files, each with its headers beside it) side by side with
+    :data:`FLAGS` against jaxlib's FFI headers and links them into the shared library
+    ``library``, put in place only when complete. ``compiler``: ``None`` for the one
+    :func:`available` would use. Raises ``RuntimeError`` (the compiler's first error
+    line) or ``OSError``.
+
+    ``benchmarks/native_ab.py`` builds another revision's kernels with it too.
+    """
+    compiler = compiler or _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
+    scratch = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(library)), prefix=".build-")
     try:
-        objects = [os.path.join(scratch, os.path.basename(name) + ".o") for name in SOURCES]
+        objects = [os.path.join(scratch, f"{index}.o") for index in range(len(sources))]
         include = f"-I{jax.ffi.include_dir()}"
         _run_side_by_side([[compiler, *FLAGS, include, "-c", name, "-o", obj]
-                           for name, obj in zip(SOURCES, objects)], compiler, scratch)
-        partial = os.path.join(scratch, "kernels.so")
+                           for name, obj in zip(sources, objects)], compiler, scratch)
+        partial = os.path.join(scratch, "library.so")
         _run_side_by_side([[compiler, "-shared", *objects, "-o", partial]], compiler, scratch)
         os.replace(partial, library)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return library, True
 
 
 def _run_side_by_side(commands: list[list[str]], compiler: str, scratch: str) -> None:

@@ -28,11 +28,7 @@
 // (rows m and columns n), which does not change any sum's order.
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
-#include <functional>
-#include <memory>
-#include <thread>
 #include <vector>
 
 #ifdef __AVX512BF16__
@@ -42,6 +38,7 @@
 #define JRELU6_POINTWISE_BUILT 0
 #endif
 
+#include "parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -49,33 +46,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 #ifdef __AVX512BF16__
-
-// Runs body(i) for every i in [0, total) on the calling thread and the pool's (as
-// depthwise.cc's ParallelFor: the caller works too and waits only for items that a
-// pool thread has started).
-void ParallelItems(ffi::ThreadPool& pool, int64_t total,
-                   const std::function<void(int64_t)>& body) {
-  if (total == 1) return body(0);
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-  };
-  auto state = std::make_shared<State>();
-  const auto* fn = &body;
-  auto work = [state, fn, total]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < total;) {
-      (*fn)(i);
-      state->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
-  for (int64_t t = 0; t < helpers; ++t) {
-    auto task = work;
-    pool.Schedule(std::move(task));
-  }
-  work();
-  while (state->done.load(std::memory_order_acquire) < total) std::this_thread::yield();
-}
 
 using Bf16 = uint16_t;
 
@@ -215,7 +185,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
   std::vector<float> partial(pieces * size, 0.0f);
   const Bf16* xs = x.reinterpret_data<Bf16>();
   const Bf16* gs = g.reinterpret_data<Bf16>();
-  ParallelItems(pool, pieces * parts, [&](int64_t item) {
+  ParallelFor(pool, pieces * parts, pieces * parts, [&](int64_t item, int64_t) {  // One each.
     const int64_t piece = item / parts, r = item % parts / col_parts, c = item % col_parts;
     const int64_t k_begin = piece * s.k / pieces / 2 * 2;
     const int64_t k_end = piece + 1 == pieces ? s.k : (piece + 1) * s.k / pieces / 2 * 2;

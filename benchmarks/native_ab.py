@@ -29,7 +29,9 @@ import _mobilenet_step as mstep
 
 NAME = "native_ab"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = "examples/mobilenet/native/depthwise.cc"
+NATIVE = "examples/mobilenet/native"
+SOURCE = "depthwise.cc"
+HEADERS = ("parallel.h",)  # Included by SOURCE where a revision has them (since 2026-12-07).
 SYMBOLS = {"forward": "Jrelu6DepthwiseForward", "input_grad": "Jrelu6DepthwiseInputGrad",
            "kernel_grad": "Jrelu6DepthwiseKernelGrad"}
 # (N, H, W, C), stride: layers of a small-input MobileNetV2 at batch 128.
@@ -38,15 +40,25 @@ SHAPES = [((128, 32, 32, 96), 1), ((128, 16, 16, 144), 2), ((128, 4, 4, 576), 1)
 
 
 def _register(name: str, source: str, folder: str) -> None:
-    native = mstep.depthwise.native
     library = os.path.join(folder, f"{name}.so")
-    subprocess.run([native._compiler() or "c++", *native.FLAGS,
-                    f"-I{jax.ffi.include_dir()}", source, "-o", library],
-                   check=True, capture_output=True, timeout=native.BUILD_TIMEOUT_S)
+    mstep.depthwise.native.compile_library([source], library)
     handle = ctypes.CDLL(library)
     for kind, symbol in SYMBOLS.items():
         jax.ffi.register_ffi_target(f"{name}_{kind}", jax.ffi.pycapsule(getattr(handle, symbol)),
                                     platform="cpu")
+
+
+def _revision_source(revision: str, folder: str) -> str:
+    """``revision``'s SOURCE, with the HEADERS it has beside it, written under ``folder``."""
+    tree = os.path.join(folder, "old")
+    os.makedirs(tree)
+    for name in (SOURCE, *HEADERS):
+        shown = subprocess.run(["git", "show", f"{revision}:{NATIVE}/{name}"], cwd=ROOT,
+                               capture_output=True, text=True, check=name == SOURCE)
+        if shown.returncode == 0:
+            with open(os.path.join(tree, name), "w") as f:
+                f.write(shown.stdout)
+    return os.path.join(tree, SOURCE)
 
 
 def _step(name: str, shape, stride: int):
@@ -78,12 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     info, command = harness.announce("native depthwise kernels, this checkout vs "
                                      f"{args.against}", NAME + ".py", argv)
     with tempfile.TemporaryDirectory() as folder:
-        old_source = os.path.join(folder, "old.cc")
-        with open(old_source, "w") as f:
-            f.write(subprocess.run(["git", "show", f"{args.against}:{SOURCE}"], cwd=ROOT,
-                                   check=True, capture_output=True, text=True).stdout)
-        _register("old", old_source, folder)
-        _register("new", os.path.join(ROOT, SOURCE), folder)
+        _register("old", _revision_source(args.against, folder), folder)
+        _register("new", os.path.join(ROOT, NATIVE, SOURCE), folder)
     rows = []
     rng = np.random.default_rng(0)
     for shape, stride in shapes:

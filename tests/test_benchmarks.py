@@ -213,6 +213,20 @@ def test_data_parallel_splits_every_native_call_between_devices(tmp_path):
 
 
 @pytest.mark.slow
+def test_native_ab_builds_both_revisions_and_times_them(tmp_path):
+    from mobilenet import native
+
+    if not native.available():
+        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    result = run_benchmark(tmp_path, "native_ab.py", "--against", "HEAD")
+    assert_machine_named(result)
+    assert [row["stride"] for row in result["results"]] == [1, 2]
+    for row in result["results"]:
+        for key in ("old_ms", "new_ms", "median_ratio", "min_ratio"):
+            assert_positive_finite(row[key], key)
+
+
+@pytest.mark.slow
 def test_cpu_products_names_each_products_kernel(tmp_path):
     result = run_benchmark(tmp_path, "cpu_products.py")
     assert_machine_named(result)

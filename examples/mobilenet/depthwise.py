@@ -349,8 +349,7 @@ def _native_op(target: str, strides, pads, static_shape: tuple[int, ...], out_dt
 
     op = custom_partitioning(body)
     rule = _SHARDING_RULES[target]
-    whole = tuple(dict.fromkeys(f for f in rule.replace(",", " ").split()
-                                if f not in ("n", "c", "->")))  # In order of appearance.
+    whole = ops.factors(rule, but=("n", "c"))
     op.def_partition(partition, infer_sharding_from_operands=infer,
                      propagate_user_sharding=None, sharding_rule=rule,
                      reduction_factors=("n",) if kernel_grad else (),

@@ -26,6 +26,17 @@ def spec_of(sharding: Any, ndim: int) -> tuple[Any, ...]:
     return spec + (None,) * (ndim - len(spec))
 
 
+def factors(rule: str, *, but: tuple[str, ...]) -> tuple[str, ...]:
+    """The factor names of the Shardy ``rule`` other than ``but``, in order of appearance.
+
+    Example:
+      >>> factors("n h w c, i j c -> n p q c", but=("n", "c"))
+      ('h', 'w', 'i', 'j', 'p', 'q')
+    """
+    names = rule.replace(",", " ").split()
+    return tuple(dict.fromkeys(f for f in names if f not in (*but, "->")))
+
+
 def summed_over(axes: Any, body: Callable) -> Callable:
     """``body`` (a sum over a sharded axis) followed by the sum of the devices' partial
     results over the mesh axes ``axes`` (a name, a tuple of names or ``None``)."""
@@ -93,8 +104,7 @@ def row_sum_op(target: str, results: Callable[..., Any], *, rule: str) -> Callab
         return replicated(mesh, result_shape)
 
     op = custom_partitioning(body)
-    kept = tuple(dict.fromkeys(f for f in rule.replace(",", " ").split() if f not in ("k", "->")))
     op.def_partition(partition, infer_sharding_from_operands=infer,
                      propagate_user_sharding=None, sharding_rule=rule,
-                     reduction_factors=("k",), need_replication_factors=kept)
+                     reduction_factors=("k",), need_replication_factors=factors(rule, but=("k",)))
     return sequential_vmap(op)

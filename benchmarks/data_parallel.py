@@ -67,7 +67,7 @@ def _child(devices: int, batch: int, size: int, repeats: int, dtype: str) -> dic
     return {"devices": devices, "median_ms": 1e3 * float(np.median(times)),
             "all_gathers": hlo.count("all-gather("), "all_reduces": hlo.count("all-reduce("),
             "native_call_batches": sorted({int(b) for b in calls}),
-            "pointwise_call_rows": sorted({int(r) for r in rows}) or "-"}
+            "pointwise_call_rows": sorted({int(r) for r in rows}) or None}  # None: none.
 
 
 def main(argv: Sequence[str] | None = None) -> int:

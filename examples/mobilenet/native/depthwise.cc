@@ -347,20 +347,23 @@ ffi::Error CheckedGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& ou
   return ffi::Error::Success();
 }
 
-// Calls body(T{}, TY{}) with T the image's and kernel's element type (float or Bf16)
-// and TY the forward result's (T, or float for Bf16 images); an error for any other
-// combination.
+// Calls body(T{}, TY{}) with T the image's element type (float or Bf16) and TY the
+// forward result's (T, or float for Bf16 images); an error for any other combination.
+// The kernel taps, where a call has them, have the image's type (KernelMatches).
 template <typename Body>
-ffi::Error WithElementTypes(ffi::DataType image, ffi::DataType kernel, ffi::DataType result,
-                            Body&& body) {
+ffi::Error WithElementTypes(ffi::DataType image, ffi::DataType result, Body&& body) {
   using ffi::DataType;
-  if (kernel != image)
-    return ffi::Error::InvalidArgument("depthwise: the kernel must have the image's dtype");
   if (image == DataType::F32 && result == DataType::F32) return body(float{}, float{});
   if (image == DataType::BF16 && result == DataType::BF16) return body(Bf16{}, Bf16{});
   if (image == DataType::BF16 && result == DataType::F32) return body(Bf16{}, float{});
   return ffi::Error::InvalidArgument(
       "depthwise: float32 or bfloat16 images, with results of their dtype or float32");
+}
+
+ffi::Error KernelMatches(const ffi::AnyBuffer& image, const ffi::AnyBuffer& kernel) {
+  if (kernel.element_type() != image.element_type())
+    return ffi::Error::InvalidArgument("depthwise: the kernel must have the image's dtype");
+  return ffi::Error::Success();
 }
 
 // The kernel taps in float32: the buffer itself for float32, else a widened copy.
@@ -400,7 +403,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer k,
   if (auto error = CheckedGeometry(x, *y, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementTypes(x.element_type(), k.element_type(), y->element_type(),
+  if (auto error = KernelMatches(x, k); error.failure()) return error;
+  return WithElementTypes(x.element_type(), y->element_type(),
                           [&](auto tx, auto ty) {
                             using T = decltype(tx);
                             using TY = decltype(ty);
@@ -416,7 +420,8 @@ ffi::Error InputGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer
   if (auto error = CheckedGeometry(*dx, dy, k, stride_h, stride_w, pad_top, pad_left, &g);
       error.failure())
     return error;
-  return WithElementTypes(dx->element_type(), k.element_type(), dy.element_type(),
+  if (auto error = KernelMatches(*dx, k); error.failure()) return error;
+  return WithElementTypes(dx->element_type(), dy.element_type(),
                           [&](auto tx, auto ty) {
                             using T = decltype(tx);
                             using TY = decltype(ty);
@@ -455,7 +460,7 @@ ffi::Error KernelGradImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer
     return error;
   if (dk->element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("depthwise: the kernel gradient is float32");
-  return WithElementTypes(x.element_type(), x.element_type(), dy.element_type(),
+  return WithElementTypes(x.element_type(), dy.element_type(),
                           [&](auto tx, auto ty) {
                             using T = decltype(tx);
                             using TY = decltype(ty);

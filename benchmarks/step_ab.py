@@ -10,13 +10,16 @@ not see the same machine. Each worker can also run another dtype (``--dtypes``:
 float32 against bfloat16 in one checkout, say). ``--torch`` adds, per dtype, a worker
 running ``train_step.py``'s PyTorch step (eager; bfloat16 autocast for bfloat16) in the
 same turns: each framework in a process of its own, where ``train_step.py`` runs them
-in one process, whose thread pools and allocator they then share. Prints the medians
-and minimums and each candidate's ratio to the first (and, with ``--torch``, ours
-against PyTorch's per dtype).
+in one process, whose thread pools and allocator they then share. ``--xla-flags``
+(repeatable; ``=`` before the flags) adds workers of this checkout with flags of their
+own added to ``XLA_FLAGS``: an XLA:CPU option against the defaults, in the same turns.
+Prints the medians and minimums and each candidate's ratio to the first (and, with
+``--torch``, ours against PyTorch's per dtype).
 
     python benchmarks/step_ab.py --against HEAD~3 --dtype bfloat16
     python benchmarks/step_ab.py --against 23f409d --dtypes float32,bfloat16
     python benchmarks/step_ab.py --torch --variant standard --batch 128
+    python benchmarks/step_ab.py --xla-flags=--xla_cpu_prefer_vector_width=512
     python benchmarks/step_ab.py --quick
 
 The revision must have ``benchmarks/_mobilenet_step.py`` with ``synthetic_batch``,
@@ -96,11 +99,16 @@ def _copy_of(revision: str, folder: str) -> str:
     return tree
 
 
-def _start(tree: str, config: dict[str, Any]) -> tuple[subprocess.Popen, int]:
-    """A worker for ``tree`` and ``config``, compiled; with its temp bytes."""
+def _start(tree: str, config: dict[str, Any], xla_flags: str = ""
+           ) -> tuple[subprocess.Popen, int]:
+    """A worker for ``tree`` and ``config`` (with ``xla_flags`` added to ``XLA_FLAGS``),
+    compiled; with its temp bytes."""
+    env = dict(os.environ)
+    if xla_flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     worker = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", tree, json.dumps(config)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     assert worker.stdout is not None
     line = worker.stdout.readline().split()
     if not line or line[0] != "ready":
@@ -129,13 +137,17 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[di
     parser.add_argument("--repeats", type=int, default=21, help="steps per worker (default 21)")
     parser.add_argument("--torch", action="store_true",
                         help="a PyTorch worker per dtype too (eager; autocast for bfloat16)")
+    parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
+                        help="a worker per dtype of this checkout with FLAGS added to "
+                             "XLA_FLAGS (repeatable: one candidate each)")
     harness.add_output_arguments(parser, NAME)
     args = parser.parse_args(argv)
     dtypes = (args.dtypes or args.dtype).split(",")
     if not set(dtypes) <= {"float32", "bfloat16"}:
         parser.error(f"--dtypes: float32 and bfloat16 only, got {args.dtypes!r}")
-    if args.against is None and len(dtypes) < 2 and not args.torch:
-        parser.error("nothing to compare: give --against, two --dtypes or --torch")
+    if args.against is None and len(dtypes) < 2 and not (args.torch or args.xla_flags):
+        parser.error("nothing to compare: give --against, two --dtypes, --xla-flags or "
+                     "--torch")
     if args.torch and importlib.util.find_spec("torch") is None:
         parser.error("--torch needs PyTorch (pip install torch); it is optional otherwise")
     if args.repeats < 1:
@@ -164,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for label, tree in trees.items():
                 for config in configs:
                     workers[f"{label} {config['dtype']}"] = _start(tree, config)
+            for flags in args.xla_flags:
+                for config in configs:
+                    workers[f"new {config['dtype']} {flags}"] = _start(ROOT, config, flags)
             if args.torch:
                 for config in configs:
                     workers[f"torch {config['dtype']}"] = _start(ROOT, {**config, "torch": True})

@@ -273,7 +273,25 @@ def test_step_ab_refuses_nothing_to_compare():
                            "--dtype", "float32"], capture_output=True, text=True, timeout=120,
                           check=False)
     assert done.returncode == 2
-    assert "nothing to compare: give --against, two --dtypes or --torch" in done.stderr
+    assert "nothing to compare: give --against, two --dtypes, --xla-flags or --torch" in (
+        done.stderr)
+
+
+@pytest.mark.slow
+def test_step_ab_takes_turns_with_xla_flags(tmp_path):
+    flags = "--xla_cpu_copy_insertion_use_region_analysis=true"
+    result = run_benchmark(tmp_path, "step_ab.py", f"--xla-flags={flags}")
+    assert [row["candidate"] for row in result["results"]] == [
+        "new float32", f"new float32 {flags}"]
+    assert len(result["step_seconds"][f"new float32 {flags}"]) == 3
+
+
+def test_step_ab_names_a_worker_that_fails():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_ab.py"),
+                           "--quick", "--xla-flags=--xla_no_such_flag=1"], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode != 0
+    assert "step_ab: the worker for" in done.stderr
 
 
 @pytest.mark.slow

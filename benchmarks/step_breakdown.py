@@ -3,8 +3,10 @@
 Ours: the jitted, donated step of ``train_step.py`` runs ``--repeats`` times
 under :func:`jax.profiler.trace`. XLA:CPU's runtime records one event per
 executed kernel ("thunk") of the compiled program, named after its HLO
-instruction; the kernels of the entry computation run one after another (each
-spreads its own work over the cores), so their times add up to the step.
+instruction. Each kernel spreads its own work over the cores, and kernels that
+do not depend on each other may also run at the same time (XLA:CPU's thunk
+executor), so the kernels' times add up to more than the time some kernel runs;
+both are printed, with the time none runs (the runtime between kernels).
 Each kernel is mapped to a kind of work through the compiled HLO
 (``compiled.as_text()``): what it contains (a ``dot``: the 1x1 convolutions
 and the classifier; a ``convolution``: the stem, or a grouped depthwise
@@ -163,17 +165,18 @@ def classify_xla(computations, instruction: Instruction) -> str:
     return "elementwise"
 
 
-def xla_kernel_times(trace_dir: str, entry_names: Iterable[str]) -> dict[str, list[float]]:
-    """Seconds of every entry-computation kernel, one value per traced step.
+def xla_kernel_events(trace_dir: str, entry_names: Iterable[str]
+                      ) -> list[list[tuple[str, int, int]]]:
+    """Each traced step's entry-computation kernels as ``(name, start ns, end ns)``.
 
     Events are grouped by the run they belong to (the ``run_id`` XLA attaches);
     kernels nested in a ``while`` or ``call`` are inside their caller's time
-    and are not counted again.
+    and are not listed again.
     """
     from jax.profiler import ProfileData  # jaxlib's xplane reader
 
     entry_names = set(entry_names)
-    per_run: dict[Any, collections.Counter] = collections.defaultdict(collections.Counter)
+    per_run: dict[Any, list[tuple[str, int, int]]] = collections.defaultdict(list)
     files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not files:
         raise RuntimeError(f"step_breakdown: no trace written under {trace_dir}")
@@ -184,10 +187,43 @@ def xla_kernel_times(trace_dir: str, entry_names: Iterable[str]) -> dict[str, li
                     stats = dict(event.stats)
                     name = stats.get("hlo_op")
                     if name in entry_names:
-                        per_run[stats.get("run_id")][name] += event.duration_ns * 1e-9
-    runs = list(per_run.values())
-    names = set().union(*runs) if runs else set()
-    return {name: [run.get(name, 0.0) for run in runs] for name in names}
+                        per_run[stats.get("run_id")].append(
+                            (name, event.start_ns, event.start_ns + event.duration_ns))
+    return list(per_run.values())
+
+
+def xla_kernel_times(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[float]]:
+    """Seconds of every kernel, one value per traced step (0 where a step lacks it)."""
+    totals = [collections.Counter() for _ in runs]
+    for total, events in zip(totals, runs):
+        for name, start, end in events:
+            total[name] += (end - start) * 1e-9
+    names = set().union(*totals) if totals else set()
+    return {name: [total.get(name, 0.0) for total in totals] for name in names}
+
+
+def xla_timeline(runs: list[list[tuple[str, int, int]]]) -> dict[str, float]:
+    """Medians over the traced steps of the span from the first kernel's start to the last
+    one's end, the kernels' summed time (``kernel_seconds``), the time at least one
+    kernel runs (``busy_seconds``) and the rest (``idle_seconds``: the runtime between
+    kernels). XLA:CPU runs independent kernels concurrently, so ``kernel_seconds`` can
+    exceed ``busy_seconds``: their ratio is the mean number of kernels running."""
+    spans, sums, busy = [], [], []
+    for events in runs:
+        events = sorted(events, key=lambda event: event[1])
+        covered, reach = 0, None
+        for _, start, end in events:
+            if reach is None or start > reach:
+                covered += end - start
+            elif end > reach:
+                covered += end - reach
+            reach = end if reach is None else max(reach, end)
+        spans.append((max(end for _, _, end in events) - events[0][1]) * 1e-9)
+        sums.append(sum(end - start for _, start, end in events) * 1e-9)
+        busy.append(covered * 1e-9)
+    span, busy_s = statistics.median(spans), statistics.median(busy)
+    return {"span_seconds": span, "kernel_seconds": statistics.median(sums),
+            "busy_seconds": busy_s, "idle_seconds": span - busy_s}
 
 
 def _xla_cost(config: dict[str, Any], compiled, state, images, labels) -> dict[str, float]:
@@ -230,7 +266,8 @@ def jax_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict
             for _ in range(steps):
                 state, loss = compiled(state, images, labels)
                 jax.block_until_ready((state, loss))
-        kernel_times = xla_kernel_times(trace_dir, computations[entry])
+        runs = xla_kernel_events(trace_dir, computations[entry])
+    kernel_times, timeline = xla_kernel_times(runs), xla_timeline(runs)
 
     kernels = []
     for name, times in kernel_times.items():
@@ -244,7 +281,7 @@ def jax_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict
             "compile_seconds": compile_s, "flops": float(cost.get("flops", 0.0)),
             "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
             "table": _tabulate((k["kind"], k["phase"], k["seconds"]) for k in kernels),
-            "kernels": kernels}
+            "kernels": kernels, "timeline": timeline}
 
 
 def _tabulate(items: Iterable[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
@@ -460,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(markdown_table(ours, theirs))
     achieved = _print_rates(ours, theirs, peaks)
+    t = ours["timeline"]
+    print(f"\nour traced step: {t['span_seconds'] * 1e3:.1f} ms from the first kernel to the "
+          f"last, {t['kernel_seconds'] * 1e3:.1f} ms of kernel time, at least one kernel "
+          f"running for {t['busy_seconds'] * 1e3:.1f} ms "
+          f"({t['kernel_seconds'] / t['busy_seconds']:.2f} at a time on average), none for "
+          f"{t['idle_seconds'] * 1e3:.1f} ms")
     print(f"\nour {args.top} slowest kernels (median ms per step):")
     for k in ours["kernels"][:args.top]:
         print(f"  {k['seconds'] * 1e3:7.2f}  {k['kind']:<20} {k['phase']:<8} {k['kernel']:<32} "

@@ -333,6 +333,33 @@ def test_breakdown_finds_the_kinds_in_our_step(breakdown_result, kind):
     assert sum(table[kind].values()) > 0, kind
 
 
+def test_breakdown_times_the_kernels_running_at_once(breakdown_result):
+    t = breakdown_result["ours"]["timeline"]
+    for key in ("span_seconds", "kernel_seconds", "busy_seconds"):
+        assert_positive_finite(t[key], key)
+    assert t["busy_seconds"] <= t["span_seconds"] + 1e-9
+    assert t["busy_seconds"] <= t["kernel_seconds"] + 1e-9
+    assert t["idle_seconds"] == pytest.approx(t["span_seconds"] - t["busy_seconds"])
+
+
+def test_timeline_counts_overlapping_kernels_once():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_breakdown
+
+    # Step 1: a [0, 10) and b [5, 20) overlap, c [30, 40) after a gap; step 2 the same
+    # shifted: medians equal each step's figures.
+    runs = [[("a", 0, 10), ("c", 30, 40), ("b", 5, 20)],
+            [("a", 100, 110), ("b", 105, 120), ("c", 130, 140)]]
+    t = step_breakdown.xla_timeline(runs)
+    assert t["span_seconds"] == pytest.approx(40e-9)
+    assert t["kernel_seconds"] == pytest.approx(35e-9)
+    assert t["busy_seconds"] == pytest.approx(30e-9)
+    assert t["idle_seconds"] == pytest.approx(10e-9)
+    assert step_breakdown.xla_kernel_times(runs) == {
+        "a": pytest.approx([10e-9, 10e-9]), "b": pytest.approx([15e-9, 15e-9]),
+        "c": pytest.approx([10e-9, 10e-9])}
+
+
 def test_breakdown_puts_the_optimizer_in_the_update_phase(breakdown_result):
     phases = {k["phase"] for k in breakdown_result["ours"]["kernels"]}
     assert phases == {"forward", "backward", "update"}

@@ -79,13 +79,15 @@ _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _GROUPS = re.compile(r"feature_group_count=(\d+)")
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _MOVES = {"copy", "transpose", "bitcast", "parameter", "reshape", "broadcast", "slice",
           "concatenate", "pad", "tuple", "get-tuple-element", "constant", "copy-start",
           "copy-done", "dynamic-slice", "dynamic-update-slice"}
 
 
 class Instruction:
-    """One HLO instruction: its opcode, the computation it calls, its metadata."""
+    """One HLO instruction: its opcode, the computation it calls, its metadata, a custom
+    call's target."""
 
     def __init__(self, line: str, opcode: str):
         self.opcode = opcode
@@ -95,6 +97,8 @@ class Instruction:
         self.op_name = op_name.group(1) if op_name else ""
         groups = _GROUPS.search(line)
         self.groups = int(groups.group(1)) if groups else 1
+        target = _TARGET.search(line)
+        self.target = target.group(1) if target else ""
 
 
 def parse_hlo(text: str) -> tuple[dict[str, dict[str, Instruction]], str]:
@@ -150,7 +154,7 @@ def classify_xla(computations, instruction: Instruction) -> str:
         if "/stem/" in conv.op_name:
             return "stem conv"
         return "other conv"
-    if "dot" in opcodes:
+    if "dot" in opcodes or instruction.target == "jrelu6_pointwise_kernel_grad":
         return "1x1 conv / matmul"
     if "/depthwise/conv" in path:
         return "depthwise conv"

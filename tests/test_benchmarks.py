@@ -360,6 +360,23 @@ def test_timeline_counts_overlapping_kernels_once():
         "c": pytest.approx([10e-9, 10e-9])}
 
 
+@pytest.mark.parametrize("target,layer,kind", [
+    ("jrelu6_pointwise_kernel_grad", "head/conv", "1x1 conv / matmul"),
+    ("jrelu6_depthwise_kernel_grad", "block3/depthwise/conv", "depthwise conv"),
+])
+def test_breakdown_classifies_the_native_calls(target, layer, kind):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_breakdown
+
+    text = ("ENTRY %main (p: bf16[8,4]) -> f32[4,4] {\n"
+            f"  %ffi_call.1 = f32[4,4]{{1,0}} custom-call(%p, %p), custom_call_target="
+            f'"{target}", metadata={{op_name="jit(step)/transpose(jvp(MobileNetV2))/'
+            f'MobileNetV2._forward/{layer}/cond/branch_0_fun/ffi_call"}}\n}}')
+    computations, entry = step_breakdown.parse_hlo(text)
+    instruction = computations[entry]["ffi_call.1"]
+    assert step_breakdown.classify_xla(computations, instruction) == kind
+
+
 def test_breakdown_puts_the_optimizer_in_the_update_phase(breakdown_result):
     phases = {k["phase"] for k in breakdown_result["ours"]["kernels"]}
     assert phases == {"forward", "backward", "update"}

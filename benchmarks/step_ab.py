@@ -3,18 +3,23 @@
 The example's MobileNetV2 step (the same as ``train_step.py``'s ``jax (ours)``)
 is compiled in two worker processes, one importing ``examples/`` and
 ``benchmarks/`` from this checkout, one from a copy of ``--against`` (``git
-archive``). The workers take turns, one step each, so that both see the machine
-in the same state; on the shared 2-core VMs this project runs on, a step's speed
-drifts by 20% over minutes, more than most changes, and consecutive processes do
-not see the same machine. Each worker can also run another dtype (``--dtypes``:
-float32 against bfloat16 in one checkout, say). ``--torch`` adds, per dtype, a worker
-running ``train_step.py``'s PyTorch step (eager; bfloat16 autocast for bfloat16) in the
-same turns: each framework in a process of its own, where ``train_step.py`` runs them
-in one process, whose thread pools and allocator they then share. ``--xla-flags``
-(repeatable; ``=`` before the flags) adds workers of this checkout with flags of their
-own added to ``XLA_FLAGS``: an XLA:CPU option against the defaults, in the same turns.
-Prints the medians and minimums and each candidate's ratio to the first (and, with
-``--torch``, ours against PyTorch's per dtype).
+archive``). The workers take turns, so that both see the machine in the same
+state; on the shared 2-core VMs this project runs on, a step's speed drifts by 20%
+over minutes, more than most changes, and consecutive processes do not see the same
+machine. In its turn a worker runs ``--untimed`` steps (default 1), then the timed
+one: a step that directly follows another process's is slowed by it (that process's
+threads still spinning, the caches it filled), by up to a third on those VMs. More
+than two workers take their turns in a shuffled order (:func:`turn_orders`).
+
+Each worker can also run another dtype (``--dtypes``: float32 against bfloat16 in
+one checkout, say). ``--torch`` adds, per dtype, a worker running
+``train_step.py``'s PyTorch step (eager; bfloat16 autocast for bfloat16) in the same
+turns: each framework in a process of its own, where ``train_step.py`` runs them in
+one process, whose thread pools and allocator they then share. ``--xla-flags``
+(repeatable; ``=`` before the flags) adds workers of this checkout with flags of
+their own added to ``XLA_FLAGS``: an XLA:CPU option against the defaults. Prints the
+medians and minimums and each candidate's ratio to the first (and, with ``--torch``,
+ours against PyTorch's per dtype).
 
     python benchmarks/step_ab.py --against HEAD~3 --dtype bfloat16
     python benchmarks/step_ab.py --against 23f409d --dtypes float32,bfloat16
@@ -33,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 import tarfile
@@ -116,6 +122,18 @@ def _start(tree: str, config: dict[str, Any], xla_flags: str = ""
     return worker, int(line[1])
 
 
+def turn_orders(names: Sequence[str], rounds: int, *, seed: int = 0) -> list[list[str]]:
+    """The order of each round's turns: two workers alternate which goes first; more take
+    a shuffled order each round (seeded), so that no worker always follows the same one.
+    A step can be slowed by the one before it (threads of the other process still
+    spinning, caches it evicted): with a fixed order such as a, b, c, d then d, c, b, a,
+    b would always follow a or c, never d."""
+    if len(names) <= 2:
+        return [list(names) if i % 2 == 0 else list(names)[::-1] for i in range(rounds)]
+    rng = random.Random(seed)
+    return [rng.sample(list(names), len(names)) for _ in range(rounds)]
+
+
 def _step(worker: subprocess.Popen) -> float:
     assert worker.stdin is not None and worker.stdout is not None
     worker.stdin.write("step\n")
@@ -137,6 +155,9 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[di
     parser.add_argument("--repeats", type=int, default=21, help="steps per worker (default 21)")
     parser.add_argument("--torch", action="store_true",
                         help="a PyTorch worker per dtype too (eager; autocast for bfloat16)")
+    parser.add_argument("--untimed", type=int, default=1, metavar="N",
+                        help="steps each worker runs untimed at the start of its turn, so "
+                             "that the timed one follows its own (default 1)")
     parser.add_argument("--xla-flags", action="append", default=[], metavar="FLAGS",
                         help="a worker per dtype of this checkout with FLAGS added to "
                              "XLA_FLAGS (repeatable: one candidate each)")
@@ -152,6 +173,8 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[di
         parser.error("--torch needs PyTorch (pip install torch); it is optional otherwise")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.untimed < 0:
+        parser.error(f"--untimed must be >= 0, got {args.untimed}")
     small = args.variant == "small-input"
     base = {"batch": 2 if args.quick else args.batch, "size": 32, "num_classes": 10,
             "width": 0.35 if args.quick else 1.0, "small_input": small}
@@ -184,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     workers[f"torch {config['dtype']}"] = _start(ROOT, {**config, "torch": True})
             times: dict[str, list[float]] = {name: [] for name in workers}
             names = list(workers)
-            for i in range(repeats):
-                for name in names if i % 2 == 0 else names[::-1]:
+            for order in turn_orders(names, repeats):
+                for name in order:
+                    for _ in range(args.untimed):
+                        _step(workers[name][0])
                     times[name].append(_step(workers[name][0]))
         finally:
             for worker, _ in workers.values():

@@ -268,6 +268,19 @@ def test_step_ab_takes_turns_with_a_torch_worker(tmp_path):
         assert_positive_finite(result["ours_vs_torch"]["float32"][key], key)
 
 
+def test_step_ab_turn_orders_alternate_two_workers_and_shuffle_more():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_ab
+
+    assert step_ab.turn_orders(["a", "b"], 3) == [["a", "b"], ["b", "a"], ["a", "b"]]
+    orders = step_ab.turn_orders(["a", "b", "c", "d"], 40)
+    assert all(sorted(order) == ["a", "b", "c", "d"] for order in orders)
+    assert orders == step_ab.turn_orders(["a", "b", "c", "d"], 40)  # Seeded.
+    # Each worker follows each other one within a round at least once.
+    follows = {(order[i], order[i + 1]) for order in orders for i in range(3)}
+    assert follows == {(x, y) for x in "abcd" for y in "abcd" if x != y}
+
+
 def test_step_ab_refuses_nothing_to_compare():
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "step_ab.py"),
                            "--dtype", "float32"], capture_output=True, text=True, timeout=120,

@@ -2,9 +2,11 @@
 
 Every benchmark here measures its candidates side by side in one process:
 :func:`time_interleaved` warms each one up, then takes one sample of each in
-turn (rotating the order every round, so no candidate always runs first or
-after the same neighbour) and reports medians. Ratios between medians taken
-this way are much steadier than absolute times on a shared machine.
+turn (rotating the order every round, so no candidate always runs first) and
+reports medians. Ratios between medians taken this way are much steadier than
+absolute times on a shared machine. A sample can be slowed by the candidate run
+just before it (caches it filled; PyTorch's OpenMP threads still spinning beside
+XLA's): ``settle`` runs a candidate untimed right before its sample.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def time_interleaved(
     repeats: int,
     warmup: int = 1,
     calls_per_sample: int = 1,
+    settle: int = 0,
 ) -> dict[str, list[float]]:
     """Seconds per call of every case, sampled in interleaved rounds.
 
@@ -67,18 +70,24 @@ def time_interleaved(
       calls_per_sample: how many calls one sample makes (``setup`` is told,
         so that it can prepare that many inputs); the sample's time is divided
         by it.
+      settle: calls of a case run untimed right before each of its samples, so
+        that the sample follows the case's own work, not another case's.
 
     Returns:
       For each case, its ``repeats`` timings in seconds per call.
     """
     if repeats < 1:
         raise ValueError(f"time_interleaved: repeats must be >= 1, got {repeats}")
+    if settle < 0:
+        raise ValueError(f"time_interleaved: settle must be >= 0, got {settle}")
     names = list(cases)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             case = cases[name]
+            if settle and round_index >= warmup:
+                case.sync(case.run(case.setup(settle)))
             state = case.setup(calls_per_sample)
             case.sync(state)
             start = time.perf_counter()

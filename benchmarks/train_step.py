@@ -265,6 +265,10 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     parser.add_argument("--steps-per-sample", type=int, default=1, metavar="N",
                         help="consecutive steps of one candidate per timed sample, as in a "
                              "training loop (default 1: strictly alternating steps)")
+    parser.add_argument("--settle", type=int, default=1, metavar="N",
+                        help="untimed steps of a candidate right before each of its samples, "
+                             "so that a sample follows its own framework's step, as in "
+                             "training, not the other one's (default 1; 0: none)")
     parser.add_argument("--torch-threads", type=int,
                         help="PyTorch CPU threads (default: every core). On a machine shared "
                              "with other jobs PyTorch's OpenMP threads slow down far more than "
@@ -276,6 +280,9 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, A
     if args.steps_per_sample < 1:
         parser.error(f"--steps-per-sample must be >= 1, got {args.steps_per_sample}")
     config["steps_per_sample"] = args.steps_per_sample
+    if args.settle < 0:
+        parser.error(f"--settle must be >= 0, got {args.settle}")
+    config["settle"] = args.settle
     if args.float32_too and config["dtype"] == "float32":
         parser.error("--float32-too compares a bfloat16 step with the float32 one: "
                      "give --dtype bfloat16")
@@ -361,13 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{config['variant']} variant, batch {config['batch']} x {config['size']}x"
           f"{config['size']}x3, {config['dtype']}, width {config['width']}, "
           f"{config['num_classes']} classes, SGD lr {mstep.LEARNING_RATE} "
-          f"momentum {mstep.MOMENTUM}; {config['steps_per_sample']} step(s) per sample")
+          f"momentum {mstep.MOMENTUM}; {config['steps_per_sample']} step(s) per sample, "
+          f"{config['settle']} untimed before each")
 
     images, labels = mstep.synthetic_batch(config["batch"], config["size"],
                                            config["num_classes"])
     cases, notes = _cases(args, config, images, labels)
     times = _harness.time_interleaved(cases, repeats=config["repeats"], warmup=config["warmup"],
-                                      calls_per_sample=args.steps_per_sample)
+                                      calls_per_sample=args.steps_per_sample,
+                                      settle=args.settle)
     medians = {name: _harness.median(t) for name, t in times.items()}
     rows = [{"candidate": name, "ms": medians[name] * 1e3, "min_ms": min(times[name]) * 1e3,
              "img_s": config["batch"] / medians[name],

@@ -268,6 +268,25 @@ def test_step_ab_takes_turns_with_a_torch_worker(tmp_path):
         assert_positive_finite(result["ours_vs_torch"]["float32"][key], key)
 
 
+def test_time_interleaved_settles_each_case_right_before_its_sample():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import _harness
+
+    log = []
+
+    def case(name):
+        return _harness.Case(lambda calls: calls, lambda calls: log.append((name, calls)),
+                             lambda out: None)
+
+    times = _harness.time_interleaved({"a": case("a"), "b": case("b")}, repeats=2,
+                                      warmup=1, settle=3)
+    # Warm-up round a, b (not settled); then b, a and a, b (rotated), each sample right
+    # after three untimed calls of its own case.
+    assert log == [("a", 1), ("b", 1), ("b", 3), ("b", 1), ("a", 3), ("a", 1),
+                   ("a", 3), ("a", 1), ("b", 3), ("b", 1)]
+    assert {name: len(t) for name, t in times.items()} == {"a": 2, "b": 2}
+
+
 def test_step_ab_turn_orders_alternate_two_workers_and_shuffle_more():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import step_ab

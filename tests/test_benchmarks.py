@@ -246,7 +246,6 @@ def test_cpu_products_names_each_products_kernel(tmp_path):
 
 
 def test_cpu_products_kernel_kind_reads_the_entry_computation():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import cpu_products
 
     text = ("%fused (p: f32[2]) -> f32[2] { %convert.1 = f32[2] convert(%p) }\n"
@@ -269,7 +268,6 @@ def test_step_ab_takes_turns_with_a_torch_worker(tmp_path):
 
 
 def test_time_interleaved_settles_each_case_right_before_its_sample():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import _harness
 
     log = []
@@ -288,7 +286,6 @@ def test_time_interleaved_settles_each_case_right_before_its_sample():
 
 
 def test_step_ab_turn_orders_alternate_two_workers_and_shuffle_more():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import step_ab
 
     assert step_ab.turn_orders(["a", "b"], 3) == [["a", "b"], ["b", "a"], ["a", "b"]]
@@ -375,7 +372,6 @@ def test_breakdown_times_the_kernels_running_at_once(breakdown_result):
 
 
 def test_timeline_counts_overlapping_kernels_once():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import step_breakdown
 
     # Step 1: a [0, 10) and b [5, 20) overlap, c [30, 40) after a gap; step 2 the same
@@ -397,7 +393,6 @@ def test_timeline_counts_overlapping_kernels_once():
     ("jrelu6_depthwise_kernel_grad", "block3/depthwise/conv", "depthwise conv"),
 ])
 def test_breakdown_classifies_the_native_calls(target, layer, kind):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import step_breakdown
 
     text = ("ENTRY %main (p: bf16[8,4]) -> f32[4,4] {\n"

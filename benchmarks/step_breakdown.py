@@ -6,11 +6,13 @@ executed kernel ("thunk") of the compiled program, named after its HLO
 instruction. Each kernel spreads its own work over the cores, and kernels that
 do not depend on each other may also run at the same time (XLA:CPU's thunk
 executor), so the kernels' times add up to more than the time some kernel runs;
-both are printed, with the time none runs (the runtime between kernels).
+both are printed, with the time none runs (the runtime between kernels). The
+table's "wall" column divides the time some kernel runs among the kernels running
+then (:func:`xla_wall_shares`): what each kind of work takes of the step.
 Each kernel is mapped to a kind of work through the compiled HLO
-(``compiled.as_text()``): what it contains (a ``dot``: the 1x1 convolutions
-and the classifier; a ``convolution``: the stem, or a grouped depthwise
-one) or else the layer its output belongs to (the ``op_name`` metadata JAX
+(``compiled.as_text()``): what it contains (a ``dot``: the 1x1 convolutions,
+the classifier, and the stem's product over its windows, counted as the stem; a
+``convolution``: the stem as ``nn.Conv``, or a grouped depthwise one) or else the layer its output belongs to (the ``op_name`` metadata JAX
 writes: ``.../block3/depthwise/conv/...``, ``.../bn/reduce_sum``, ``ReLU6``
 ...), and to forward, backward (``transpose(jvp(...))``) or the update
 (everything outside the gradient: the optimizer). A kernel's time is the
@@ -155,7 +157,7 @@ def classify_xla(computations, instruction: Instruction) -> str:
             return "stem conv"
         return "other conv"
     if "dot" in opcodes or instruction.target == "jrelu6_pointwise_kernel_grad":
-        return "1x1 conv / matmul"
+        return "stem conv" if "/stem/conv" in path else "1x1 conv / matmul"
     if "/depthwise/conv" in path:
         return "depthwise conv"
     if "/stem/conv" in path:
@@ -203,6 +205,36 @@ def xla_kernel_times(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[f
         for name, start, end in events:
             total[name] += (end - start) * 1e-9
     names = set().union(*totals) if totals else set()
+    return {name: [total.get(name, 0.0) for total in totals] for name in names}
+
+
+def xla_wall_shares(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[float]]:
+    """Each kernel's share of the time some kernel runs, one value per traced step.
+
+    Every stretch of time is divided equally among the kernels running in it: a kernel
+    that ran 10 ms alone gets 10 ms, one that ran 10 ms beside another the whole time
+    gets 5 ms. The shares of a step add up to its ``busy_seconds``
+    (:func:`xla_timeline`), where the kernels' own times add up to ``kernel_seconds``:
+    a kind of work whose kernels mostly run beside others takes less of the step than
+    its kernel time says.
+    """
+    totals = [collections.Counter() for _ in runs]
+    for total, events in zip(totals, runs):
+        edges = sorted([(start, 1, i) for i, (_, start, _) in enumerate(events)]
+                       + [(end, -1, i) for i, (_, _, end) in enumerate(events)])
+        running: set[int] = set()
+        last = None
+        for time_ns, change, index in edges:
+            if running and last is not None and time_ns > last:
+                share = (time_ns - last) * 1e-9 / len(running)
+                for i in running:
+                    total[events[i][0]] += share
+            last = time_ns
+            if change > 0:
+                running.add(index)
+            else:
+                running.discard(index)
+    names = {name for events in runs for name, _, _ in events}
     return {name: [total.get(name, 0.0) for total in totals] for name in names}
 
 
@@ -272,6 +304,7 @@ def jax_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict
                 jax.block_until_ready((state, loss))
         runs = xla_kernel_events(trace_dir, computations[entry])
     kernel_times, timeline = xla_kernel_times(runs), xla_timeline(runs)
+    shares = xla_wall_shares(runs)
 
     kernels = []
     for name, times in kernel_times.items():
@@ -279,12 +312,15 @@ def jax_breakdown(config: dict[str, Any], images, labels, *, steps: int) -> dict
         kernels.append({
             "kernel": name, "kind": classify_xla(computations, instruction),
             "phase": phase_of_op_name(instruction.op_name),
-            "seconds": statistics.median(times), "op_name": instruction.op_name})
+            "seconds": statistics.median(times),
+            "wall_seconds": statistics.median(shares[name]), "op_name": instruction.op_name})
     kernels.sort(key=lambda k: -k["seconds"])
     return {"step_seconds": statistics.median(wall), "step_seconds_all": wall,
             "compile_seconds": compile_s, "flops": float(cost.get("flops", 0.0)),
             "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
             "table": _tabulate((k["kind"], k["phase"], k["seconds"]) for k in kernels),
+            "wall_table": _tabulate((k["kind"], k["phase"], k["wall_seconds"])
+                                    for k in kernels),
             "kernels": kernels, "timeline": timeline}
 
 
@@ -402,9 +438,10 @@ def machine_peaks(*, quick: bool) -> dict[str, float]:
 
 
 def markdown_table(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
-    """Kinds as rows: ours forward/backward/update/total ms and share, PyTorch's total."""
+    """Kinds as rows: ours forward/backward/update/total kernel ms, share and wall ms
+    (:func:`xla_wall_shares`), PyTorch's kernel ms."""
     header = ["kind of work", "ours fwd ms", "ours bwd ms", "ours update ms", "ours ms",
-              "ours %"]
+              "ours %", "ours wall ms"]
     if theirs:
         header += ["torch fwd ms", "torch bwd ms", "torch update ms", "torch ms", "torch %"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -420,15 +457,20 @@ def markdown_table(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
         row = ours_cells[kind]
         if sum(row) == 0 and (not theirs or sum(theirs_cells[kind]) == 0):
             continue
+        wall = sum(ours["wall_table"][kind].values()) * 1e3
         values = [f"{v:.1f}" for v in row] + [f"{sum(row):.1f}",
-                                              f"{100 * sum(row) / 1e3 / ours_total:.0f}"]
+                                              f"{100 * sum(row) / 1e3 / ours_total:.0f}",
+                                              f"{wall:.1f}"]
         if theirs:
             t = theirs_cells[kind]
             values += [f"{v:.1f}" for v in t] + [f"{sum(t):.1f}",
                                                  f"{100 * sum(t) / 1e3 / theirs_total:.0f}"]
         lines.append(f"| {kind} | " + " | ".join(values) + " |")
-    total = ["**in kernels**", "", "", "", f"**{ours_total * 1e3:.1f}**", "100"]
-    step = ["**step (untraced)**", "", "", "", f"**{ours['step_seconds'] * 1e3:.1f}**", ""]
+    busy = sum(sum(p.values()) for p in ours["wall_table"].values()) * 1e3
+    total = ["**in kernels**", "", "", "", f"**{ours_total * 1e3:.1f}**", "100",
+             f"**{busy:.1f}**"]
+    step = ["**step (untraced)**", "", "", "", f"**{ours['step_seconds'] * 1e3:.1f}**", "",
+            ""]
     if theirs:
         total += ["", "", "", f"**{theirs_total * 1e3:.1f}**", "100"]
         step += ["", "", "", f"**{theirs['step_seconds'] * 1e3:.1f}**", ""]

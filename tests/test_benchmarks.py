@@ -388,6 +388,29 @@ def test_timeline_counts_overlapping_kernels_once():
         "c": pytest.approx([10e-9, 10e-9])}
 
 
+def test_wall_shares_divide_overlapping_time_among_the_kernels_running():
+    import step_breakdown
+
+    # a [0, 10) alone for 5 ns, beside b for 5; b alone [10, 20); c [30, 40) alone after
+    # a gap; in step 2 b also starts with a, so the two share a's whole time.
+    runs = [[("a", 0, 10), ("c", 30, 40), ("b", 5, 20)],
+            [("a", 100, 110), ("b", 100, 120), ("c", 130, 140)]]
+    shares = step_breakdown.xla_wall_shares(runs)
+    assert shares == {"a": pytest.approx([7.5e-9, 5e-9]), "b": pytest.approx([12.5e-9, 15e-9]),
+                      "c": pytest.approx([10e-9, 10e-9])}
+    busy = [sum(s[i] for s in shares.values()) for i in range(2)]
+    assert busy == pytest.approx([30e-9, 30e-9])  # = xla_timeline's busy time
+
+
+def test_breakdown_wall_column_adds_up_to_the_busy_time(breakdown_result):
+    ours = breakdown_result["ours"]
+    wall = sum(sum(phases.values()) for phases in ours["wall_table"].values())
+    kernels = sum(sum(phases.values()) for phases in ours["table"].values())
+    assert wall <= kernels + 1e-9
+    for k in ours["kernels"]:
+        assert 0 <= k["wall_seconds"] <= k["seconds"] + 1e-12, k["kernel"]
+
+
 @pytest.mark.parametrize("target,layer,kind", [
     ("jrelu6_pointwise_kernel_grad", "head/conv", "1x1 conv / matmul"),
     ("jrelu6_depthwise_kernel_grad", "block3/depthwise/conv", "depthwise conv"),
@@ -402,6 +425,21 @@ def test_breakdown_classifies_the_native_calls(target, layer, kind):
     computations, entry = step_breakdown.parse_hlo(text)
     instruction = computations[entry]["ffi_call.1"]
     assert step_breakdown.classify_xla(computations, instruction) == kind
+
+
+@pytest.mark.parametrize("layer,kind", [
+    ("stem/conv/conv._product", "stem conv"),  # PatchConv: a product over the windows.
+    ("block3/expand/conv/conv._product", "1x1 conv / matmul"),
+])
+def test_breakdown_counts_a_product_by_its_layer(layer, kind):
+    import step_breakdown
+
+    text = ("ENTRY %main (a: f32[8,27], b: f32[27,4]) -> f32[8,4] {\n"
+            "  %dot.1 = f32[8,4]{1,0} dot(%a, %b), lhs_contracting_dims={1}, "
+            'rhs_contracting_dims={0}, metadata={op_name="jit(step)/jvp(MobileNetV2)/'
+            f'MobileNetV2._forward/{layer}/dot_general"}}\n}}')
+    computations, entry = step_breakdown.parse_hlo(text)
+    assert step_breakdown.classify_xla(computations, computations[entry]["dot.1"]) == kind
 
 
 def test_breakdown_puts_the_optimizer_in_the_update_phase(breakdown_result):

@@ -245,6 +245,20 @@ def test_cpu_products_names_each_products_kernel(tmp_path):
         assert_positive_finite(row["native_vs_mixed"], "native vs mixed")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_stem_conv_times_both_stems_at_both_strides(tmp_path, dtype):
+    result = run_benchmark(tmp_path, "stem_conv.py", "--dtype", dtype)
+    assert_machine_named(result)
+    assert result["dtype"] == dtype
+    assert [(row["stride"], row["work"]) for row in result["results"]] == [
+        (1, "forward"), (1, "forward + kernel gradient"),
+        (2, "forward"), (2, "forward + kernel gradient")]
+    for row in result["results"]:
+        for key in ("conv_ms", "patch_ms", "patch_speedup"):
+            assert_positive_finite(row[key], key)
+
+
 def test_cpu_products_kernel_kind_reads_the_entry_computation():
     import cpu_products
 

@@ -68,30 +68,31 @@ IMPLS = ("auto", "grouped", "shifted", "native")
 Padding = str | Sequence[tuple[int, int]]
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def _pair(value: int | Sequence[int], name: str, *, caller: str = "depthwise_conv"
+          ) -> tuple[int, int]:
     """``value`` as a pair of positive ints (an int is used for both axes)."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(f"depthwise_conv: {name} must be a positive int or a pair of them, "
+        raise ValueError(f"{caller}: {name} must be a positive int or a pair of them, "
                          f"got {value!r}")
     return pair  # type: ignore[return-value]
 
 
 def _explicit_padding(
     padding: Padding, spatial: tuple[int, int], window: tuple[int, int],
-    strides: tuple[int, int],
+    strides: tuple[int, int], *, caller: str = "depthwise_conv",
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """``padding`` ("SAME", "VALID" or explicit pairs) as ((lo, hi), (lo, hi))."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"depthwise_conv: padding must be 'SAME', 'VALID' or two "
+            raise ValueError(f"{caller}: padding must be 'SAME', 'VALID' or two "
                              f"(low, high) pairs, got {padding!r}")
         pads = lax.padtype_to_pads(spatial, window, strides, padding.upper())
     else:
         pads = [tuple(p) for p in padding]
     if len(pads) != 2 or not all(len(p) == 2 and all(isinstance(v, int) for v in p)
                                  for p in pads):
-        raise ValueError(f"depthwise_conv: padding must be 'SAME', 'VALID' or two "
+        raise ValueError(f"{caller}: padding must be 'SAME', 'VALID' or two "
                          f"(low, high) pairs of ints, got {padding!r}")
     return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]
 
@@ -623,23 +624,82 @@ class PointwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        channels = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (1, 1, channels, self.features),
+        return self._product(x, (1, 1, x.shape[-1]))
+
+    def _product(self, x: jax.Array, window: tuple[int, int, int]) -> jax.Array:
+        """``x @ kernel`` over ``x``'s last axis, with the layer's ``(*window, features)``
+        kernel (``x``'s last axis: the window's values in the kernel's order) and bias."""
+        kernel = self.param("kernel", self.kernel_init, (*window, self.features),
                             self.param_dtype)
         bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
                 if self.use_bias else None)
-        kernel = kernel.reshape(channels, self.features)
-        dtype = self.preferred_element_type
+        kernel = kernel.reshape(-1, self.features)
+        inputs, dtype = kernel.shape[0], self.preferred_element_type
         # A 2-D product: its gradients are plain matrix products too (a dot_general on
         # the 4-D array makes XLA:CPU transpose the activations first).
         if dtype is None or jnp.dtype(dtype) == nn.dtypes.canonicalize_dtype(x, dtype=self.dtype):
             x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-            y = jnp.matmul(x.reshape(-1, channels), kernel)
+            y = jnp.matmul(x.reshape(-1, inputs), kernel)
         else:
             (x,) = nn.dtypes.promote_dtype(x, dtype=self.dtype)
-            y = mixed_matmul(x.reshape(-1, channels), kernel, jnp.dtype(dtype))
+            y = mixed_matmul(x.reshape(-1, inputs), kernel, jnp.dtype(dtype))
             bias = None if bias is None else bias.astype(y.dtype)
         y = y.reshape(*x.shape[:-1], self.features)
         if bias is not None:
             y = y + bias
         return y
+
+
+def conv_patches(x: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+                 pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    r"""Each output position's input window of a ``(N, H, W, C)`` batch, flattened:
+    ``(N, H', W', kh * kw * C)``, the taps in the order of an HWIO kernel's rows, so that
+
+    .. math:: \mathrm{conv}(x, w)_{nhw} = \mathrm{patches}(x)_{nhw} \cdot
+              \mathrm{reshape}(w, (k_h k_w C, F)).
+
+    Examples:
+      >>> conv_patches(jnp.arange(3.0).reshape(1, 1, 3, 1), (1, 2), (1, 1),
+      ...              ((0, 0), (0, 0)))[0, 0]
+      Array([[0., 1.],
+             [1., 2.]], dtype=float32)
+    """
+    n, _, _, c = x.shape
+    xp = _pad_input(x, pads)
+    out_hw = (_out_size(xp.shape[1], window[0], strides[0]),
+              _out_size(xp.shape[2], window[1], strides[1]))
+    if 0 in out_hw:
+        return jnp.zeros((n, *out_hw, window[0] * window[1] * c), x.dtype)
+    return jnp.concatenate([view for _, _, view in _taps(xp, window, strides, out_hw)], -1)
+
+
+class PatchConv(PointwiseConv):
+    """A ``kernel_size`` convolution computed as one matrix product over its input
+    windows (:func:`conv_patches`): a MobileNet's stem, a 3x3 convolution of 3 channels.
+
+    XLA:CPU runs that convolution, and its kernel gradient (a convolution over
+    transposed copies of the images and the cotangent), slower than the product
+    (``benchmarks/stem_conv.py``). The windows take ``kh * kw`` times the input's
+    memory (27 values a pixel for the stem). Parameters are those of
+    ``nn.Conv(features, kernel_size)``; the product, dtypes and bias are
+    :class:`PointwiseConv`'s.
+
+    Attributes:
+      kernel_size: the window ``(kh, kw)``.
+      strides: an int or a pair.
+      padding: "SAME", "VALID" or two ``(low, high)`` pairs.
+    """
+
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: int | tuple[int, int] = 1
+    padding: Padding = "SAME"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        window = _pair(self.kernel_size, "kernel_size", caller="PatchConv")
+        strides = _pair(self.strides, "strides", caller="PatchConv")
+        if x.ndim != 4:
+            raise ValueError(f"PatchConv: need an (N, H, W, C) input, got shape {x.shape}")
+        pads = _explicit_padding(self.padding, x.shape[1:3], window, strides,
+                                 caller="PatchConv")
+        return self._product(conv_patches(x, window, strides, pads), (*window, x.shape[-1]))

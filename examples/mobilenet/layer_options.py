@@ -12,7 +12,8 @@ the implementations the benchmarks compare, each computing the same values
   :func:`mobilenet.depthwise.depthwise_conv`);
 * ``pointwise``, one of :data:`POINTWISE`: the 1x1 convolutions as one matrix product
   (``"matmul"``, :class:`mobilenet.depthwise.PointwiseConv`; ~3x faster training on
-  CPU) or ``nn.Conv`` (``"conv"``). With ``depthwise="grouped"``, ``"conv"`` gives the
+  CPU), and the stem as one over its 3x3 windows (:class:`mobilenet.depthwise.PatchConv`),
+  or both as ``nn.Conv`` (``"conv"``). With ``depthwise="grouped"``, ``"conv"`` gives the
   plain flax model, the baseline of the benchmarks;
 * ``activation``, one of :data:`ACTIVATIONS`: jrelu6.linen modules with the settable
   kink derivatives (``"jrelu6"``), or jax.nn.relu6 / hard_swish / hard_sigmoid
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import flax.linen as nn
 
-from mobilenet.depthwise import IMPLS, DepthwiseConv, PointwiseConv, accumulator_dtype
+from mobilenet.depthwise import IMPLS, DepthwiseConv, PatchConv, PointwiseConv, accumulator_dtype
 from mobilenet.qat_layers import QATLayers, check_quantization
 
 ACTIVATIONS = ("jrelu6", "jax.nn")
@@ -84,7 +85,8 @@ class LayerOptions(_LayerFields, QATLayers):
              name: str) -> nn.Module:
         """A float convolution as ``depthwise`` and ``pointwise`` choose: the depthwise one
         (:class:`~mobilenet.depthwise.DepthwiseConv`), a 1x1 one as one matrix product
-        (:class:`~mobilenet.depthwise.PointwiseConv`) or ``nn.Conv``; a bias only without
+        (:class:`~mobilenet.depthwise.PointwiseConv`), a wider one (the stem) as one over its
+        windows (:class:`~mobilenet.depthwise.PatchConv`) or ``nn.Conv``; a bias only without
         batch norm. Before a batch norm (which works in float32) a half-precision depthwise
         convolution or 1x1 product returns its float32 sums as they are
         (:func:`~mobilenet.depthwise.depthwise_conv`'s ``preferred_element_type``,
@@ -100,6 +102,11 @@ class LayerOptions(_LayerFields, QATLayers):
         if kernel_size == 1 and strides == 1 and self.pointwise == "matmul":
             return PointwiseConv(features, use_bias=use_bias, dtype=self.dtype,
                                  preferred_element_type=out_dtype, name=name)
+        if self.pointwise == "matmul":
+            return PatchConv(features, use_bias=use_bias, dtype=self.dtype,
+                             preferred_element_type=out_dtype,
+                             kernel_size=(kernel_size, kernel_size), strides=strides,
+                             padding=self.padding(kernel_size), name=name)
         return nn.Conv(features, (kernel_size, kernel_size), strides=strides,
                        padding=self.padding(kernel_size), use_bias=use_bias, dtype=self.dtype,
                        name=name)

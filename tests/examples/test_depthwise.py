@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import thread_counts  # tests/examples/thread_counts.py (shared with the 1x1 kernel's tests)
+from jax import lax
 
 from mobilenet import depthwise, native
-from mobilenet.depthwise import DepthwiseConv, PointwiseConv, depthwise_conv
+from mobilenet.depthwise import DepthwiseConv, PatchConv, PointwiseConv, depthwise_conv
 
 # (input shape NHWC, kernel side, strides, padding): odd and even sizes, both strides.
 CASES = [
@@ -336,6 +337,63 @@ def test_pointwise_layer_matches_flax_conv(use_bias):
 
     for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding", [
+    ((3, 3), 1, "SAME"), ((3, 3), 2, "SAME"), ((3, 3), 2, ((1, 1), (1, 1))),
+    ((3, 2), (2, 1), "VALID"), ((1, 1), 2, "SAME"),
+])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_patch_layer_matches_flax_conv(kernel_size, strides, padding, use_bias):
+    x, _ = _inputs((2, 7, 6, 3), 1)
+    kwargs = {"strides": strides, "padding": padding, "use_bias": use_bias}
+    ours = PatchConv(5, kernel_size=kernel_size, **kwargs)
+    theirs = nn.Conv(5, kernel_size, **kwargs)
+    variables = ours.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, theirs.init(jax.random.key(0), x))
+    variables = jax.tree.map(lambda p: p + 0.25, variables)
+    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+
+    def grads(layer):  # The parameters' gradients and the input's.
+        return jax.grad(lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x))), (0, 1))(variables, x)
+
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_layer_without_output_positions_gives_an_empty_array():
+    x, _ = _inputs((2, 2, 2, 3), 1)
+    layer = PatchConv(4, kernel_size=(3, 3), padding="VALID")
+    variables = layer.init(jax.random.key(0), x)
+    want = nn.Conv(4, (3, 3), padding="VALID").apply(variables, x)
+    got = layer.apply(variables, x)
+    assert got.shape == want.shape == (2, 0, 0, 4)
+
+
+def test_patch_layer_hands_float32_sums_on_when_asked():
+    x, _ = _inputs((2, 5, 5, 3), 1)
+    mixed = PatchConv(4, dtype=jnp.bfloat16, preferred_element_type=jnp.float32)
+    variables = mixed.init(jax.random.key(0), x)
+    y = mixed.apply(variables, x)
+    assert y.dtype == jnp.float32
+    rounded = lax.conv_general_dilated(
+        x.astype(jnp.bfloat16).astype(jnp.float32),
+        variables["params"]["kernel"].astype(jnp.bfloat16).astype(jnp.float32), (1, 1),
+        "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+    np.testing.assert_allclose(y, rounded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,shape,match", [
+    ({"strides": 0}, (1, 4, 4, 3), "PatchConv: strides must be a positive int"),
+    ({"kernel_size": (3,)}, (1, 4, 4, 3), "PatchConv: kernel_size must be"),
+    ({"padding": "FULL"}, (1, 4, 4, 3), "PatchConv: padding must be"),
+    ({}, (4, 4, 3), r"PatchConv: need an \(N, H, W, C\) input"),
+])
+def test_patch_layer_rejects_bad_arguments(kwargs, shape, match):
+    with pytest.raises(ValueError, match=match):
+        PatchConv(2, **kwargs).init(jax.random.key(0), jnp.ones(shape))
 
 
 def test_pointwise_layer_computes_in_its_dtype_with_float32_params():

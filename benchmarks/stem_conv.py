@@ -36,7 +36,7 @@ FILTERS = 32
 
 def _layers(dtype) -> dict[str, nn.Module]:
     """The two stems as ``LayerOptions.conv`` builds them before a batch norm."""
-    out = accumulator_dtype(dtype) if dtype != jnp.float32 else None
+    out = accumulator_dtype(dtype)  # float32: the product's own dtype.
     return {"nn.Conv": lambda s: nn.Conv(FILTERS, (3, 3), strides=s, padding=((1, 1), (1, 1)),
                                          use_bias=False, dtype=dtype),
             "PatchConv": lambda s: PatchConv(FILTERS, kernel_size=(3, 3), strides=s,

@@ -12,9 +12,10 @@ then (:func:`xla_wall_shares`): what each kind of work takes of the step.
 Each kernel is mapped to a kind of work through the compiled HLO
 (``compiled.as_text()``): what it contains (a ``dot``: the 1x1 convolutions,
 the classifier, and the stem's product over its windows, counted as the stem; a
-``convolution``: the stem as ``nn.Conv``, or a grouped depthwise one) or else the layer its output belongs to (the ``op_name`` metadata JAX
-writes: ``.../block3/depthwise/conv/...``, ``.../bn/reduce_sum``, ``ReLU6``
-...), and to forward, backward (``transpose(jvp(...))``) or the update
+``convolution``: the stem as ``nn.Conv``, or a grouped depthwise one) or else
+the layer its output belongs to (the ``op_name`` metadata JAX writes:
+``.../block3/depthwise/conv/...``, ``.../bn/reduce_sum``, ``ReLU6`` ...), and
+to forward, backward (``transpose(jvp(...))``) or the update
 (everything outside the gradient: the optimizer). A kernel's time is the
 median over the traced steps (robust to other jobs' time slices).
 

@@ -44,6 +44,8 @@ matrix product over the flattened batch and positions. XLA:CPU computes a
 1x1 ``nn.Conv``'s kernel gradient as a spatial convolution over transposed
 copies of the activations, about 3x slower than the matrix product's; on
 GPU/TPU both are matrix products. Its parameters are a 1x1 ``nn.Conv``'s.
+:class:`PatchConv` does the same for the stem, a 3x3 convolution of the 3-channel
+images: one matrix product over the images' 3x3 windows (:func:`conv_patches`).
 """
 
 from __future__ import annotations

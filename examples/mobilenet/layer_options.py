@@ -88,7 +88,7 @@ class LayerOptions(_LayerFields, QATLayers):
         (:class:`~mobilenet.depthwise.PointwiseConv`), a wider one (the stem) as one over its
         windows (:class:`~mobilenet.depthwise.PatchConv`) or ``nn.Conv``; a bias only without
         batch norm. Before a batch norm (which works in float32) a half-precision depthwise
-        convolution or 1x1 product returns its float32 sums as they are
+        convolution or product returns its float32 sums as they are
         (:func:`~mobilenet.depthwise.depthwise_conv`'s ``preferred_element_type``,
         :func:`~mobilenet.depthwise.mixed_matmul`)."""
         use_bias = not self.batch_norm

@@ -320,11 +320,9 @@ def test_layer_rejects_wrong_channels():
         DepthwiseConv(3).init(jax.random.key(0), x)
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_pointwise_layer_matches_flax_conv(use_bias):
-    x, _ = _inputs((2, 5, 3, 6), 1)
-    ours = PointwiseConv(4, use_bias=use_bias)
-    theirs = nn.Conv(4, (1, 1), use_bias=use_bias)
+def _assert_same_as_flax_layer(ours: nn.Module, theirs: nn.Module, x: jax.Array) -> None:
+    """``ours`` has ``theirs``'s parameter tree and computes its values and its parameter
+    and input gradients."""
     variables = ours.init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
         jnp.shape, theirs.init(jax.random.key(0), x))
@@ -333,10 +331,17 @@ def test_pointwise_layer_matches_flax_conv(use_bias):
                                rtol=1e-5, atol=1e-5)
 
     def grads(layer):
-        return jax.grad(lambda v: jnp.sum(jnp.sin(layer.apply(v, x))))(variables)
+        return jax.grad(lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x))), (0, 1))(variables, x)
 
     for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_pointwise_layer_matches_flax_conv(use_bias):
+    x, _ = _inputs((2, 5, 3, 6), 1)
+    _assert_same_as_flax_layer(PointwiseConv(4, use_bias=use_bias),
+                               nn.Conv(4, (1, 1), use_bias=use_bias), x)
 
 
 @pytest.mark.parametrize("kernel_size,strides,padding", [
@@ -347,20 +352,8 @@ def test_pointwise_layer_matches_flax_conv(use_bias):
 def test_patch_layer_matches_flax_conv(kernel_size, strides, padding, use_bias):
     x, _ = _inputs((2, 7, 6, 3), 1)
     kwargs = {"strides": strides, "padding": padding, "use_bias": use_bias}
-    ours = PatchConv(5, kernel_size=kernel_size, **kwargs)
-    theirs = nn.Conv(5, kernel_size, **kwargs)
-    variables = ours.init(jax.random.key(0), x)
-    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-        jnp.shape, theirs.init(jax.random.key(0), x))
-    variables = jax.tree.map(lambda p: p + 0.25, variables)
-    np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
-
-    def grads(layer):  # The parameters' gradients and the input's.
-        return jax.grad(lambda v, x: jnp.sum(jnp.sin(layer.apply(v, x))), (0, 1))(variables, x)
-
-    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(theirs)), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    _assert_same_as_flax_layer(PatchConv(5, kernel_size=kernel_size, **kwargs),
+                               nn.Conv(5, kernel_size, **kwargs), x)
 
 
 def test_patch_layer_without_output_positions_gives_an_empty_array():

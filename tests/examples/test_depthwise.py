@@ -356,13 +356,15 @@ def test_patch_layer_matches_flax_conv(kernel_size, strides, padding, use_bias):
                                nn.Conv(5, kernel_size, **kwargs), x)
 
 
-def test_patch_layer_without_output_positions_gives_an_empty_array():
+def test_patch_layer_without_output_positions_gives_an_empty_array_and_zero_gradients():
     x, _ = _inputs((2, 2, 2, 3), 1)
     layer = PatchConv(4, kernel_size=(3, 3), padding="VALID")
     variables = layer.init(jax.random.key(0), x)
     want = nn.Conv(4, (3, 3), padding="VALID").apply(variables, x)
     got = layer.apply(variables, x)
     assert got.shape == want.shape == (2, 0, 0, 4)
+    grads = jax.grad(lambda v: jnp.sum(layer.apply(v, x)))(variables)
+    np.testing.assert_array_equal(grads["params"]["kernel"], np.zeros((3, 3, 3, 4)))
 
 
 def test_patch_layer_hands_float32_sums_on_when_asked():

@@ -199,14 +199,39 @@ def xla_kernel_events(trace_dir: str, entry_names: Iterable[str]
     return list(per_run.values())
 
 
+def _by_kernel(totals: list[collections.Counter]) -> dict[str, list[float]]:
+    """``{kernel: [its value in each traced step]}`` from one counter per step."""
+    names = set().union(*totals) if totals else set()
+    return {name: [total.get(name, 0.0) for total in totals] for name in names}
+
+
 def xla_kernel_times(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[float]]:
     """Seconds of every kernel, one value per traced step (0 where a step lacks it)."""
     totals = [collections.Counter() for _ in runs]
     for total, events in zip(totals, runs):
         for name, start, end in events:
             total[name] += (end - start) * 1e-9
-    names = set().union(*totals) if totals else set()
-    return {name: [total.get(name, 0.0) for total in totals] for name in names}
+    return _by_kernel(totals)
+
+
+def _step_wall_shares(events: list[tuple[str, int, int]]) -> collections.Counter:
+    """One step's :func:`xla_wall_shares`: a sweep over the kernels' starts and ends."""
+    total = collections.Counter({name: 0.0 for name, _, _ in events})
+    edges = sorted([(start, 1, i) for i, (_, start, _) in enumerate(events)]
+                   + [(end, -1, i) for i, (_, _, end) in enumerate(events)])
+    running: set[int] = set()
+    last = None
+    for time_ns, change, index in edges:
+        if running and last is not None and time_ns > last:
+            share = (time_ns - last) * 1e-9 / len(running)
+            for i in running:
+                total[events[i][0]] += share
+        last = time_ns
+        if change > 0:
+            running.add(index)
+        else:
+            running.discard(index)
+    return total
 
 
 def xla_wall_shares(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[float]]:
@@ -219,45 +244,22 @@ def xla_wall_shares(runs: list[list[tuple[str, int, int]]]) -> dict[str, list[fl
     a kind of work whose kernels mostly run beside others takes less of the step than
     its kernel time says.
     """
-    totals = [collections.Counter() for _ in runs]
-    for total, events in zip(totals, runs):
-        edges = sorted([(start, 1, i) for i, (_, start, _) in enumerate(events)]
-                       + [(end, -1, i) for i, (_, _, end) in enumerate(events)])
-        running: set[int] = set()
-        last = None
-        for time_ns, change, index in edges:
-            if running and last is not None and time_ns > last:
-                share = (time_ns - last) * 1e-9 / len(running)
-                for i in running:
-                    total[events[i][0]] += share
-            last = time_ns
-            if change > 0:
-                running.add(index)
-            else:
-                running.discard(index)
-    names = {name for events in runs for name, _, _ in events}
-    return {name: [total.get(name, 0.0) for total in totals] for name in names}
+    return _by_kernel([_step_wall_shares(events) for events in runs])
 
 
 def xla_timeline(runs: list[list[tuple[str, int, int]]]) -> dict[str, float]:
     """Medians over the traced steps of the span from the first kernel's start to the last
     one's end, the kernels' summed time (``kernel_seconds``), the time at least one
-    kernel runs (``busy_seconds``) and the rest (``idle_seconds``: the runtime between
-    kernels). XLA:CPU runs independent kernels concurrently, so ``kernel_seconds`` can
-    exceed ``busy_seconds``: their ratio is the mean number of kernels running."""
+    kernel runs (``busy_seconds``: the step's wall shares summed) and the rest
+    (``idle_seconds``: the runtime between kernels). XLA:CPU runs independent kernels
+    concurrently, so ``kernel_seconds`` can exceed ``busy_seconds``: their ratio is the
+    mean number of kernels running."""
     spans, sums, busy = [], [], []
     for events in runs:
-        events = sorted(events, key=lambda event: event[1])
-        covered, reach = 0, None
-        for _, start, end in events:
-            if reach is None or start > reach:
-                covered += end - start
-            elif end > reach:
-                covered += end - reach
-            reach = end if reach is None else max(reach, end)
-        spans.append((max(end for _, _, end in events) - events[0][1]) * 1e-9)
+        spans.append((max(end for _, _, end in events) - min(start for _, start, _ in events))
+                     * 1e-9)
         sums.append(sum(end - start for _, start, end in events) * 1e-9)
-        busy.append(covered * 1e-9)
+        busy.append(sum(_step_wall_shares(events).values()))
     span, busy_s = statistics.median(spans), statistics.median(busy)
     return {"span_seconds": span, "kernel_seconds": statistics.median(sums),
             "busy_seconds": busy_s, "idle_seconds": span - busy_s}
